@@ -1,0 +1,102 @@
+//! The master's errors. Each says what was being attempted, so `main` prints it
+//! once, as is, and exits 1.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+
+/// Why the master could not start or had to halt.
+#[derive(Debug)]
+pub enum Error {
+    /// A listener could not be created, bound or put in listen state.
+    Bind { addr: SocketAddr, source: io::Error },
+    /// The signal handlers or their self-pipe could not be installed.
+    Signals(io::Error),
+    /// The master could not block signals around a fork.
+    SignalMask(nix::Error),
+    /// `/proc/self/status` could not be read before a fork.
+    ThreadCount(io::Error),
+    /// The master found more than one thread where it must fork.
+    Multithreaded { threads: usize },
+    /// `fork(2)` failed.
+    Fork(nix::Error),
+    /// The master could not create the pipe to a worker.
+    Channel(io::Error),
+    /// `poll(2)` failed in the master loop.
+    Poll(nix::Error),
+    /// Every worker of the first generation exited before it was ready.
+    BootFailed { cause: String },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind { addr, source } => {
+                write!(f, "cannot bind {addr}: {}", describe_bind(addr, source))
+            }
+            Error::Signals(err) => write!(f, "cannot install signal handlers: {err}"),
+            Error::SignalMask(err) => write!(f, "cannot block signals around fork: {err}"),
+            Error::ThreadCount(err) => {
+                write!(f, "cannot count the master's threads before fork: {err}")
+            }
+            Error::Multithreaded { threads } => write!(
+                f,
+                "refusing to fork: the master has {threads} threads, and fork without exec is only \
+                 sound in a single-threaded process (something started a thread in the master)"
+            ),
+            Error::Fork(err) => write!(f, "cannot fork a worker: {err}"),
+            Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),
+            Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
+            Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => {
+                Some(source)
+            }
+            Error::ThreadCount(source) => Some(source),
+            Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
+            Error::Multithreaded { .. } | Error::BootFailed { .. } => None,
+        }
+    }
+}
+
+/// The reason a bind failed, in the words a user searches for.
+fn describe_bind(addr: &SocketAddr, err: &io::Error) -> String {
+    match err.kind() {
+        io::ErrorKind::AddrInUse => "address in use".into(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this machine".into(),
+        io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".into()
+        }
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => err.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_errors_name_the_address_and_the_reason() {
+        let addr: SocketAddr = "0.0.0.0:8000".parse().unwrap();
+        let err = Error::Bind {
+            addr,
+            source: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert_eq!(err.to_string(), "cannot bind 0.0.0.0:8000: address in use");
+        let addr: SocketAddr = "0.0.0.0:80".parse().unwrap();
+        let err = Error::Bind {
+            addr,
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        assert!(err
+            .to_string()
+            .starts_with("cannot bind 0.0.0.0:80: permission denied (ports below 1024"));
+    }
+}

@@ -1,0 +1,86 @@
+//! prefork-server: a multi-process HTTP supervisor in the style of nginx, gunicorn
+//! and Node's `cluster`.
+//!
+//! A single-threaded master binds every listener, forks one worker per slot, and
+//! respawns any worker that dies; workers serve HTTP/1 with hyper on their own
+//! `current_thread` tokio runtime. Bring your own hyper service with [`run_with`];
+//! the factory runs in each worker after the fork, so per-worker state (pools,
+//! caches) is built there.
+//!
+//! ```no_run
+//! let config = prefork_server::Config::from_args();
+//! std::process::exit(match prefork_server::run(config) {
+//!     Ok(()) => 0,
+//!     Err(err) => { eprintln!("prefork-server: {err}"); 1 }
+//! });
+//! ```
+//!
+//! # Layout
+//!
+//! - `config`   flags → validated [`Config`]
+//! - `listener` every socket option; bound in the master before any fork
+//! - `signals`  the signal table; record-only handlers and the self-pipe
+//! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
+//! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
+//! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
+//! - `worker`   after-fork entry, the accept loop, connections and the drain
+//! - `http`     the default app: `Hello from worker <pid>`
+
+mod config;
+mod error;
+mod http;
+mod ipc;
+mod listener;
+mod master;
+mod process;
+mod signals;
+mod worker;
+
+use std::fmt::Display;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+
+pub use config::{Balance, Config};
+pub use error::Error;
+pub use http::Hello;
+pub use process::exit_code;
+
+/// Runs the master with the default app until it stops (Ok) or halts (Err).
+pub fn run(config: Config) -> Result<(), Error> {
+    run_with(config, Hello::new)
+}
+
+/// Runs the master; each worker serves the service `make_service` returns.
+///
+/// `make_service` is called once in each worker, after the fork. An `Err` is a
+/// boot failure: the worker exits with code 3, the master backs off and, if no
+/// worker ever booted, halts with the error's text.
+pub fn run_with<F, S, B, E>(config: Config, make_service: F) -> Result<(), Error>
+where
+    F: Fn() -> Result<S, E>,
+    E: Display,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    init_logging(config.log_level);
+    let listeners = listener::Listeners::bind(&config)?;
+    let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);
+    master::run(&config, &listeners, &worker_main)
+}
+
+/// Logs to stderr, written synchronously by the calling thread: a writer thread
+/// would make the master multi-threaded. A subscriber the caller installed wins.
+fn init_logging(level: tracing::Level) {
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(level)
+        .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}

@@ -1,0 +1,147 @@
+//! Every socket option decision, made in the master before the first fork.
+//!
+//! The master keeps every listener open for its whole life. A worker's death then
+//! only drops the worker's copy of the fd: the accept queue, and the connections
+//! already waiting in it, survive and are served by the replacement. (Closing the
+//! last fd of a SO_REUSEPORT socket resets everything queued on it.)
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{Balance, Config};
+use crate::error::Error;
+
+/// The listening sockets, bound and listening, in non-blocking mode (tokio needs
+/// it, and the flag lives on the shared open file, so setting it once here covers
+/// every worker).
+#[derive(Debug)]
+pub struct Listeners {
+    sockets: Vec<TcpListener>,
+    addr: SocketAddr,
+    balance: Balance,
+}
+
+impl Listeners {
+    /// Binds what `config` asks for: one SO_REUSEPORT socket per slot, or one
+    /// shared socket. With port 0 the first socket picks the port and the others
+    /// join it.
+    pub fn bind(config: &Config) -> Result<Listeners, Error> {
+        let fail = |addr| move |source| Error::Bind { addr, source };
+        let count = match config.balance {
+            Balance::Reuseport => config.workers.get(),
+            Balance::Shared => 1,
+        };
+        let reuseport = config.balance == Balance::Reuseport;
+        if reuseport && config.addr.port() != 0 {
+            // A SO_REUSEPORT bind silently *joins* any other server already
+            // listening there with SO_REUSEPORT. A plain bind fails instead, which
+            // is the error a user expects.
+            probe_free(config.addr).map_err(fail(config.addr))?;
+        }
+        let first = open(config.addr, reuseport, config.backlog).map_err(fail(config.addr))?;
+        let addr = first.local_addr().map_err(fail(config.addr))?;
+        let mut sockets = vec![first];
+        for _ in 1..count {
+            sockets.push(open(addr, reuseport, config.backlog).map_err(fail(addr))?);
+        }
+        Ok(Listeners {
+            sockets,
+            addr,
+            balance: config.balance,
+        })
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
+    /// The socket worker `slot` accepts on.
+    pub fn for_slot(&self, slot: usize) -> &TcpListener {
+        match self.balance {
+            Balance::Reuseport => &self.sockets[slot],
+            Balance::Shared => &self.sockets[0],
+        }
+    }
+
+    /// Every listener fd, for a worker to close the ones that are not its own.
+    pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.sockets.iter().map(AsRawFd::as_raw_fd)
+    }
+}
+
+fn open(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // Restart without waiting for TIME_WAIT connections of the previous run.
+    socket.set_reuse_address(true)?;
+    if reuseport {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&SockAddr::from(addr))?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// Fails with `AddrInUse` if anything listens on `addr`, reuseport or not.
+fn probe_free(addr: SocketAddr) -> io::Result<()> {
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    probe.bind(&SockAddr::from(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Config {
+        Config::try_from_args(["prefork-server", "--host", "127.0.0.1"].iter().chain(args)).unwrap()
+    }
+
+    #[test]
+    fn reuseport_binds_one_socket_per_slot_on_one_port() {
+        let listeners = Listeners::bind(&config(&["--port", "0", "--workers", "3"])).unwrap();
+        let ports: Vec<u16> = listeners
+            .sockets
+            .iter()
+            .map(|s| s.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports
+            .iter()
+            .all(|p| *p == listeners.addr().port() && *p != 0));
+    }
+
+    #[test]
+    fn shared_binds_one_socket() {
+        let listeners = Listeners::bind(&config(&[
+            "--port",
+            "0",
+            "--workers",
+            "3",
+            "--balance",
+            "shared",
+        ]))
+        .unwrap();
+        assert_eq!(listeners.raw_fds().count(), 1);
+        assert_eq!(
+            listeners.for_slot(2).as_raw_fd(),
+            listeners.for_slot(0).as_raw_fd()
+        );
+    }
+
+    #[test]
+    fn a_port_in_use_is_refused_even_with_reuseport() {
+        let other = Listeners::bind(&config(&["--port", "0", "--workers", "1"])).unwrap();
+        let port = other.addr().port().to_string();
+        let err = Listeners::bind(&config(&["--port", &port, "--workers", "2"])).unwrap_err();
+        assert!(err.to_string().ends_with("address in use"), "{err}");
+    }
+}

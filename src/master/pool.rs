@@ -1,0 +1,448 @@
+//! Slot bookkeeping as plain data: which slot needs a worker and when, what an
+//! exit means, when to stop waiting. No syscalls; time is passed in, so the unit
+//! tests need no sleeps.
+
+use std::time::{Duration, Instant};
+
+use nix::unistd::Pid;
+
+/// A worker that lived at least this long is respawned at once.
+const RESPAWN_AT_ONCE_AFTER: Duration = Duration::from_secs(1);
+/// First delay for a slot whose workers die young; doubles per failure...
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+/// ... up to this.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A worker up this long clears its slot's failure count.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// The worker pool. A worker's identity is its slot number `0..N`, not its pid: a
+/// respawned worker takes its slot (and the slot's socket).
+#[derive(Debug)]
+pub struct Pool {
+    slots: Vec<Slot>,
+    /// Workers that were told to stop and have not been reaped yet.
+    retiring: Vec<Retiring>,
+    stopping: bool,
+    /// Has any worker ever reported ready? Until then, boot failures can halt.
+    ever_ready: bool,
+}
+
+#[derive(Debug)]
+struct Slot {
+    worker: Option<Worker>,
+    /// An empty slot is spawned no earlier than this.
+    not_before: Instant,
+    /// Consecutive young deaths, for the backoff.
+    failures: u32,
+    /// Workers of this slot that exited before they were ready.
+    boot_failures: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Worker {
+    pid: Pid,
+    spawned_at: Instant,
+    ready_at: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Retiring {
+    pid: Pid,
+    slot: usize,
+    spawned_at: Instant,
+    kill_at: Instant,
+    killed: bool,
+}
+
+/// What a reaped pid was, and what the pool decided about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// A serving (or booting) worker died; its slot is respawned after `respawn_in`
+    /// (`None` while stopping).
+    Died {
+        slot: usize,
+        uptime: Duration,
+        was_ready: bool,
+        respawn_in: Option<Duration>,
+    },
+    /// A worker that was told to stop has exited.
+    Retired { slot: usize, uptime: Duration },
+    /// Not one of ours (a worker's orphaned child, or a pid reaped twice).
+    Unknown,
+}
+
+impl Pool {
+    pub fn new(workers: usize, now: Instant) -> Pool {
+        let slot = || Slot {
+            worker: None,
+            not_before: now,
+            failures: 0,
+            boot_failures: 0,
+        };
+        Pool {
+            slots: (0..workers).map(|_| slot()).collect(),
+            retiring: Vec::new(),
+            stopping: false,
+            ever_ready: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Empty slots whose backoff has expired, unless the pool is stopping.
+    pub fn due(&self, now: Instant) -> Vec<usize> {
+        if self.stopping {
+            return Vec::new();
+        }
+        let due = |(_, slot): &(usize, &Slot)| slot.worker.is_none() && slot.not_before <= now;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(due)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    pub fn on_spawned(&mut self, slot: usize, pid: Pid, now: Instant) {
+        self.slots[slot].worker = Some(Worker {
+            pid,
+            spawned_at: now,
+            ready_at: None,
+        });
+    }
+
+    /// A fork for `slot` failed: retry it after the slot's next backoff step.
+    pub fn on_spawn_failed(&mut self, slot: usize, now: Instant) -> Duration {
+        let slot = &mut self.slots[slot];
+        slot.failures += 1;
+        let delay = backoff(slot.failures);
+        slot.not_before = now + delay;
+        delay
+    }
+
+    /// The worker reported ready. Returns its slot.
+    pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<usize> {
+        let slot = self.slot_of(pid)?;
+        let worker = self.slots[slot]
+            .worker
+            .as_mut()
+            .expect("slot_of found a worker");
+        worker.ready_at.get_or_insert(now);
+        self.ever_ready = true;
+        Some(slot)
+    }
+
+    /// Records the exit of `pid` and decides when its slot is respawned.
+    pub fn on_exit(&mut self, pid: Pid, now: Instant) -> Departure {
+        if let Some(at) = self.retiring.iter().position(|r| r.pid == pid) {
+            let retired = self.retiring.swap_remove(at);
+            return Departure::Retired {
+                slot: retired.slot,
+                uptime: now.saturating_duration_since(retired.spawned_at),
+            };
+        }
+        let Some(index) = self.slot_of(pid) else {
+            return Departure::Unknown;
+        };
+        let stopping = self.stopping;
+        let slot = &mut self.slots[index];
+        let worker = slot.worker.take().expect("slot_of found a worker");
+        let uptime = now.saturating_duration_since(worker.spawned_at);
+        let was_ready = worker.ready_at.is_some();
+        if !was_ready {
+            slot.boot_failures += 1;
+        }
+        if uptime >= BACKOFF_RESET_AFTER {
+            slot.failures = 0;
+        }
+        let delay = if was_ready && uptime >= RESPAWN_AT_ONCE_AFTER {
+            Duration::ZERO
+        } else {
+            slot.failures += 1;
+            backoff(slot.failures)
+        };
+        slot.not_before = now + delay;
+        Departure::Died {
+            slot: index,
+            uptime,
+            was_ready,
+            respawn_in: (!stopping).then_some(delay),
+        }
+    }
+
+    /// True when no worker has ever been ready and every slot has seen one exit
+    /// before it was ready: respawning is pointless, the master should halt.
+    pub fn first_generation_failed(&self) -> bool {
+        !self.ever_ready && self.slots.iter().all(|slot| slot.boot_failures > 0)
+    }
+
+    /// True when every slot has a ready worker.
+    pub fn all_ready(&self) -> bool {
+        self.slots.iter().all(|slot| {
+            matches!(
+                slot.worker,
+                Some(Worker {
+                    ready_at: Some(_),
+                    ..
+                })
+            )
+        })
+    }
+
+    /// Stops spawning and retires every live worker: returns their pids, to be
+    /// told to stop; each must be gone by `kill_at` (an earlier deadline already
+    /// set is kept, so a fast stop can only shorten a graceful one).
+    pub fn retire_all(&mut self, kill_at: Instant) -> Vec<Pid> {
+        self.stopping = true;
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(worker) = slot.worker.take() {
+                let spawned_at = worker.spawned_at;
+                self.retiring.push(Retiring {
+                    pid: worker.pid,
+                    slot: index,
+                    spawned_at,
+                    kill_at,
+                    killed: false,
+                });
+            }
+        }
+        for retiring in &mut self.retiring {
+            retiring.kill_at = retiring.kill_at.min(kill_at);
+        }
+        self.retiring.iter().map(|r| r.pid).collect()
+    }
+
+    /// Retiring workers past their deadline that have not been killed yet; each is
+    /// returned once, with its slot.
+    pub fn overdue(&mut self, now: Instant) -> Vec<(usize, Pid)> {
+        let overdue = self
+            .retiring
+            .iter_mut()
+            .filter(|r| !r.killed && r.kill_at <= now);
+        overdue
+            .map(|r| {
+                r.killed = true;
+                (r.slot, r.pid)
+            })
+            .collect()
+    }
+
+    /// No worker is alive (all reaped).
+    pub fn is_empty(&self) -> bool {
+        self.retiring.is_empty() && self.slots.iter().all(|slot| slot.worker.is_none())
+    }
+
+    /// How long the master may sleep before something is due: a respawn or a kill.
+    pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
+        let respawns = self
+            .slots
+            .iter()
+            .filter(|s| s.worker.is_none() && !self.stopping)
+            .map(|s| s.not_before);
+        let kills = self
+            .retiring
+            .iter()
+            .filter(|r| !r.killed)
+            .map(|r| r.kill_at);
+        respawns
+            .chain(kills)
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    pub fn slot_of(&self, pid: Pid) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|slot| slot.worker.is_some_and(|w| w.pid == pid))
+    }
+}
+
+/// 100 ms, 200 ms, 400 ms ... capped at 10 s, for the `failures`-th young death.
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn pid(n: i32) -> Pid {
+        Pid::from_raw(n)
+    }
+
+    /// A pool of `n` slots whose workers (pids 100, 101, ...) are all ready.
+    fn ready_pool(n: usize, now: Instant) -> Pool {
+        let mut pool = Pool::new(n, now);
+        for slot in pool.due(now) {
+            pool.on_spawned(slot, pid(100 + slot as i32), now);
+            pool.on_ready(pid(100 + slot as i32), now);
+        }
+        pool
+    }
+
+    #[test]
+    fn every_slot_is_due_at_start_and_none_once_spawned() {
+        let now = Instant::now();
+        let mut pool = Pool::new(3, now);
+        assert_eq!(pool.due(now), vec![0, 1, 2]);
+        pool.on_spawned(1, pid(7), now);
+        assert_eq!(pool.due(now), vec![0, 2]);
+        assert!(!pool.all_ready());
+    }
+
+    #[test]
+    fn a_worker_that_lived_a_while_is_respawned_at_once() {
+        let start = Instant::now();
+        let mut pool = ready_pool(2, start);
+        let later = start + Duration::from_secs(5);
+        let departure = pool.on_exit(pid(101), later);
+        assert_eq!(
+            departure,
+            Departure::Died {
+                slot: 1,
+                uptime: Duration::from_secs(5),
+                was_ready: true,
+                respawn_in: Some(Duration::ZERO)
+            }
+        );
+        assert_eq!(pool.due(later), vec![1]);
+    }
+
+    #[test]
+    fn young_deaths_back_off_doubling_to_ten_seconds() {
+        let mut now = Instant::now();
+        let mut pool = ready_pool(1, now);
+        let mut delays = Vec::new();
+        for n in 0..10 {
+            now += 50 * MS;
+            let Departure::Died {
+                respawn_in: Some(delay),
+                ..
+            } = pool.on_exit(pid(100 + n), now)
+            else {
+                panic!("expected a death")
+            };
+            delays.push(delay.as_millis());
+            assert!(
+                pool.due(now + delay - MS).is_empty(),
+                "not due before the backoff"
+            );
+            now += delay;
+            assert_eq!(pool.due(now), vec![0]);
+            pool.on_spawned(0, pid(101 + n), now);
+            pool.on_ready(pid(101 + n), now);
+        }
+        assert_eq!(
+            delays,
+            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
+        );
+    }
+
+    #[test]
+    fn thirty_seconds_up_resets_the_backoff() {
+        let mut now = Instant::now();
+        let mut pool = ready_pool(1, now);
+        now += 10 * MS;
+        pool.on_exit(pid(100), now); // 100 ms
+        now += Duration::from_secs(1);
+        pool.on_spawned(0, pid(200), now);
+        pool.on_ready(pid(200), now);
+        now += 10 * MS;
+        assert!(
+            matches!(pool.on_exit(pid(200), now), Departure::Died { respawn_in: Some(d), .. } if d == 200 * MS)
+        );
+        now += Duration::from_secs(1);
+        pool.on_spawned(0, pid(300), now);
+        pool.on_ready(pid(300), now);
+        now += Duration::from_secs(31);
+        pool.on_exit(pid(300), now); // long life: at once, and the count is cleared
+        pool.on_spawned(0, pid(400), now);
+        pool.on_ready(pid(400), now);
+        now += 10 * MS;
+        assert!(
+            matches!(pool.on_exit(pid(400), now), Departure::Died { respawn_in: Some(d), .. } if d == 100 * MS)
+        );
+    }
+
+    #[test]
+    fn halts_only_when_every_first_worker_failed_to_boot() {
+        let now = Instant::now();
+        let mut pool = Pool::new(2, now);
+        pool.on_spawned(0, pid(1), now);
+        pool.on_spawned(1, pid(2), now);
+        pool.on_exit(pid(1), now);
+        assert!(!pool.first_generation_failed(), "slot 1 has not failed yet");
+        pool.on_exit(pid(2), now);
+        assert!(pool.first_generation_failed());
+    }
+
+    #[test]
+    fn a_boot_failure_after_a_ready_worker_never_halts() {
+        let now = Instant::now();
+        let mut pool = Pool::new(2, now);
+        pool.on_spawned(0, pid(1), now);
+        pool.on_spawned(1, pid(2), now);
+        pool.on_ready(pid(1), now);
+        pool.on_exit(pid(2), now);
+        pool.on_exit(pid(1), now);
+        assert!(!pool.first_generation_failed());
+        assert!(matches!(pool.on_exit(pid(3), now), Departure::Unknown));
+    }
+
+    #[test]
+    fn stop_retires_everyone_and_kills_only_after_the_deadline() {
+        let now = Instant::now();
+        let mut pool = ready_pool(2, now);
+        let deadline = now + Duration::from_secs(30);
+        let mut pids = pool.retire_all(deadline);
+        pids.sort();
+        assert_eq!(pids, [pid(100), pid(101)]);
+        assert!(
+            pool.due(now + Duration::from_secs(60)).is_empty(),
+            "no respawn while stopping"
+        );
+        assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(30)));
+        assert!(pool.overdue(now).is_empty());
+        assert!(matches!(
+            pool.on_exit(pid(100), now),
+            Departure::Retired { slot: 0, .. }
+        ));
+        assert_eq!(pool.overdue(deadline), [(1, pid(101))]);
+        assert!(
+            pool.overdue(deadline).is_empty(),
+            "each straggler is killed once"
+        );
+        assert!(!pool.is_empty());
+        pool.on_exit(pid(101), deadline);
+        assert!(pool.is_empty());
+    }
+
+    #[test]
+    fn a_fast_stop_shortens_a_graceful_one() {
+        let now = Instant::now();
+        let mut pool = ready_pool(1, now);
+        pool.retire_all(now + Duration::from_secs(30));
+        pool.retire_all(now + Duration::from_secs(1));
+        assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(1)));
+        pool.retire_all(now + Duration::from_secs(60));
+        assert_eq!(
+            pool.next_wakeup(now),
+            Some(Duration::from_secs(1)),
+            "never lengthened"
+        );
+    }
+
+    #[test]
+    fn a_failed_fork_backs_off_the_slot() {
+        let now = Instant::now();
+        let mut pool = Pool::new(1, now);
+        assert_eq!(pool.on_spawn_failed(0, now), 100 * MS);
+        assert!(pool.due(now).is_empty());
+        assert_eq!(pool.next_wakeup(now), Some(100 * MS));
+    }
+}

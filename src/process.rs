@@ -1,0 +1,197 @@
+//! Mechanism: `fork`, `kill`, `waitpid`, and the worker exit-code contract.
+//!
+//! This is the only module that creates or reaps processes. It holds no policy:
+//! which slot to spawn, when to kill, what an exit means for the pool, all live in
+//! `master`.
+
+use std::fmt;
+use std::io::Write;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork as nix_fork, ForkResult, Pid};
+
+use crate::error::Error;
+
+/// Worker exit codes. Death by signal is observed, never chosen.
+pub mod exit_code {
+    /// Clean stop (drained, or told to stop fast).
+    pub const OK: i32 = 0;
+    /// Could not start: bad service, cannot build the runtime. The master never
+    /// crash-loops on it: it backs off, and halts if no worker ever booted.
+    pub const BOOT_FAILED: i32 = 3;
+    /// Panicked (`EX_SOFTWARE`).
+    pub const PANICKED: i32 = 70;
+}
+
+/// How a child ended, as reported by `waitpid(2)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal { signal: Signal, core_dumped: bool },
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Exit::Code(code) => {
+                let meaning = match code {
+                    exit_code::OK => "",
+                    exit_code::BOOT_FAILED => " (boot failure)",
+                    exit_code::PANICKED => " (panic)",
+                    _ => "",
+                };
+                write!(f, "exited with code {code}{meaning}")
+            }
+            Exit::Signal {
+                signal,
+                core_dumped,
+            } => {
+                let core = if core_dumped { " (core dumped)" } else { "" };
+                write!(f, "killed by {}{core}", signal.as_str())
+            }
+        }
+    }
+}
+
+/// Forks. In the parent, returns the child's pid. In the child, runs `child` and
+/// exits with the code it returns (70 if it panics): the child never returns into
+/// the caller's code.
+///
+/// All signals are blocked across the fork and stay blocked in the child: a signal
+/// sent to a brand-new worker waits until the worker has installed its own
+/// handlers (see `worker::run`) instead of running the master's.
+pub fn fork(child: impl FnOnce() -> i32) -> Result<Pid, Error> {
+    let threads = thread_count().map_err(Error::ThreadCount)?;
+    if threads != 1 {
+        return Err(Error::Multithreaded { threads });
+    }
+    // Buffered bytes would otherwise be written twice, once by each process.
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+
+    let mut saved = SigSet::empty();
+    pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    )
+    .map_err(Error::SignalMask)?;
+    // SAFETY: the master has exactly one thread (checked just above, and nothing
+    // between the check and here starts one), so the child cannot inherit a lock
+    // held by a thread that does not exist in it; it may allocate and run Rust.
+    let forked = unsafe { nix_fork() };
+    match forked {
+        Ok(ForkResult::Parent { child }) => {
+            restore_mask(&saved)?;
+            Ok(child)
+        }
+        Ok(ForkResult::Child) => {
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child))
+                .unwrap_or(exit_code::PANICKED);
+            std::process::exit(code)
+        }
+        Err(errno) => {
+            restore_mask(&saved)?;
+            Err(Error::Fork(errno))
+        }
+    }
+}
+
+fn restore_mask(saved: &SigSet) -> Result<(), Error> {
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(saved), None).map_err(Error::SignalMask)
+}
+
+/// Unblocks every signal in the calling thread: the last step of a worker's
+/// after-fork hygiene.
+pub fn unblock_all_signals() -> nix::Result<()> {
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+}
+
+/// Collects every child that has exited so far, without blocking, known or not
+/// (the caller decides whether an unknown pid matters; reaping it prevents a zombie).
+pub fn reap_exited() -> Vec<(Pid, Exit)> {
+    let mut exited = Vec::new();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => exited.push((pid, Exit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => exited.push((
+                pid,
+                Exit::Signal {
+                    signal,
+                    core_dumped,
+                },
+            )),
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
+            // Stopped / continued are not exits.
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(errno) => {
+                tracing::error!("master: waitpid failed: {errno}");
+                return exited;
+            }
+        }
+    }
+}
+
+/// Sends `signal` to a child that has not been reaped yet (so its pid cannot have
+/// been reused). A child that already exited is not an error: its SIGCHLD is
+/// on its way.
+pub fn signal(pid: Pid, signal: Signal) {
+    match kill(pid, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => tracing::warn!(
+            "master: cannot send {} to pid {pid}: {errno}",
+            signal.as_str()
+        ),
+    }
+}
+
+/// `Threads:` of `/proc/self/status`: fork without exec is only sound at 1.
+pub fn thread_count() -> std::io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Formats a duration for log lines: `120ms`, `3.4s`.
+pub fn human(duration: Duration) -> String {
+    if duration < Duration::from_secs(1) {
+        format!("{}ms", duration.as_millis())
+    } else {
+        format!("{:.1}s", duration.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reads_like_a_log_line() {
+        assert_eq!(
+            Exit::Code(3).to_string(),
+            "exited with code 3 (boot failure)"
+        );
+        let killed = Exit::Signal {
+            signal: Signal::SIGKILL,
+            core_dumped: false,
+        };
+        assert_eq!(killed.to_string(), "killed by SIGKILL");
+        let aborted = Exit::Signal {
+            signal: Signal::SIGABRT,
+            core_dumped: true,
+        };
+        assert_eq!(aborted.to_string(), "killed by SIGABRT (core dumped)");
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_millis(100)), "100ms");
+        assert_eq!(human(Duration::from_millis(3400)), "3.4s");
+    }
+}

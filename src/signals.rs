@@ -1,0 +1,136 @@
+//! The signal table, and the master's record-only handlers.
+//!
+//! | signal     | master                                                        | worker              |
+//! |------------|---------------------------------------------------------------|---------------------|
+//! | TERM, INT  | graceful stop; a second TERM/INT during the stop = fast stop  | drain, exit 0       |
+//! | QUIT       | fast stop                                                     | exit now (code 0)   |
+//! | CHLD       | wake up and reap                                              | default             |
+//! | HUP, USR1, USR2, TTIN, TTOU | logged and ignored (not implemented yet)     | ignored             |
+//!
+//! TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect (nginx and
+//! unicorn treat TERM as fast and QUIT as graceful).
+//!
+//! A handler only sets a flag and writes a byte to a self-pipe (both through
+//! signal-hook, so no thread is started); the master's loop `poll`s the pipe, drains
+//! it, then reads the flags and acts. Workers inherit all of this across fork and
+//! must call [`Signals::forget_in_child`] first, or a signal sent to a worker would
+//! also wake and steer the master.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use signal_hook::consts::signal::*;
+use signal_hook::SigId;
+
+/// The table above, as `--help` prints it.
+pub const HELP_TABLE: &str = "\
+Signals (send them to the master):
+  TERM, INT   graceful stop: workers finish in-flight requests and exit; any still
+              running after --graceful-timeout are killed. A second TERM/INT is a fast stop.
+  QUIT        fast stop: workers exit at once.
+  CHLD        the master reaps the worker and respawns its slot (with backoff if it keeps dying young).
+  HUP, USR1, USR2, TTIN, TTOU
+              logged and ignored for now (reload, reopen, upgrade and scaling are planned).
+TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect; nginx and unicorn
+use QUIT for that and treat TERM as fast.
+
+Exit codes: 0 clean stop, 1 runtime failure (bind error, no worker could boot), 2 usage error.";
+
+/// What the master was told. Variants mirror the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Interrupt,
+    Quit,
+    Child,
+    /// Recorded so that its default action (terminate or stop the master) does not
+    /// run; logged and ignored until its feature exists.
+    Unimplemented(i32),
+}
+
+const WATCHED: [i32; 9] = [
+    SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
+];
+
+impl Signal {
+    fn from_raw(raw: i32) -> Signal {
+        match raw {
+            SIGTERM => Signal::Terminate,
+            SIGINT => Signal::Interrupt,
+            SIGQUIT => Signal::Quit,
+            SIGCHLD => Signal::Child,
+            other => Signal::Unimplemented(other),
+        }
+    }
+}
+
+/// The master's handlers: one flag per watched signal, and the pipe they wake.
+pub struct Signals {
+    wake: UnixStream,
+    flags: Vec<(i32, Arc<AtomicBool>)>,
+    ids: Vec<SigId>,
+}
+
+impl Signals {
+    /// Installs the handlers. Call before the first fork, and before readiness is
+    /// announced, so that a signal sent right after the ready line is never lost.
+    pub fn install() -> io::Result<Signals> {
+        let (wake, write) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        let mut signals = Signals {
+            wake,
+            flags: Vec::new(),
+            ids: Vec::new(),
+        };
+        for raw in WATCHED {
+            let flag = Arc::new(AtomicBool::new(false));
+            // The flag is registered first, so it is set by the time the pipe wakes us.
+            signals
+                .ids
+                .push(signal_hook::flag::register(raw, Arc::clone(&flag))?);
+            signals.ids.push(signal_hook::low_level::pipe::register(
+                raw,
+                write.try_clone()?,
+            )?);
+            signals.flags.push((raw, flag));
+        }
+        Ok(signals)
+    }
+
+    /// The fd for `poll`: readable when a signal arrived.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.wake.as_fd()
+    }
+
+    /// Drains the pipe, then returns every signal recorded since the last call.
+    /// Draining first means a signal landing in between is not lost: its byte
+    /// wakes the next `poll`.
+    pub fn take(&mut self) -> Vec<Signal> {
+        let mut buf = [0u8; 64];
+        while matches!(self.wake.read(&mut buf), Ok(n) if n > 0) {}
+        self.flags
+            .iter()
+            .filter(|(_, flag)| flag.swap(false, Ordering::SeqCst))
+            .map(|(raw, _)| Signal::from_raw(*raw))
+            .collect()
+    }
+
+    /// In a freshly forked worker: removes the master's actions (which also closes
+    /// the child's copies of the pipe's write ends, as signal-hook owns them) and
+    /// closes the read end. Signals must still be blocked when this runs.
+    ///
+    /// The signal-hook handler stays installed with no action, so a signal the
+    /// worker does not watch (HUP, USR2, TTIN... sent to the whole process group)
+    /// is ignored instead of killing it.
+    pub fn forget_in_child(&self) {
+        for id in &self.ids {
+            signal_hook::low_level::unregister(*id);
+        }
+        // The owner (`self`) is never dropped in the child, which never returns
+        // into master code, so this fd is closed exactly once.
+        let _ = nix::unistd::close(self.wake.as_raw_fd());
+    }
+}

@@ -1,0 +1,210 @@
+//! One connection's life, and the bookkeeping the drain needs: how many
+//! connections are open, whether each has a request in flight.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Incoming};
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::BoxError;
+
+/// While draining, a keep-alive connection with no request in flight is closed
+/// once it has been idle this long. A client that sends its next request within
+/// it gets an answer with `Connection: close` instead of a reset.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+
+/// The worker-wide "drain has started" flag. Read on every response, so a `Cell`.
+#[derive(Default)]
+pub struct Drain {
+    started: Cell<bool>,
+    notify: Notify,
+}
+
+impl Drain {
+    pub fn start(&self) {
+        self.started.set(true);
+        self.notify.notify_waiters();
+    }
+
+    async fn started(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Register before checking the flag, so a start in between is not missed.
+        notified.as_mut().enable();
+        if !self.started.get() {
+            notified.await;
+        }
+    }
+}
+
+/// Counts open connections; lets the drain wait for the last one.
+#[derive(Default)]
+pub struct Connections {
+    open: Cell<usize>,
+    closed: Notify,
+}
+
+/// Held by a connection's task; dropping it counts the connection as closed.
+pub struct Open(Rc<Connections>);
+
+impl Connections {
+    pub fn open(self: &Rc<Self>) -> Open {
+        self.open.set(self.open.get() + 1);
+        Open(Rc::clone(self))
+    }
+
+    pub fn count(&self) -> usize {
+        self.open.get()
+    }
+
+    pub async fn all_closed(&self) {
+        while self.open.get() > 0 {
+            self.closed.notified().await;
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        let open = self.0.open.get() - 1;
+        self.0.open.set(open);
+        if open == 0 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+/// Per connection: requests in flight, and since when it has been idle.
+struct Activity {
+    in_flight: Cell<u32>,
+    /// Only kept up to date once the drain has started (it costs a clock read).
+    idle_since: Cell<Instant>,
+}
+
+/// Serves one connection until the client closes it, or until the drain closes it.
+pub async fn serve_connection<S, B>(
+    stream: TcpStream,
+    service: S,
+    builder: &http1::Builder,
+    drain: &Rc<Drain>,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let activity = Rc::new(Activity {
+        in_flight: Cell::new(0),
+        idle_since: Cell::new(Instant::now()),
+    });
+    let tracked = Tracked {
+        inner: service,
+        activity: Rc::clone(&activity),
+        drain: Rc::clone(drain),
+    };
+    let conn = builder.serve_connection(TokioIo::new(stream), tracked);
+    tokio::pin!(conn);
+    // Errors are the client's doing (reset, malformed request, header timeout):
+    // hyper has already answered what it could, and there is nobody to tell.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        () = drain.started() => {}
+    }
+    activity.idle_since.set(Instant::now());
+    loop {
+        let now = Instant::now();
+        let idle_until = activity.idle_since.get() + IDLE_GRACE;
+        if activity.in_flight.get() == 0 && now >= idle_until {
+            break;
+        }
+        // In flight: its response carries `Connection: close`, so hyper closes the
+        // connection after it; check again one grace later in any case.
+        let wake = if activity.in_flight.get() == 0 {
+            idle_until
+        } else {
+            now + IDLE_GRACE
+        };
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            () = tokio::time::sleep_until(wake) => {}
+        }
+    }
+    // Idle: hyper closes an idle connection at once, or finishes a request whose
+    // head is arriving right now and closes after it.
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
+}
+
+/// The user's service, counting requests in flight and adding `Connection: close`
+/// to every response produced once the drain has started.
+struct Tracked<S> {
+    inner: S,
+    activity: Rc<Activity>,
+    drain: Rc<Drain>,
+}
+
+impl<S, B> Service<Request<Incoming>> for Tracked<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.activity
+            .in_flight
+            .set(self.activity.in_flight.get() + 1);
+        TrackedFuture {
+            inner: self.inner.call(request),
+            activity: Rc::clone(&self.activity),
+            drain: Rc::clone(&self.drain),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracked`], without a box per request.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        activity: Rc<Activity>,
+        drain: Rc<Drain>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = ready!(this.inner.poll(cx));
+        let activity = this.activity;
+        activity.in_flight.set(activity.in_flight.get() - 1);
+        if this.drain.started.get() {
+            activity.idle_since.set(Instant::now());
+            if let Ok(response) = &mut result {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+        }
+        Poll::Ready(result)
+    }
+}

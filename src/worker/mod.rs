@@ -1,0 +1,140 @@
+//! A worker: everything from "I am the child" to the exit code.
+//!
+//! By the time [`run`] is called, `process::fork` has left every signal blocked,
+//! the master's signal actions are unregistered and every master-only fd is
+//! closed. Here: make the worker die with the master, build a `current_thread`
+//! runtime, install the worker's own signal handlers, and only then unblock
+//! signals (a TERM that arrived in between is delivered to the new handler, not
+//! lost), make the service, report ready and serve.
+
+mod conn;
+mod serve;
+mod stop;
+
+use std::fmt::Display;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+
+use hyper::body::{Body, Incoming};
+use hyper::service::Service;
+use hyper::{Request, Response};
+use nix::unistd::{getpid, getppid, Pid};
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::ipc::{self, Message};
+use crate::process::{self, exit_code};
+use serve::serve;
+use stop::StopSignals;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a freshly forked worker is handed by the master.
+pub(crate) struct Child<'a> {
+    pub slot: usize,
+    pub master_pid: Pid,
+    /// The slot's socket; the master keeps its own copy open.
+    pub listener: &'a TcpListener,
+    /// The worker's end of the channel to the master.
+    pub channel: UnixStream,
+    pub config: &'a Config,
+}
+
+/// Runs a worker to completion and returns its exit code (see `process::exit_code`).
+pub(crate) fn run<F, S, B, E>(child: Child<'_>, make_service: &F) -> i32
+where
+    F: Fn() -> Result<S, E>,
+    E: Display,
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    let name = format!("worker {} (pid {})", child.slot, getpid());
+    if let Err(err) = die_with_master(child.master_pid) {
+        info!("{name}: {err}; exiting");
+        return exit_code::OK;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            return boot_failed(
+                &name,
+                child.channel,
+                format!("cannot build the tokio runtime: {err}"),
+            )
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let Child {
+            listener,
+            mut channel,
+            config,
+            ..
+        } = child;
+        let (listener, service, stop) = match boot(listener, make_service).await {
+            Ok(parts) => parts,
+            Err(reason) => return boot_failed(&name, channel, reason),
+        };
+        if ipc::send(&mut channel, &Message::Ready).is_err() {
+            info!("{name}: the master is gone before this worker was ready; exiting");
+            return exit_code::OK;
+        }
+        let mut stop = stop;
+        if let Err(err) = stop.watch_master(channel) {
+            // PDEATHSIG still covers the master's death.
+            error!("{name}: cannot watch the channel to the master: {err}");
+        }
+        serve(listener, service, stop, config, &name).await;
+        exit_code::OK
+    })
+}
+
+/// Boots inside the runtime: signal handlers, then unblock, then the listener and
+/// the service. Any error here is a boot failure.
+async fn boot<F, S, E>(
+    listener: &TcpListener,
+    make_service: &F,
+) -> Result<(tokio::net::TcpListener, S, StopSignals), String>
+where
+    F: Fn() -> Result<S, E>,
+    E: Display,
+{
+    let stop =
+        StopSignals::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
+    process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
+    // The master set O_NONBLOCK on the shared open file; tokio requires it.
+    let listener = listener
+        .try_clone()
+        .and_then(tokio::net::TcpListener::from_std)
+        .map_err(|err| format!("cannot use the slot's socket: {err}"))?;
+    let service = make_service().map_err(|err| format!("cannot make the service: {err}"))?;
+    Ok((listener, service, stop))
+}
+
+fn boot_failed(name: &str, mut channel: UnixStream, reason: String) -> i32 {
+    error!("{name}: {reason}");
+    // The master may already be gone; the exit code says the same thing.
+    let _ = ipc::send(&mut channel, &Message::BootError(reason));
+    exit_code::BOOT_FAILED
+}
+
+/// Asks the kernel for SIGTERM when the master dies, then checks it is not dead
+/// already (the request only covers deaths after it is made). The channel EOF
+/// covers what PDEATHSIG misses.
+fn die_with_master(master: Pid) -> Result<(), &'static str> {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+    if rc != 0 {
+        return Err("cannot set PR_SET_PDEATHSIG");
+    }
+    if getppid() != master {
+        return Err("the master died before this worker started");
+    }
+    Ok(())
+}
