@@ -125,10 +125,7 @@ impl Flags {
 
 /// An IP address, with or without the brackets of `[::1]`.
 fn parse_host(text: &str) -> Result<IpAddr, String> {
-    let bare = text
-        .strip_prefix('[')
-        .and_then(|t| t.strip_suffix(']'))
-        .unwrap_or(text);
+    let bare = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')).unwrap_or(text);
     bare.parse()
         .map_err(|_| format!("'{text}' is not an IP address (use e.g. 0.0.0.0, 127.0.0.1, ::1)"))
 }
@@ -147,11 +144,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
-        _ => {
-            return Err(format!(
-                "unknown unit '{unit}' in '{text}' (use ms, s or m)"
-            ))
-        }
+        _ => return Err(format!("unknown unit '{unit}' in '{text}' (use ms, s or m)")),
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
 }
@@ -178,10 +171,7 @@ mod tests {
         assert_eq!(config.balance, Balance::Reuseport);
         assert_eq!(config.backlog, 1024);
         assert_eq!(config.graceful_timeout, Duration::from_secs(30));
-        assert_eq!(
-            config.workers,
-            std::thread::available_parallelism().unwrap()
-        );
+        assert_eq!(config.workers, std::thread::available_parallelism().unwrap());
     }
 
     #[test]
@@ -190,10 +180,7 @@ mod tests {
             parse(&["--host", "::1", "--port", "0"]).unwrap().addr,
             "[::1]:0".parse().unwrap()
         );
-        assert_eq!(
-            parse(&["--host", "[::]"]).unwrap().addr,
-            "[::]:8000".parse().unwrap()
-        );
+        assert_eq!(parse(&["--host", "[::]"]).unwrap().addr, "[::]:8000".parse().unwrap());
         assert!(parse(&["--host", "localhost:80"]).is_err());
     }
 

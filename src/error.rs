@@ -55,9 +55,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => {
-                Some(source)
-            }
+            Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
             Error::ThreadCount(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } => None,

@@ -37,10 +37,7 @@ impl Service<Request<Incoming>> for Hello {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let mut response = Response::new(Full::new(self.body.clone()));
         let headers = response.headers_mut();
-        headers.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         // hyper writes no body for HEAD, and keeps the Content-Length.
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;

@@ -1,13 +1,31 @@
-//! The channel between the master and one worker: a Unix socket pair made before
-//! the fork.
+//! The channel between the master and one worker: a `SOCK_SEQPACKET` socket pair
+//! made before the fork. Each message is one record ending in `\n`; a record can
+//! carry one fd (`SCM_RIGHTS`), which stays attached to its own message.
 //!
-//! - Worker → master: one line per message (`ready`, `boot-error <text>`), so the
-//!   master knows when a worker serves and why one could not start.
-//! - Master → worker: nothing yet; EOF tells the worker that the master is gone
-//!   (no orphans, even where `PR_SET_PDEATHSIG` does not fire).
+//! - Worker → master: `ready`, `boot-error <text>`: the master knows when a worker
+//!   serves and why one could not start.
+//! - Master → worker: `adopt <slot>` with the slot's socket, `release <slot>`: a
+//!   worker accepts on a sibling slot's socket while that slot has no ready worker,
+//!   so the connections queued there are served instead of waiting.
+//! - EOF tells the worker that the master is gone (no orphans, even where
+//!   `PR_SET_PDEATHSIG` does not fire).
+//!
+//! Both ends are wrapped in `UnixStream` for its `Read`/`Write`: on a seqpacket
+//! socket they are `recv`/`send` of whole records.
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+
+/// A new channel: (master end, worker end). Close-on-exec: only a fork inherits it.
+pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
+    let (master, worker) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    Ok((UnixStream::from(master), UnixStream::from(worker)))
+}
 
 /// A message from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +50,70 @@ impl Message {
             None if line == "ready" => Some(Message::Ready),
             Some(("boot-error", text)) => Some(Message::BootError(text.to_owned())),
             _ => None,
+        }
+    }
+}
+
+/// A command from the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Accept on this slot's socket too (the socket comes with the message).
+    Adopt(usize),
+    /// Stop accepting on this slot's socket: it has its own worker again.
+    Release(usize),
+}
+
+impl Command {
+    fn encode(self) -> String {
+        match self {
+            Command::Adopt(slot) => format!("adopt {slot}\n"),
+            Command::Release(slot) => format!("release {slot}\n"),
+        }
+    }
+
+    fn decode(record: &[u8]) -> Option<Command> {
+        let text = std::str::from_utf8(record).ok()?.strip_suffix('\n')?;
+        let (verb, slot) = text.split_once(' ')?;
+        let slot = slot.parse().ok()?;
+        match verb {
+            "adopt" => Some(Command::Adopt(slot)),
+            "release" => Some(Command::Release(slot)),
+            _ => None,
+        }
+    }
+}
+
+/// Worker side: receives one command and the fd that came with it, without
+/// blocking (`WouldBlock` when there is none). `Ok(None)` means EOF: the master
+/// is gone. Unknown records are skipped.
+pub fn receive_command(channel: BorrowedFd<'_>) -> io::Result<Option<(Command, Option<OwnedFd>)>> {
+    loop {
+        let mut record = [0u8; 64];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut record)];
+        let message = recvmsg::<()>(
+            channel.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        if message.bytes == 0 {
+            return Ok(None);
+        }
+        let mut fd = None;
+        for cmsg in message.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                for raw in fds {
+                    // SAFETY: the kernel has just installed `raw` in this process's fd
+                    // table for this message; nothing else refers to it.
+                    let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                    fd.get_or_insert(owned);
+                }
+            }
+        }
+        let bytes = message.bytes;
+        if let Some(command) = Command::decode(&record[..bytes]) {
+            return Ok(Some((command, fd)));
         }
     }
 }
@@ -69,6 +151,23 @@ impl Link {
         &self.stream
     }
 
+    /// Sends `command` to the worker, with `fd` attached if given. The record is
+    /// tiny and the worker reads continuously, so a full buffer means the worker is
+    /// stuck or gone: an error the caller logs.
+    pub fn send(&self, command: Command, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let text = command.encode();
+        let raw = fd.map(|fd| [fd.as_raw_fd()]);
+        let cmsgs: Vec<ControlMessage<'_>> = raw.iter().map(|fds| ControlMessage::ScmRights(fds)).collect();
+        sendmsg::<()>(
+            self.stream.as_raw_fd(),
+            &[IoSlice::new(text.as_bytes())],
+            &cmsgs,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        )?;
+        Ok(())
+    }
+
     /// Reads everything available now, without blocking.
     pub fn receive(&mut self) -> Received {
         let mut received = Received::default();
@@ -102,22 +201,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn commands_carry_their_fd_and_eof_is_none() {
+        use std::os::fd::AsFd;
+        let (master, worker) = pair().unwrap();
+        let link = Link::new(master).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        link.send(Command::Release(2), None).unwrap();
+        link.send(Command::Adopt(1), Some(listener.as_fd())).unwrap();
+        let (command, fd) = receive_command(worker.as_fd()).unwrap().unwrap();
+        assert_eq!((command, fd.is_none()), (Command::Release(2), true));
+        let (command, fd) = receive_command(worker.as_fd()).unwrap().unwrap();
+        assert_eq!(command, Command::Adopt(1));
+        let adopted = std::net::TcpListener::from(fd.expect("the socket came along"));
+        assert_eq!(adopted.local_addr().unwrap(), listener.local_addr().unwrap());
+        drop(link);
+        assert!(receive_command(worker.as_fd()).unwrap().is_none());
+    }
+
+    #[test]
     fn messages_cross_the_channel_and_eof_is_seen() {
-        let (master, mut worker) = UnixStream::pair().unwrap();
+        let (master, mut worker) = pair().unwrap();
         let mut link = Link::new(master).unwrap();
         send(&mut worker, &Message::Ready).unwrap();
-        send(
-            &mut worker,
-            &Message::BootError("cannot open\ndatabase".into()),
-        )
-        .unwrap();
+        send(&mut worker, &Message::BootError("cannot open\ndatabase".into())).unwrap();
         let received = link.receive();
         assert_eq!(
             received.messages,
-            [
-                Message::Ready,
-                Message::BootError("cannot open database".into())
-            ]
+            [Message::Ready, Message::BootError("cannot open database".into())]
         );
         assert!(!received.closed);
         drop(worker);

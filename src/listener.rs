@@ -114,27 +114,14 @@ mod tests {
             .map(|s| s.local_addr().unwrap().port())
             .collect();
         assert_eq!(ports.len(), 3);
-        assert!(ports
-            .iter()
-            .all(|p| *p == listeners.addr().port() && *p != 0));
+        assert!(ports.iter().all(|p| *p == listeners.addr().port() && *p != 0));
     }
 
     #[test]
     fn shared_binds_one_socket() {
-        let listeners = Listeners::bind(&config(&[
-            "--port",
-            "0",
-            "--workers",
-            "3",
-            "--balance",
-            "shared",
-        ]))
-        .unwrap();
+        let listeners = Listeners::bind(&config(&["--port", "0", "--workers", "3", "--balance", "shared"])).unwrap();
         assert_eq!(listeners.raw_fds().count(), 1);
-        assert_eq!(
-            listeners.for_slot(2).as_raw_fd(),
-            listeners.for_slot(0).as_raw_fd()
-        );
+        assert_eq!(listeners.for_slot(2).as_raw_fd(), listeners.for_slot(0).as_raw_fd());
     }
 
     #[test]

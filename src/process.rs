@@ -45,10 +45,7 @@ impl fmt::Display for Exit {
                 };
                 write!(f, "exited with code {code}{meaning}")
             }
-            Exit::Signal {
-                signal,
-                core_dumped,
-            } => {
+            Exit::Signal { signal, core_dumped } => {
                 let core = if core_dumped { " (core dumped)" } else { "" };
                 write!(f, "killed by {}{core}", signal.as_str())
             }
@@ -73,12 +70,7 @@ pub fn fork(child: impl FnOnce() -> i32) -> Result<Pid, Error> {
     let _ = std::io::stderr().flush();
 
     let mut saved = SigSet::empty();
-    pthread_sigmask(
-        SigmaskHow::SIG_SETMASK,
-        Some(&SigSet::all()),
-        Some(&mut saved),
-    )
-    .map_err(Error::SignalMask)?;
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut saved)).map_err(Error::SignalMask)?;
     // SAFETY: the master has exactly one thread (checked just above, and nothing
     // between the check and here starts one), so the child cannot inherit a lock
     // held by a thread that does not exist in it; it may allocate and run Rust.
@@ -89,8 +81,7 @@ pub fn fork(child: impl FnOnce() -> i32) -> Result<Pid, Error> {
             Ok(child)
         }
         Ok(ForkResult::Child) => {
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child))
-                .unwrap_or(exit_code::PANICKED);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(exit_code::PANICKED);
             std::process::exit(code)
         }
         Err(errno) => {
@@ -117,13 +108,9 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(pid, code)) => exited.push((pid, Exit::Code(code))),
-            Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => exited.push((
-                pid,
-                Exit::Signal {
-                    signal,
-                    core_dumped,
-                },
-            )),
+            Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => {
+                exited.push((pid, Exit::Signal { signal, core_dumped }))
+            }
             Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return exited,
             // Stopped / continued are not exits.
             Ok(_) | Err(Errno::EINTR) => continue,
@@ -141,10 +128,7 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
 pub fn signal(pid: Pid, signal: Signal) {
     match kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(errno) => tracing::warn!(
-            "master: cannot send {} to pid {pid}: {errno}",
-            signal.as_str()
-        ),
+        Err(errno) => tracing::warn!("master: cannot send {} to pid {pid}: {errno}", signal.as_str()),
     }
 }
 
@@ -173,10 +157,7 @@ mod tests {
 
     #[test]
     fn exit_reads_like_a_log_line() {
-        assert_eq!(
-            Exit::Code(3).to_string(),
-            "exited with code 3 (boot failure)"
-        );
+        assert_eq!(Exit::Code(3).to_string(), "exited with code 3 (boot failure)");
         let killed = Exit::Signal {
             signal: Signal::SIGKILL,
             core_dumped: false,

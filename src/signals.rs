@@ -88,13 +88,10 @@ impl Signals {
         for raw in WATCHED {
             let flag = Arc::new(AtomicBool::new(false));
             // The flag is registered first, so it is set by the time the pipe wakes us.
+            signals.ids.push(signal_hook::flag::register(raw, Arc::clone(&flag))?);
             signals
                 .ids
-                .push(signal_hook::flag::register(raw, Arc::clone(&flag))?);
-            signals.ids.push(signal_hook::low_level::pipe::register(
-                raw,
-                write.try_clone()?,
-            )?);
+                .push(signal_hook::low_level::pipe::register(raw, write.try_clone()?)?);
             signals.flags.push((raw, flag));
         }
         Ok(signals)

@@ -13,7 +13,6 @@
 mod pool;
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -21,9 +20,10 @@ use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
 use tracing::{debug, error, info, warn};
 
+use crate::config::Balance;
 use crate::config::Config;
 use crate::error::Error;
-use crate::ipc::{Link, Message};
+use crate::ipc::{self, Command, Link, Message};
 use crate::listener::Listeners;
 use crate::process::{self, human, Exit};
 use crate::signals::{Signal, Signals};
@@ -63,11 +63,7 @@ struct Master<'a> {
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
 /// halts (Err, after every worker is gone).
-pub(crate) fn run(
-    config: &Config,
-    listeners: &Listeners,
-    worker_main: &WorkerMain<'_>,
-) -> Result<(), Error> {
+pub(crate) fn run(config: &Config, listeners: &Listeners, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
     let mut master = Master {
         config,
@@ -102,10 +98,7 @@ impl Master<'_> {
             self.read_links();
             self.reap();
             self.kill_overdue();
-            if self.stop.is_some() && self.pool.is_empty() {
-                info!("master (pid {}): every worker has exited; bye", getpid());
-                return self.halt.take().map_or(Ok(()), Err);
-            }
+            self.hand_over_sockets();
             if self.stop.is_none() && self.pool.first_generation_failed() {
                 let cause = self
                     .boot_error
@@ -115,6 +108,10 @@ impl Master<'_> {
                 self.halt = Some(Error::BootFailed { cause });
                 self.begin_stop(Stop::Fast);
             }
+            if self.stop.is_some() && self.pool.is_empty() {
+                info!("master (pid {}): every worker has exited; bye", getpid());
+                return self.halt.take().map_or(Ok(()), Err);
+            }
             self.announce_once_ready();
         }
     }
@@ -123,9 +120,7 @@ impl Master<'_> {
     fn wait(&mut self) -> Result<(), Error> {
         let timeout = match self.pool.next_wakeup(Instant::now()) {
             // Round up: waking a millisecond early would spin until the deadline.
-            Some(wait) => {
-                PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
-            }
+            Some(wait) => PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
@@ -143,9 +138,7 @@ impl Master<'_> {
     fn handle(&mut self, signal: Signal) {
         match (signal, self.stop) {
             (Signal::Terminate | Signal::Interrupt, None) => self.begin_stop(Stop::Graceful),
-            (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => {
-                self.begin_stop(Stop::Fast)
-            }
+            (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
             (Signal::Unimplemented(raw), _) => {
                 let name = Sig::try_from(raw).map_or("an unknown signal", Sig::as_str);
@@ -157,10 +150,7 @@ impl Master<'_> {
     fn begin_stop(&mut self, stop: Stop) {
         let now = Instant::now();
         let (signal, kill_at) = match stop {
-            Stop::Graceful => (
-                Sig::SIGTERM,
-                now + self.config.graceful_timeout + KILL_MARGIN,
-            ),
+            Stop::Graceful => (Sig::SIGTERM, now + self.config.graceful_timeout + KILL_MARGIN),
             Stop::Fast => (Sig::SIGQUIT, now + FAST_STOP_DEADLINE),
         };
         let pids = self.pool.retire_all(kill_at);
@@ -198,16 +188,13 @@ impl Master<'_> {
     /// Forks a worker for `slot`. The child closes every fd of the master's except
     /// its own listener and its end of the channel, then runs `worker_main`.
     fn spawn(&mut self, slot: usize) -> Result<Pid, Error> {
-        let (master_end, worker_end) = UnixStream::pair().map_err(Error::Channel)?;
+        let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
         let link = Link::new(master_end).map_err(Error::Channel)?;
         let listener = self.listeners.for_slot(slot);
-        let close: Vec<RawFd> = (self
-            .listeners
-            .raw_fds()
-            .filter(|fd| *fd != listener.as_raw_fd()))
-        .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
-        .chain([link.stream().as_raw_fd()])
-        .collect();
+        let close: Vec<RawFd> = (self.listeners.raw_fds().filter(|fd| *fd != listener.as_raw_fd()))
+            .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
+            .chain([link.stream().as_raw_fd()])
+            .collect();
         let (signals, worker_main, config) = (&self.signals, self.worker_main, self.config);
         let master_pid = getpid();
         let pid = process::fork(move || {
@@ -242,10 +229,7 @@ impl Master<'_> {
                         }
                     }
                     Message::BootError(text) => {
-                        let slot = self
-                            .pool
-                            .slot_of(*pid)
-                            .map_or("?".into(), |s| s.to_string());
+                        let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
                         self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
                     }
                 }
@@ -264,6 +248,35 @@ impl Master<'_> {
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure);
+        }
+    }
+
+    /// Gives the socket of each slot without a ready worker to a ready sibling, and
+    /// takes it back once the slot serves again (reuseport only: a shared socket is
+    /// accepted on by every worker anyway).
+    fn hand_over_sockets(&mut self) {
+        if self.listeners.balance() != Balance::Reuseport {
+            return;
+        }
+        for (slot, pid) in self.pool.releases() {
+            self.command(pid, Command::Release(slot));
+        }
+        for (slot, pid) in self.pool.adoptions() {
+            info!("worker {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
+            self.command(pid, Command::Adopt(slot));
+        }
+    }
+
+    fn command(&self, pid: Pid, command: Command) {
+        let Some((_, link)) = self.links.iter().find(|(linked, _)| *linked == pid) else {
+            return; // exiting: its departure clears the adoption
+        };
+        let socket = match command {
+            Command::Adopt(slot) => Some(self.listeners.for_slot(slot).as_fd()),
+            Command::Release(_) => None,
+        };
+        if let Err(err) = link.send(command, socket) {
+            warn!("master: cannot send {command:?} to pid {pid}: {err}");
         }
     }
 
@@ -300,11 +313,7 @@ fn log_departure(pid: Pid, exit: Exit, departure: Departure) {
             was_ready,
             respawn_in,
         } => {
-            let boot = if was_ready {
-                ""
-            } else {
-                " before it was ready"
-            };
+            let boot = if was_ready { "" } else { " before it was ready" };
             let respawn = match respawn_in {
                 None => String::new(),
                 Some(Duration::ZERO) => "; respawning now".into(),

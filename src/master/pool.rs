@@ -36,6 +36,9 @@ struct Slot {
     failures: u32,
     /// Workers of this slot that exited before they were ready.
     boot_failures: u32,
+    /// A ready worker of another slot accepting on this slot's socket while this
+    /// slot has no ready worker (reuseport only; see `adoptions`).
+    adopter: Option<Pid>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -78,6 +81,7 @@ impl Pool {
             not_before: now,
             failures: 0,
             boot_failures: 0,
+            adopter: None,
         };
         Pool {
             slots: (0..workers).map(|_| slot()).collect(),
@@ -97,12 +101,7 @@ impl Pool {
             return Vec::new();
         }
         let due = |(_, slot): &(usize, &Slot)| slot.worker.is_none() && slot.not_before <= now;
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(due)
-            .map(|(i, _)| i)
-            .collect()
+        self.slots.iter().enumerate().filter(due).map(|(i, _)| i).collect()
     }
 
     pub fn on_spawned(&mut self, slot: usize, pid: Pid, now: Instant) {
@@ -125,10 +124,7 @@ impl Pool {
     /// The worker reported ready. Returns its slot.
     pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<usize> {
         let slot = self.slot_of(pid)?;
-        let worker = self.slots[slot]
-            .worker
-            .as_mut()
-            .expect("slot_of found a worker");
+        let worker = self.slots[slot].worker.as_mut().expect("slot_of found a worker");
         worker.ready_at.get_or_insert(now);
         self.ever_ready = true;
         Some(slot)
@@ -136,6 +132,11 @@ impl Pool {
 
     /// Records the exit of `pid` and decides when its slot is respawned.
     pub fn on_exit(&mut self, pid: Pid, now: Instant) -> Departure {
+        for slot in &mut self.slots {
+            if slot.adopter == Some(pid) {
+                slot.adopter = None; // another sibling adopts it next
+            }
+        }
         if let Some(at) = self.retiring.iter().position(|r| r.pid == pid) {
             let retired = self.retiring.swap_remove(at);
             return Departure::Retired {
@@ -180,15 +181,9 @@ impl Pool {
 
     /// True when every slot has a ready worker.
     pub fn all_ready(&self) -> bool {
-        self.slots.iter().all(|slot| {
-            matches!(
-                slot.worker,
-                Some(Worker {
-                    ready_at: Some(_),
-                    ..
-                })
-            )
-        })
+        self.slots
+            .iter()
+            .all(|slot| matches!(slot.worker, Some(Worker { ready_at: Some(_), .. })))
     }
 
     /// Stops spawning and retires every live worker: returns their pids, to be
@@ -197,6 +192,7 @@ impl Pool {
     pub fn retire_all(&mut self, kill_at: Instant) -> Vec<Pid> {
         self.stopping = true;
         for (index, slot) in self.slots.iter_mut().enumerate() {
+            slot.adopter = None; // every worker stops accepting anyway
             if let Some(worker) = slot.worker.take() {
                 let spawned_at = worker.spawned_at;
                 self.retiring.push(Retiring {
@@ -217,16 +213,55 @@ impl Pool {
     /// Retiring workers past their deadline that have not been killed yet; each is
     /// returned once, with its slot.
     pub fn overdue(&mut self, now: Instant) -> Vec<(usize, Pid)> {
-        let overdue = self
-            .retiring
-            .iter_mut()
-            .filter(|r| !r.killed && r.kill_at <= now);
+        let overdue = self.retiring.iter_mut().filter(|r| !r.killed && r.kill_at <= now);
         overdue
             .map(|r| {
                 r.killed = true;
                 (r.slot, r.pid)
             })
             .collect()
+    }
+
+    /// Gives every slot that has no ready worker an adopter: the ready worker of
+    /// the nearest following slot. While a slot backs off or boots, connections the
+    /// kernel hashes to its socket would otherwise wait in its queue. Returns
+    /// `(slot, adopter)` for each new adoption; none while stopping.
+    pub fn adoptions(&mut self) -> Vec<(usize, Pid)> {
+        if self.stopping {
+            return Vec::new();
+        }
+        let n = self.slots.len();
+        let mut adopted = Vec::new();
+        for index in 0..n {
+            if self.slots[index].adopter.is_some() || self.ready_pid(index).is_some() {
+                continue;
+            }
+            let sibling = (1..n)
+                .map(|step| (index + step) % n)
+                .find_map(|other| self.ready_pid(other));
+            if let Some(pid) = sibling {
+                self.slots[index].adopter = Some(pid);
+                adopted.push((index, pid));
+            }
+        }
+        adopted
+    }
+
+    /// Slots that have a ready worker again: `(slot, adopter)` to release.
+    pub fn releases(&mut self) -> Vec<(usize, Pid)> {
+        let mut released = Vec::new();
+        for index in 0..self.slots.len() {
+            if self.ready_pid(index).is_some() {
+                if let Some(pid) = self.slots[index].adopter.take() {
+                    released.push((index, pid));
+                }
+            }
+        }
+        released
+    }
+
+    fn ready_pid(&self, slot: usize) -> Option<Pid> {
+        self.slots[slot].worker.filter(|w| w.ready_at.is_some()).map(|w| w.pid)
     }
 
     /// No worker is alive (all reaped).
@@ -241,15 +276,8 @@ impl Pool {
             .iter()
             .filter(|s| s.worker.is_none() && !self.stopping)
             .map(|s| s.not_before);
-        let kills = self
-            .retiring
-            .iter()
-            .filter(|r| !r.killed)
-            .map(|r| r.kill_at);
-        respawns
-            .chain(kills)
-            .min()
-            .map(|at| at.saturating_duration_since(now))
+        let kills = self.retiring.iter().filter(|r| !r.killed).map(|r| r.kill_at);
+        respawns.chain(kills).min().map(|at| at.saturating_duration_since(now))
     }
 
     pub fn slot_of(&self, pid: Pid) -> Option<usize> {
@@ -328,19 +356,13 @@ mod tests {
                 panic!("expected a death")
             };
             delays.push(delay.as_millis());
-            assert!(
-                pool.due(now + delay - MS).is_empty(),
-                "not due before the backoff"
-            );
+            assert!(pool.due(now + delay - MS).is_empty(), "not due before the backoff");
             now += delay;
             assert_eq!(pool.due(now), vec![0]);
             pool.on_spawned(0, pid(101 + n), now);
             pool.on_ready(pid(101 + n), now);
         }
-        assert_eq!(
-            delays,
-            [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]
-        );
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
     }
 
     #[test]
@@ -353,9 +375,7 @@ mod tests {
         pool.on_spawned(0, pid(200), now);
         pool.on_ready(pid(200), now);
         now += 10 * MS;
-        assert!(
-            matches!(pool.on_exit(pid(200), now), Departure::Died { respawn_in: Some(d), .. } if d == 200 * MS)
-        );
+        assert!(matches!(pool.on_exit(pid(200), now), Departure::Died { respawn_in: Some(d), .. } if d == 200 * MS));
         now += Duration::from_secs(1);
         pool.on_spawned(0, pid(300), now);
         pool.on_ready(pid(300), now);
@@ -364,9 +384,7 @@ mod tests {
         pool.on_spawned(0, pid(400), now);
         pool.on_ready(pid(400), now);
         now += 10 * MS;
-        assert!(
-            matches!(pool.on_exit(pid(400), now), Departure::Died { respawn_in: Some(d), .. } if d == 100 * MS)
-        );
+        assert!(matches!(pool.on_exit(pid(400), now), Departure::Died { respawn_in: Some(d), .. } if d == 100 * MS));
     }
 
     #[test]
@@ -413,10 +431,7 @@ mod tests {
             Departure::Retired { slot: 0, .. }
         ));
         assert_eq!(pool.overdue(deadline), [(1, pid(101))]);
-        assert!(
-            pool.overdue(deadline).is_empty(),
-            "each straggler is killed once"
-        );
+        assert!(pool.overdue(deadline).is_empty(), "each straggler is killed once");
         assert!(!pool.is_empty());
         pool.on_exit(pid(101), deadline);
         assert!(pool.is_empty());
@@ -430,11 +445,37 @@ mod tests {
         pool.retire_all(now + Duration::from_secs(1));
         assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(1)));
         pool.retire_all(now + Duration::from_secs(60));
-        assert_eq!(
-            pool.next_wakeup(now),
-            Some(Duration::from_secs(1)),
-            "never lengthened"
-        );
+        assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(1)), "never lengthened");
+    }
+
+    #[test]
+    fn a_slot_without_a_ready_worker_is_adopted_until_it_has_one() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        assert!(pool.adoptions().is_empty(), "every slot serves itself");
+        pool.on_exit(pid(101), now);
+        assert_eq!(pool.adoptions(), [(1, pid(102))], "the next slot's worker adopts");
+        assert!(pool.adoptions().is_empty(), "adopted once");
+        pool.on_spawned(1, pid(200), now);
+        assert!(pool.releases().is_empty(), "booting is not ready");
+        pool.on_ready(pid(200), now);
+        assert_eq!(pool.releases(), [(1, pid(102))]);
+        assert!(pool.releases().is_empty());
+    }
+
+    #[test]
+    fn an_adopter_that_dies_is_replaced_and_nobody_adopts_while_stopping() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        pool.on_exit(pid(100), now);
+        assert_eq!(pool.adoptions(), [(0, pid(101))]);
+        pool.on_exit(pid(101), now);
+        let mut adoptions = pool.adoptions();
+        adoptions.sort();
+        assert_eq!(adoptions, [(0, pid(102)), (1, pid(102))]);
+        pool.retire_all(now);
+        pool.on_exit(pid(102), now);
+        assert!(pool.adoptions().is_empty());
     }
 
     #[test]

@@ -94,12 +94,8 @@ struct Activity {
 }
 
 /// Serves one connection until the client closes it, or until the drain closes it.
-pub async fn serve_connection<S, B>(
-    stream: TcpStream,
-    service: S,
-    builder: &http1::Builder,
-    drain: &Rc<Drain>,
-) where
+pub async fn serve_connection<S, B>(stream: TcpStream, service: S, builder: &http1::Builder, drain: &Rc<Drain>)
+where
     S: Service<Request<Incoming>, Response = Response<B>> + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
@@ -165,9 +161,7 @@ where
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.activity
-            .in_flight
-            .set(self.activity.in_flight.get() + 1);
+        self.activity.in_flight.set(self.activity.in_flight.get() + 1);
         TrackedFuture {
             inner: self.inner.call(request),
             activity: Rc::clone(&self.activity),

@@ -8,8 +8,8 @@
 //! lost), make the service, report ready and serve.
 
 mod conn;
+mod control;
 mod serve;
-mod stop;
 
 use std::fmt::Display;
 use std::net::TcpListener;
@@ -24,8 +24,8 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
+use control::Control;
 use serve::serve;
-use stop::StopSignals;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -56,18 +56,9 @@ where
         info!("{name}: {err}; exiting");
         return exit_code::OK;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(err) => {
-            return boot_failed(
-                &name,
-                child.channel,
-                format!("cannot build the tokio runtime: {err}"),
-            )
-        }
+        Err(err) => return boot_failed(&name, child.channel, format!("cannot build the tokio runtime: {err}")),
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
@@ -100,13 +91,12 @@ where
 async fn boot<F, S, E>(
     listener: &TcpListener,
     make_service: &F,
-) -> Result<(tokio::net::TcpListener, S, StopSignals), String>
+) -> Result<(tokio::net::TcpListener, S, Control), String>
 where
     F: Fn() -> Result<S, E>,
     E: Display,
 {
-    let stop =
-        StopSignals::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
+    let stop = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     // The master set O_NONBLOCK on the shared open file; tokio requires it.
     let listener = listener

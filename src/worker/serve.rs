@@ -1,10 +1,13 @@
-//! The accept loop and the drain.
+//! The accept loops and the drain.
 //!
-//! Drain (TERM, INT, or the master gone): stop accepting (the slot's socket stays
-//! open in the master, so what is queued waits for the next worker instead of being
-//! reset), let in-flight requests finish, answer the next request on each
-//! keep-alive connection with `Connection: close`, close connections idle past a
-//! short grace, and give up at `--graceful-timeout`.
+//! A worker accepts on its slot's socket, and on any sibling slot's socket the
+//! master hands it while that slot has no ready worker.
+//!
+//! Drain (TERM, INT, or the master gone): stop accepting (the sockets stay open in
+//! the master, so what is queued waits for the next worker instead of being reset),
+//! let in-flight requests finish, answer the next request on each keep-alive
+//! connection with `Connection: close`, close connections idle past a short grace,
+//! and give up at `--graceful-timeout`.
 
 use std::io;
 use std::rc::Rc;
@@ -16,10 +19,11 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::conn::{self, Connections, Drain};
-use super::stop::{Stop, StopSignals};
+use super::control::{Control, Event, Stop};
 use super::BoxError;
 use crate::config::Config;
 
@@ -27,14 +31,19 @@ use crate::config::Config;
 /// retrying at once would spin, since the connection is still queued.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `service` on `listener` until `stop` says so, then drains.
-pub async fn serve<S, B>(
-    listener: TcpListener,
+/// What every accept loop and connection of this worker shares.
+struct Shared<S> {
     service: S,
-    mut stop: StopSignals,
-    config: &Config,
-    name: &str,
-) where
+    builder: http1::Builder,
+    drain: Rc<Drain>,
+    connections: Rc<Connections>,
+    name: String,
+}
+
+/// Serves `service` on `listener` (and adopted sockets) until `control` says
+/// stop, then drains.
+pub async fn serve<S, B>(listener: TcpListener, service: S, mut control: Control, config: &Config, name: &str)
+where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
@@ -48,43 +57,44 @@ pub async fn serve<S, B>(
         .header_read_timeout(config.header_read_timeout)
         .keep_alive(true);
     builder.max_buf_size(64 * 1024);
-    let builder = Rc::new(builder);
-    let drain = Rc::new(Drain::default());
-    let connections = Rc::new(Connections::default());
+    let shared = Rc::new(Shared {
+        service,
+        builder,
+        drain: Rc::new(Drain::default()),
+        connections: Rc::new(Connections::default()),
+        name: name.to_owned(),
+    });
 
+    let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
+    let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
     let (how, why) = loop {
-        tokio::select! {
-            biased;
-            reason = stop.next() => break reason,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    let guard = connections.open();
-                    let service = service.clone();
-                    let (builder, drain) = (Rc::clone(&builder), Rc::clone(&drain));
-                    tokio::task::spawn_local(async move {
-                        conn::serve_connection(stream, service, &builder, &drain).await;
-                        drop(guard);
-                    });
+        match control.next().await {
+            Event::Stop(how, why) => break (how, why),
+            Event::Adopt(slot, listener) => {
+                info!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
+                adopted.push((
+                    slot,
+                    tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared))),
+                ));
+            }
+            Event::Release(slot) => {
+                for (_, task) in adopted.iter().filter(|(adopted, _)| *adopted == slot) {
+                    task.abort();
                 }
-                Err(err) if is_transient(&err) => {}
-                Err(err) => {
-                    warn!("{name}: accept failed: {err}; retrying in {}ms", ACCEPT_BACKOFF.as_millis());
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+                adopted.retain(|(adopted, _)| *adopted != slot);
+                info!("{name}: released slot {slot}'s socket");
+            }
         }
     };
-    drop(listener); // stop accepting; the master's copy keeps the queue alive
+    // Stop accepting: an aborted loop drops its fd; the master's copies keep the queues.
+    own.abort();
+    adopted.iter().for_each(|(_, task)| task.abort());
     if how == Stop::Fast {
-        info!("{name}: {why}: exiting now");
-        return;
+        return info!("{name}: {why}: exiting now");
     }
-    info!(
-        "{name}: {why}: draining {} connections",
-        connections.count()
-    );
-    drain.start();
+    let connections = &shared.connections;
+    info!("{name}: {why}: draining {} connections", connections.count());
+    shared.drain.start();
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
     loop {
@@ -94,9 +104,42 @@ pub async fn serve<S, B>(
                 let open = connections.count();
                 return warn!("{name}: {open} connections still open at the graceful timeout; exiting");
             }
-            (how, why) = stop.next() => if how == Stop::Fast {
-                return info!("{name}: {why} while draining: exiting now");
-            }, // another TERM/INT changes nothing: already draining
+            event = control.next() => match event {
+                Event::Stop(Stop::Fast, why) => return info!("{name}: {why} while draining: exiting now"),
+                _ => {} // another TERM/INT, or an adoption: already draining
+            },
+        }
+    }
+}
+
+async fn accept_loop<S, B>(listener: TcpListener, shared: Rc<Shared<S>>)
+where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                let open = shared.connections.open();
+                let shared = Rc::clone(&shared);
+                tokio::task::spawn_local(async move {
+                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, &shared.drain).await;
+                    drop(open);
+                });
+            }
+            Err(err) if is_transient(&err) => {}
+            Err(err) => {
+                warn!(
+                    "{}: accept failed: {err}; retrying in {}ms",
+                    shared.name,
+                    ACCEPT_BACKOFF.as_millis()
+                );
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
 }
@@ -105,8 +148,6 @@ pub async fn serve<S, B>(
 fn is_transient(err: &io::Error) -> bool {
     matches!(
         err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
+        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
     )
 }

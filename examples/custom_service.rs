@@ -1,0 +1,65 @@
+//! Bring your own hyper service: every supervision feature, your handler.
+//!
+//! ```text
+//! cargo run --example custom_service -- --port 8000
+//! curl localhost:8000/count          # per-worker state, built after the fork
+//! curl 'localhost:8000/sleep?ms=500' # a slow request (the tests drain it)
+//! ```
+//!
+//! The factory passed to `run_with` runs in each worker after the fork: state made
+//! there (here a request counter; in a real app a connection pool or a cache) is
+//! the worker's own. Returning `Err` from it is a boot failure: set
+//! `CUSTOM_SERVICE_FAIL_IF_EXISTS=/some/path` and create that file to see one.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+
+fn main() -> std::process::ExitCode {
+    let config = prefork_server::Config::from_args();
+    let make_service = || {
+        if let Some(path) = std::env::var_os("CUSTOM_SERVICE_FAIL_IF_EXISTS") {
+            if std::path::Path::new(&path).exists() {
+                return Err(format!("refusing to start: {} exists", path.to_string_lossy()));
+            }
+        }
+        let served = Rc::new(Cell::new(0u64)); // this worker's, not shared
+        Ok(service_fn(move |request| handle(request, Rc::clone(&served))))
+    };
+    match prefork_server::run_with(config, make_service) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("custom_service: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    served.set(served.get() + 1);
+    let pid = std::process::id();
+    let body = match request.uri().path() {
+        "/sleep" => {
+            let ms = query_number(request.uri().query(), "ms").unwrap_or(1000);
+            tracing::info!("custom_service (pid {pid}): sleeping {ms}ms");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            format!("slept {ms}ms in worker {pid}\n")
+        }
+        "/count" => format!("worker {pid} has served {} requests\n", served.get()),
+        _ => format!("Hello from a custom service in worker {pid}\n"),
+    };
+    Ok(Response::new(Full::new(Bytes::from(body))))
+}
+
+fn query_number(query: Option<&str>, key: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}

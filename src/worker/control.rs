@@ -1,0 +1,102 @@
+//! What steers a worker: its own signals (the worker column of the signal table)
+//! and the channel from the master (commands, and EOF when the master is gone).
+
+use std::io;
+use std::net::TcpListener as StdListener;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+
+use tokio::io::Interest;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tracing::warn;
+
+use crate::ipc::{self, Command};
+
+/// How a worker stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// TERM, INT, or the master is gone: stop accepting, drain, exit 0.
+    Graceful,
+    /// QUIT: exit now.
+    Fast,
+}
+
+/// One thing the worker is told.
+pub enum Event {
+    Stop(Stop, &'static str),
+    /// Accept on this slot's socket too, until released.
+    Adopt(usize, TcpListener),
+    Release(usize),
+}
+
+pub struct Control {
+    terminate: Signal,
+    interrupt: Signal,
+    quit: Signal,
+    /// `None` once EOF was seen (or the channel could not be watched).
+    master: Option<tokio::net::UnixStream>,
+}
+
+impl Control {
+    /// Registers TERM, INT and QUIT with tokio. Must run inside the runtime, while
+    /// signals are still blocked, so none is lost before the handlers exist.
+    pub fn install() -> io::Result<Control> {
+        Ok(Control {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            quit: signal(SignalKind::quit())?,
+            master: None,
+        })
+    }
+
+    /// Also listen to the master on `channel` (non-blocking from here on).
+    pub fn watch_master(&mut self, channel: UnixStream) -> io::Result<()> {
+        channel.set_nonblocking(true)?;
+        self.master = Some(tokio::net::UnixStream::from_std(channel)?);
+        Ok(())
+    }
+
+    /// Waits for the next event. Cancel-safe: used in `select!` loops.
+    pub async fn next(&mut self) -> Event {
+        loop {
+            let received = tokio::select! {
+                _ = self.terminate.recv() => return Event::Stop(Stop::Graceful, "SIGTERM"),
+                _ = self.interrupt.recv() => return Event::Stop(Stop::Graceful, "SIGINT"),
+                _ = self.quit.recv() => return Event::Stop(Stop::Fast, "SIGQUIT"),
+                received = from_master(&self.master) => received,
+            };
+            match received {
+                Ok(Some((Command::Release(slot), _))) => return Event::Release(slot),
+                Ok(Some((Command::Adopt(slot), Some(fd)))) => match listener(fd) {
+                    Ok(listener) => return Event::Adopt(slot, listener),
+                    Err(err) => warn!("cannot accept on slot {slot}'s socket: {err}"),
+                },
+                Ok(Some((Command::Adopt(slot), None))) => warn!("adopt {slot} came without a socket; ignored"),
+                Ok(None) | Err(_) => {
+                    self.master = None;
+                    return Event::Stop(Stop::Graceful, "the master is gone");
+                }
+            }
+        }
+    }
+}
+
+/// The next command from the master; `Ok(None)` at EOF; never without a channel.
+async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Option<(Command, Option<OwnedFd>)>> {
+    let Some(stream) = master else {
+        return std::future::pending().await;
+    };
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || ipc::receive_command(stream.as_fd())) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+            received => return received,
+        }
+    }
+}
+
+/// The master set O_NONBLOCK on the socket's open file, which the fd shares.
+fn listener(fd: OwnedFd) -> io::Result<TcpListener> {
+    TcpListener::from_std(StdListener::from(fd))
+}

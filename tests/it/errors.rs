@@ -1,0 +1,85 @@
+//! The errors a user hits first: a busy port, a bad flag.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::util::*;
+
+#[test]
+fn a_port_in_use_is_one_line_exit_1_and_no_worker() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let mut command = Command::new(server_binary());
+    command.args(["--host", "127.0.0.1", "--port", &port]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    let message = format!("prefork-server: cannot bind 127.0.0.1:{port}: address in use");
+    assert_eq!(stderr.lines().last(), Some(message.as_str()), "{stderr}");
+    assert!(!stderr.contains("spawned"), "no worker is forked: {stderr}");
+}
+
+#[test]
+fn an_address_not_on_this_machine_is_refused() {
+    // 192.0.2.0/24 is TEST-NET-1: never assigned to a host. Nothing is sent.
+    let mut command = Command::new(server_binary());
+    command.args(["--host", "192.0.2.1", "--port", "0"]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.ends_with("cannot bind 192.0.2.1:0: address not available on this machine"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_flags_are_usage_errors_with_exit_2() {
+    for args in [
+        &["--workers", "0"][..],
+        &["--port", "70000"],
+        &["--no-such-flag"],
+        &["--graceful-timeout", "soon"],
+    ] {
+        let mut command = Command::new(server_binary());
+        command.args(args);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error:") && stderr.contains("--help"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_documents_every_flag_and_the_signal_table() {
+    let output = Command::new(server_binary()).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    let expected = [
+        "--host",
+        "--port",
+        "--workers",
+        "--balance",
+        "--backlog",
+        "--graceful-timeout",
+        "--header-read-timeout",
+        "--log-level",
+        "TERM, INT",
+        "QUIT",
+        "CHLD",
+        "HUP",
+        "Exit codes",
+    ];
+    for needle in expected {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}

@@ -1,0 +1,8 @@
+//! Integration tests: the real binary, real forks, real sockets on 127.0.0.1
+//! port 0, real signals to the master pid.
+
+mod errors;
+mod serving;
+mod stopping;
+mod supervision;
+mod util;

@@ -1,0 +1,100 @@
+//! What a client sees, and what the process tree looks like while it is served.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::util::*;
+
+#[test]
+fn each_answer_names_a_worker_that_is_a_child_of_the_master() {
+    let server = Server::start(&["--workers", "3"]);
+    let workers: HashSet<_> = server.wait_for_workers(3, Duration::from_secs(5)).into_iter().collect();
+    let response = get(server.addr, "/").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("text/plain; charset=utf-8"));
+    let pid = response.worker_pid().expect("body is `Hello from worker <pid>`");
+    assert_eq!(response.body, format!("Hello from worker {pid}\n"));
+    assert!(
+        workers.contains(&pid),
+        "{pid} is not one of the master's children {workers:?}"
+    );
+
+    // New connections are spread over the slots' sockets: 30 connections all
+    // landing on one of 3 sockets has a chance of about 1e-14.
+    let answered: HashSet<_> = (0..30)
+        .map(|_| get(server.addr, "/").unwrap().worker_pid().unwrap())
+        .collect();
+    assert!(answered.is_subset(&workers), "{answered:?} not within {workers:?}");
+    assert!(answered.len() > 1, "every connection went to one worker: {answered:?}");
+}
+
+#[test]
+fn both_balance_modes_serve() {
+    for balance in ["reuseport", "shared"] {
+        let server = Server::start(&["--workers", "2", "--balance", balance]);
+        let workers = server.wait_for_workers(2, Duration::from_secs(5));
+        let pid = get(server.addr, "/").unwrap().worker_pid().unwrap();
+        assert!(workers.contains(&pid), "{balance}: {pid} not in {workers:?}");
+        let logs = server.logs();
+        assert!(logs.contains(&format!("({balance})")), "{balance}: {logs}");
+    }
+}
+
+#[test]
+fn the_master_has_exactly_one_thread_while_serving() {
+    let server = Server::start(&["--workers", "2"]);
+    for _ in 0..20 {
+        assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    }
+    assert_eq!(thread_count(server.master), 1);
+}
+
+#[test]
+fn head_has_no_body_and_other_methods_are_refused() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut stream, "HEAD", "/", false).unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{raw}");
+    assert!(raw.ends_with("\r\n\r\n"), "HEAD must not carry a body: {raw:?}");
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut stream, "POST", "/", false).unwrap();
+    let response = read_response(&mut stream).unwrap();
+    assert_eq!(response.status, 405);
+    assert_eq!(response.header("allow"), Some("GET, HEAD"));
+}
+
+#[test]
+fn keep_alive_connections_are_reused() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let mut pids = HashSet::new();
+    for _ in 0..5 {
+        send_request(&mut stream, "GET", "/", true).unwrap();
+        let response = read_response(&mut stream).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.header("connection"), None, "no close while serving");
+        pids.insert(response.worker_pid().unwrap());
+    }
+    assert_eq!(pids.len(), 1);
+}
+
+#[test]
+fn ipv6_loopback_serves_when_the_machine_has_it() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no ::1");
+        return;
+    }
+    let mut command = std::process::Command::new(server_binary());
+    command.args(["--host", "::1", "--port", "0", "--workers", "1"]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::start_command(command);
+    assert!(server.addr.is_ipv6());
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+}

@@ -1,0 +1,149 @@
+//! Workers die; the master reaps them, respawns their slots, and backs off.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+
+use crate::util::*;
+
+#[test]
+fn a_killed_worker_is_reaped_and_replaced_in_its_slot() {
+    let server = Server::start(&["--workers", "2"]);
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    let victim = before[0];
+    kill(victim, Signal::SIGKILL).unwrap();
+    let after = eventually(Duration::from_secs(10), "a replacement worker and no zombie", || {
+        let workers = server.workers();
+        let replaced = workers.len() == 2 && !workers.contains(&victim);
+        (replaced && server.zombies().is_empty()).then_some(workers)
+    });
+    let line = server.wait_for_log(&format!("(pid {victim}) killed by SIGKILL"), Duration::from_secs(5));
+    assert!(line.contains("respawning"), "{line}");
+    // Every answer now comes from the new set of workers.
+    for _ in 0..10 {
+        let pid = get(server.addr, "/").unwrap().worker_pid().unwrap();
+        assert!(after.contains(&pid), "{pid} answered; workers are {after:?}");
+    }
+}
+
+#[test]
+fn connections_queued_on_a_dead_worker_are_served_by_its_replacement() {
+    for balance in ["reuseport", "shared"] {
+        let server = Server::start(&["--workers", "1", "--balance", balance]);
+        let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+        kill(worker, Signal::SIGSTOP).unwrap();
+        // The kernel completes these handshakes into the slot's accept queue.
+        let mut clients: Vec<TcpStream> = (0..20)
+            .map(|_| {
+                let mut stream = TcpStream::connect(server.addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                send_request(&mut stream, "GET", "/", false).unwrap();
+                stream.flush().unwrap();
+                stream
+            })
+            .collect();
+        kill(worker, Signal::SIGKILL).unwrap();
+        for (i, client) in clients.iter_mut().enumerate() {
+            let response = read_response(client).unwrap_or_else(|err| panic!("{balance}: client {i}: {err}"));
+            assert_eq!(response.status, 200, "{balance}: client {i}");
+            let pid = response.worker_pid().unwrap();
+            assert_ne!(pid, worker, "{balance}: the stopped worker cannot have answered");
+        }
+    }
+}
+
+#[test]
+fn a_slot_whose_workers_die_young_backs_off_then_recovers() {
+    let server = Server::start(&["--workers", "1"]);
+    let mut victim = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    for _ in 0..3 {
+        kill(victim, Signal::SIGKILL).unwrap();
+        victim = eventually(Duration::from_secs(10), "the next worker", || {
+            server.workers().into_iter().find(|pid| *pid != victim)
+        });
+    }
+    let delays: Vec<u64> = server
+        .logs()
+        .lines()
+        .filter_map(|line| line.split("respawning in ").nth(1)?.split("ms").next()?.parse().ok())
+        .collect();
+    assert!(
+        delays.len() >= 2,
+        "expected backoff lines, got {delays:?}\n{}",
+        server.logs()
+    );
+    assert!(
+        delays.windows(2).all(|pair| pair[1] == pair[0] * 2),
+        "delays must double: {delays:?}"
+    );
+    assert!(server.logs().contains("(backing off)"));
+    // The slot recovers: the last worker answers.
+    let pid = eventually(Duration::from_secs(10), "the slot answers again", || {
+        try_worker_pid(server.addr)
+    });
+    assert_eq!(pid, victim);
+}
+
+#[test]
+fn every_first_worker_failing_to_boot_halts_the_master_with_the_cause() {
+    let marker = tempfile("halt");
+    std::fs::write(&marker, "").unwrap();
+    let mut command = command(example_binary(), &["--workers", "2"]);
+    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    let (status, stdout, stderr) = run_to_exit(command, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(!stdout.contains("listening on"), "never ready: {stdout}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("custom_service: every worker failed to boot; worker"),
+        "{last}"
+    );
+    assert!(last.contains("refusing to start"), "the cause is named: {last}");
+    assert!(stderr.contains("exited with code 3 (boot failure)"), "{stderr}");
+}
+
+#[test]
+fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
+    let marker = tempfile("later");
+    let mut command = command(example_binary(), &["--workers", "2"]);
+    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    let server = Server::start_command(command);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    std::fs::write(&marker, "").unwrap();
+    kill(workers[0], Signal::SIGKILL).unwrap();
+    server.wait_for_log("before it was ready; respawning in 200ms", Duration::from_secs(10));
+    server.wait_for_log(
+        &format!("pid {} accepts on its socket meanwhile", workers[1]),
+        Duration::from_secs(5),
+    );
+    // Connections hashed to the failing slot's socket are served by the sibling
+    // that adopted it, instead of waiting out the backoff.
+    for _ in 0..20 {
+        let response = get(server.addr, "/").expect("every connection is answered during the backoff");
+        assert_eq!(response.worker_pid(), Some(workers[1]));
+    }
+    assert!(alive(server.master) && alive(workers[1]));
+    std::fs::remove_file(&marker).unwrap();
+    let after = server.wait_for_workers(2, Duration::from_secs(15));
+    assert!(after.contains(&workers[1]) && !after.contains(&workers[0]));
+    server.wait_for_log("ready", Duration::from_secs(5));
+}
+
+#[test]
+fn killing_the_master_takes_every_worker_down() {
+    let server = Server::start(&["--workers", "2"]);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    server.signal(Signal::SIGKILL);
+    eventually(
+        Duration::from_secs(2),
+        "every worker exits after the master died",
+        || workers.iter().all(|pid| !alive(*pid)).then_some(()),
+    );
+}
+
+/// A path in the temp dir unique to this test run; the file is not created.
+fn tempfile(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("prefork-test-{}-{name}", std::process::id()))
+}
