@@ -104,9 +104,9 @@ where
                 let open = connections.count();
                 return warn!("{name}: {open} connections still open at the graceful timeout; exiting");
             }
-            event = control.next() => match event {
-                Event::Stop(Stop::Fast, why) => return info!("{name}: {why} while draining: exiting now"),
-                _ => {} // another TERM/INT, or an adoption: already draining
+            // Another TERM/INT, or an adoption, changes nothing: already draining.
+            event = control.next() => if let Event::Stop(Stop::Fast, why) = event {
+                return info!("{name}: {why} while draining: exiting now");
             },
         }
     }
