@@ -9,7 +9,8 @@
 //! The factory passed to `run_with` runs in each worker after the fork: state made
 //! there (here a request counter; in a real app a connection pool or a cache) is
 //! the worker's own. Returning `Err` from it is a boot failure: set
-//! `CUSTOM_SERVICE_FAIL_IF_EXISTS=/some/path` and create that file to see one.
+//! `CUSTOM_SERVICE_FAIL_IF_EXISTS=/some/path` and create that file to see one
+//! (`CUSTOM_SERVICE_PANIC=1` makes it panic instead: exit code 70).
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -29,6 +30,9 @@ fn main() -> std::process::ExitCode {
             if std::path::Path::new(&path).exists() {
                 return Err(format!("refusing to start: {} exists", path.to_string_lossy()));
             }
+        }
+        if std::env::var_os("CUSTOM_SERVICE_PANIC").is_some() {
+            panic!("CUSTOM_SERVICE_PANIC is set"); // the worker exits 70
         }
         let served = Rc::new(Cell::new(0u64)); // this worker's, not shared
         Ok(service_fn(move |request| handle(request, Rc::clone(&served))))

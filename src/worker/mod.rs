@@ -58,7 +58,10 @@ where
     }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(err) => return boot_failed(&name, child.channel, format!("cannot build the tokio runtime: {err}")),
+        Err(err) => {
+            let reason = format!("cannot build the tokio runtime: {err}");
+            return boot_failed(&name, child.channel, exit_code::BOOT_FAILED, reason);
+        }
     };
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
@@ -70,7 +73,7 @@ where
         } = child;
         let (listener, service, stop) = match boot(listener, make_service).await {
             Ok(parts) => parts,
-            Err(reason) => return boot_failed(&name, channel, reason),
+            Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
         if ipc::send(&mut channel, &Message::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
@@ -86,32 +89,61 @@ where
     })
 }
 
+/// Why a worker could not start, and the exit code that says so.
+struct BootError {
+    code: i32,
+    reason: String,
+}
+
+impl From<String> for BootError {
+    fn from(reason: String) -> BootError {
+        BootError {
+            code: exit_code::BOOT_FAILED,
+            reason,
+        }
+    }
+}
+
 /// Boots inside the runtime: signal handlers, then unblock, then the listener and
 /// the service. Any error here is a boot failure.
 async fn boot<F, S, E>(
     listener: &TcpListener,
     make_service: &F,
-) -> Result<(tokio::net::TcpListener, S, Control), String>
+) -> Result<(tokio::net::TcpListener, S, Control), BootError>
 where
     F: Fn() -> Result<S, E>,
     E: Display,
 {
-    let stop = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
+    let control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     // The master set O_NONBLOCK on the shared open file; tokio requires it.
     let listener = listener
         .try_clone()
         .and_then(tokio::net::TcpListener::from_std)
         .map_err(|err| format!("cannot use the slot's socket: {err}"))?;
-    let service = make_service().map_err(|err| format!("cannot make the service: {err}"))?;
-    Ok((listener, service, stop))
+    // The factory is the user's code: a panic there is reported like an error,
+    // with its message, but keeps the panic exit code.
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make_service)).map_err(|panic| BootError {
+        code: exit_code::PANICKED,
+        reason: format!("the service factory panicked: {}", panic_message(panic.as_ref())),
+    })?;
+    let service = made.map_err(|err| format!("cannot make the service: {err}"))?;
+    Ok((listener, service, control))
 }
 
-fn boot_failed(name: &str, mut channel: UnixStream, reason: String) -> i32 {
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => text,
+        (_, Some(text)) => text,
+        _ => "(no message)",
+    }
+}
+
+fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -> i32 {
     error!("{name}: {reason}");
     // The master may already be gone; the exit code says the same thing.
     let _ = ipc::send(&mut channel, &Message::BootError(reason));
-    exit_code::BOOT_FAILED
+    code
 }
 
 /// Asks the kernel for SIGTERM when the master dies, then checks it is not dead

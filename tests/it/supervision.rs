@@ -105,6 +105,66 @@ fn every_first_worker_failing_to_boot_halts_the_master_with_the_cause() {
 }
 
 #[test]
+fn a_panicking_worker_exits_70_and_is_logged() {
+    let mut command = command(example_binary(), &["--workers", "1"]);
+    command.env("CUSTOM_SERVICE_PANIC", "1").env("RUST_BACKTRACE", "0");
+    let (status, _, stderr) = run_to_exit(command, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "no worker ever booted: {stderr}");
+    assert!(stderr.contains("exited with code 70 (panic)"), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.ends_with("the service factory panicked: CUSTOM_SERVICE_PANIC is set"),
+        "{last}"
+    );
+}
+
+#[test]
+fn other_signals_are_logged_and_ignored() {
+    let server = Server::start(&["--workers", "2"]);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    for (signal, name) in [
+        (Signal::SIGHUP, "SIGHUP"),
+        (Signal::SIGUSR2, "SIGUSR2"),
+        (Signal::SIGTTIN, "SIGTTIN"),
+    ] {
+        server.signal(signal);
+        server.wait_for_log(&format!("ignoring {name}: not implemented yet"), Duration::from_secs(5));
+    }
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    let mut after = server.workers();
+    after.sort();
+    let mut before = workers;
+    before.sort();
+    assert_eq!(after, before, "no worker was touched");
+}
+
+#[test]
+fn accept_errors_back_off_instead_of_spinning() {
+    // A file limit low enough that accept fails with EMFILE once 16 clients hold
+    // connections open; the worker must retry every 100 ms, not in a busy loop.
+    let binary = server_binary();
+    let mut command = std::process::Command::new("sh");
+    command.arg("-c").arg(format!(
+        "ulimit -n 24 && exec {} --host 127.0.0.1 --port 0 --workers 1",
+        binary.display()
+    ));
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::start_command(command);
+    let clients: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
+    server.wait_for_log("Too many open files", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1)); // a window to count retries in
+    let retries = server.logs().matches("accept failed").count();
+    assert!(retries <= 15, "{retries} accept retries in about 1 s: the loop spins");
+    drop(clients);
+    let pid = eventually(Duration::from_secs(10), "the worker serves again", || {
+        try_worker_pid(server.addr)
+    });
+    assert!(server.workers().contains(&pid));
+}
+
+#[test]
 fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
     let marker = tempfile("later");
     let mut command = command(example_binary(), &["--workers", "2"]);

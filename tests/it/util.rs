@@ -195,10 +195,21 @@ pub fn run_to_exit(mut command: Command, within: Duration) -> (ExitStatus, Strin
     let mut child = command.spawn().expect("spawn");
     let out = collect_lines(child.stdout.take().expect("stdout is piped"));
     let err = collect_lines(child.stderr.take().expect("stderr is piped"));
-    let status = eventually(within, "the process exits", || child.try_wait().expect("try_wait"));
-    if status.code().is_none() {
-        let _ = child.kill();
-    }
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running after {within:?}; stderr:\n{}",
+                err.lock().unwrap().join("\n")
+            );
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
     // The reader threads finish at EOF, shortly after the exit.
     thread::sleep(Duration::from_millis(50));
     let (out, err) = (out.lock().unwrap().join("\n"), err.lock().unwrap().join("\n"));
