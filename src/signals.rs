@@ -28,8 +28,9 @@ use signal_hook::SigId;
 /// The table above, as `--help` prints it.
 pub const HELP_TABLE: &str = "\
 Signals (send them to the master):
-  TERM, INT   graceful stop: workers finish in-flight requests and exit; any still
-              running after --graceful-timeout are killed. A second TERM/INT is a fast stop.
+  TERM, INT   graceful stop: workers stop accepting, finish in-flight requests and exit 0;
+              at --graceful-timeout a worker closes what is left, and the master SIGKILLs
+              any worker still alive 1 s later. A second TERM/INT is a fast stop.
   QUIT        fast stop: workers exit at once.
   CHLD        the master reaps the worker and respawns its slot (with backoff if it keeps dying young).
   HUP, USR1, USR2, TTIN, TTOU
