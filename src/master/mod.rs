@@ -255,7 +255,8 @@ impl Master<'_> {
     /// takes it back once the slot serves again (reuseport only: a shared socket is
     /// accepted on by every worker anyway).
     fn hand_over_sockets(&mut self) {
-        if self.listeners.balance() != Balance::Reuseport {
+        // Before the first ready line every slot is booting at once: nobody to hand to.
+        if self.listeners.balance() != Balance::Reuseport || !self.announced {
             return;
         }
         for (slot, pid) in self.pool.releases() {

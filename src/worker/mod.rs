@@ -64,14 +64,14 @@ where
         }
     };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
+    let code = local.block_on(&runtime, async move {
         let Child {
             listener,
             mut channel,
             config,
             ..
         } = child;
-        let (listener, service, stop) = match boot(listener, make_service).await {
+        let (listener, service, mut control) = match boot(listener, make_service).await {
             Ok(parts) => parts,
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
@@ -79,14 +79,18 @@ where
             info!("{name}: the master is gone before this worker was ready; exiting");
             return exit_code::OK;
         }
-        let mut stop = stop;
-        if let Err(err) = stop.watch_master(channel) {
+        if let Err(err) = control.watch_master(channel) {
             // PDEATHSIG still covers the master's death.
             error!("{name}: cannot watch the channel to the master: {err}");
         }
-        serve(listener, service, stop, config, &name).await;
+        serve(listener, service, control, config, &name).await;
         exit_code::OK
-    })
+    });
+    // Exit without waiting for spawn_blocking work the service may have left: the
+    // deadline the worker just honoured is the contract, not the blocking pool.
+    drop(local);
+    runtime.shutdown_background();
+    code
 }
 
 /// Why a worker could not start, and the exit code that says so.

@@ -20,7 +20,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::conn::{self, Connections, Drain};
 use super::control::{Control, Event, Stop};
@@ -71,7 +71,7 @@ where
         match control.next().await {
             Event::Stop(how, why) => break (how, why),
             Event::Adopt(slot, listener) => {
-                info!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
+                debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
                 adopted.push((
                     slot,
                     tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared))),
@@ -82,7 +82,7 @@ where
                     task.abort();
                 }
                 adopted.retain(|(adopted, _)| *adopted != slot);
-                info!("{name}: released slot {slot}'s socket");
+                debug!("{name}: released slot {slot}'s socket");
             }
         }
     };

@@ -130,7 +130,13 @@ fn other_signals_are_logged_and_ignored() {
         server.signal(signal);
         server.wait_for_log(&format!("ignoring {name}: not implemented yet"), Duration::from_secs(5));
     }
+    // Workers ignore them too (a HUP to the whole process group must not kill them).
+    for worker in &workers {
+        kill(*worker, Signal::SIGHUP).unwrap();
+        kill(*worker, Signal::SIGUSR2).unwrap();
+    }
     assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    assert!(workers.iter().all(|pid| alive(*pid)));
     let mut after = server.workers();
     after.sort();
     let mut before = workers;
