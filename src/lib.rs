@@ -24,6 +24,7 @@
 //! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
 //! - `worker`   after-fork entry, the accept loop, connections and the drain
+//! - `service`  [`WorkerService`]: what a worker can serve
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod config;
@@ -33,19 +34,17 @@ mod ipc;
 mod listener;
 mod master;
 mod process;
+mod service;
 mod signals;
 mod worker;
 
 use std::fmt::Display;
 
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper::{Request, Response};
-
 pub use config::{Balance, Config};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
+pub use service::{BoxError, WorkerService};
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).
 pub fn run(config: Config) -> Result<(), Error> {
@@ -57,15 +56,11 @@ pub fn run(config: Config) -> Result<(), Error> {
 /// `make_service` is called once in each worker, after the fork. An `Err` is a
 /// boot failure: the worker exits with code 3, the master backs off and, if no
 /// worker ever booted, halts with the error's text.
-pub fn run_with<F, S, B, E>(config: Config, make_service: F) -> Result<(), Error>
+pub fn run_with<F, S, E>(config: Config, make_service: F) -> Result<(), Error>
 where
     F: Fn() -> Result<S, E>,
     E: Display,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: WorkerService,
 {
     init_logging(config.log_level);
     let listeners = listener::Listeners::bind(&config)?;

@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::server::conn::http1;
 use hyper::service::Service;
@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::BoxError;
+use crate::service::WorkerService;
 
 /// While draining, a keep-alive connection with no request in flight is closed
 /// once it has been idle this long. A client that sends its next request within
@@ -94,14 +94,12 @@ struct Activity {
 }
 
 /// Serves one connection until the client closes it, or until the drain closes it.
-pub async fn serve_connection<S, B>(stream: TcpStream, service: S, builder: &http1::Builder, drain: &Rc<Drain>)
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-{
+pub async fn serve_connection<S: WorkerService>(
+    stream: TcpStream,
+    service: S,
+    builder: &http1::Builder,
+    drain: &Rc<Drain>,
+) {
     let activity = Rc::new(Activity {
         in_flight: Cell::new(0),
         idle_since: Cell::new(Instant::now()),
@@ -152,11 +150,8 @@ struct Tracked<S> {
     drain: Rc<Drain>,
 }
 
-impl<S, B> Service<Request<Incoming>> for Tracked<S>
-where
-    S: Service<Request<Incoming>, Response = Response<B>>,
-{
-    type Response = Response<B>;
+impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
+    type Response = Response<S::Body>;
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 

@@ -15,19 +15,15 @@ use std::fmt::Display;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 
-use hyper::body::{Body, Incoming};
-use hyper::service::Service;
-use hyper::{Request, Response};
 use nix::unistd::{getpid, getppid, Pid};
 use tracing::{error, info};
 
 use crate::config::Config;
 use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
+use crate::service::WorkerService;
 use control::Control;
 use serve::serve;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a freshly forked worker is handed by the master.
 pub(crate) struct Child<'a> {
@@ -41,15 +37,11 @@ pub(crate) struct Child<'a> {
 }
 
 /// Runs a worker to completion and returns its exit code (see `process::exit_code`).
-pub(crate) fn run<F, S, B, E>(child: Child<'_>, make_service: &F) -> i32
+pub(crate) fn run<F, S, E>(child: Child<'_>, make_service: &F) -> i32
 where
     F: Fn() -> Result<S, E>,
     E: Display,
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
+    S: WorkerService,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
     if let Err(err) = die_with_master(child.master_pid) {

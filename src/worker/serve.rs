@@ -13,10 +13,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper::service::Service;
-use hyper::{Request, Response};
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -24,8 +21,8 @@ use tracing::{debug, info, warn};
 
 use super::conn::{self, Connections, Drain};
 use super::control::{Control, Event, Stop};
-use super::BoxError;
 use crate::config::Config;
+use crate::service::WorkerService;
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
 /// retrying at once would spin, since the connection is still queued.
@@ -42,14 +39,13 @@ struct Shared<S> {
 
 /// Serves `service` on `listener` (and adopted sockets) until `control` says
 /// stop, then drains.
-pub async fn serve<S, B>(listener: TcpListener, service: S, mut control: Control, config: &Config, name: &str)
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-{
+pub async fn serve<S: WorkerService>(
+    listener: TcpListener,
+    service: S,
+    mut control: Control,
+    config: &Config,
+    name: &str,
+) {
     let mut builder = http1::Builder::new();
     // Without a timer hyper silently ignores the header read timeout.
     builder
@@ -112,14 +108,7 @@ where
     }
 }
 
-async fn accept_loop<S, B>(listener: TcpListener, shared: Rc<Shared<S>>)
-where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body + 'static,
-    B::Error: Into<BoxError>,
-{
+async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<S>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
