@@ -1,13 +1,24 @@
-//! Flags → a validated [`Config`]. Nothing downstream re-validates.
+//! Flags and the config file → a validated [`Config`]. Nothing downstream
+//! re-validates.
+//!
+//! Three layers, later ones win: the defaults, the TOML file (`--config`), the
+//! flags actually given on the command line. One [`Settings`] struct is both the
+//! flag set and the file schema, so every flag has a key of the same name
+//! (`--graceful-timeout` ↔ `graceful_timeout`) and they cannot drift apart.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
+use serde::{Deserialize, Deserializer};
 
 /// How the workers share the port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Balance {
     /// One SO_REUSEPORT socket per slot, all bound by the master; the kernel
     /// spreads connections by a hash of the 4-tuple; no shared accept queue.
@@ -42,28 +53,76 @@ pub struct Config {
     /// it, and a keep-alive connection may stay idle for at most this long.
     pub header_read_timeout: Duration,
     pub log_level: tracing::Level,
+    /// Slots replaced at a time by a reload (HUP).
+    pub reload_batch: NonZeroUsize,
+    /// A new worker that is not ready within this aborts the reload.
+    pub ready_timeout: Duration,
+    /// The config file, re-read on HUP.
+    pub file: Option<PathBuf>,
+    /// The flags given on the command line: they override the file on every reload.
+    flags: Settings,
 }
 
+/// A config file or value that cannot be used; the message names the key.
+#[derive(Debug)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 impl Config {
-    /// Parses the process arguments; on a usage error prints clap's message and
-    /// exits 2 (before anything is bound or forked).
+    /// Parses the process arguments and reads `--config`. On a usage error or a
+    /// bad config file prints the reason and exits 2, before anything is bound.
     pub fn from_args() -> Config {
-        Flags::parse().into_config()
+        let flags = Flags::parse();
+        Config::load(flags.config, flags.settings).unwrap_or_else(|err| {
+            eprintln!("prefork-server: {err}");
+            std::process::exit(2)
+        })
     }
 
-    /// Parses `args` (the first one is the program name).
-    pub fn try_from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    /// Parses `args` (the first one is the program name) and reads `--config`.
+    pub fn try_from_args<I, T>(args: I) -> Result<Config, Box<dyn std::error::Error>>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Flags::try_parse_from(args).map(Flags::into_config)
+        let flags = Flags::try_parse_from(args)?;
+        Ok(Config::load(flags.config, flags.settings)?)
+    }
+
+    /// Re-reads the config file under the same command-line flags (for HUP).
+    pub fn reload(&self) -> Result<Config, ConfigError> {
+        Config::load(self.file.clone(), self.flags.clone())
+    }
+
+    fn load(file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
+        let from_file = match &file {
+            Some(path) => Settings::read(path)?,
+            None => Settings::default(),
+        };
+        // Flags were validated by the parser: a bad value here came from the file.
+        let named = |err: ConfigError| match &file {
+            Some(path) => ConfigError(format!("{}: {err}", path.display())),
+            None => err,
+        };
+        from_file
+            .overlay(flags.clone())
+            .resolve(file.clone(), flags)
+            .map_err(named)
     }
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Flags::parse_from(["prefork-server"]).into_config()
+        Settings::default()
+            .resolve(None, Settings::default())
+            .expect("the defaults are valid")
     }
 }
 
@@ -72,54 +131,134 @@ impl Default for Config {
 #[derive(Debug, Parser)]
 #[command(name = "prefork-server", version, after_help = crate::signals::HELP_TABLE)]
 struct Flags {
-    /// Address to listen on, IPv4 or IPv6 (e.g. 127.0.0.1, ::1, ::)
-    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED), value_parser = parse_host)]
-    host: IpAddr,
+    /// TOML file with any of the settings below (same names, with `_` for `-`);
+    /// flags given on the command line override it. Re-read on HUP.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 
-    /// TCP port; 0 picks a free one (the ready line says which)
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
+    #[command(flatten)]
+    settings: Settings,
+}
 
-    /// Number of workers [default: the number of CPUs this process may use]
+/// One layer of settings: every field optional. Both the flags and the file.
+#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    /// Address to listen on, IPv4 or IPv6 (e.g. 127.0.0.1, ::1, ::) [default: 0.0.0.0]
+    #[arg(long, value_parser = parse_host)]
+    #[serde(default, deserialize_with = "parsed")]
+    host: Option<IpAddr>,
+
+    /// TCP port; 0 picks a free one (the ready line says which) [default: 8000]
+    #[arg(long)]
+    port: Option<u16>,
+
+    /// Number of workers, 1 to 4096 [default: the number of CPUs this process may use]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
     workers: Option<u16>,
 
-    /// How the workers share the port
-    #[arg(long, value_enum, default_value_t = Balance::Reuseport)]
-    balance: Balance,
+    /// How the workers share the port [default: reuseport]
+    #[arg(long, value_enum)]
+    balance: Option<Balance>,
 
-    /// listen(2) backlog of each socket (the kernel caps it at net.core.somaxconn)
-    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    backlog: u32,
+    /// listen(2) backlog of each socket (the kernel caps it at net.core.somaxconn) [default: 1024]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    backlog: Option<u32>,
 
-    /// On stop, how long workers may drain before they are killed (e.g. 30, 30s, 500ms, 2m)
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    graceful_timeout: Duration,
+    /// On stop, how long workers may drain before they are killed (e.g. 30, 30s, 500ms, 2m) [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    graceful_timeout: Option<Duration>,
 
-    /// Time a client has to send a request head; also the keep-alive idle limit
-    #[arg(long, default_value = "30s", value_parser = parse_positive_duration)]
-    header_read_timeout: Duration,
+    /// Time a client has to send a request head; also the keep-alive idle limit [default: 30s]
+    #[arg(long, value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    header_read_timeout: Option<Duration>,
 
-    /// Log level: error, warn, info, debug or trace
-    #[arg(long, default_value_t = tracing::Level::INFO)]
-    log_level: tracing::Level,
+    /// Log level: error, warn, info, debug or trace [default: info]
+    #[arg(long)]
+    #[serde(default, deserialize_with = "parsed")]
+    log_level: Option<tracing::Level>,
+
+    /// On HUP, how many slots are replaced at a time [default: 1]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    reload_batch: Option<u16>,
+
+    /// On HUP, a new worker not ready within this aborts the reload [default: 30s]
+    #[arg(long, value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    ready_timeout: Option<Duration>,
 }
 
-impl Flags {
-    fn into_config(self) -> Config {
+/// Lists every field once, for `overlay`.
+macro_rules! overlay_fields {
+    ($low:ident, $high:ident, $($field:ident),*) => {
+        Settings { $($field: $high.$field.or($low.$field)),* }
+    };
+}
+
+impl Settings {
+    fn read(path: &Path) -> Result<Settings, ConfigError> {
+        let shown = path.display();
+        let text = std::fs::read_to_string(path).map_err(|err| ConfigError(format!("cannot read {shown}: {err}")))?;
+        toml::from_str(&text).map_err(|err| ConfigError(format!("{shown}: {}", err.to_string().trim_end())))
+    }
+
+    /// `self` with every value `high` sets replaced.
+    fn overlay(self, high: Settings) -> Settings {
+        let low = self;
+        overlay_fields!(
+            low,
+            high,
+            host,
+            port,
+            workers,
+            balance,
+            backlog,
+            graceful_timeout,
+            header_read_timeout,
+            log_level,
+            reload_batch,
+            ready_timeout
+        )
+    }
+
+    /// Fills the defaults and checks what the flag parser checks for flags (a file
+    /// value has not been through it).
+    fn resolve(self, file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
+        let bad = |key: &str, why: &str| ConfigError(format!("{key}: {why}"));
         let workers = match self.workers {
-            Some(n) => NonZeroUsize::new(n.into()).expect("clap's range starts at 1"),
+            Some(0) => return Err(bad("workers", "must be at least 1")),
+            Some(n) if n > 4096 => return Err(bad("workers", "must be at most 4096")),
+            Some(n) => NonZeroUsize::new(n.into()).expect("checked above"),
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         };
-        Config {
-            addr: SocketAddr::new(self.host, self.port),
-            workers,
-            balance: self.balance,
-            backlog: self.backlog,
-            graceful_timeout: self.graceful_timeout,
-            header_read_timeout: self.header_read_timeout,
-            log_level: self.log_level,
+        let backlog = self.backlog.unwrap_or(1024);
+        if backlog == 0 {
+            return Err(bad("backlog", "must be at least 1"));
         }
+        let reload_batch = NonZeroUsize::new(self.reload_batch.unwrap_or(1).into())
+            .ok_or_else(|| bad("reload_batch", "must be at least 1"))?;
+        let positive = |key, value: Option<Duration>| match value {
+            Some(Duration::ZERO) => Err(bad(key, "must be greater than 0")),
+            other => Ok(other.unwrap_or(Duration::from_secs(30))),
+        };
+        Ok(Config {
+            addr: SocketAddr::new(
+                self.host.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                self.port.unwrap_or(8000),
+            ),
+            workers,
+            balance: self.balance.unwrap_or(Balance::Reuseport),
+            backlog,
+            graceful_timeout: self.graceful_timeout.unwrap_or(Duration::from_secs(30)),
+            header_read_timeout: positive("header_read_timeout", self.header_read_timeout)?,
+            log_level: self.log_level.unwrap_or(tracing::Level::INFO),
+            reload_batch,
+            ready_timeout: positive("ready_timeout", self.ready_timeout)?,
+            file,
+            flags,
+        })
     }
 }
 
@@ -156,12 +295,50 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A file value given as a string, parsed like the flag (`host = "::1"`, `log_level = "debug"`).
+fn parsed<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    let text = String::deserialize(deserializer)?;
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(&text);
+    bare.parse()
+        .map(Some)
+        .map_err(|err| serde::de::Error::custom(format!("'{text}': {err}")))
+}
+
+/// A file duration: seconds as a number, or a string like the flag (`"500ms"`).
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(f64),
+        Text(String),
+    }
+    let parsed = match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string()),
+        Raw::Text(text) => parse_duration(&text),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+    fn parse(args: &[&str]) -> Result<Config, Box<dyn std::error::Error>> {
         Config::try_from_args(std::iter::once("prefork-server").chain(args.iter().copied()))
+    }
+
+    fn file(name: &str, text: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("prefork-config-{}-{name}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
     }
 
     #[test]
@@ -172,6 +349,7 @@ mod tests {
         assert_eq!(config.backlog, 1024);
         assert_eq!(config.graceful_timeout, Duration::from_secs(30));
         assert_eq!(config.workers, std::thread::available_parallelism().unwrap());
+        assert_eq!(config.reload_batch.get(), 1);
     }
 
     #[test]
@@ -185,14 +363,14 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_usage_errors() {
+    fn bad_flags_are_usage_errors() {
         for args in [
             &["--workers", "0"][..],
             &["--port", "70000"],
             &["--bogus"],
             &["--balance", "rr"],
         ] {
-            let err = parse(args).unwrap_err();
+            let err = Flags::try_parse_from(std::iter::once("prefork-server").chain(args.iter().copied())).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
@@ -206,5 +384,53 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive_duration("0").is_err());
+    }
+
+    #[test]
+    fn the_file_sets_values_and_flags_override_it() {
+        let path = file(
+            "layers",
+            "host = \"127.0.0.1\"\nport = 9000\nworkers = 3\nbalance = \"shared\"\n\
+             graceful_timeout = \"500ms\"\nready_timeout = 5\nlog_level = \"debug\"\n",
+        );
+        let path_arg = path.to_str().unwrap();
+        let config = parse(&["--config", path_arg, "--port", "9001"]).unwrap();
+        assert_eq!(
+            config.addr,
+            "127.0.0.1:9001".parse().unwrap(),
+            "the flag wins over the file"
+        );
+        assert_eq!(config.workers.get(), 3);
+        assert_eq!(config.balance, Balance::Shared);
+        assert_eq!(config.graceful_timeout, Duration::from_millis(500));
+        assert_eq!(config.ready_timeout, Duration::from_secs(5));
+        assert_eq!(config.log_level, tracing::Level::DEBUG);
+
+        std::fs::write(&path, "workers = 5\nport = 1\n").unwrap();
+        let reloaded = config.reload().unwrap();
+        assert_eq!(reloaded.workers.get(), 5, "reload re-reads the file");
+        assert_eq!(reloaded.addr.port(), 9001, "and keeps the command line on top");
+    }
+
+    #[test]
+    fn file_errors_name_the_key() {
+        let cases = [
+            ("prot = 80\n", "unknown field `prot`"),
+            ("port = 70000\n", "port"),
+            ("workers = 0\n", "workers: must be at least 1"),
+            ("graceful_timeout = \"soon\"\n", "not a duration"),
+            ("balance = \"roundrobin\"\n", "balance"),
+            ("host = \"example.com\"\n", "host"),
+        ];
+        for (i, (text, expected)) in cases.iter().enumerate() {
+            let path = file(&format!("bad{i}"), text);
+            let err = parse(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(err.starts_with(path.to_str().unwrap()), "names the file: {err}");
+        }
+        let err = parse(&["--config", "/nonexistent/prefork.toml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("cannot read /nonexistent/prefork.toml"), "{err}");
     }
 }
