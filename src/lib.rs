@@ -65,7 +65,7 @@ where
     init_logging(config.log_level);
     let listeners = listener::Listeners::bind(&config)?;
     let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);
-    master::run(&config, &listeners, &worker_main)
+    master::run(config, listeners, &worker_main)
 }
 
 /// Logs to stderr, written synchronously by the calling thread: a writer thread

@@ -9,7 +9,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
 
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
 use crate::config::{Balance, Config};
 use crate::error::Error;
@@ -22,6 +22,7 @@ pub struct Listeners {
     sockets: Vec<TcpListener>,
     addr: SocketAddr,
     balance: Balance,
+    backlog: u32,
 }
 
 impl Listeners {
@@ -51,7 +52,31 @@ impl Listeners {
             sockets,
             addr,
             balance: config.balance,
+            backlog: config.backlog,
         })
+    }
+
+    /// Binds more SO_REUSEPORT sockets on the same address until there are `count`
+    /// (scaling up). Sockets are never closed: see the module docs.
+    pub fn ensure_slots(&mut self, count: usize) -> Result<(), Error> {
+        while self.sockets.len() < count {
+            let socket = open(self.addr, true, self.backlog).map_err(|source| Error::Bind {
+                addr: self.addr,
+                source,
+            })?;
+            self.sockets.push(socket);
+        }
+        Ok(())
+    }
+
+    /// Changes the backlog of every socket in place: `listen(2)` again on a
+    /// listening socket only resizes its queue, nothing queued is lost.
+    pub fn set_backlog(&mut self, backlog: u32) -> io::Result<()> {
+        for socket in &self.sockets {
+            SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+        }
+        self.backlog = backlog;
+        Ok(())
     }
 
     /// The address actually bound (the real port when 0 was asked for).
@@ -122,6 +147,15 @@ mod tests {
         let listeners = Listeners::bind(&config(&["--port", "0", "--workers", "3", "--balance", "shared"])).unwrap();
         assert_eq!(listeners.raw_fds().count(), 1);
         assert_eq!(listeners.for_slot(2).as_raw_fd(), listeners.for_slot(0).as_raw_fd());
+    }
+
+    #[test]
+    fn more_slots_join_the_same_port_and_the_backlog_changes_in_place() {
+        let mut listeners = Listeners::bind(&config(&["--port", "0", "--workers", "1"])).unwrap();
+        listeners.ensure_slots(3).unwrap();
+        assert_eq!(listeners.raw_fds().count(), 3);
+        assert_eq!(listeners.for_slot(2).local_addr().unwrap(), listeners.addr());
+        listeners.set_backlog(16).unwrap();
     }
 
     #[test]

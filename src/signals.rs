@@ -4,8 +4,10 @@
 //! |------------|---------------------------------------------------------------|---------------------|
 //! | TERM, INT  | graceful stop; a second TERM/INT during the stop = fast stop  | drain, exit 0       |
 //! | QUIT       | fast stop                                                     | exit now (code 0)   |
+//! | HUP        | reload: re-read the config file, replace workers slot by slot | ignored             |
+//! | TTIN, TTOU | one worker more / fewer (down to 1)                           | ignored             |
 //! | CHLD       | wake up and reap                                              | default             |
-//! | HUP, USR1, USR2, TTIN, TTOU | logged and ignored (not implemented yet)     | ignored             |
+//! | USR1, USR2 | logged and ignored (not implemented yet)                      | ignored             |
 //!
 //! TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect (nginx and
 //! unicorn treat TERM as fast and QUIT as graceful).
@@ -32,9 +34,12 @@ Signals (send them to the master):
               at --graceful-timeout a worker closes what is left, and the master SIGKILLs
               any worker still alive 1 s later. A second TERM/INT is a fast stop.
   QUIT        fast stop: workers exit at once.
+  HUP         reload: re-read --config, then replace the workers slot by slot, each new
+              worker ready before the old one drains; a failure aborts it and the old
+              workers keep serving.
+  TTIN, TTOU  one worker more / fewer (down to 1).
   CHLD        the master reaps the worker and respawns its slot (with backoff if it keeps dying young).
-  HUP, USR1, USR2, TTIN, TTOU
-              logged and ignored for now (reload, reopen, upgrade and scaling are planned).
+  USR1, USR2  logged and ignored for now (log reopen and hot upgrade are planned).
 TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect; nginx and unicorn
 use QUIT for that and treat TERM as fast.
 
@@ -47,6 +52,12 @@ pub enum Signal {
     Interrupt,
     Quit,
     Child,
+    /// HUP.
+    Reload,
+    /// TTIN.
+    AddWorker,
+    /// TTOU.
+    RemoveWorker,
     /// Recorded so that its default action (terminate or stop the master) does not
     /// run; logged and ignored until its feature exists.
     Unimplemented(i32),
@@ -63,6 +74,9 @@ impl Signal {
             SIGINT => Signal::Interrupt,
             SIGQUIT => Signal::Quit,
             SIGCHLD => Signal::Child,
+            SIGHUP => Signal::Reload,
+            SIGTTIN => Signal::AddWorker,
+            SIGTTOU => Signal::RemoveWorker,
             other => Signal::Unimplemented(other),
         }
     }

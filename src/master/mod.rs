@@ -8,27 +8,31 @@
 //!
 //! The loop: sleep in `poll` until a signal, a worker message or the next deadline;
 //! then act on recorded signals, read worker messages, reap every exited child,
-//! kill overdue ones and spawn what is due.
+//! kill overdue ones, hand sockets over, and spawn what is due.
+//!
+//! - `workers.rs`: spawn, worker messages, reaping, socket hand-over.
+//! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
+//! - `pool/`: the bookkeeping all of them consult (pure).
 
+mod change;
 mod pool;
+mod workers;
 
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
-use crate::config::Balance;
 use crate::config::Config;
 use crate::error::Error;
-use crate::ipc::{self, Command, Link, Message};
+use crate::ipc::Link;
 use crate::listener::Listeners;
-use crate::process::{self, human, Exit};
 use crate::signals::{Signal, Signals};
 use crate::worker::Child;
-use pool::{Departure, Pool};
+use pool::Pool;
 
 /// What a forked worker runs; returns its exit code.
 pub(crate) type WorkerMain<'a> = dyn Fn(Child<'_>) -> i32 + 'a;
@@ -46,8 +50,9 @@ enum Stop {
 }
 
 struct Master<'a> {
-    config: &'a Config,
-    listeners: &'a Listeners,
+    /// The config in force (a reload replaces it); workers are forked with it.
+    config: Config,
+    listeners: Listeners,
     worker_main: &'a WorkerMain<'a>,
     signals: Signals,
     pool: Pool,
@@ -63,27 +68,26 @@ struct Master<'a> {
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
 /// halts (Err, after every worker is gone).
-pub(crate) fn run(config: &Config, listeners: &Listeners, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
+pub(crate) fn run(config: Config, listeners: Listeners, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
+    let (addr, balance) = (listeners.addr(), listeners.balance().as_str());
+    info!(
+        "master (pid {}): starting {} workers on {addr} ({balance})",
+        getpid(),
+        config.workers
+    );
     let mut master = Master {
+        pool: Pool::new(config.workers.get(), Instant::now()),
         config,
         listeners,
         worker_main,
         signals,
-        pool: Pool::new(config.workers.get(), Instant::now()),
         links: Vec::new(),
         boot_error: None,
         stop: None,
         halt: None,
         announced: false,
     };
-    info!(
-        "master (pid {}): starting {} workers on {} ({})",
-        getpid(),
-        config.workers,
-        listeners.addr(),
-        listeners.balance().as_str()
-    );
     master.supervise()
 }
 
@@ -98,6 +102,7 @@ impl Master<'_> {
             self.read_links();
             self.reap();
             self.kill_overdue();
+            self.abort_late_reload();
             self.hand_over_sockets();
             if self.stop.is_none() && self.pool.first_generation_failed() {
                 let cause = self
@@ -140,151 +145,16 @@ impl Master<'_> {
             (Signal::Terminate | Signal::Interrupt, None) => self.begin_stop(Stop::Graceful),
             (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
+            (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker, Some(_)) => {
+                info!("master: ignoring {signal:?}: stopping");
+            }
+            (Signal::Reload, None) => self.reload(),
+            (Signal::AddWorker, None) => self.resize(self.pool.len() + 1, "TTIN"),
+            (Signal::RemoveWorker, None) => self.resize(self.pool.len().saturating_sub(1), "TTOU"),
             (Signal::Unimplemented(raw), _) => {
                 let name = Sig::try_from(raw).map_or("an unknown signal", Sig::as_str);
                 info!("master: ignoring {name}: not implemented yet");
             }
-        }
-    }
-
-    fn begin_stop(&mut self, stop: Stop) {
-        let now = Instant::now();
-        let (signal, kill_at) = match stop {
-            Stop::Graceful => (Sig::SIGTERM, now + self.config.graceful_timeout + KILL_MARGIN),
-            Stop::Fast => (Sig::SIGQUIT, now + FAST_STOP_DEADLINE),
-        };
-        let pids = self.pool.retire_all(kill_at);
-        match stop {
-            Stop::Graceful => info!(
-                "master: graceful stop: {} workers drain, killed after {}",
-                pids.len(),
-                human(self.config.graceful_timeout)
-            ),
-            Stop::Fast => info!("master: fast stop: {} workers exit now", pids.len()),
-        }
-        for pid in pids {
-            process::signal(pid, signal);
-        }
-        self.stop = Some(stop);
-    }
-
-    fn spawn_due(&mut self) {
-        for slot in self.pool.due(Instant::now()) {
-            match self.spawn(slot) {
-                Ok(pid) => info!("worker {slot} (pid {pid}) spawned"),
-                Err(err @ (Error::Multithreaded { .. } | Error::ThreadCount(_))) => {
-                    error!("master: {err}; halting");
-                    self.halt = Some(err);
-                    return self.begin_stop(Stop::Graceful);
-                }
-                Err(err) => {
-                    let delay = self.pool.on_spawn_failed(slot, Instant::now());
-                    error!("worker {slot}: {err}; retrying in {}", human(delay));
-                }
-            }
-        }
-    }
-
-    /// Forks a worker for `slot`. The child closes every fd of the master's except
-    /// its own listener and its end of the channel, then runs `worker_main`.
-    fn spawn(&mut self, slot: usize) -> Result<Pid, Error> {
-        let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
-        let link = Link::new(master_end).map_err(Error::Channel)?;
-        let listener = self.listeners.for_slot(slot);
-        let close: Vec<RawFd> = (self.listeners.raw_fds().filter(|fd| *fd != listener.as_raw_fd()))
-            .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
-            .chain([link.stream().as_raw_fd()])
-            .collect();
-        let (signals, worker_main, config) = (&self.signals, self.worker_main, self.config);
-        let master_pid = getpid();
-        let pid = process::fork(move || {
-            signals.forget_in_child();
-            for fd in close {
-                // Owned by master structures that are never dropped in this process.
-                let _ = nix::unistd::close(fd);
-            }
-            worker_main(Child {
-                slot,
-                master_pid,
-                listener,
-                channel: worker_end,
-                config,
-            })
-        })?;
-        self.links.push((pid, link));
-        self.pool.on_spawned(slot, pid, Instant::now());
-        Ok(pid)
-    }
-
-    fn read_links(&mut self) {
-        let now = Instant::now();
-        let mut closed = Vec::new();
-        for (pid, link) in &mut self.links {
-            let received = link.receive();
-            for message in received.messages {
-                match message {
-                    Message::Ready => {
-                        if let Some(slot) = self.pool.on_ready(*pid, now) {
-                            info!("worker {slot} (pid {pid}) ready");
-                        }
-                    }
-                    Message::BootError(text) => {
-                        let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
-                        self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
-                    }
-                }
-            }
-            if received.closed {
-                closed.push(*pid);
-            }
-        }
-        // A closed link would make every poll return at once: drop it now; the
-        // exit itself is handled when the pid is reaped.
-        self.links.retain(|(pid, _)| !closed.contains(pid));
-    }
-
-    fn reap(&mut self) {
-        for (pid, exit) in process::reap_exited() {
-            self.links.retain(|(linked, _)| *linked != pid);
-            let departure = self.pool.on_exit(pid, Instant::now());
-            log_departure(pid, exit, departure);
-        }
-    }
-
-    /// Gives the socket of each slot without a ready worker to a ready sibling, and
-    /// takes it back once the slot serves again (reuseport only: a shared socket is
-    /// accepted on by every worker anyway).
-    fn hand_over_sockets(&mut self) {
-        // Before the first ready line every slot is booting at once: nobody to hand to.
-        if self.listeners.balance() != Balance::Reuseport || !self.announced {
-            return;
-        }
-        for (slot, pid) in self.pool.releases() {
-            self.command(pid, Command::Release(slot));
-        }
-        for (slot, pid) in self.pool.adoptions() {
-            info!("worker {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
-            self.command(pid, Command::Adopt(slot));
-        }
-    }
-
-    fn command(&self, pid: Pid, command: Command) {
-        let Some((_, link)) = self.links.iter().find(|(linked, _)| *linked == pid) else {
-            return; // exiting: its departure clears the adoption
-        };
-        let socket = match command {
-            Command::Adopt(slot) => Some(self.listeners.for_slot(slot).as_fd()),
-            Command::Release(_) => None,
-        };
-        if let Err(err) = link.send(command, socket) {
-            warn!("master: cannot send {command:?} to pid {pid}: {err}");
-        }
-    }
-
-    fn kill_overdue(&mut self) {
-        for (slot, pid) in self.pool.overdue(Instant::now()) {
-            warn!("worker {slot} (pid {pid}) still running at the stop deadline; sending SIGKILL");
-            process::signal(pid, Sig::SIGKILL);
         }
     }
 
@@ -302,35 +172,5 @@ impl Master<'_> {
         // Contract: tests and scripts wait for this exact line on stdout.
         println!("prefork-server: listening on {addr} with {workers} workers ({balance})");
         let _ = std::io::Write::flush(&mut std::io::stdout());
-    }
-}
-
-/// One line per exit: slot, pid, exit code or signal, uptime, respawn delay.
-fn log_departure(pid: Pid, exit: Exit, departure: Departure) {
-    match departure {
-        Departure::Died {
-            slot,
-            uptime,
-            was_ready,
-            respawn_in,
-        } => {
-            let boot = if was_ready { "" } else { " before it was ready" };
-            let respawn = match respawn_in {
-                None => String::new(),
-                Some(Duration::ZERO) => "; respawning now".into(),
-                Some(delay) => format!("; respawning in {} (backing off)", human(delay)),
-            };
-            warn!(
-                "worker {slot} (pid {pid}) {exit} after {}{boot}{respawn}",
-                human(uptime)
-            );
-        }
-        Departure::Retired { slot, uptime } if exit == Exit::Code(0) => {
-            info!("worker {slot} (pid {pid}) {exit} after {}", human(uptime))
-        }
-        Departure::Retired { slot, uptime } => {
-            warn!("worker {slot} (pid {pid}) {exit} after {}", human(uptime))
-        }
-        Departure::Unknown => debug!("master: reaped pid {pid}, not a worker ({exit})"),
     }
 }

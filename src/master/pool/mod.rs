@@ -1,7 +1,10 @@
 //! Slot bookkeeping as plain data: which slot needs a worker and when, what an
 //! exit means, when to stop waiting. No syscalls; time is passed in, so the unit
-//! tests need no sleeps.
+//! tests need no sleeps. Reloads and resizing are in `change.rs`.
 
+mod change;
+
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
@@ -25,11 +28,19 @@ pub struct Pool {
     stopping: bool,
     /// Has any worker ever reported ready? Until then, boot failures can halt.
     ever_ready: bool,
+    /// Bumped by each reload; every worker records the one it was spawned in.
+    generation: u32,
+    reload: Option<change::Reload>,
 }
 
 #[derive(Debug)]
 struct Slot {
     worker: Option<Worker>,
+    /// During a reload: this slot's replacement, booting next to `worker`.
+    incoming: Option<Worker>,
+    /// Scaled away: no worker; its socket stays open in the master and is adopted
+    /// by a sibling, because closing it would reset what is queued on it.
+    parked: bool,
     /// An empty slot is spawned no earlier than this.
     not_before: Instant,
     /// Consecutive young deaths, for the backoff.
@@ -46,6 +57,7 @@ struct Worker {
     pid: Pid,
     spawned_at: Instant,
     ready_at: Option<Instant>,
+    generation: u32,
 }
 
 #[derive(Debug)]
@@ -70,14 +82,42 @@ pub enum Departure {
     },
     /// A worker that was told to stop has exited.
     Retired { slot: usize, uptime: Duration },
+    /// A reload's replacement exited before it was ready: the reload is aborted
+    /// (the caller calls `abort_reload`), the old worker keeps serving.
+    ReplacementFailed { slot: usize, uptime: Duration },
     /// Not one of ours (a worker's orphaned child, or a pid reaped twice).
     Unknown,
+}
+
+/// Why a worker is spawned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spawn {
+    /// The slot has no worker.
+    Fill,
+    /// A reload replaces the slot's worker: the new one boots beside it.
+    Replace,
+}
+
+/// What a worker's "ready" meant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ready {
+    /// It serves its slot.
+    Serving { slot: usize },
+    /// It replaced `old`, which must now drain (it was moved to retiring, with a
+    /// deadline). `reload_done` once it was the last one.
+    Replaced {
+        slot: usize,
+        old: Option<Pid>,
+        reload_done: bool,
+    },
 }
 
 impl Pool {
     pub fn new(workers: usize, now: Instant) -> Pool {
         let slot = || Slot {
             worker: None,
+            incoming: None,
+            parked: false,
             not_before: now,
             failures: 0,
             boot_failures: 0,
@@ -88,28 +128,55 @@ impl Pool {
             retiring: Vec::new(),
             stopping: false,
             ever_ready: false,
+            generation: 1,
+            reload: None,
         }
     }
 
+    /// Active (not parked) slots.
     pub fn len(&self) -> usize {
+        self.slots.iter().filter(|slot| !slot.parked).count()
+    }
+
+    /// Every slot, parked ones too: the number of sockets a reuseport pool uses.
+    pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
 
-    /// Empty slots whose backoff has expired, unless the pool is stopping.
-    pub fn due(&self, now: Instant) -> Vec<usize> {
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// What to spawn now: empty active slots whose backoff has expired, and the
+    /// next slots of a reload. Nothing while stopping.
+    pub fn due(&mut self, now: Instant) -> Vec<(usize, Spawn)> {
         if self.stopping {
             return Vec::new();
         }
-        let due = |(_, slot): &(usize, &Slot)| slot.worker.is_none() && slot.not_before <= now;
-        self.slots.iter().enumerate().filter(due).map(|(i, _)| i).collect()
+        let fill =
+            |slot: &Slot| !slot.parked && slot.worker.is_none() && slot.incoming.is_none() && slot.not_before <= now;
+        let mut due: Vec<(usize, Spawn)> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| fill(slot))
+            .map(|(i, _)| (i, Spawn::Fill))
+            .collect();
+        due.extend(self.replacements_due().into_iter().map(|slot| (slot, Spawn::Replace)));
+        due
     }
 
-    pub fn on_spawned(&mut self, slot: usize, pid: Pid, now: Instant) {
-        self.slots[slot].worker = Some(Worker {
+    pub fn on_spawned(&mut self, slot: usize, spawn: Spawn, pid: Pid, now: Instant) {
+        let worker = Some(Worker {
             pid,
             spawned_at: now,
             ready_at: None,
+            generation: self.generation,
         });
+        match spawn {
+            Spawn::Fill => self.slots[slot].worker = worker,
+            Spawn::Replace => self.slots[slot].incoming = worker,
+        }
     }
 
     /// A fork for `slot` failed: retry it after the slot's next backoff step.
@@ -121,13 +188,16 @@ impl Pool {
         delay
     }
 
-    /// The worker reported ready. Returns its slot.
-    pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<usize> {
+    /// The worker reported ready. A reload's replacement takes over its slot here.
+    pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<Ready> {
+        self.ever_ready = true;
+        if let Some(slot) = self.slots.iter().position(|s| s.incoming.is_some_and(|w| w.pid == pid)) {
+            return Some(self.promote(slot, now));
+        }
         let slot = self.slot_of(pid)?;
         let worker = self.slots[slot].worker.as_mut().expect("slot_of found a worker");
         worker.ready_at.get_or_insert(now);
-        self.ever_ready = true;
-        Some(slot)
+        Some(Ready::Serving { slot })
     }
 
     /// Records the exit of `pid` and decides when its slot is respawned.
@@ -142,6 +212,13 @@ impl Pool {
             return Departure::Retired {
                 slot: retired.slot,
                 uptime: now.saturating_duration_since(retired.spawned_at),
+            };
+        }
+        if let Some(slot) = self.slots.iter().position(|s| s.incoming.is_some_and(|w| w.pid == pid)) {
+            let incoming = self.slots[slot].incoming.take().expect("found above");
+            return Departure::ReplacementFailed {
+                slot,
+                uptime: now.saturating_duration_since(incoming.spawned_at),
             };
         }
         let Some(index) = self.slot_of(pid) else {
@@ -176,13 +253,12 @@ impl Pool {
     /// True when no worker has ever been ready and every slot has seen one exit
     /// before it was ready: respawning is pointless, the master should halt.
     pub fn first_generation_failed(&self) -> bool {
-        !self.ever_ready && self.slots.iter().all(|slot| slot.boot_failures > 0)
+        !self.ever_ready && self.active().all(|slot| slot.boot_failures > 0)
     }
 
     /// True when every slot has a ready worker.
     pub fn all_ready(&self) -> bool {
-        self.slots
-            .iter()
+        self.active()
             .all(|slot| matches!(slot.worker, Some(Worker { ready_at: Some(_), .. })))
     }
 
@@ -191,23 +267,36 @@ impl Pool {
     /// set is kept, so a fast stop can only shorten a graceful one).
     pub fn retire_all(&mut self, kill_at: Instant) -> Vec<Pid> {
         self.stopping = true;
-        for (index, slot) in self.slots.iter_mut().enumerate() {
-            slot.adopter = None; // every worker stops accepting anyway
-            if let Some(worker) = slot.worker.take() {
-                let spawned_at = worker.spawned_at;
-                self.retiring.push(Retiring {
-                    pid: worker.pid,
-                    slot: index,
-                    spawned_at,
-                    kill_at,
-                    killed: false,
-                });
+        self.reload = None;
+        for index in 0..self.slots.len() {
+            self.slots[index].adopter = None; // every worker stops accepting anyway
+            let slot = &mut self.slots[index];
+            for worker in [slot.worker.take(), slot.incoming.take()].into_iter().flatten() {
+                self.retire(index, worker, kill_at);
             }
         }
         for retiring in &mut self.retiring {
             retiring.kill_at = retiring.kill_at.min(kill_at);
         }
         self.retiring.iter().map(|r| r.pid).collect()
+    }
+
+    /// Moves `worker` of `slot` to the retiring list: it must exit by `kill_at`.
+    fn retire(&mut self, slot: usize, worker: Worker, kill_at: Instant) {
+        // A draining worker stops accepting: what it adopted needs another adopter.
+        for other in &mut self.slots {
+            if other.adopter == Some(worker.pid) {
+                other.adopter = None;
+            }
+        }
+        let spawned_at = worker.spawned_at;
+        self.retiring.push(Retiring {
+            pid: worker.pid,
+            slot,
+            spawned_at,
+            kill_at,
+            killed: false,
+        });
     }
 
     /// Retiring workers past their deadline that have not been killed yet; each is
@@ -222,8 +311,8 @@ impl Pool {
             .collect()
     }
 
-    /// Gives every slot that has no ready worker an adopter: the ready worker of
-    /// the nearest following slot. While a slot backs off or boots, connections the
+    /// Gives every slot that has no ready worker (backing off, booting, or parked)
+    /// an adopter: the ready worker of the nearest following slot. Connections the
     /// kernel hashes to its socket would otherwise wait in its queue. Returns
     /// `(slot, adopter)` for each new adoption; none while stopping.
     pub fn adoptions(&mut self) -> Vec<(usize, Pid)> {
@@ -266,18 +355,28 @@ impl Pool {
 
     /// No worker is alive (all reaped).
     pub fn is_empty(&self) -> bool {
-        self.retiring.is_empty() && self.slots.iter().all(|slot| slot.worker.is_none())
+        self.retiring.is_empty()
+            && self
+                .slots
+                .iter()
+                .all(|slot| slot.worker.is_none() && slot.incoming.is_none())
     }
 
     /// How long the master may sleep before something is due: a respawn or a kill.
     pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
-        let respawns = self
-            .slots
-            .iter()
-            .filter(|s| s.worker.is_none() && !self.stopping)
-            .map(|s| s.not_before);
+        let empty = |s: &&Slot| !s.parked && s.worker.is_none() && s.incoming.is_none() && !self.stopping;
+        let respawns = self.slots.iter().filter(empty).map(|s| s.not_before);
         let kills = self.retiring.iter().filter(|r| !r.killed).map(|r| r.kill_at);
-        respawns.chain(kills).min().map(|at| at.saturating_duration_since(now))
+        let ready_deadlines = self.replacement_deadlines();
+        respawns
+            .chain(kills)
+            .chain(ready_deadlines)
+            .min()
+            .map(|at| at.saturating_duration_since(now))
+    }
+
+    fn active(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|slot| !slot.parked)
     }
 
     pub fn slot_of(&self, pid: Pid) -> Option<usize> {
@@ -299,15 +398,15 @@ mod tests {
 
     const MS: Duration = Duration::from_millis(1);
 
-    fn pid(n: i32) -> Pid {
+    pub(super) fn pid(n: i32) -> Pid {
         Pid::from_raw(n)
     }
 
     /// A pool of `n` slots whose workers (pids 100, 101, ...) are all ready.
-    fn ready_pool(n: usize, now: Instant) -> Pool {
+    pub(super) fn ready_pool(n: usize, now: Instant) -> Pool {
         let mut pool = Pool::new(n, now);
-        for slot in pool.due(now) {
-            pool.on_spawned(slot, pid(100 + slot as i32), now);
+        for (slot, spawn) in pool.due(now) {
+            pool.on_spawned(slot, spawn, pid(100 + slot as i32), now);
             pool.on_ready(pid(100 + slot as i32), now);
         }
         pool
@@ -317,9 +416,9 @@ mod tests {
     fn every_slot_is_due_at_start_and_none_once_spawned() {
         let now = Instant::now();
         let mut pool = Pool::new(3, now);
-        assert_eq!(pool.due(now), vec![0, 1, 2]);
-        pool.on_spawned(1, pid(7), now);
-        assert_eq!(pool.due(now), vec![0, 2]);
+        assert_eq!(pool.due(now), [(0, Spawn::Fill), (1, Spawn::Fill), (2, Spawn::Fill)]);
+        pool.on_spawned(1, Spawn::Fill, pid(7), now);
+        assert_eq!(pool.due(now), [(0, Spawn::Fill), (2, Spawn::Fill)]);
         assert!(!pool.all_ready());
     }
 
@@ -338,7 +437,7 @@ mod tests {
                 respawn_in: Some(Duration::ZERO)
             }
         );
-        assert_eq!(pool.due(later), vec![1]);
+        assert_eq!(pool.due(later), [(1, Spawn::Fill)]);
     }
 
     #[test]
@@ -358,8 +457,8 @@ mod tests {
             delays.push(delay.as_millis());
             assert!(pool.due(now + delay - MS).is_empty(), "not due before the backoff");
             now += delay;
-            assert_eq!(pool.due(now), vec![0]);
-            pool.on_spawned(0, pid(101 + n), now);
+            assert_eq!(pool.due(now), [(0, Spawn::Fill)]);
+            pool.on_spawned(0, Spawn::Fill, pid(101 + n), now);
             pool.on_ready(pid(101 + n), now);
         }
         assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
@@ -372,16 +471,16 @@ mod tests {
         now += 10 * MS;
         pool.on_exit(pid(100), now); // 100 ms
         now += Duration::from_secs(1);
-        pool.on_spawned(0, pid(200), now);
+        pool.on_spawned(0, Spawn::Fill, pid(200), now);
         pool.on_ready(pid(200), now);
         now += 10 * MS;
         assert!(matches!(pool.on_exit(pid(200), now), Departure::Died { respawn_in: Some(d), .. } if d == 200 * MS));
         now += Duration::from_secs(1);
-        pool.on_spawned(0, pid(300), now);
+        pool.on_spawned(0, Spawn::Fill, pid(300), now);
         pool.on_ready(pid(300), now);
         now += Duration::from_secs(31);
         pool.on_exit(pid(300), now); // long life: at once, and the count is cleared
-        pool.on_spawned(0, pid(400), now);
+        pool.on_spawned(0, Spawn::Fill, pid(400), now);
         pool.on_ready(pid(400), now);
         now += 10 * MS;
         assert!(matches!(pool.on_exit(pid(400), now), Departure::Died { respawn_in: Some(d), .. } if d == 100 * MS));
@@ -391,8 +490,8 @@ mod tests {
     fn halts_only_when_every_first_worker_failed_to_boot() {
         let now = Instant::now();
         let mut pool = Pool::new(2, now);
-        pool.on_spawned(0, pid(1), now);
-        pool.on_spawned(1, pid(2), now);
+        pool.on_spawned(0, Spawn::Fill, pid(1), now);
+        pool.on_spawned(1, Spawn::Fill, pid(2), now);
         pool.on_exit(pid(1), now);
         assert!(!pool.first_generation_failed(), "slot 1 has not failed yet");
         pool.on_exit(pid(2), now);
@@ -403,8 +502,8 @@ mod tests {
     fn a_boot_failure_after_a_ready_worker_never_halts() {
         let now = Instant::now();
         let mut pool = Pool::new(2, now);
-        pool.on_spawned(0, pid(1), now);
-        pool.on_spawned(1, pid(2), now);
+        pool.on_spawned(0, Spawn::Fill, pid(1), now);
+        pool.on_spawned(1, Spawn::Fill, pid(2), now);
         pool.on_ready(pid(1), now);
         pool.on_exit(pid(2), now);
         pool.on_exit(pid(1), now);
@@ -456,7 +555,7 @@ mod tests {
         pool.on_exit(pid(101), now);
         assert_eq!(pool.adoptions(), [(1, pid(102))], "the next slot's worker adopts");
         assert!(pool.adoptions().is_empty(), "adopted once");
-        pool.on_spawned(1, pid(200), now);
+        pool.on_spawned(1, Spawn::Fill, pid(200), now);
         assert!(pool.releases().is_empty(), "booting is not ready");
         pool.on_ready(pid(200), now);
         assert_eq!(pool.releases(), [(1, pid(102))]);

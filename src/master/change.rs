@@ -1,0 +1,109 @@
+//! Changing the whole fleet: stop, reload (HUP), resize (TTIN / TTOU).
+
+use std::time::Instant;
+
+use nix::sys::signal::Signal as Sig;
+use tracing::{error, info};
+
+use super::{Master, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
+use crate::config::{Balance, Config};
+use crate::process::{self, human};
+
+impl Master<'_> {
+    pub(super) fn begin_stop(&mut self, stop: Stop) {
+        let now = Instant::now();
+        let (signal, kill_at) = match stop {
+            Stop::Graceful => (Sig::SIGTERM, now + self.config.graceful_timeout + KILL_MARGIN),
+            Stop::Fast => (Sig::SIGQUIT, now + FAST_STOP_DEADLINE),
+        };
+        let pids = self.pool.retire_all(kill_at);
+        match stop {
+            Stop::Graceful => {
+                let timeout = human(self.config.graceful_timeout);
+                info!(
+                    "master: graceful stop: {} workers drain, killed after {timeout}",
+                    pids.len()
+                )
+            }
+            Stop::Fast => info!("master: fast stop: {} workers exit now", pids.len()),
+        }
+        for pid in pids {
+            process::signal(pid, signal);
+        }
+        self.stop = Some(stop);
+    }
+
+    /// HUP: re-reads the config file and replaces every worker, slot by slot, each
+    /// new worker ready before the old one drains. A config that cannot be applied
+    /// is refused as a whole; the running one stays.
+    pub(super) fn reload(&mut self) {
+        let new = match self.config.reload() {
+            Ok(new) => new,
+            Err(err) => return error!("master: reload refused: {err}; the current config stays"),
+        };
+        if let Some(change) = needs_new_sockets(&self.config, &new) {
+            return error!(
+                "master: reload refused: {change} needs new sockets, which a reload does not bind yet \
+                 (restart to apply it); the current config stays"
+            );
+        }
+        if new.backlog != self.config.backlog {
+            if let Err(err) = self.listeners.set_backlog(new.backlog) {
+                return error!("master: reload refused: cannot change the backlog: {err}; the current config stays");
+            }
+        }
+        if new.log_level != self.config.log_level {
+            error!("master: log_level changes need a restart; the other settings are applied");
+        }
+        let workers = new.workers.get();
+        self.config = new;
+        let drain_for = self.config.graceful_timeout + KILL_MARGIN;
+        self.pool
+            .begin_reload(self.config.reload_batch.get(), self.config.ready_timeout, drain_for);
+        let (generation, batch) = (self.pool.generation(), self.config.reload_batch);
+        info!(
+            "master: reload (generation {generation}): replacing {} workers, {batch} at a time",
+            self.pool.len()
+        );
+        if workers != self.pool.len() {
+            self.resize(workers, "reload");
+        }
+    }
+
+    /// Grows or shrinks the pool to `workers` (at least 1). A removed slot's worker
+    /// drains; its socket stays open in the master, adopted by a sibling, so nothing
+    /// queued on it is reset; a later TTIN takes the slot back first.
+    pub(super) fn resize(&mut self, workers: usize, why: &str) {
+        let workers = workers.max(1);
+        if workers == self.pool.len() {
+            return info!("master: {why}: already {workers} workers (the minimum is 1)");
+        }
+        if self.listeners.balance() == Balance::Reuseport {
+            let sockets = self.pool.slot_count().max(workers);
+            if let Err(err) = self.listeners.ensure_slots(sockets) {
+                return error!("master: {why} refused: {err}");
+            }
+        }
+        let now = Instant::now();
+        let kill_at = now + self.config.graceful_timeout + KILL_MARGIN;
+        let (_, retired) = self.pool.resize(workers, now, kill_at);
+        info!("master: {why}: {workers} workers");
+        for pid in retired {
+            info!("master: pid {pid} drains (its slot's socket stays open, served by a sibling)");
+            process::signal(pid, Sig::SIGTERM);
+        }
+    }
+}
+
+/// The first setting that differs in a way only new sockets could apply.
+fn needs_new_sockets(old: &Config, new: &Config) -> Option<&'static str> {
+    if old.addr.ip() != new.addr.ip() {
+        Some("changing host")
+    } else if old.addr.port() != new.addr.port() && new.addr.port() != 0 {
+        Some("changing port")
+    } else if old.balance != new.balance {
+        Some("changing balance")
+    } else {
+        None
+    }
+}

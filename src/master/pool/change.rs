@@ -1,0 +1,261 @@
+//! Changing a running pool without dropping anything: the rolling reload (each
+//! slot gets a new worker, ready before the old one drains) and resizing (TTIN /
+//! TTOU park and unpark slots; a parked slot's socket stays open).
+
+use super::*;
+
+/// A reload in progress.
+#[derive(Debug)]
+pub(super) struct Reload {
+    /// Slots still to replace, in order.
+    queue: VecDeque<usize>,
+    /// How many replacements may boot at once.
+    batch: usize,
+    /// A replacement not ready this long after its spawn aborts the reload.
+    ready_timeout: Duration,
+    /// How long a replaced worker may drain before it is killed.
+    drain_for: Duration,
+}
+
+impl Pool {
+    /// Starts a reload of every active slot, `batch` at a time, in a new
+    /// generation. A reload already running is restarted from the first slot (its
+    /// booting replacements finish and take their slots).
+    pub fn begin_reload(&mut self, batch: usize, ready_timeout: Duration, drain_for: Duration) {
+        self.generation += 1;
+        let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].parked).collect();
+        self.reload = Some(Reload {
+            queue,
+            batch: batch.max(1),
+            ready_timeout,
+            drain_for,
+        });
+    }
+
+    #[cfg(test)]
+    pub fn reloading(&self) -> bool {
+        self.reload.is_some()
+    }
+
+    /// The next slots to replace, up to the batch size. A slot with no ready
+    /// worker is skipped: the next worker it spawns is of the new generation anyway.
+    pub(super) fn replacements_due(&mut self) -> Vec<usize> {
+        let Some(reload) = &mut self.reload else {
+            return Vec::new();
+        };
+        let mut booting = self.slots.iter().filter(|slot| slot.incoming.is_some()).count();
+        let mut due = Vec::new();
+        while booting < reload.batch {
+            let Some(slot) = reload.queue.pop_front() else { break };
+            let current = &self.slots[slot];
+            let serving = current
+                .worker
+                .is_some_and(|w| w.ready_at.is_some() && w.generation < self.generation);
+            if serving && !current.parked && current.incoming.is_none() {
+                due.push(slot);
+                booting += 1;
+            }
+        }
+        due
+    }
+
+    /// When each booting replacement must be ready.
+    pub(super) fn replacement_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
+        let timeout = self.reload.as_ref().map(|reload| reload.ready_timeout);
+        self.slots
+            .iter()
+            .filter_map(move |slot| Some(slot.incoming?.spawned_at + timeout?))
+    }
+
+    /// A replacement that missed `--ready-timeout`, if any.
+    pub fn late_replacement(&self, now: Instant) -> Option<(usize, Pid)> {
+        let timeout = self.reload.as_ref()?.ready_timeout;
+        let late = |slot: &Slot| slot.incoming.filter(|w| w.spawned_at + timeout <= now);
+        self.slots
+            .iter()
+            .enumerate()
+            .find_map(|(index, slot)| late(slot).map(|w| (index, w.pid)))
+    }
+
+    /// The replacement of `slot` is ready: it takes the slot; the old worker retires.
+    pub(super) fn promote(&mut self, slot: usize, now: Instant) -> Ready {
+        let drain_for = self.reload.as_ref().map_or(Duration::ZERO, |reload| reload.drain_for);
+        let mut incoming = self.slots[slot]
+            .incoming
+            .take()
+            .expect("promote is called for a replacement");
+        incoming.ready_at = Some(now);
+        let old = self.slots[slot].worker.replace(incoming);
+        if let Some(old) = old {
+            self.retire(slot, old, now + drain_for);
+        }
+        let booting = self.slots.iter().any(|slot| slot.incoming.is_some());
+        let reload_done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty()) && !booting;
+        if reload_done {
+            self.reload = None;
+        }
+        Ready::Replaced {
+            slot,
+            old: old.map(|w| w.pid),
+            reload_done,
+        }
+    }
+
+    /// Ends the reload where it stands: slots already replaced keep their new
+    /// workers, the others keep their old ones. Returns the booting replacements,
+    /// which must be stopped (they are retiring now, due by `kill_at`).
+    pub fn abort_reload(&mut self, kill_at: Instant) -> Vec<Pid> {
+        self.reload = None;
+        let mut stopped = Vec::new();
+        for index in 0..self.slots.len() {
+            if let Some(incoming) = self.slots[index].incoming.take() {
+                stopped.push(incoming.pid);
+                self.retire(index, incoming, kill_at);
+            }
+        }
+        stopped
+    }
+
+    /// Makes the pool `workers` slots large: unparks parked slots (or adds new
+    /// ones, returned so their sockets can be bound) to grow; parks the highest
+    /// active slots to shrink, retiring their workers (due by `kill_at`). Returns
+    /// `(new slots, retired pids)`.
+    pub fn resize(&mut self, workers: usize, now: Instant, kill_at: Instant) -> (Vec<usize>, Vec<Pid>) {
+        let (mut added, mut retired) = (Vec::new(), Vec::new());
+        while self.len() < workers {
+            match self.slots.iter().position(|slot| slot.parked) {
+                Some(index) => {
+                    let slot = &mut self.slots[index];
+                    (slot.parked, slot.not_before, slot.failures) = (false, now, 0);
+                }
+                None => {
+                    self.slots.push(Slot {
+                        worker: None,
+                        incoming: None,
+                        parked: false,
+                        not_before: now,
+                        failures: 0,
+                        boot_failures: 0,
+                        adopter: None,
+                    });
+                    added.push(self.slots.len() - 1);
+                }
+            }
+        }
+        while self.len() > workers.max(1) {
+            let index = self
+                .slots
+                .iter()
+                .rposition(|slot| !slot.parked)
+                .expect("more than one active slot");
+            let slot = &mut self.slots[index];
+            slot.parked = true;
+            for worker in [slot.worker.take(), slot.incoming.take()].into_iter().flatten() {
+                retired.push(worker.pid);
+                self.retire(index, worker, kill_at);
+            }
+        }
+        (added, retired)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{pid, ready_pool};
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_reload_replaces_slot_by_slot_new_worker_ready_first() {
+        let now = Instant::now();
+        let mut pool = ready_pool(2, now);
+        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        assert_eq!(pool.due(now), [(0, Spawn::Replace)], "one at a time");
+        pool.on_spawned(0, Spawn::Replace, pid(200), now);
+        assert!(pool.due(now).is_empty(), "the next waits for this one");
+        assert_eq!(pool.slot_of(pid(100)), Some(0), "the old worker serves until then");
+        let ready = pool.on_ready(pid(200), now);
+        assert_eq!(
+            ready,
+            Some(Ready::Replaced {
+                slot: 0,
+                old: Some(pid(100)),
+                reload_done: false
+            })
+        );
+        assert_eq!(pool.slot_of(pid(200)), Some(0));
+        assert!(matches!(
+            pool.on_exit(pid(100), now),
+            Departure::Retired { slot: 0, .. }
+        ));
+        assert_eq!(pool.due(now), [(1, Spawn::Replace)]);
+        pool.on_spawned(1, Spawn::Replace, pid(201), now);
+        let ready = pool.on_ready(pid(201), now);
+        assert_eq!(
+            ready,
+            Some(Ready::Replaced {
+                slot: 1,
+                old: Some(pid(101)),
+                reload_done: true
+            })
+        );
+        assert!(!pool.reloading());
+        assert_eq!(pool.generation(), 2);
+    }
+
+    #[test]
+    fn the_batch_size_bounds_the_replacements_booting_at_once() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        pool.begin_reload(2, 10 * SECOND, 30 * SECOND);
+        assert_eq!(pool.due(now), [(0, Spawn::Replace), (1, Spawn::Replace)]);
+    }
+
+    #[test]
+    fn a_replacement_that_dies_or_is_late_aborts_and_the_old_workers_stay() {
+        let now = Instant::now();
+        let mut pool = ready_pool(2, now);
+        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        pool.due(now);
+        pool.on_spawned(0, Spawn::Replace, pid(200), now);
+        assert!(matches!(
+            pool.on_exit(pid(200), now),
+            Departure::ReplacementFailed { slot: 0, .. }
+        ));
+        assert!(pool.abort_reload(now).is_empty(), "nothing else was booting");
+        assert_eq!(pool.slot_of(pid(100)), Some(0), "the old worker keeps its slot");
+        assert!(pool.due(now).is_empty(), "no respawn, no further replacement");
+
+        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        pool.due(now);
+        pool.on_spawned(0, Spawn::Replace, pid(300), now);
+        assert_eq!(pool.next_wakeup(now), Some(10 * SECOND));
+        assert_eq!(pool.late_replacement(now + 9 * SECOND), None);
+        assert_eq!(pool.late_replacement(now + 10 * SECOND), Some((0, pid(300))));
+        assert_eq!(pool.abort_reload(now + 10 * SECOND), [pid(300)]);
+        assert!(matches!(pool.on_exit(pid(300), now), Departure::Retired { .. }));
+        assert_eq!(pool.slot_of(pid(100)), Some(0));
+    }
+
+    #[test]
+    fn shrinking_parks_slots_whose_sockets_stay_adopted_and_growing_unparks_them() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        let (added, retired) = pool.resize(2, now, now + SECOND);
+        assert_eq!((added, retired), (vec![], vec![pid(102)]));
+        assert_eq!(pool.len(), 2);
+        assert!(pool.all_ready());
+        assert_eq!(
+            pool.adoptions(),
+            [(2, pid(100))],
+            "the parked socket keeps being served"
+        );
+        assert_eq!(pool.resize(1, now, now).1, [pid(101)]);
+        assert_eq!(pool.resize(0, now, now).1, [], "never below one");
+
+        let (added, _) = pool.resize(4, now, now);
+        assert_eq!(added, [3], "parked slots come back first, then new ones");
+        assert_eq!(pool.due(now), [(1, Spawn::Fill), (2, Spawn::Fill), (3, Spawn::Fill)]);
+    }
+}

@@ -1,0 +1,215 @@
+//! The master's dealings with individual workers: spawning them, reading what
+//! they say, reaping them, and handing them sockets.
+
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal as Sig;
+use nix::unistd::{getpid, Pid};
+use tracing::{debug, error, info, warn};
+
+use super::pool::{Departure, Ready, Spawn};
+use super::{Master, Stop, FAST_STOP_DEADLINE};
+use crate::config::Balance;
+use crate::error::Error;
+use crate::ipc::{self, Command, Link, Message};
+use crate::process::{self, human, Exit};
+use crate::worker::Child;
+
+impl Master<'_> {
+    pub(super) fn spawn_due(&mut self) {
+        for (slot, spawn) in self.pool.due(Instant::now()) {
+            match self.spawn(slot, spawn) {
+                Ok(pid) => {
+                    let generation = self.pool.generation();
+                    match spawn {
+                        Spawn::Fill => info!("worker {slot} (pid {pid}) spawned"),
+                        Spawn::Replace => info!("worker {slot} (pid {pid}) spawned (generation {generation})"),
+                    }
+                }
+                Err(err @ (Error::Multithreaded { .. } | Error::ThreadCount(_))) => {
+                    error!("master: {err}; halting");
+                    self.halt = Some(err);
+                    return self.begin_stop(Stop::Graceful);
+                }
+                Err(err) if spawn == Spawn::Replace => {
+                    error!("master: reload aborted: worker {slot}: {err}; the old workers keep serving");
+                    self.abort_reload();
+                }
+                Err(err) => {
+                    let delay = self.pool.on_spawn_failed(slot, Instant::now());
+                    error!("worker {slot}: {err}; retrying in {}", human(delay));
+                }
+            }
+        }
+    }
+
+    /// Forks a worker for `slot`. The child closes every fd of the master's except
+    /// its own listener and its end of the channel, then runs `worker_main`.
+    fn spawn(&mut self, slot: usize, spawn: Spawn) -> Result<Pid, Error> {
+        let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
+        let link = Link::new(master_end).map_err(Error::Channel)?;
+        let listener = self.listeners.for_slot(slot);
+        let close: Vec<RawFd> = (self.listeners.raw_fds().filter(|fd| *fd != listener.as_raw_fd()))
+            .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
+            .chain([link.stream().as_raw_fd()])
+            .collect();
+        let (signals, worker_main, config) = (&self.signals, self.worker_main, &self.config);
+        let master_pid = getpid();
+        let pid = process::fork(move || {
+            signals.forget_in_child();
+            for fd in close {
+                // Owned by master structures that are never dropped in this process.
+                let _ = nix::unistd::close(fd);
+            }
+            worker_main(Child {
+                slot,
+                master_pid,
+                listener,
+                channel: worker_end,
+                config,
+            })
+        })?;
+        self.links.push((pid, link));
+        self.pool.on_spawned(slot, spawn, pid, Instant::now());
+        Ok(pid)
+    }
+
+    pub(super) fn read_links(&mut self) {
+        let now = Instant::now();
+        let mut closed = Vec::new();
+        let mut ready = Vec::new();
+        for (pid, link) in &mut self.links {
+            let received = link.receive();
+            for message in received.messages {
+                match message {
+                    Message::Ready => ready.push(*pid),
+                    Message::BootError(text) => {
+                        let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
+                        self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
+                    }
+                }
+            }
+            if received.closed {
+                closed.push(*pid);
+            }
+        }
+        // A closed link would make every poll return at once: drop it now; the
+        // exit itself is handled when the pid is reaped.
+        self.links.retain(|(pid, _)| !closed.contains(pid));
+        for pid in ready {
+            match self.pool.on_ready(pid, now) {
+                Some(Ready::Serving { slot }) => info!("worker {slot} (pid {pid}) ready"),
+                Some(Ready::Replaced { slot, old, reload_done }) => {
+                    let generation = self.pool.generation();
+                    info!("worker {slot} (pid {pid}) ready (generation {generation})");
+                    if let Some(old) = old {
+                        info!("worker {slot} (pid {old}) replaced: draining");
+                        process::signal(old, Sig::SIGTERM);
+                    }
+                    if reload_done {
+                        info!("master: reload complete: every worker is of generation {generation}");
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    pub(super) fn reap(&mut self) {
+        for (pid, exit) in process::reap_exited() {
+            self.links.retain(|(linked, _)| *linked != pid);
+            let departure = self.pool.on_exit(pid, Instant::now());
+            log_departure(pid, exit, departure);
+            if let Departure::ReplacementFailed { .. } = departure {
+                self.abort_reload();
+            }
+        }
+    }
+
+    /// Stops a reload whose replacement failed: the remaining old workers keep
+    /// serving; replacements still booting are killed (they never served).
+    pub(super) fn abort_reload(&mut self) {
+        for pid in self.pool.abort_reload(Instant::now() + FAST_STOP_DEADLINE) {
+            process::signal(pid, Sig::SIGKILL);
+        }
+    }
+
+    pub(super) fn abort_late_reload(&mut self) {
+        if let Some((slot, pid)) = self.pool.late_replacement(Instant::now()) {
+            let limit = human(self.config.ready_timeout);
+            error!("master: reload aborted: worker {slot} (pid {pid}) not ready within {limit}; the old workers keep serving");
+            self.abort_reload();
+        }
+    }
+
+    pub(super) fn kill_overdue(&mut self) {
+        for (slot, pid) in self.pool.overdue(Instant::now()) {
+            warn!("worker {slot} (pid {pid}) still running at its deadline; sending SIGKILL");
+            process::signal(pid, Sig::SIGKILL);
+        }
+    }
+
+    /// Gives the socket of each slot without a ready worker to a ready sibling, and
+    /// takes it back once the slot serves again (reuseport only: a shared socket is
+    /// accepted on by every worker anyway).
+    pub(super) fn hand_over_sockets(&mut self) {
+        // Before the first ready line every slot is booting at once: nobody to hand to.
+        if self.listeners.balance() != Balance::Reuseport || !self.announced {
+            return;
+        }
+        for (slot, pid) in self.pool.releases() {
+            self.command(pid, Command::Release(slot));
+        }
+        for (slot, pid) in self.pool.adoptions() {
+            info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
+            self.command(pid, Command::Adopt(slot));
+        }
+    }
+
+    fn command(&self, pid: Pid, command: Command) {
+        let Some((_, link)) = self.links.iter().find(|(linked, _)| *linked == pid) else {
+            return; // exiting: its departure clears the adoption
+        };
+        let socket = match command {
+            Command::Adopt(slot) => Some(self.listeners.for_slot(slot).as_fd()),
+            Command::Release(_) => None,
+        };
+        if let Err(err) = link.send(command, socket) {
+            warn!("master: cannot send {command:?} to pid {pid}: {err}");
+        }
+    }
+}
+
+/// One line per exit: slot, pid, exit code or signal, uptime, respawn delay.
+fn log_departure(pid: Pid, exit: Exit, departure: Departure) {
+    match departure {
+        Departure::Died {
+            slot,
+            uptime,
+            was_ready,
+            respawn_in,
+        } => {
+            let boot = if was_ready { "" } else { " before it was ready" };
+            let respawn = match respawn_in {
+                None => String::new(),
+                Some(Duration::ZERO) => "; respawning now".into(),
+                Some(delay) => format!("; respawning in {} (backing off)", human(delay)),
+            };
+            warn!(
+                "worker {slot} (pid {pid}) {exit} after {}{boot}{respawn}",
+                human(uptime)
+            );
+        }
+        Departure::Retired { slot, uptime } if exit == Exit::Code(0) => {
+            info!("worker {slot} (pid {pid}) {exit} after {}", human(uptime))
+        }
+        Departure::Retired { slot, uptime } => warn!("worker {slot} (pid {pid}) {exit} after {}", human(uptime)),
+        Departure::ReplacementFailed { slot, uptime } => error!(
+            "master: reload aborted: worker {slot} (pid {pid}) {exit} after {} before it was ready; \
+             the old workers keep serving",
+            human(uptime)
+        ),
+        Departure::Unknown => debug!("master: reaped pid {pid}, not a worker ({exit})"),
+    }
+}
