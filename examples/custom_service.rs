@@ -10,7 +10,8 @@
 //! there (here a request counter; in a real app a connection pool or a cache) is
 //! the worker's own. Returning `Err` from it is a boot failure: set
 //! `CUSTOM_SERVICE_FAIL_IF_EXISTS=/some/path` and create that file to see one
-//! (`CUSTOM_SERVICE_PANIC=1` makes it panic instead: exit code 70).
+//! (`CUSTOM_SERVICE_PANIC=1` makes it panic instead: exit code 70;
+//! `CUSTOM_SERVICE_SLOW_BOOT_IF_EXISTS=/some/path` makes it take 30 s to boot).
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -29,6 +30,11 @@ fn main() -> std::process::ExitCode {
         if let Some(path) = std::env::var_os("CUSTOM_SERVICE_FAIL_IF_EXISTS") {
             if std::path::Path::new(&path).exists() {
                 return Err(format!("refusing to start: {} exists", path.to_string_lossy()));
+            }
+        }
+        if let Some(path) = std::env::var_os("CUSTOM_SERVICE_SLOW_BOOT_IF_EXISTS") {
+            if std::path::Path::new(&path).exists() {
+                std::thread::sleep(Duration::from_secs(30)); // e.g. warming a cache
             }
         }
         if std::env::var_os("CUSTOM_SERVICE_PANIC").is_some() {

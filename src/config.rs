@@ -201,7 +201,22 @@ impl Settings {
     fn read(path: &Path) -> Result<Settings, ConfigError> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError(format!("cannot read {shown}: {err}")))?;
-        toml::from_str(&text).map_err(|err| ConfigError(format!("{shown}: {}", err.to_string().trim_end())))
+        // One line, `file: line N: what`: it also goes into the log on a reload.
+        toml::from_str(&text).map_err(|err| {
+            let line = err.span().map(|span| text[..span.start].matches('\n').count() + 1);
+            let key = |line: usize| {
+                text.lines()
+                    .nth(line - 1)?
+                    .split_once('=')
+                    .map(|(key, _)| key.trim().to_owned())
+            };
+            let at = match line.map(|line| (line, key(line))) {
+                Some((line, Some(key))) => format!(" line {line}, `{key}`:"),
+                Some((line, None)) => format!(" line {line}:"),
+                None => String::new(),
+            };
+            ConfigError(format!("{shown}:{at} {}", err.message().trim_end()))
+        })
     }
 
     /// `self` with every value `high` sets replaced.

@@ -2,6 +2,8 @@
 //! port 0, real signals to the master pid.
 
 mod errors;
+mod load;
+mod operations;
 mod serving;
 mod stopping;
 mod supervision;

@@ -20,19 +20,28 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_prefork-server"))
 }
 
-/// The `custom_service` example (cargo test builds examples next to the binary).
+/// The `custom_service` example. A full `cargo test` builds it, but a filtered run
+/// (`cargo test --test it`) does not: build it once per test run so a stale copy
+/// is never tested (a no-op when it is up to date).
 pub fn example_binary() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let mut cargo = Command::new(env!("CARGO"));
+        cargo.args(["build", "--quiet", "--example", "custom_service"]);
+        if !cfg!(debug_assertions) {
+            cargo.arg("--release");
+        }
+        let status = cargo
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("run cargo");
+        assert!(status.success(), "cargo build --example custom_service failed");
+    });
     let dir = server_binary()
         .parent()
         .expect("the binary is in a directory")
         .to_path_buf();
-    let path = dir.join("examples").join("custom_service");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo test` builds it; or run `cargo build --examples`",
-        path.display()
-    );
-    path
+    dir.join("examples").join("custom_service")
 }
 
 /// A command for `binary` listening on 127.0.0.1:0, plus `args`.
@@ -111,6 +120,20 @@ impl Server {
                 .iter()
                 .find(|line| line.contains(text))
                 .cloned()
+        })
+    }
+
+    /// Waits until `n` log lines contain `text`.
+    pub fn wait_for_log_count(&self, text: &str, n: usize, within: Duration) {
+        eventually(within, &format!("{n} log lines containing {text:?}"), || {
+            let count = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|line| line.contains(text))
+                .count();
+            (count >= n).then_some(())
         })
     }
 

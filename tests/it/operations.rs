@@ -1,0 +1,132 @@
+//! Zero-downtime operations: reload (HUP) and scaling (TTIN/TTOU) under load, and
+//! the reloads that must be refused or aborted without touching the old workers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::load::{Load, PROGRESS};
+use crate::util::*;
+
+fn wait_for_traffic(more: u64) {
+    let start = *PROGRESS.lock().unwrap();
+    eventually(Duration::from_secs(10), "the load makes progress", || {
+        (*PROGRESS.lock().unwrap() >= start + more).then_some(())
+    });
+}
+
+#[test]
+fn reloads_and_scaling_under_keep_alive_load_lose_nothing() {
+    let server = Server::start(&["--workers", "2", "--graceful-timeout", "10s"]);
+    let first: HashSet<_> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
+    let load = Load::start(server.addr, 32);
+    wait_for_traffic(500);
+    for n in 1..=5 {
+        server.signal(Signal::SIGHUP);
+        server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+        wait_for_traffic(200);
+    }
+    server.signal(Signal::SIGTTIN);
+    server.wait_for_workers(3, Duration::from_secs(10));
+    wait_for_traffic(200);
+    server.signal(Signal::SIGTTOU);
+    server.wait_for_workers(2, Duration::from_secs(15));
+    wait_for_traffic(200);
+    let tally = load.finish();
+
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        tally.failures.len(),
+        &tally.failures[..3.min(tally.failures.len())]
+    );
+    assert!(tally.ok >= 1000, "too little traffic to prove anything: {tally:?}");
+    assert!(tally.closes > 0, "draining workers told clients to reconnect");
+    let last: HashSet<_> = server
+        .wait_for_workers(2, Duration::from_secs(10))
+        .into_iter()
+        .collect();
+    assert!(
+        first.is_disjoint(&last),
+        "every worker was replaced: {first:?} → {last:?}"
+    );
+    assert!(server.zombies().is_empty());
+    eprintln!(
+        "load: {} ok, {} reconnects on Connection: close, 0 failed",
+        tally.ok, tally.closes
+    );
+}
+
+#[test]
+fn a_reload_with_an_invalid_config_is_refused_and_the_old_workers_serve() {
+    let path = std::env::temp_dir().join(format!("prefork-test-{}-reload.toml", std::process::id()));
+    std::fs::write(&path, "workers = 2\n").unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    std::fs::write(&path, "workers = 2\nprot = 1\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("reload refused", Duration::from_secs(5));
+    assert!(
+        line.contains("unknown field `prot`") && line.contains("the current config stays"),
+        "{line}"
+    );
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    let mut after = server.workers();
+    after.sort();
+    let mut before = before;
+    before.sort();
+    assert_eq!(before, after, "no worker was replaced");
+
+    // A valid change applies: the file's worker count, through the same reload.
+    std::fs::write(&path, "workers = 3\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("reload complete", Duration::from_secs(20));
+    let now = server.wait_for_workers(3, Duration::from_secs(10));
+    assert!(before.iter().all(|pid| !now.contains(pid)));
+}
+
+#[test]
+fn a_reload_whose_new_worker_cannot_boot_is_aborted_and_the_old_workers_serve() {
+    let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-boot", std::process::id()));
+    let mut command = command(example_binary(), &["--workers", "2"]);
+    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    let server = Server::start_command(command);
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    std::fs::write(&marker, "").unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("reload aborted", Duration::from_secs(10));
+    assert!(
+        line.contains("exited with code 3 (boot failure)") && line.contains("old workers keep serving"),
+        "{line}"
+    );
+    for _ in 0..10 {
+        assert!(before.contains(&get(server.addr, "/").unwrap().worker_pid().unwrap()));
+    }
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(server.wait_for_workers(2, Duration::from_secs(5)).len(), 2);
+    assert!(
+        before.iter().all(|pid| alive(*pid)),
+        "the old workers were never touched"
+    );
+}
+
+#[test]
+fn a_reload_whose_new_worker_is_not_ready_in_time_is_aborted() {
+    let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-slow", std::process::id()));
+    let mut command = command(example_binary(), &["--workers", "1", "--ready-timeout", "1s"]);
+    command.env("CUSTOM_SERVICE_SLOW_BOOT_IF_EXISTS", &marker);
+    let server = Server::start_command(command);
+    let before = server.wait_for_workers(1, Duration::from_secs(5));
+    std::fs::write(&marker, "").unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("reload aborted", Duration::from_secs(10));
+    assert!(line.contains("not ready within 1.0s"), "{line}");
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(
+        server.wait_for_workers(1, Duration::from_secs(5)),
+        before,
+        "the slow one was killed"
+    );
+    assert!(before.contains(&get(server.addr, "/").unwrap().worker_pid().unwrap()));
+}
