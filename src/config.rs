@@ -57,6 +57,13 @@ pub struct Config {
     pub reload_batch: NonZeroUsize,
     /// A new worker that is not ready within this aborts the reload.
     pub ready_timeout: Duration,
+    /// The binary USR2 starts (default: the one this process was started from).
+    pub upgrade_binary: Option<PathBuf>,
+    /// A new master not ready within this is stopped, and this one keeps serving.
+    pub upgrade_timeout: Duration,
+    /// Written with the master's pid once it is ready; follows the live master
+    /// across upgrades.
+    pub pid_file: Option<PathBuf>,
     /// The config file, re-read on HUP.
     pub file: Option<PathBuf>,
     /// The flags given on the command line: they override the file on every reload.
@@ -188,6 +195,19 @@ struct Settings {
     #[arg(long, value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     ready_timeout: Option<Duration>,
+
+    /// On USR2, the binary to start as the new master [default: the path this one was started from]
+    #[arg(long, value_name = "PATH")]
+    upgrade_binary: Option<PathBuf>,
+
+    /// On USR2, a new master not ready within this is stopped; this one keeps serving [default: 60s]
+    #[arg(long, value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    upgrade_timeout: Option<Duration>,
+
+    /// Write the master's pid here once it is ready (and the new master's after an upgrade)
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<PathBuf>,
 }
 
 /// Lists every field once, for `overlay`.
@@ -234,7 +254,10 @@ impl Settings {
             header_read_timeout,
             log_level,
             reload_batch,
-            ready_timeout
+            ready_timeout,
+            upgrade_binary,
+            upgrade_timeout,
+            pid_file
         )
     }
 
@@ -271,6 +294,9 @@ impl Settings {
             log_level: self.log_level.unwrap_or(tracing::Level::INFO),
             reload_batch,
             ready_timeout: positive("ready_timeout", self.ready_timeout)?,
+            upgrade_binary: self.upgrade_binary,
+            upgrade_timeout: self.upgrade_timeout.unwrap_or(Duration::from_secs(60)),
+            pid_file: self.pid_file,
             file,
             flags,
         })

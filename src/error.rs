@@ -26,6 +26,8 @@ pub enum Error {
     Poll(nix::Error),
     /// Every worker of the first generation exited before it was ready.
     BootFailed { cause: String },
+    /// The sockets an old master handed over (hot upgrade) cannot be used.
+    Handover(io::Error),
 }
 
 impl fmt::Display for Error {
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
             Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
+            Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
         }
     }
 }
@@ -56,7 +59,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
-            Error::ThreadCount(source) => Some(source),
+            Error::ThreadCount(source) | Error::Handover(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } => None,
         }

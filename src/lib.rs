@@ -22,6 +22,7 @@
 //! - `signals`  the signal table; record-only handlers and the self-pipe
 //! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
 //! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
+//! - `upgrade`  hot upgrade: handing the sockets to a new master (USR2)
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
 //! - `worker`   after-fork entry, the accept loop, connections and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
@@ -36,6 +37,7 @@ mod master;
 mod process;
 mod service;
 mod signals;
+mod upgrade;
 mod worker;
 
 use std::fmt::Display;
@@ -63,9 +65,25 @@ where
     S: WorkerService,
 {
     init_logging(config.log_level);
-    let listeners = listener::Listeners::bind(&config)?;
+    let mut origin = master::Origin {
+        args: std::env::args_os().skip(1).collect(),
+        binary: std::env::current_exe().ok(),
+        handover: None,
+    };
+    let listeners = match upgrade::inherited().map_err(Error::Handover)? {
+        Some(inherited) => {
+            let count = inherited.sockets.len();
+            tracing::info!(
+                "master: taking over {count} sockets from the old master (pid {})",
+                inherited.from
+            );
+            origin.handover = Some(inherited.ready);
+            listener::Listeners::adopt(inherited.sockets, inherited.balance, config.backlog)?
+        }
+        None => listener::Listeners::bind(&config)?,
+    };
     let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);
-    master::run(config, listeners, &worker_main)
+    master::run(config, listeners, origin, &worker_main)
 }
 
 /// Logs to stderr, written synchronously by the calling thread: a writer thread

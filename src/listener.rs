@@ -79,6 +79,33 @@ impl Listeners {
         Ok(())
     }
 
+    /// Takes over sockets handed down by an old master (hot upgrade): the same
+    /// socket objects, so nothing queued on them is lost.
+    pub fn adopt(sockets: Vec<TcpListener>, balance: Balance, backlog: u32) -> Result<Listeners, Error> {
+        let first = sockets
+            .first()
+            .ok_or_else(|| Error::Handover(io::Error::other("no socket was handed over")))?;
+        let addr = first.local_addr().map_err(Error::Handover)?;
+        for socket in &sockets {
+            socket.set_nonblocking(true).map_err(Error::Handover)?;
+        }
+        Ok(Listeners {
+            sockets,
+            addr,
+            balance,
+            backlog,
+        })
+    }
+
+    /// Every socket, in slot order.
+    pub fn sockets(&self) -> impl Iterator<Item = &TcpListener> {
+        self.sockets.iter()
+    }
+
+    pub fn slot_count(&self) -> usize {
+        self.sockets.len()
+    }
+
     /// The address actually bound (the real port when 0 was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr

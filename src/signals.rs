@@ -7,7 +7,8 @@
 //! | HUP        | reload: re-read the config file, replace workers slot by slot | ignored             |
 //! | TTIN, TTOU | one worker more / fewer (down to 1)                           | ignored             |
 //! | CHLD       | wake up and reap                                              | default             |
-//! | USR1, USR2 | logged and ignored (not implemented yet)                      | ignored             |
+//! | USR2       | hot upgrade: start the binary on disk with the sockets; drain once it is ready | ignored |
+//! | USR1       | logged and ignored (not implemented yet)                      | ignored             |
 //!
 //! TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect (nginx and
 //! unicorn treat TERM as fast and QUIT as graceful).
@@ -39,7 +40,10 @@ Signals (send them to the master):
               workers keep serving.
   TTIN, TTOU  one worker more / fewer (down to 1).
   CHLD        the master reaps the worker and respawns its slot (with backoff if it keeps dying young).
-  USR1, USR2  logged and ignored for now (log reopen and hot upgrade are planned).
+  USR2        hot upgrade: start the binary on disk as a new master with the same sockets;
+              once it is ready, this master drains and exits; if it is not, this one
+              keeps serving.
+  USR1        logged and ignored for now (log reopen is planned).
 TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect; nginx and unicorn
 use QUIT for that and treat TERM as fast.
 
@@ -58,6 +62,8 @@ pub enum Signal {
     AddWorker,
     /// TTOU.
     RemoveWorker,
+    /// USR2.
+    Upgrade,
     /// Recorded so that its default action (terminate or stop the master) does not
     /// run; logged and ignored until its feature exists.
     Unimplemented(i32),
@@ -77,6 +83,7 @@ impl Signal {
             SIGHUP => Signal::Reload,
             SIGTTIN => Signal::AddWorker,
             SIGTTOU => Signal::RemoveWorker,
+            SIGUSR2 => Signal::Upgrade,
             other => Signal::Unimplemented(other),
         }
     }

@@ -12,27 +12,33 @@
 //!
 //! - `workers.rs`: spawn, worker messages, reaping, socket hand-over.
 //! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
+//! - `upgrade.rs`: hot binary upgrade (USR2), the old master's side.
 //! - `pool/`: the bookkeeping all of them consult (pure).
 
 mod change;
 mod pool;
+mod upgrade;
 mod workers;
 
+use std::ffi::OsString;
+use std::fs::File;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
-use crate::config::Config;
+use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::ipc::Link;
 use crate::listener::Listeners;
 use crate::signals::{Signal, Signals};
 use crate::worker::Child;
 use pool::Pool;
+use upgrade::Upgrade;
 
 /// What a forked worker runs; returns its exit code.
 pub(crate) type WorkerMain<'a> = dyn Fn(Child<'_>) -> i32 + 'a;
@@ -47,6 +53,18 @@ const FAST_STOP_DEADLINE: Duration = Duration::from_secs(2);
 enum Stop {
     Graceful,
     Fast,
+}
+
+/// How this master was started: what USR2 needs to start the next one, and the
+/// old master to tell once ready (if this one is the product of an upgrade).
+pub(crate) struct Origin {
+    /// The arguments, without the program name.
+    pub args: Vec<OsString>,
+    /// The binary this process was started from, resolved at startup (before an
+    /// upgrade can replace the file).
+    pub binary: Option<PathBuf>,
+    /// The old master's readiness pipe.
+    pub handover: Option<File>,
 }
 
 struct Master<'a> {
@@ -64,11 +82,20 @@ struct Master<'a> {
     /// Set when the master must exit 1 once every worker is gone.
     halt: Option<Error>,
     announced: bool,
+    origin: Origin,
+    upgrade: Option<Upgrade>,
+    /// The new master this one handed over to (it is still our child).
+    successor: Option<Pid>,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
 /// halts (Err, after every worker is gone).
-pub(crate) fn run(config: Config, listeners: Listeners, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
+pub(crate) fn run(
+    config: Config,
+    mut listeners: Listeners,
+    origin: Origin,
+    worker_main: &WorkerMain<'_>,
+) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
     let (addr, balance) = (listeners.addr(), listeners.balance().as_str());
     info!(
@@ -76,8 +103,20 @@ pub(crate) fn run(config: Config, listeners: Listeners, worker_main: &WorkerMain
         getpid(),
         config.workers
     );
+    // Sockets handed over by an upgrade may be more (or fewer) than the slots.
+    let workers = config.workers.get();
+    let slots = match listeners.balance() {
+        Balance::Reuseport => listeners.slot_count().max(workers),
+        Balance::Shared => workers,
+    };
+    if listeners.balance() == Balance::Reuseport {
+        listeners.ensure_slots(slots)?;
+    }
+    let now = Instant::now();
+    let mut pool = Pool::new(slots, now);
+    pool.resize(workers, now, now); // parks the extra ones; there is no worker yet
     let mut master = Master {
-        pool: Pool::new(config.workers.get(), Instant::now()),
+        pool,
         config,
         listeners,
         worker_main,
@@ -87,8 +126,13 @@ pub(crate) fn run(config: Config, listeners: Listeners, worker_main: &WorkerMain
         stop: None,
         halt: None,
         announced: false,
+        origin,
+        upgrade: None,
+        successor: None,
     };
-    master.supervise()
+    let result = master.supervise();
+    master.remove_pid_file();
+    result
 }
 
 impl Master<'_> {
@@ -100,10 +144,10 @@ impl Master<'_> {
                 self.handle(signal);
             }
             self.read_links();
+            self.watch_upgrade();
             self.reap();
             self.kill_overdue();
             self.abort_late_reload();
-            self.hand_over_sockets();
             if self.stop.is_none() && self.pool.first_generation_failed() {
                 let cause = self
                     .boot_error
@@ -118,12 +162,20 @@ impl Master<'_> {
                 return self.halt.take().map_or(Ok(()), Err);
             }
             self.announce_once_ready();
+            // Last: it acts on everything above (a new ready line, a retired
+            // worker, a parked slot) before the next, possibly long, sleep.
+            self.hand_over_sockets();
         }
     }
 
     /// Sleeps until a signal, a worker message, or the pool's next deadline.
     fn wait(&mut self) -> Result<(), Error> {
-        let timeout = match self.pool.next_wakeup(Instant::now()) {
+        let now = Instant::now();
+        let upgrade = self
+            .upgrade
+            .as_ref()
+            .map(|upgrade| upgrade.deadline().saturating_duration_since(now));
+        let timeout = match self.pool.next_wakeup(now).into_iter().chain(upgrade).min() {
             // Round up: waking a millisecond early would spin until the deadline.
             Some(wait) => PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
@@ -133,6 +185,12 @@ impl Master<'_> {
             self.links
                 .iter()
                 .map(|(_, link)| PollFd::new(link.stream().as_fd(), PollFlags::POLLIN)),
+        );
+        fds.extend(
+            self.upgrade
+                .as_ref()
+                .and_then(Upgrade::fd)
+                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
         );
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
@@ -145,9 +203,10 @@ impl Master<'_> {
             (Signal::Terminate | Signal::Interrupt, None) => self.begin_stop(Stop::Graceful),
             (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
-            (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker, Some(_)) => {
+            (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker | Signal::Upgrade, Some(_)) => {
                 info!("master: ignoring {signal:?}: stopping");
             }
+            (Signal::Upgrade, None) => self.upgrade(),
             (Signal::Reload, None) => self.reload(),
             (Signal::AddWorker, None) => self.resize(self.pool.len() + 1, "TTIN"),
             (Signal::RemoveWorker, None) => self.resize(self.pool.len().saturating_sub(1), "TTOU"),
@@ -172,5 +231,23 @@ impl Master<'_> {
         // Contract: tests and scripts wait for this exact line on stdout.
         println!("prefork-server: listening on {addr} with {workers} workers ({balance})");
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        if let Some(path) = &self.config.pid_file {
+            if let Err(err) = std::fs::write(path, format!("{}\n", getpid())) {
+                warn!("master: cannot write the pid file {}: {err}", path.display());
+            }
+        }
+        if let Some(old_master) = self.origin.handover.take() {
+            crate::upgrade::report_ready(old_master);
+        }
+    }
+
+    /// Removes the pid file at exit, unless it names another master by now (the
+    /// one this master handed over to).
+    fn remove_pid_file(&self) {
+        let Some(path) = &self.config.pid_file else { return };
+        let ours = std::fs::read_to_string(path).is_ok_and(|text| text.trim() == getpid().to_string());
+        if ours {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }

@@ -118,6 +118,9 @@ impl Master<'_> {
 
     pub(super) fn reap(&mut self) {
         for (pid, exit) in process::reap_exited() {
+            if self.reap_successor(pid, exit) {
+                continue;
+            }
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure);

@@ -17,8 +17,8 @@ fn wait_for_traffic(more: u64) {
 }
 
 #[test]
-fn reloads_and_scaling_under_keep_alive_load_lose_nothing() {
-    let server = Server::start(&["--workers", "2", "--graceful-timeout", "10s"]);
+fn reloads_scaling_and_an_upgrade_under_keep_alive_load_lose_nothing() {
+    let mut server = Server::start(&["--workers", "2", "--graceful-timeout", "10s"]);
     let first: HashSet<_> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
     let load = Load::start(server.addr, 32);
     wait_for_traffic(500);
@@ -33,7 +33,12 @@ fn reloads_and_scaling_under_keep_alive_load_lose_nothing() {
     server.signal(Signal::SIGTTOU);
     server.wait_for_workers(2, Duration::from_secs(15));
     wait_for_traffic(200);
+    let old_master = server.master;
+    server.signal(Signal::SIGUSR2);
+    let new_master = server.follow_upgrade(Duration::from_secs(30));
+    wait_for_traffic(500);
     let tally = load.finish();
+    assert_ne!(old_master, new_master, "the master pid changed");
 
     assert!(
         tally.failures.is_empty(),
@@ -129,4 +134,37 @@ fn a_reload_whose_new_worker_is_not_ready_in_time_is_aborted() {
         "the slow one was killed"
     );
     assert!(before.contains(&get(server.addr, "/").unwrap().worker_pid().unwrap()));
+}
+
+#[test]
+fn an_upgrade_whose_new_binary_exits_at_once_rolls_back() {
+    let server = Server::start(&["--workers", "2", "--upgrade-binary", "/bin/false"]);
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    server.signal(Signal::SIGUSR2);
+    let line = server.wait_for_log("upgrade failed", Duration::from_secs(10));
+    assert!(
+        line.contains("exited with code 1 before it was ready; this master keeps serving"),
+        "{line}"
+    );
+    assert!(alive(server.master));
+    assert!(before.contains(&get(server.addr, "/").unwrap().worker_pid().unwrap()));
+    assert_eq!(server.wait_for_workers(2, Duration::from_secs(5)).len(), 2);
+}
+
+#[test]
+fn an_upgrade_whose_new_master_is_not_ready_in_time_rolls_back() {
+    let script = std::env::temp_dir().join(format!("prefork-test-{}-stuck.sh", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let binary = script.to_str().unwrap();
+    let server = Server::start(&["--workers", "1", "--upgrade-binary", binary, "--upgrade-timeout", "1s"]);
+    server.signal(Signal::SIGUSR2);
+    let line = server.wait_for_log("upgrade failed", Duration::from_secs(10));
+    assert!(
+        line.contains("not ready after 1.0s; stopping it, this master keeps serving"),
+        "{line}"
+    );
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    // The stuck one was stopped and reaped: only the worker is left as a child.
+    server.wait_for_workers(1, Duration::from_secs(5));
 }

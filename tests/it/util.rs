@@ -168,6 +168,25 @@ impl Server {
         })
     }
 
+    /// After a USR2: waits for the new master to be ready and the old one (our
+    /// child) to exit 0, then follows the new one. Returns its pid.
+    pub fn follow_upgrade(&mut self, within: Duration) -> Pid {
+        let line = self.wait_for_log("upgrade: the new master (pid ", within);
+        let pid = line
+            .split("(pid ")
+            .nth(1)
+            .and_then(|rest| rest.split(')').next())
+            .and_then(|n| n.parse().ok());
+        let new = Pid::from_raw(pid.expect("the log line names the new master's pid"));
+        let status = self.wait_exit(within);
+        assert!(
+            status.success(),
+            "the old master exits 0 after the handover: {status:?}"
+        );
+        self.master = new;
+        new
+    }
+
     /// Waits for the master to exit; panics after `within`.
     pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let status = eventually(within, "the master exits", || self.child.try_wait().expect("try_wait"));
@@ -179,15 +198,20 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         let workers = self.workers();
-        if self.exited.is_none() && matches!(self.child.try_wait(), Ok(None)) {
+        // The master may be our child, or (after an upgrade) its successor.
+        let reap_child = |child: &mut Child| matches!(child.try_wait(), Ok(None));
+        let _ = reap_child(&mut self.child);
+        if alive(self.master) {
             let _ = kill(self.master, Signal::SIGTERM);
             let deadline = Instant::now() + Duration::from_secs(5);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            while alive(self.master) && Instant::now() < deadline {
+                let _ = reap_child(&mut self.child);
                 thread::sleep(Duration::from_millis(20));
             }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+            let _ = kill(self.master, Signal::SIGKILL);
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         for pid in workers {
             let _ = kill(pid, Signal::SIGKILL);
         }

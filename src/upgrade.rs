@@ -1,0 +1,157 @@
+//! Hot binary upgrade (USR2): handing the listening sockets to a new master.
+//!
+//! The old master fork-execs the binary on disk with its original arguments. The
+//! listening sockets are at fd 3, 4, ... and these variables describe them:
+//!
+//! | variable | value |
+//! |---|---|
+//! | `PREFORK_LISTEN_FDS` | how many sockets, starting at fd 3 |
+//! | `PREFORK_BALANCE` | `reuseport` or `shared`: how the old master used them |
+//! | `PREFORK_READY_FD` | a pipe: the new master writes `ready\n` once every worker serves |
+//! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
+//!
+//! The new master adopts the very same socket objects. Nothing is closed or
+//! re-bound, so no accept queue is reset and no SO_REUSEPORT group changes. Once
+//! it reports ready the old master drains its workers and exits. If it dies, or is
+//! not ready within `--upgrade-timeout`, the old master keeps serving (rollback).
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use command_fds::{CommandFdExt, FdMapping};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::unistd::Pid;
+use socket2::{SockRef, Type};
+
+use crate::config::Balance;
+use crate::listener::Listeners;
+
+const FDS: &str = "PREFORK_LISTEN_FDS";
+const BALANCE: &str = "PREFORK_BALANCE";
+const READY_FD: &str = "PREFORK_READY_FD";
+const FROM: &str = "PREFORK_UPGRADE_FROM";
+/// The first inherited fd, as in systemd's `LISTEN_FDS` protocol.
+const FIRST_FD: RawFd = 3;
+
+/// A new master started by [`spawn_successor`], not yet ready.
+pub struct Successor {
+    pub pid: Pid,
+    /// Readable when the new master reports ready (or closes it by dying).
+    pub ready: File,
+}
+
+/// Old master: starts `binary` with `args`, the listeners at fd 3.., and a
+/// readiness pipe. Uses `std::process::Command`, which execs at once in the child,
+/// so none of this process's state survives into the new master.
+pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) -> io::Result<Successor> {
+    let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+    let mut mappings = Vec::new();
+    for (index, socket) in listeners.sockets().enumerate() {
+        let child_fd = FIRST_FD + RawFd::try_from(index).map_err(io::Error::other)?;
+        mappings.push(FdMapping {
+            parent_fd: socket.try_clone()?.into(),
+            child_fd,
+        });
+    }
+    let ready_fd = FIRST_FD + RawFd::try_from(mappings.len()).map_err(io::Error::other)?;
+    mappings.push(FdMapping {
+        parent_fd: ready_write,
+        child_fd: ready_fd,
+    });
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .env(FDS, listeners.sockets().count().to_string())
+        .env(BALANCE, listeners.balance().as_str())
+        .env(READY_FD, ready_fd.to_string())
+        .env(FROM, std::process::id().to_string())
+        .stdin(Stdio::null());
+    command.fd_mappings(mappings).map_err(io::Error::other)?;
+    let child = command.spawn()?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
+    // The master's reaping loop collects it like any child: no `wait` on `child`.
+    drop(child);
+    let ready = File::from(ready_read);
+    fcntl(&ready, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    Ok(Successor { pid, ready })
+}
+
+/// What a new master inherited from the old one.
+pub struct Inherited {
+    pub sockets: Vec<TcpListener>,
+    pub balance: Balance,
+    /// Where to say `ready`.
+    pub ready: File,
+    pub from: String,
+}
+
+/// New master: the sockets handed over by an upgrade, if this process was started
+/// by one. Each is checked to be a listening TCP socket; the variables are removed
+/// so that nothing this process starts misreads them.
+pub fn inherited() -> io::Result<Option<Inherited>> {
+    let Some(count) = std::env::var_os(FDS) else {
+        return Ok(None);
+    };
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("upgrade handover: {what}"));
+    let count: RawFd = count
+        .to_str()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad("PREFORK_LISTEN_FDS is not a number"))?;
+    let balance = match std::env::var(BALANCE).as_deref() {
+        Ok("shared") => Balance::Shared,
+        Ok("reuseport") => Balance::Reuseport,
+        _ => return Err(bad("PREFORK_BALANCE is missing or unknown")),
+    };
+    let ready_fd: RawFd = std::env::var(READY_FD)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| bad("no PREFORK_READY_FD"))?;
+    let from = std::env::var(FROM).unwrap_or_default();
+    for name in [FDS, BALANCE, READY_FD, FROM] {
+        // Edition 2021: safe; and the master is single-threaded here.
+        std::env::remove_var(name);
+    }
+    let mut sockets = Vec::new();
+    for fd in FIRST_FD..FIRST_FD + count {
+        let owned = adopt(fd)?;
+        let socket = SockRef::from(&owned);
+        if !(socket.is_listener()? && socket.r#type()? == Type::STREAM) {
+            return Err(bad(&format!("fd {fd} is not a listening TCP socket")));
+        }
+        sockets.push(TcpListener::from(owned));
+    }
+    let ready = File::from(adopt(ready_fd)?);
+    Ok(Some(Inherited {
+        sockets,
+        balance,
+        ready,
+        from,
+    }))
+}
+
+/// Takes ownership of an inherited fd and marks it close-on-exec.
+fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl on a plain integer touches no memory; it fails with EBADF if
+    // `fd` is not open, which is how a missing fd is caught before owning it.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::other(format!(
+            "inherited fd {fd}: {}",
+            io::Error::last_os_error()
+        )));
+    }
+    // SAFETY: the old master put this fd here for us (the protocol above), it is
+    // open (checked just above), and each fd is adopted exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// New master: tells the old one it is ready (every worker serves).
+pub fn report_ready(mut ready: File) {
+    if let Err(err) = ready.write_all(b"ready\n") {
+        tracing::warn!("master: cannot tell the old master that this one is ready: {err}");
+    }
+}
