@@ -64,6 +64,10 @@ pub struct Config {
     /// Written with the master's pid once it is ready; follows the live master
     /// across upgrades.
     pub pid_file: Option<PathBuf>,
+    /// A worker that has served this many requests is replaced (0: never).
+    pub max_requests: u64,
+    /// Adds 0..=this to each worker's `max_requests`, so they are not all due at once.
+    pub max_requests_jitter: u64,
     /// The config file, re-read on HUP.
     pub file: Option<PathBuf>,
     /// The flags given on the command line: they override the file on every reload.
@@ -208,6 +212,14 @@ struct Settings {
     /// Write the master's pid here once it is ready (and the new master's after an upgrade)
     #[arg(long, value_name = "FILE")]
     pid_file: Option<PathBuf>,
+
+    /// Replace a worker after it has served this many requests (new one ready first) [default: 0 = never]
+    #[arg(long, value_name = "N")]
+    max_requests: Option<u64>,
+
+    /// Add a random 0..=J to each worker's --max-requests, so they are not replaced together [default: 0]
+    #[arg(long, value_name = "J")]
+    max_requests_jitter: Option<u64>,
 }
 
 /// Lists every field once, for `overlay`.
@@ -257,7 +269,9 @@ impl Settings {
             ready_timeout,
             upgrade_binary,
             upgrade_timeout,
-            pid_file
+            pid_file,
+            max_requests,
+            max_requests_jitter
         )
     }
 
@@ -297,6 +311,8 @@ impl Settings {
             upgrade_binary: self.upgrade_binary,
             upgrade_timeout: self.upgrade_timeout.unwrap_or(Duration::from_secs(60)),
             pid_file: self.pid_file,
+            max_requests: self.max_requests.unwrap_or(0),
+            max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
             file,
             flags,
         })

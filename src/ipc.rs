@@ -34,12 +34,15 @@ pub enum Message {
     Ready,
     /// Could not start; the text says why. The worker exits with code 3 next.
     BootError(String),
+    /// Served its `--max-requests`: please replace me (ready first, then I drain).
+    Recycle,
 }
 
 impl Message {
-    fn encode(&self) -> String {
+    pub fn encode(&self) -> String {
         match self {
             Message::Ready => "ready\n".into(),
+            Message::Recycle => "recycle\n".into(),
             // One line per message: a multi-line error is folded.
             Message::BootError(text) => format!("boot-error {}\n", text.replace('\n', " ")),
         }
@@ -48,6 +51,7 @@ impl Message {
     fn decode(line: &str) -> Option<Message> {
         match line.split_once(' ') {
             None if line == "ready" => Some(Message::Ready),
+            None if line == "recycle" => Some(Message::Recycle),
             Some(("boot-error", text)) => Some(Message::BootError(text.to_owned())),
             _ => None,
         }

@@ -5,6 +5,7 @@ use std::time::Instant;
 use nix::sys::signal::Signal as Sig;
 use tracing::{error, info};
 
+use super::pool::Timeouts;
 use super::{Master, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
 use crate::process::{self, human};
@@ -57,9 +58,7 @@ impl Master<'_> {
         }
         let workers = new.workers.get();
         self.config = new;
-        let drain_for = self.config.graceful_timeout + KILL_MARGIN;
-        self.pool
-            .begin_reload(self.config.reload_batch.get(), self.config.ready_timeout, drain_for);
+        self.pool.begin_reload(self.config.reload_batch.get(), self.timeouts());
         let (generation, batch) = (self.pool.generation(), self.config.reload_batch);
         info!(
             "master: reload (generation {generation}): replacing {} workers, {batch} at a time",
@@ -67,6 +66,14 @@ impl Master<'_> {
         );
         if workers != self.pool.len() {
             self.resize(workers, "reload");
+        }
+    }
+
+    /// How long a replacement (reload or recycle) may take, from the config.
+    pub(super) fn timeouts(&self) -> Timeouts {
+        Timeouts {
+            ready: self.config.ready_timeout,
+            drain: self.config.graceful_timeout + KILL_MARGIN,
         }
     }
 

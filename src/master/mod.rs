@@ -130,6 +130,7 @@ pub(crate) fn run(
         upgrade: None,
         successor: None,
     };
+    master.pool.set_timeouts(master.timeouts());
     let result = master.supervise();
     master.remove_pid_file();
     result

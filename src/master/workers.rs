@@ -84,6 +84,11 @@ impl Master<'_> {
             for message in received.messages {
                 match message {
                     Message::Ready => ready.push(*pid),
+                    Message::Recycle => {
+                        if let Some(slot) = self.pool.recycle(*pid) {
+                            info!("worker {slot} (pid {pid}) served its --max-requests: replacing it, new one ready first");
+                        }
+                    }
                     Message::BootError(text) => {
                         let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
                         self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
@@ -123,7 +128,7 @@ impl Master<'_> {
             }
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
-            log_departure(pid, exit, departure);
+            log_departure(pid, exit, departure, self.replacing());
             if let Departure::ReplacementFailed { .. } = departure {
                 self.abort_reload();
             }
@@ -138,10 +143,20 @@ impl Master<'_> {
         }
     }
 
+    /// What a replacement in progress is part of, for the logs.
+    fn replacing(&self) -> &'static str {
+        if self.pool.reloading() {
+            "reload"
+        } else {
+            "recycling"
+        }
+    }
+
     pub(super) fn abort_late_reload(&mut self) {
         if let Some((slot, pid)) = self.pool.late_replacement(Instant::now()) {
             let limit = human(self.config.ready_timeout);
-            error!("master: reload aborted: worker {slot} (pid {pid}) not ready within {limit}; the old workers keep serving");
+            let replacing = self.replacing();
+            error!("master: {replacing} aborted: worker {slot} (pid {pid}) not ready within {limit}; the old workers keep serving");
             self.abort_reload();
         }
     }
@@ -185,7 +200,7 @@ impl Master<'_> {
 }
 
 /// One line per exit: slot, pid, exit code or signal, uptime, respawn delay.
-fn log_departure(pid: Pid, exit: Exit, departure: Departure) {
+fn log_departure(pid: Pid, exit: Exit, departure: Departure, replacing: &str) {
     match departure {
         Departure::Died {
             slot,
@@ -209,7 +224,7 @@ fn log_departure(pid: Pid, exit: Exit, departure: Departure) {
         }
         Departure::Retired { slot, uptime } => warn!("worker {slot} (pid {pid}) {exit} after {}", human(uptime)),
         Departure::ReplacementFailed { slot, uptime } => error!(
-            "master: reload aborted: worker {slot} (pid {pid}) {exit} after {} before it was ready; \
+            "master: {replacing} aborted: worker {slot} (pid {pid}) {exit} after {} before it was ready; \
              the old workers keep serving",
             human(uptime)
         ),

@@ -25,26 +25,61 @@ use crate::service::WorkerService;
 /// it gets an answer with `Connection: close` instead of a reset.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
-/// The worker-wide "drain has started" flag. Read on every response, so a `Cell`.
-#[derive(Default)]
-pub struct Drain {
-    started: Cell<bool>,
-    notify: Notify,
+/// What every response of this worker looks at: has the drain started (then it
+/// carries `Connection: close`), and has the worker served its request quota.
+/// Read on every response, so `Cell`s.
+pub struct Lifecycle {
+    draining: Cell<bool>,
+    drain_started: Notify,
+    served: Cell<u64>,
+    /// Requests after which the worker asks to be replaced; 0: never.
+    quota: u64,
+    quota_reached: Notify,
 }
 
-impl Drain {
-    pub fn start(&self) {
-        self.started.set(true);
-        self.notify.notify_waiters();
+impl Lifecycle {
+    pub fn new(quota: u64) -> Lifecycle {
+        Lifecycle {
+            draining: Cell::new(false),
+            drain_started: Notify::new(),
+            served: Cell::new(0),
+            quota,
+            quota_reached: Notify::new(),
+        }
     }
 
-    async fn started(&self) {
-        let notified = self.notify.notified();
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+        self.drain_started.notify_waiters();
+    }
+
+    async fn drain_started(&self) {
+        let notified = self.drain_started.notified();
         tokio::pin!(notified);
         // Register before checking the flag, so a start in between is not missed.
         notified.as_mut().enable();
-        if !self.started.get() {
+        if !self.draining.get() {
             notified.await;
+        }
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.get()
+    }
+
+    /// Resolves once, when the quota is reached; never without a quota.
+    pub async fn quota_reached(&self) {
+        if self.quota == 0 {
+            return std::future::pending().await;
+        }
+        self.quota_reached.notified().await;
+    }
+
+    fn served_one(&self) {
+        let served = self.served.get() + 1;
+        self.served.set(served);
+        if served == self.quota {
+            self.quota_reached.notify_one(); // kept as a permit if nobody waits yet
         }
     }
 }
@@ -98,7 +133,7 @@ pub async fn serve_connection<S: WorkerService>(
     stream: TcpStream,
     service: S,
     builder: &http1::Builder,
-    drain: &Rc<Drain>,
+    lifecycle: &Rc<Lifecycle>,
 ) {
     let activity = Rc::new(Activity {
         in_flight: Cell::new(0),
@@ -107,7 +142,7 @@ pub async fn serve_connection<S: WorkerService>(
     let tracked = Tracked {
         inner: service,
         activity: Rc::clone(&activity),
-        drain: Rc::clone(drain),
+        lifecycle: Rc::clone(lifecycle),
     };
     let conn = builder.serve_connection(TokioIo::new(stream), tracked);
     tokio::pin!(conn);
@@ -115,7 +150,7 @@ pub async fn serve_connection<S: WorkerService>(
     // hyper has already answered what it could, and there is nobody to tell.
     tokio::select! {
         _ = conn.as_mut() => return,
-        () = drain.started() => {}
+        () = lifecycle.drain_started() => {}
     }
     activity.idle_since.set(Instant::now());
     loop {
@@ -147,7 +182,7 @@ pub async fn serve_connection<S: WorkerService>(
 struct Tracked<S> {
     inner: S,
     activity: Rc<Activity>,
-    drain: Rc<Drain>,
+    lifecycle: Rc<Lifecycle>,
 }
 
 impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
@@ -160,7 +195,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         TrackedFuture {
             inner: self.inner.call(request),
             activity: Rc::clone(&self.activity),
-            drain: Rc::clone(&self.drain),
+            lifecycle: Rc::clone(&self.lifecycle),
         }
     }
 }
@@ -171,7 +206,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         activity: Rc<Activity>,
-        drain: Rc<Drain>,
+        lifecycle: Rc<Lifecycle>,
     }
 }
 
@@ -186,7 +221,8 @@ where
         let mut result = ready!(this.inner.poll(cx));
         let activity = this.activity;
         activity.in_flight.set(activity.in_flight.get() - 1);
-        if this.drain.started.get() {
+        this.lifecycle.served_one();
+        if this.lifecycle.draining.get() {
             activity.idle_since.set(Instant::now());
             if let Ok(response) = &mut result {
                 response

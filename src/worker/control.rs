@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::warn;
 
-use crate::ipc::{self, Command};
+use crate::ipc::{self, Command, Message};
 
 /// How a worker stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,16 @@ impl Control {
         channel.set_nonblocking(true)?;
         self.master = Some(tokio::net::UnixStream::from_std(channel)?);
         Ok(())
+    }
+
+    /// Sends `message` to the master, if it is still there. The record is a few
+    /// bytes on an otherwise idle channel, so a non-blocking send does not fail
+    /// for want of room.
+    pub fn tell_master(&self, message: &Message) {
+        let Some(master) = &self.master else { return };
+        if let Err(err) = master.try_write(message.encode().as_bytes()) {
+            warn!("cannot tell the master {message:?}: {err}");
+        }
     }
 
     /// Waits for the next event. Cancel-safe: used in `select!` loops.

@@ -19,9 +19,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Connections, Drain};
+use super::conn::{self, Connections, Lifecycle};
 use super::control::{Control, Event, Stop};
 use crate::config::Config;
+use crate::ipc::Message;
 use crate::service::WorkerService;
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
@@ -32,7 +33,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 struct Shared<S> {
     service: S,
     builder: http1::Builder,
-    drain: Rc<Drain>,
+    lifecycle: Rc<Lifecycle>,
     connections: Rc<Connections>,
     name: String,
 }
@@ -56,7 +57,7 @@ pub async fn serve<S: WorkerService>(
     let shared = Rc::new(Shared {
         service,
         builder,
-        drain: Rc::new(Drain::default()),
+        lifecycle: Rc::new(Lifecycle::new(quota(config))),
         connections: Rc::new(Connections::default()),
         name: name.to_owned(),
     });
@@ -64,7 +65,16 @@ pub async fn serve<S: WorkerService>(
     let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
     let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
     let (how, why) = loop {
-        match control.next().await {
+        let event = tokio::select! {
+            event = control.next() => event,
+            () = shared.lifecycle.quota_reached() => {
+                let served = shared.lifecycle.served();
+                info!("{name}: served {served} requests (--max-requests): asking to be replaced");
+                control.tell_master(&Message::Recycle);
+                continue;
+            }
+        };
+        match event {
             Event::Stop(how, why) => break (how, why),
             Event::Adopt(slot, listener) => {
                 debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
@@ -90,7 +100,7 @@ pub async fn serve<S: WorkerService>(
     }
     let connections = &shared.connections;
     info!("{name}: {why}: draining {} connections", connections.count());
-    shared.drain.start();
+    shared.lifecycle.start_drain();
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
     loop {
@@ -116,7 +126,7 @@ async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<
                 let open = shared.connections.open();
                 let shared = Rc::clone(&shared);
                 tokio::task::spawn_local(async move {
-                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, &shared.drain).await;
+                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, &shared.lifecycle).await;
                     drop(open);
                 });
             }
@@ -139,4 +149,22 @@ fn is_transient(err: &io::Error) -> bool {
         err.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
     )
+}
+
+/// This worker's request quota: `--max-requests` plus a random share of
+/// `--max-requests-jitter` (gunicorn's semantics), 0 for none. The randomness only
+/// has to differ between workers: the hash of this worker's pid and the clock.
+fn quota(config: &Config) -> u64 {
+    if config.max_requests == 0 {
+        return 0;
+    }
+    if config.max_requests_jitter == 0 {
+        return config.max_requests;
+    }
+    use std::hash::BuildHasher;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let random = std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos));
+    config.max_requests + random % (config.max_requests_jitter + 1)
 }

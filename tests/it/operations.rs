@@ -168,3 +168,49 @@ fn an_upgrade_whose_new_master_is_not_ready_in_time_rolls_back() {
     // The stuck one was stopped and reaped: only the worker is left as a child.
     server.wait_for_workers(1, Duration::from_secs(5));
 }
+
+#[test]
+fn max_requests_recycles_workers_one_at_a_time_without_failures() {
+    let server = Server::start(&["--workers", "2", "--max-requests", "100", "--max-requests-jitter", "20"]);
+    let first = server.wait_for_workers(2, Duration::from_secs(5));
+    let load = Load::start(server.addr, 8);
+    wait_for_traffic(1000);
+    let tally = load.finish();
+    assert!(
+        tally.failures.is_empty(),
+        "{:?}",
+        &tally.failures[..3.min(tally.failures.len())]
+    );
+    server.wait_for_log("(--max-requests): asking to be replaced", Duration::from_secs(5));
+    let logs = server.logs();
+    let served: Vec<u64> = logs
+        .lines()
+        .filter_map(|line| line.split(": served ").nth(1)?.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        served.iter().all(|n| (100..=120).contains(n)),
+        "quota is 100 + 0..=20: {served:?}"
+    );
+    // Each replacement was ready before the worker it replaced started to drain.
+    for line in logs.lines().filter(|line| line.contains("replaced: draining")) {
+        let slot = line
+            .split("worker ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .unwrap();
+        let at = logs.find(line).unwrap();
+        let ready = format!("worker {slot} (pid");
+        assert!(
+            logs[..at]
+                .lines()
+                .rev()
+                .any(|l| l.contains(&ready) && l.contains("ready")),
+            "{line}"
+        );
+    }
+    let now = server.wait_for_workers(2, Duration::from_secs(10));
+    assert!(
+        first.iter().all(|pid| !now.contains(pid)),
+        "both first workers were recycled: {first:?} → {now:?}"
+    );
+}

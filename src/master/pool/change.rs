@@ -1,6 +1,7 @@
 //! Changing a running pool without dropping anything: the rolling reload (each
-//! slot gets a new worker, ready before the old one drains) and resizing (TTIN /
-//! TTOU park and unpark slots; a parked slot's socket stays open).
+//! slot gets a new worker, ready before the old one drains), recycling (the same
+//! for one slot whose worker asked, one at a time) and resizing (TTIN / TTOU park
+//! and unpark slots; a parked slot's socket stays open).
 
 use super::*;
 
@@ -11,47 +12,69 @@ pub(super) struct Reload {
     queue: VecDeque<usize>,
     /// How many replacements may boot at once.
     batch: usize,
-    /// A replacement not ready this long after its spawn aborts the reload.
-    ready_timeout: Duration,
+}
+
+/// How long replacements (reload or recycle) may take.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A replacement not ready this long after its spawn is given up.
+    pub ready: Duration,
     /// How long a replaced worker may drain before it is killed.
-    drain_for: Duration,
+    pub drain: Duration,
 }
 
 impl Pool {
     /// Starts a reload of every active slot, `batch` at a time, in a new
     /// generation. A reload already running is restarted from the first slot (its
     /// booting replacements finish and take their slots).
-    pub fn begin_reload(&mut self, batch: usize, ready_timeout: Duration, drain_for: Duration) {
+    pub fn begin_reload(&mut self, batch: usize, timeouts: Timeouts) {
         self.generation += 1;
+        self.timeouts = timeouts;
         let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].parked).collect();
         self.reload = Some(Reload {
             queue,
             batch: batch.max(1),
-            ready_timeout,
-            drain_for,
         });
     }
 
-    #[cfg(test)]
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// The worker `pid` asked to be recycled (it served its quota): its slot is
+    /// queued for a replacement. Returns the slot, unless it is already queued.
+    pub fn recycle(&mut self, pid: Pid) -> Option<usize> {
+        let slot = self.slot_of(pid)?;
+        (!self.recycling.contains(&slot)).then(|| {
+            self.recycling.push_back(slot);
+            slot
+        })
+    }
+
     pub fn reloading(&self) -> bool {
         self.reload.is_some()
     }
 
-    /// The next slots to replace, up to the batch size. A slot with no ready
-    /// worker is skipped: the next worker it spawns is of the new generation anyway.
+    /// The next slots to replace: up to the batch size during a reload; otherwise
+    /// one recycled slot at a time, so recycling never takes several slots at once.
+    /// A slot with no ready worker is skipped (its next worker is new anyway).
     pub(super) fn replacements_due(&mut self) -> Vec<usize> {
-        let Some(reload) = &mut self.reload else {
-            return Vec::new();
-        };
         let mut booting = self.slots.iter().filter(|slot| slot.incoming.is_some()).count();
-        let mut due = Vec::new();
-        while booting < reload.batch {
-            let Some(slot) = reload.queue.pop_front() else { break };
-            let current = &self.slots[slot];
-            let serving = current
+        let generation = self.generation;
+        let replaceable = |slot: &Slot, older_only: bool| {
+            let serving = slot
                 .worker
-                .is_some_and(|w| w.ready_at.is_some() && w.generation < self.generation);
-            if serving && !current.parked && current.incoming.is_none() {
+                .is_some_and(|w| w.ready_at.is_some() && (!older_only || w.generation < generation));
+            serving && !slot.parked && slot.incoming.is_none()
+        };
+        let (queue, batch, older_only) = match &mut self.reload {
+            Some(reload) => (&mut reload.queue, reload.batch, true),
+            None => (&mut self.recycling, 1, false),
+        };
+        let mut due = Vec::new();
+        while booting < batch {
+            let Some(slot) = queue.pop_front() else { break };
+            if replaceable(&self.slots[slot], older_only) {
                 due.push(slot);
                 booting += 1;
             }
@@ -61,15 +84,15 @@ impl Pool {
 
     /// When each booting replacement must be ready.
     pub(super) fn replacement_deadlines(&self) -> impl Iterator<Item = Instant> + '_ {
-        let timeout = self.reload.as_ref().map(|reload| reload.ready_timeout);
+        let timeout = self.timeouts.ready;
         self.slots
             .iter()
-            .filter_map(move |slot| Some(slot.incoming?.spawned_at + timeout?))
+            .filter_map(move |slot| Some(slot.incoming?.spawned_at + timeout))
     }
 
     /// A replacement that missed `--ready-timeout`, if any.
     pub fn late_replacement(&self, now: Instant) -> Option<(usize, Pid)> {
-        let timeout = self.reload.as_ref()?.ready_timeout;
+        let timeout = self.timeouts.ready;
         let late = |slot: &Slot| slot.incoming.filter(|w| w.spawned_at + timeout <= now);
         self.slots
             .iter()
@@ -79,7 +102,7 @@ impl Pool {
 
     /// The replacement of `slot` is ready: it takes the slot; the old worker retires.
     pub(super) fn promote(&mut self, slot: usize, now: Instant) -> Ready {
-        let drain_for = self.reload.as_ref().map_or(Duration::ZERO, |reload| reload.drain_for);
+        let drain_for = self.timeouts.drain;
         let mut incoming = self.slots[slot]
             .incoming
             .take()
@@ -106,6 +129,7 @@ impl Pool {
     /// which must be stopped (they are retiring now, due by `kill_at`).
     pub fn abort_reload(&mut self, kill_at: Instant) -> Vec<Pid> {
         self.reload = None;
+        self.recycling.clear();
         let mut stopped = Vec::new();
         for index in 0..self.slots.len() {
             if let Some(incoming) = self.slots[index].incoming.take() {
@@ -165,12 +189,16 @@ mod tests {
     use super::*;
 
     const SECOND: Duration = Duration::from_secs(1);
+    const TIMEOUTS: Timeouts = Timeouts {
+        ready: Duration::from_secs(10),
+        drain: Duration::from_secs(30),
+    };
 
     #[test]
     fn a_reload_replaces_slot_by_slot_new_worker_ready_first() {
         let now = Instant::now();
         let mut pool = ready_pool(2, now);
-        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        pool.begin_reload(1, TIMEOUTS);
         assert_eq!(pool.due(now), [(0, Spawn::Replace)], "one at a time");
         pool.on_spawned(0, Spawn::Replace, pid(200), now);
         assert!(pool.due(now).is_empty(), "the next waits for this one");
@@ -208,7 +236,7 @@ mod tests {
     fn the_batch_size_bounds_the_replacements_booting_at_once() {
         let now = Instant::now();
         let mut pool = ready_pool(3, now);
-        pool.begin_reload(2, 10 * SECOND, 30 * SECOND);
+        pool.begin_reload(2, TIMEOUTS);
         assert_eq!(pool.due(now), [(0, Spawn::Replace), (1, Spawn::Replace)]);
     }
 
@@ -216,7 +244,7 @@ mod tests {
     fn a_replacement_that_dies_or_is_late_aborts_and_the_old_workers_stay() {
         let now = Instant::now();
         let mut pool = ready_pool(2, now);
-        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        pool.begin_reload(1, TIMEOUTS);
         pool.due(now);
         pool.on_spawned(0, Spawn::Replace, pid(200), now);
         assert!(matches!(
@@ -227,7 +255,7 @@ mod tests {
         assert_eq!(pool.slot_of(pid(100)), Some(0), "the old worker keeps its slot");
         assert!(pool.due(now).is_empty(), "no respawn, no further replacement");
 
-        pool.begin_reload(1, 10 * SECOND, 30 * SECOND);
+        pool.begin_reload(1, TIMEOUTS);
         pool.due(now);
         pool.on_spawned(0, Spawn::Replace, pid(300), now);
         assert_eq!(pool.next_wakeup(now), Some(10 * SECOND));
@@ -236,6 +264,30 @@ mod tests {
         assert_eq!(pool.abort_reload(now + 10 * SECOND), [pid(300)]);
         assert!(matches!(pool.on_exit(pid(300), now), Departure::Retired { .. }));
         assert_eq!(pool.slot_of(pid(100)), Some(0));
+    }
+
+    #[test]
+    fn recycling_replaces_one_slot_at_a_time_ready_first() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        pool.set_timeouts(TIMEOUTS);
+        assert_eq!(pool.recycle(pid(100)), Some(0));
+        assert_eq!(pool.recycle(pid(100)), None, "asked twice, queued once");
+        assert_eq!(pool.recycle(pid(101)), Some(1));
+        assert_eq!(pool.due(now), [(0, Spawn::Replace)], "one at a time");
+        pool.on_spawned(0, Spawn::Replace, pid(200), now);
+        assert!(pool.due(now).is_empty());
+        let ready = pool.on_ready(pid(200), now);
+        assert_eq!(
+            ready,
+            Some(Ready::Replaced {
+                slot: 0,
+                old: Some(pid(100)),
+                reload_done: false
+            })
+        );
+        assert_eq!(pool.due(now), [(1, Spawn::Replace)]);
+        assert_eq!(pool.generation(), 1, "recycling is not a reload");
     }
 
     #[test]

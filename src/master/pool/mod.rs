@@ -4,6 +4,8 @@
 
 mod change;
 
+pub use change::Timeouts;
+
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,9 @@ pub struct Pool {
     /// Bumped by each reload; every worker records the one it was spawned in.
     generation: u32,
     reload: Option<change::Reload>,
+    /// Slots whose workers asked to be replaced (`--max-requests`), in order.
+    recycling: VecDeque<usize>,
+    timeouts: Timeouts,
 }
 
 #[derive(Debug)]
@@ -130,6 +135,11 @@ impl Pool {
             ever_ready: false,
             generation: 1,
             reload: None,
+            recycling: VecDeque::new(),
+            timeouts: Timeouts {
+                ready: Duration::from_secs(30),
+                drain: Duration::from_secs(30),
+            },
         }
     }
 
