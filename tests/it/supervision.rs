@@ -122,10 +122,8 @@ fn a_panicking_worker_exits_70_and_is_logged() {
 fn other_signals_are_logged_and_ignored() {
     let server = Server::start(&["--workers", "2"]);
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
-    for (signal, name) in [(Signal::SIGUSR1, "SIGUSR1")] {
-        server.signal(signal);
-        server.wait_for_log(&format!("ignoring {name}: not implemented yet"), Duration::from_secs(5));
-    }
+    server.signal(Signal::SIGUSR1);
+    server.wait_for_log("ignoring SIGUSR1: not implemented yet", Duration::from_secs(5));
     // Workers ignore them too (a HUP to the whole process group must not kill them).
     for worker in &workers {
         kill(*worker, Signal::SIGHUP).unwrap();
