@@ -8,6 +8,7 @@ use tracing::{error, info};
 use super::pool::Timeouts;
 use super::{Master, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
+use crate::listener::Listeners;
 use crate::process::{self, human};
 
 impl Master<'_> {
@@ -42,11 +43,10 @@ impl Master<'_> {
             Ok(new) => new,
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),
         };
-        if let Some(change) = needs_new_sockets(&self.config, &new) {
-            return error!(
-                "master: reload refused: {change} needs new sockets, which a reload does not bind yet \
-                 (restart to apply it); the current config stays"
-            );
+        if let Some(change) = needs_new_sockets(&self.listeners, &new) {
+            if let Err(err) = self.move_to_new_sockets(&new, change) {
+                return error!("master: reload refused: {change}: {err}; the current config stays");
+            }
         }
         if new.backlog != self.config.backlog {
             if let Err(err) = self.listeners.set_backlog(new.backlog) {
@@ -67,6 +67,25 @@ impl Master<'_> {
         if workers != self.pool.len() {
             self.resize(workers, "reload");
         }
+    }
+
+    /// Binds the sockets `new` asks for and makes them the ones new workers get.
+    /// The old ones stay open until every worker alive now has exited (the rolling
+    /// reload that follows replaces them all), then close.
+    fn move_to_new_sockets(&mut self, new: &Config, change: &str) -> Result<(), crate::error::Error> {
+        let fresh = Listeners::bind(new)?;
+        let old = std::mem::replace(&mut self.listeners, fresh);
+        let (addr, balance) = (self.listeners.addr(), self.listeners.balance().as_str());
+        info!(
+            "master: reload: {change}: listening on {addr} ({balance}); {} closes once its workers have exited",
+            old.addr()
+        );
+        self.old_listeners.push((old, self.pool.pids()));
+        self.pool.drop_parked();
+        if self.listeners.balance() == Balance::Reuseport {
+            self.listeners.ensure_slots(self.pool.slot_count())?;
+        }
+        Ok(())
     }
 
     /// How long a replacement (reload or recycle) may take, from the config.
@@ -102,13 +121,16 @@ impl Master<'_> {
     }
 }
 
-/// The first setting that differs in a way only new sockets could apply.
-fn needs_new_sockets(old: &Config, new: &Config) -> Option<&'static str> {
-    if old.addr.ip() != new.addr.ip() {
+/// The first setting that differs in a way only new sockets could apply. Compared
+/// with the address actually bound: a file naming the port already in use (where
+/// 0 was asked for) is no change, and port 0 in the new config keeps the port.
+fn needs_new_sockets(bound: &Listeners, new: &Config) -> Option<&'static str> {
+    let addr = bound.addr();
+    if addr.ip() != new.addr.ip() {
         Some("changing host")
-    } else if old.addr.port() != new.addr.port() && new.addr.port() != 0 {
+    } else if new.addr.port() != 0 && addr.port() != new.addr.port() {
         Some("changing port")
-    } else if old.balance != new.balance {
+    } else if bound.balance() != new.balance {
         Some("changing balance")
     } else {
         None

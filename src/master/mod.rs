@@ -81,11 +81,15 @@ struct Master<'a> {
     stop: Option<Stop>,
     /// Set when the master must exit 1 once every worker is gone.
     halt: Option<Error>,
-    announced: bool,
     origin: Origin,
     upgrade: Option<Upgrade>,
     /// The new master this one handed over to (it is still our child).
     successor: Option<Pid>,
+    /// Sockets replaced by a reload that changed the address, with the workers
+    /// that may still use them: each closes when the last of those is reaped.
+    old_listeners: Vec<(Listeners, Vec<Pid>)>,
+    /// The address of the last ready line (a reload may change it).
+    announced_addr: Option<std::net::SocketAddr>,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -125,10 +129,11 @@ pub(crate) fn run(
         boot_error: None,
         stop: None,
         halt: None,
-        announced: false,
         origin,
         upgrade: None,
         successor: None,
+        old_listeners: Vec::new(),
+        announced_addr: None,
     };
     master.pool.set_timeouts(master.timeouts());
     let result = master.supervise();
@@ -162,7 +167,7 @@ impl Master<'_> {
                 info!("master (pid {}): every worker has exited; bye", getpid());
                 return self.halt.take().map_or(Ok(()), Err);
             }
-            self.announce_once_ready();
+            self.announce_when_ready();
             // Last: it acts on everything above (a new ready line, a retired
             // worker, a parked slot) before the next, possibly long, sleep.
             self.hand_over_sockets();
@@ -218,20 +223,27 @@ impl Master<'_> {
         }
     }
 
-    fn announce_once_ready(&mut self) {
-        if self.announced || self.stop.is_some() || !self.pool.all_ready() {
+    /// Prints the ready line once every slot serves, and again whenever a reload
+    /// has moved the server to a new address.
+    fn announce_when_ready(&mut self) {
+        let addr = self.listeners.addr();
+        // During a reload the slots may still be on the old sockets.
+        let serving = self.pool.all_ready() && !self.pool.reloading();
+        if self.announced_addr == Some(addr) || self.stop.is_some() || !serving {
             return;
         }
-        self.announced = true;
-        let (addr, workers, balance) = (
-            self.listeners.addr(),
-            self.pool.len(),
-            self.listeners.balance().as_str(),
-        );
-        info!("master (pid {}): ready", getpid());
+        let first = self.announced_addr.is_none();
+        self.announced_addr = Some(addr);
+        let (workers, balance) = (self.pool.len(), self.listeners.balance().as_str());
+        if first {
+            info!("master (pid {}): ready", getpid());
+        }
         // Contract: tests and scripts wait for this exact line on stdout.
         println!("prefork-server: listening on {addr} with {workers} workers ({balance})");
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        if !first {
+            return;
+        }
         if let Some(path) = &self.config.pid_file {
             if let Err(err) = std::fs::write(path, format!("{}\n", getpid())) {
                 warn!("master: cannot write the pid file {}: {err}", path.display());

@@ -50,10 +50,15 @@ impl Master<'_> {
         let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
         let link = Link::new(master_end).map_err(Error::Channel)?;
         let listener = self.listeners.for_slot(slot);
-        let close: Vec<RawFd> = (self.listeners.raw_fds().filter(|fd| *fd != listener.as_raw_fd()))
-            .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
-            .chain([link.stream().as_raw_fd()])
-            .collect();
+        let old_sockets = self.old_listeners.iter().flat_map(|(old, _)| old.raw_fds());
+        let close: Vec<RawFd> = (self
+            .listeners
+            .raw_fds()
+            .chain(old_sockets)
+            .filter(|fd| *fd != listener.as_raw_fd()))
+        .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
+        .chain([link.stream().as_raw_fd()])
+        .collect();
         let (signals, worker_main, config) = (&self.signals, self.worker_main, &self.config);
         let master_pid = getpid();
         let pid = process::fork(move || {
@@ -126,6 +131,7 @@ impl Master<'_> {
             if self.reap_successor(pid, exit) {
                 continue;
             }
+            self.close_unused_old_listeners(pid);
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure, self.replacing());
@@ -133,6 +139,21 @@ impl Master<'_> {
                 self.abort_reload();
             }
         }
+    }
+
+    /// Closes the old sockets (from before an address change) that no live worker
+    /// can use any more, now that `reaped` is gone.
+    fn close_unused_old_listeners(&mut self, reaped: Pid) {
+        for (listeners, users) in &mut self.old_listeners {
+            users.retain(|pid| *pid != reaped);
+            if users.is_empty() {
+                info!(
+                    "master: closing the old sockets on {}: their last worker has exited",
+                    listeners.addr()
+                );
+            }
+        }
+        self.old_listeners.retain(|(_, users)| !users.is_empty());
     }
 
     /// Stops a reload whose replacement failed: the remaining old workers keep
@@ -173,7 +194,7 @@ impl Master<'_> {
     /// accepted on by every worker anyway).
     pub(super) fn hand_over_sockets(&mut self) {
         // Before the first ready line every slot is booting at once: nobody to hand to.
-        if self.listeners.balance() != Balance::Reuseport || !self.announced {
+        if self.listeners.balance() != Balance::Reuseport || self.announced_addr.is_none() {
             return;
         }
         for (slot, pid) in self.pool.releases() {

@@ -221,3 +221,82 @@ fn max_requests_recycles_workers_one_at_a_time_without_failures() {
         "both first workers were recycled: {first:?} → {now:?}"
     );
 }
+
+/// A server whose address comes from a config file only (so a reload can change it).
+fn start_with_address_in_file(name: &str, host: &str) -> (Server, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.toml", std::process::id()));
+    std::fs::write(&path, format!("host = \"{host}\"\nport = 0\nworkers = 2\n")).unwrap();
+    let mut command = std::process::Command::new(server_binary());
+    command.args(["--config", path.to_str().unwrap()]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    (Server::start_command(command), path)
+}
+
+#[test]
+fn a_reload_that_changes_the_address_binds_the_new_one_first_then_closes_the_old() {
+    let (server, path) = start_with_address_in_file("move", "127.0.0.1");
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    let old_addr = server.addr;
+    let load = Load::start(old_addr, 8);
+    wait_for_traffic(200);
+    std::fs::write(&path, "host = \"127.0.0.2\"\nport = 0\nworkers = 2\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("changing host: listening on 127.0.0.2:", Duration::from_secs(10));
+    // The new address is bound before any old worker drains: until here the old
+    // address served everything.
+    let tally = load.finish();
+    assert!(tally.failures.is_empty(), "{:?}", tally.failures.first());
+    let new_addr: std::net::SocketAddr = line
+        .split("listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    server.wait_for_log("reload complete", Duration::from_secs(20));
+    let pid = get(new_addr, "/").unwrap().worker_pid().unwrap();
+    let after = server.wait_for_workers(2, Duration::from_secs(10));
+    assert!(after.contains(&pid) && before.iter().all(|old| !after.contains(old)));
+    server.wait_for_log(
+        &format!("closing the old sockets on {old_addr}"),
+        Duration::from_secs(10),
+    );
+    assert!(
+        std::net::TcpStream::connect(old_addr).is_err(),
+        "the old address is closed"
+    );
+    server.wait_for_stdout(
+        &format!("prefork-server: listening on {new_addr}"),
+        Duration::from_secs(5),
+    );
+}
+
+#[test]
+fn a_reload_whose_new_sockets_cannot_be_bound_is_refused() {
+    let (server, path) = start_with_address_in_file("balance", "127.0.0.1");
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    let port = server.addr.port();
+    std::fs::write(&path, format!("host = \"127.0.0.1\"\nport = {port}\nworkers = 2\n")).unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("reload complete", Duration::from_secs(20)); // the port in use is no change
+                                                                     // A plain socket cannot join the SO_REUSEPORT sockets listening on that port.
+    std::fs::write(
+        &path,
+        format!("host = \"127.0.0.1\"\nport = {port}\nworkers = 2\nbalance = \"shared\"\n"),
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("reload refused", Duration::from_secs(10));
+    assert!(
+        line.contains("changing balance") && line.contains("address in use"),
+        "{line}"
+    );
+    let serving = server.wait_for_workers(2, Duration::from_secs(10));
+    assert!(serving.contains(&get(server.addr, "/").unwrap().worker_pid().unwrap()));
+    assert!(
+        before.iter().all(|pid| !serving.contains(pid)),
+        "the first reload did run"
+    );
+}

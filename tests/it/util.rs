@@ -62,6 +62,8 @@ pub struct Server {
     pub addr: SocketAddr,
     pub master: Pid,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Every line the server printed on stdout (ready lines).
+    out: Arc<Mutex<Vec<String>>>,
     exited: Option<ExitStatus>,
 }
 
@@ -80,8 +82,11 @@ impl Server {
         let logs = collect_lines(child.stderr.take().expect("stderr is piped"));
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let out_sink = Arc::clone(&out);
         thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                out_sink.lock().unwrap().push(line.clone());
                 let _ = ready_tx.send(line);
             }
         });
@@ -90,6 +95,7 @@ impl Server {
             addr: "0.0.0.0:0".parse().unwrap(),
             master,
             logs,
+            out,
             exited: None,
         };
         let deadline = Instant::now() + READY_WITHIN;
@@ -120,6 +126,18 @@ impl Server {
                 .iter()
                 .find(|line| line.contains(text))
                 .cloned()
+        })
+    }
+
+    /// Waits until a line on stdout contains `text`.
+    pub fn wait_for_stdout(&self, text: &str, within: Duration) {
+        eventually(within, &format!("a line on stdout containing {text:?}"), || {
+            self.out
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|line| line.contains(text))
+                .then_some(())
         })
     }
 

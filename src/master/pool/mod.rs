@@ -363,6 +363,25 @@ impl Pool {
         self.slots[slot].worker.filter(|w| w.ready_at.is_some()).map(|w| w.pid)
     }
 
+    /// Every live worker: serving, booting as a replacement, or retiring.
+    pub fn pids(&self) -> Vec<Pid> {
+        let slots = self
+            .slots
+            .iter()
+            .flat_map(|slot| [slot.worker, slot.incoming])
+            .flatten()
+            .map(|w| w.pid);
+        slots.chain(self.retiring.iter().map(|r| r.pid)).collect()
+    }
+
+    /// Forgets the parked slots (always the highest ones): their sockets are going
+    /// away with the old listeners after a change of address.
+    pub fn drop_parked(&mut self) {
+        while self.slots.last().is_some_and(|slot| slot.parked) {
+            self.slots.pop();
+        }
+    }
+
     /// No worker is alive (all reaped).
     pub fn is_empty(&self) -> bool {
         self.retiring.is_empty()
