@@ -27,11 +27,20 @@ pub struct Tally {
 
 impl Load {
     pub fn start(addr: SocketAddr, connections: usize) -> Load {
+        Load::spawn(addr, connections, true)
+    }
+
+    /// Clients that stop when told `Connection: close` instead of reconnecting.
+    pub fn start_without_reconnecting(addr: SocketAddr, connections: usize) -> Load {
+        Load::spawn(addr, connections, false)
+    }
+
+    fn spawn(addr: SocketAddr, connections: usize, reconnect: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let clients = (0..connections)
             .map(|_| {
                 let stop = Arc::clone(&stop);
-                thread::spawn(move || client(addr, &stop))
+                thread::spawn(move || client(addr, &stop, reconnect))
             })
             .collect();
         Load { stop, clients }
@@ -54,7 +63,7 @@ impl Load {
 /// Shared by the clients: how many requests succeeded so far (to wait for traffic).
 pub static PROGRESS: Mutex<u64> = Mutex::new(0);
 
-fn client(addr: SocketAddr, stop: &AtomicBool) -> Tally {
+fn client(addr: SocketAddr, stop: &AtomicBool, reconnect: bool) -> Tally {
     let mut tally = Tally::default();
     let mut stream: Option<TcpStream> = None;
     let started = Instant::now();
@@ -79,7 +88,10 @@ fn client(addr: SocketAddr, stop: &AtomicBool) -> Tally {
                 tally.ok += 1;
                 *PROGRESS.lock().unwrap() += 1;
                 if response.header("connection") == Some("close") {
-                    tally.closes += 1; // the server asked: reconnect
+                    tally.closes += 1; // the server asked: reconnect, or stop
+                    if !reconnect {
+                        break;
+                    }
                 } else {
                     stream = Some(conn);
                 }
