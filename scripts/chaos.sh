@@ -4,7 +4,8 @@
 # For each server: wrk -t2 -c64 (keep-alive) against 127.0.0.1 while one
 # operation happens; prints requests, socket errors and non-2xx responses per
 # operation. prefork-server (release build, 2 workers, reuseport) gets 10 reloads
-# (HUP, one a second), TTIN, TTOU and a kill -9 of a worker; nginx (nginx-light,
+# (HUP, one a second), TTIN, TTOU, a hot upgrade (USR2: a new master takes over
+# the sockets) and a kill -9 of a worker; nginx (nginx-light,
 # 2 workers, reuseport, `return 200`) gets 10 `nginx -s reload` and a kill -9 of
 # a worker, in the same run. Traffic goes to 127.0.0.1 only; every wrk run is
 # bounded (a few seconds) and the script stops both servers itself.
@@ -23,6 +24,7 @@ prefork=""
 nginx_master=""
 cleanup() {
     [ -n "$prefork" ] && kill -TERM "$prefork" 2>/dev/null || true
+    [ -s "$tmp/prefork.pid" ] && kill -TERM "$(cat "$tmp/prefork.pid")" 2>/dev/null || true
     [ -n "$nginx_master" ] && kill -QUIT "$nginx_master" 2>/dev/null || true
     sleep 1
     rm -rf "$tmp"
@@ -50,14 +52,20 @@ measure() {
 
 nothing() { :; }
 hup_prefork() { i=0; while [ $i -lt 10 ]; do kill -HUP "$prefork"; sleep 1; i=$((i + 1)); done; }
+# USR2, then wait until the pid file names the new master (it is written once ready).
+upgrade_prefork() {
+    kill -USR2 "$prefork"
+    while [ "$(cat "$tmp/prefork.pid")" = "$prefork" ]; do sleep 0.1; done
+}
 reload_nginx() { i=0; while [ $i -lt 10 ]; do /usr/sbin/nginx -p "$tmp/nginx" -c nginx.conf -s reload 2>/dev/null; sleep 1; i=$((i + 1)); done; }
 kill_a_worker() { kill -KILL "$(children "$1" | head -1)"; sleep 1; }
 
 # prefork-server
 port=$(free_port)
-target/release/prefork-server --host 127.0.0.1 --port "$port" --workers 2 > "$tmp/prefork.out" 2> "$tmp/prefork.err" &
+target/release/prefork-server --host 127.0.0.1 --port "$port" --workers 2 --pid-file "$tmp/prefork.pid" \
+    > "$tmp/prefork.out" 2> "$tmp/prefork.err" &
 prefork=$!
-until grep -q "listening on" "$tmp/prefork.out"; do sleep 0.1; done
+until [ -s "$tmp/prefork.pid" ]; do sleep 0.1; done
 url="http://127.0.0.1:$port/"
 echo "## prefork-server $(target/release/prefork-server --version | cut -d' ' -f2), 2 workers, reuseport"
 echo
@@ -67,8 +75,12 @@ measure "none (baseline)" "$url" 4 nothing
 measure "10 reloads (HUP, 1/s)" "$url" 12 hup_prefork
 measure "TTIN (2 -> 3 workers)" "$url" 4 kill -TTIN "$prefork"
 measure "TTOU (3 -> 2 workers)" "$url" 4 kill -TTOU "$prefork"
+measure "hot upgrade (USR2)" "$url" 4 upgrade_prefork
+wait "$prefork" || echo "the old prefork-server master exited with $?"
+prefork=$(cat "$tmp/prefork.pid")
 measure "kill -9 a worker" "$url" 4 kill_a_worker "$prefork"
-kill -TERM "$prefork"; wait "$prefork" || echo "prefork-server exited with $?"
+kill -TERM "$prefork"
+while kill -0 "$prefork" 2>/dev/null; do sleep 0.1; done
 prefork=""
 
 # nginx
