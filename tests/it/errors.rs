@@ -83,3 +83,22 @@ fn help_documents_every_flag_and_the_signal_table() {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
     }
 }
+
+#[test]
+fn a_bad_config_file_stops_the_start_with_exit_2_naming_the_key() {
+    let path = std::env::temp_dir().join(format!("prefork-test-{}-bad.toml", std::process::id()));
+    std::fs::write(&path, "workers = 2\ngraceful_timeout = \"soon\"\n").unwrap();
+    let mut command = Command::new(server_binary());
+    command.args(["--port", "0", "--config", path.to_str().unwrap()]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "prefork-server: {}: line 2, `graceful_timeout`: 'soon' is not a duration",
+        path.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert!(!stderr.contains("spawned"), "nothing started: {stderr}");
+}

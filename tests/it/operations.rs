@@ -61,6 +61,17 @@ fn reloads_scaling_and_an_upgrade_under_keep_alive_load_lose_nothing() {
         "load: {} ok, {} reconnects on Connection: close, 0 failed",
         tally.ok, tally.closes
     );
+
+    // No orphan at the end: the new master stops everything it has, and every
+    // worker ever seen (old master's and new master's) is gone.
+    server.signal(Signal::SIGTERM);
+    eventually(Duration::from_secs(10), "the new master exits", || {
+        (!alive(new_master)).then_some(())
+    });
+    let everyone: Vec<_> = first.iter().chain(&last).copied().collect();
+    eventually(Duration::from_secs(5), "no worker survives", || {
+        everyone.iter().all(|pid| !alive(*pid)).then_some(())
+    });
 }
 
 #[test]
