@@ -153,15 +153,7 @@ impl Pool {
                     (slot.parked, slot.not_before, slot.failures) = (false, now, 0);
                 }
                 None => {
-                    self.slots.push(Slot {
-                        worker: None,
-                        incoming: None,
-                        parked: false,
-                        not_before: now,
-                        failures: 0,
-                        boot_failures: 0,
-                        adopter: None,
-                    });
+                    self.slots.push(Slot::empty(now));
                     added.push(self.slots.len() - 1);
                 }
             }
@@ -172,12 +164,8 @@ impl Pool {
                 .iter()
                 .rposition(|slot| !slot.parked)
                 .expect("more than one active slot");
-            let slot = &mut self.slots[index];
-            slot.parked = true;
-            for worker in [slot.worker.take(), slot.incoming.take()].into_iter().flatten() {
-                retired.push(worker.pid);
-                self.retire(index, worker, kill_at);
-            }
+            self.slots[index].parked = true;
+            retired.extend(self.retire_slot(index, kill_at));
         }
         (added, retired)
     }

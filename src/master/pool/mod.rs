@@ -57,6 +57,20 @@ struct Slot {
     adopter: Option<Pid>,
 }
 
+impl Slot {
+    fn empty(now: Instant) -> Slot {
+        Slot {
+            worker: None,
+            incoming: None,
+            parked: false,
+            not_before: now,
+            failures: 0,
+            boot_failures: 0,
+            adopter: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Worker {
     pid: Pid,
@@ -119,17 +133,8 @@ pub enum Ready {
 
 impl Pool {
     pub fn new(workers: usize, now: Instant) -> Pool {
-        let slot = || Slot {
-            worker: None,
-            incoming: None,
-            parked: false,
-            not_before: now,
-            failures: 0,
-            boot_failures: 0,
-            adopter: None,
-        };
         Pool {
-            slots: (0..workers).map(|_| slot()).collect(),
+            slots: (0..workers).map(|_| Slot::empty(now)).collect(),
             retiring: Vec::new(),
             stopping: false,
             ever_ready: false,
@@ -280,15 +285,25 @@ impl Pool {
         self.reload = None;
         for index in 0..self.slots.len() {
             self.slots[index].adopter = None; // every worker stops accepting anyway
-            let slot = &mut self.slots[index];
-            for worker in [slot.worker.take(), slot.incoming.take()].into_iter().flatten() {
-                self.retire(index, worker, kill_at);
-            }
+            self.retire_slot(index, kill_at);
         }
         for retiring in &mut self.retiring {
             retiring.kill_at = retiring.kill_at.min(kill_at);
         }
         self.retiring.iter().map(|r| r.pid).collect()
+    }
+
+    /// Retires the worker of `slot` and its replacement, if any; returns their pids.
+    fn retire_slot(&mut self, slot: usize, kill_at: Instant) -> Vec<Pid> {
+        let current = &mut self.slots[slot];
+        let workers: Vec<Worker> = [current.worker.take(), current.incoming.take()]
+            .into_iter()
+            .flatten()
+            .collect();
+        for worker in &workers {
+            self.retire(slot, *worker, kill_at);
+        }
+        workers.iter().map(|worker| worker.pid).collect()
     }
 
     /// Moves `worker` of `slot` to the retiring list: it must exit by `kill_at`.
