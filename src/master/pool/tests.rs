@@ -1,0 +1,193 @@
+//! Unit tests of the pool's core bookkeeping (reload and resize: `change.rs`).
+
+use super::*;
+
+const MS: Duration = Duration::from_millis(1);
+
+pub(super) fn pid(n: i32) -> Pid {
+    Pid::from_raw(n)
+}
+
+/// A pool of `n` slots whose workers (pids 100, 101, ...) are all ready.
+pub(super) fn ready_pool(n: usize, now: Instant) -> Pool {
+    let mut pool = Pool::new(n, now);
+    for (slot, spawn) in pool.due(now) {
+        pool.on_spawned(slot, spawn, pid(100 + slot as i32), now);
+        pool.on_ready(pid(100 + slot as i32), now);
+    }
+    pool
+}
+
+#[test]
+fn every_slot_is_due_at_start_and_none_once_spawned() {
+    let now = Instant::now();
+    let mut pool = Pool::new(3, now);
+    assert_eq!(pool.due(now), [(0, Spawn::Fill), (1, Spawn::Fill), (2, Spawn::Fill)]);
+    pool.on_spawned(1, Spawn::Fill, pid(7), now);
+    assert_eq!(pool.due(now), [(0, Spawn::Fill), (2, Spawn::Fill)]);
+    assert!(!pool.all_ready());
+}
+
+#[test]
+fn a_worker_that_lived_a_while_is_respawned_at_once() {
+    let start = Instant::now();
+    let mut pool = ready_pool(2, start);
+    let later = start + Duration::from_secs(5);
+    let departure = pool.on_exit(pid(101), later);
+    assert_eq!(
+        departure,
+        Departure::Died {
+            slot: 1,
+            uptime: Duration::from_secs(5),
+            was_ready: true,
+            respawn_in: Some(Duration::ZERO)
+        }
+    );
+    assert_eq!(pool.due(later), [(1, Spawn::Fill)]);
+}
+
+#[test]
+fn young_deaths_back_off_doubling_to_ten_seconds() {
+    let mut now = Instant::now();
+    let mut pool = ready_pool(1, now);
+    let mut delays = Vec::new();
+    for n in 0..10 {
+        now += 50 * MS;
+        let Departure::Died {
+            respawn_in: Some(delay),
+            ..
+        } = pool.on_exit(pid(100 + n), now)
+        else {
+            panic!("expected a death")
+        };
+        delays.push(delay.as_millis());
+        assert!(pool.due(now + delay - MS).is_empty(), "not due before the backoff");
+        now += delay;
+        assert_eq!(pool.due(now), [(0, Spawn::Fill)]);
+        pool.on_spawned(0, Spawn::Fill, pid(101 + n), now);
+        pool.on_ready(pid(101 + n), now);
+    }
+    assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
+}
+
+#[test]
+fn thirty_seconds_up_resets_the_backoff() {
+    let mut now = Instant::now();
+    let mut pool = ready_pool(1, now);
+    now += 10 * MS;
+    pool.on_exit(pid(100), now); // 100 ms
+    now += Duration::from_secs(1);
+    pool.on_spawned(0, Spawn::Fill, pid(200), now);
+    pool.on_ready(pid(200), now);
+    now += 10 * MS;
+    assert!(matches!(pool.on_exit(pid(200), now), Departure::Died { respawn_in: Some(d), .. } if d == 200 * MS));
+    now += Duration::from_secs(1);
+    pool.on_spawned(0, Spawn::Fill, pid(300), now);
+    pool.on_ready(pid(300), now);
+    now += Duration::from_secs(31);
+    pool.on_exit(pid(300), now); // long life: at once, and the count is cleared
+    pool.on_spawned(0, Spawn::Fill, pid(400), now);
+    pool.on_ready(pid(400), now);
+    now += 10 * MS;
+    assert!(matches!(pool.on_exit(pid(400), now), Departure::Died { respawn_in: Some(d), .. } if d == 100 * MS));
+}
+
+#[test]
+fn halts_only_when_every_first_worker_failed_to_boot() {
+    let now = Instant::now();
+    let mut pool = Pool::new(2, now);
+    pool.on_spawned(0, Spawn::Fill, pid(1), now);
+    pool.on_spawned(1, Spawn::Fill, pid(2), now);
+    pool.on_exit(pid(1), now);
+    assert!(!pool.first_generation_failed(), "slot 1 has not failed yet");
+    pool.on_exit(pid(2), now);
+    assert!(pool.first_generation_failed());
+}
+
+#[test]
+fn a_boot_failure_after_a_ready_worker_never_halts() {
+    let now = Instant::now();
+    let mut pool = Pool::new(2, now);
+    pool.on_spawned(0, Spawn::Fill, pid(1), now);
+    pool.on_spawned(1, Spawn::Fill, pid(2), now);
+    pool.on_ready(pid(1), now);
+    pool.on_exit(pid(2), now);
+    pool.on_exit(pid(1), now);
+    assert!(!pool.first_generation_failed());
+    assert!(matches!(pool.on_exit(pid(3), now), Departure::Unknown));
+}
+
+#[test]
+fn stop_retires_everyone_and_kills_only_after_the_deadline() {
+    let now = Instant::now();
+    let mut pool = ready_pool(2, now);
+    let deadline = now + Duration::from_secs(30);
+    let mut pids = pool.retire_all(deadline);
+    pids.sort();
+    assert_eq!(pids, [pid(100), pid(101)]);
+    assert!(
+        pool.due(now + Duration::from_secs(60)).is_empty(),
+        "no respawn while stopping"
+    );
+    assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(30)));
+    assert!(pool.overdue(now).is_empty());
+    assert!(matches!(
+        pool.on_exit(pid(100), now),
+        Departure::Retired { slot: 0, .. }
+    ));
+    assert_eq!(pool.overdue(deadline), [(1, pid(101))]);
+    assert!(pool.overdue(deadline).is_empty(), "each straggler is killed once");
+    assert!(!pool.is_empty());
+    pool.on_exit(pid(101), deadline);
+    assert!(pool.is_empty());
+}
+
+#[test]
+fn a_fast_stop_shortens_a_graceful_one() {
+    let now = Instant::now();
+    let mut pool = ready_pool(1, now);
+    pool.retire_all(now + Duration::from_secs(30));
+    pool.retire_all(now + Duration::from_secs(1));
+    assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(1)));
+    pool.retire_all(now + Duration::from_secs(60));
+    assert_eq!(pool.next_wakeup(now), Some(Duration::from_secs(1)), "never lengthened");
+}
+
+#[test]
+fn a_slot_without_a_ready_worker_is_adopted_until_it_has_one() {
+    let now = Instant::now();
+    let mut pool = ready_pool(3, now);
+    assert!(pool.adoptions().is_empty(), "every slot serves itself");
+    pool.on_exit(pid(101), now);
+    assert_eq!(pool.adoptions(), [(1, pid(102))], "the next slot's worker adopts");
+    assert!(pool.adoptions().is_empty(), "adopted once");
+    pool.on_spawned(1, Spawn::Fill, pid(200), now);
+    assert!(pool.releases().is_empty(), "booting is not ready");
+    pool.on_ready(pid(200), now);
+    assert_eq!(pool.releases(), [(1, pid(102))]);
+    assert!(pool.releases().is_empty());
+}
+
+#[test]
+fn an_adopter_that_dies_is_replaced_and_nobody_adopts_while_stopping() {
+    let now = Instant::now();
+    let mut pool = ready_pool(3, now);
+    pool.on_exit(pid(100), now);
+    assert_eq!(pool.adoptions(), [(0, pid(101))]);
+    pool.on_exit(pid(101), now);
+    let mut adoptions = pool.adoptions();
+    adoptions.sort();
+    assert_eq!(adoptions, [(0, pid(102)), (1, pid(102))]);
+    pool.retire_all(now);
+    pool.on_exit(pid(102), now);
+    assert!(pool.adoptions().is_empty());
+}
+
+#[test]
+fn a_failed_fork_backs_off_the_slot() {
+    let now = Instant::now();
+    let mut pool = Pool::new(1, now);
+    assert_eq!(pool.on_spawn_failed(0, now), 100 * MS);
+    assert!(pool.due(now).is_empty());
+    assert_eq!(pool.next_wakeup(now), Some(100 * MS));
+}
