@@ -4,6 +4,7 @@
 //! cargo run --example custom_service -- --port 8000
 //! curl localhost:8000/count          # per-worker state, built after the fork
 //! curl 'localhost:8000/sleep?ms=500' # a slow request (the tests drain it)
+//! curl 'localhost:8000/alloc?mb=100' # leaks 100 MiB (see --max-worker-memory)
 //! ```
 //!
 //! The factory passed to `run_with` runs in each worker after the fork: state made
@@ -63,6 +64,12 @@ async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Res
             format!("slept {ms}ms in worker {pid}\n")
         }
         "/count" => format!("worker {pid} has served {} requests\n", served.get()),
+        // A leak on purpose, to see --max-worker-memory recycle the worker.
+        "/alloc" => {
+            let mb = query_number(request.uri().query(), "mb").unwrap_or(1) as usize;
+            std::mem::forget(vec![1u8; mb << 20]); // written, so resident
+            format!("leaked {mb} MiB in worker {pid}\n")
+        }
         _ => format!("Hello from a custom service in worker {pid}\n"),
     };
     Ok(Response::new(Full::new(Bytes::from(body))))

@@ -68,6 +68,11 @@ pub struct Config {
     pub max_requests: u64,
     /// Adds 0..=this to each worker's `max_requests`, so they are not all due at once.
     pub max_requests_jitter: u64,
+    /// A worker whose runtime has not beaten its heartbeat for this long is killed
+    /// and replaced; zero: never.
+    pub timeout: Duration,
+    /// A worker whose resident memory exceeds this many bytes is recycled.
+    pub max_worker_memory: Option<u64>,
     /// The config file, re-read on HUP.
     pub file: Option<PathBuf>,
     /// The flags given on the command line: they override the file on every reload.
@@ -220,6 +225,16 @@ struct Settings {
     /// Add a random 0..=J to each worker's --max-requests, so they are not replaced together [default: 0]
     #[arg(long, value_name = "J")]
     max_requests_jitter: Option<u64>,
+
+    /// Kill and replace a worker whose event loop has been stuck this long (0: never) [default: 30s]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    timeout: Option<Duration>,
+
+    /// Recycle a worker whose resident memory exceeds this (e.g. 512MiB, 2GiB, 100MB) [default: no limit]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "size")]
+    max_worker_memory: Option<u64>,
 }
 
 /// Lists every field once, for `overlay`.
@@ -271,7 +286,9 @@ impl Settings {
             upgrade_timeout,
             pid_file,
             max_requests,
-            max_requests_jitter
+            max_requests_jitter,
+            timeout,
+            max_worker_memory
         )
     }
 
@@ -313,6 +330,8 @@ impl Settings {
             pid_file: self.pid_file,
             max_requests: self.max_requests.unwrap_or(0),
             max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
+            timeout: self.timeout.unwrap_or(Duration::from_secs(30)),
+            max_worker_memory: self.max_worker_memory,
             file,
             flags,
         })
@@ -350,6 +369,50 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
         Duration::ZERO => Err("must be greater than 0".into()),
         duration => Ok(duration),
     }
+}
+
+/// `512MiB`, `2GiB`, `100MB`, `64M`, `1048576` (bytes). K, M, G alone are binary.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(at);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a size (use e.g. 512MiB, 2GiB, 100MB)"))?;
+    let unit_size: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "KiB" => 1 << 10,
+        "M" | "MiB" => 1 << 20,
+        "G" | "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    match number.checked_mul(unit_size) {
+        Some(0) => Err("must be greater than 0".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
+    }
+}
+
+/// A file size: bytes as a number, or a string like the flag (`"512MiB"`).
+fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    let parsed = match Raw::deserialize(deserializer)? {
+        Raw::Bytes(bytes) => Ok(bytes),
+        Raw::Text(text) => parse_size(&text),
+    };
+    parsed.map(Some).map_err(serde::de::Error::custom)
 }
 
 /// A file value given as a string, parsed like the flag (`host = "::1"`, `log_level = "debug"`).
@@ -441,6 +504,18 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive_duration("0").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("100MB").unwrap(), 100_000_000);
+        assert_eq!(parse_size("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5TB").is_err());
+        assert!(parse_size("0").is_err());
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub enum Error {
     BootFailed { cause: String },
     /// The sockets an old master handed over (hot upgrade) cannot be used.
     Handover(io::Error),
+    /// The shared scoreboard could not be mapped.
+    Scoreboard(io::Error),
+    /// Every scoreboard record is taken (more live workers than it holds).
+    ScoreboardFull,
 }
 
 impl fmt::Display for Error {
@@ -51,6 +55,8 @@ impl fmt::Display for Error {
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
+            Error::Scoreboard(err) => write!(f, "cannot map the shared scoreboard: {err}"),
+            Error::ScoreboardFull => write!(f, "the scoreboard is full: too many live workers"),
         }
     }
 }
@@ -59,9 +65,9 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
-            Error::ThreadCount(source) | Error::Handover(source) => Some(source),
+            Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
-            Error::Multithreaded { .. } | Error::BootFailed { .. } => None,
+            Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull => None,
         }
     }
 }

@@ -21,6 +21,7 @@
 //! - `listener` every socket option; bound in the master before any fork
 //! - `signals`  the signal table; record-only handlers and the self-pipe
 //! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
+//! - `scoreboard` shared memory: one record of atomics per worker (heartbeat, requests)
 //! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
 //! - `upgrade`  hot upgrade: handing the sockets to a new master (USR2)
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
@@ -35,6 +36,7 @@ mod ipc;
 mod listener;
 mod master;
 mod process;
+mod scoreboard;
 mod service;
 mod signals;
 mod upgrade;
@@ -82,8 +84,9 @@ where
         }
         None => listener::Listeners::bind(&config)?,
     };
+    let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
     let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);
-    master::run(config, listeners, origin, &worker_main)
+    master::run(config, listeners, origin, scoreboard, &worker_main)
 }
 
 /// Logs to stderr, written synchronously by the calling thread: a writer thread

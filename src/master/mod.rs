@@ -13,9 +13,11 @@
 //! - `workers.rs`: spawn, worker messages, reaping, socket hand-over.
 //! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
 //! - `upgrade.rs`: hot binary upgrade (USR2), the old master's side.
+//! - `health.rs`: hung workers (`--timeout`) and memory (`--max-worker-memory`).
 //! - `pool/`: the bookkeeping all of them consult (pure).
 
 mod change;
+mod health;
 mod pool;
 mod upgrade;
 mod workers;
@@ -35,6 +37,7 @@ use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::ipc::Link;
 use crate::listener::Listeners;
+use crate::scoreboard::Scoreboard;
 use crate::signals::{Signal, Signals};
 use crate::worker::Child;
 use pool::Pool;
@@ -90,6 +93,10 @@ struct Master<'a> {
     old_listeners: Vec<(Listeners, Vec<Pid>)>,
     /// The address of the last ready line (a reload may change it).
     announced_addr: Option<std::net::SocketAddr>,
+    scoreboard: &'static Scoreboard,
+    /// The scoreboard record of each live worker.
+    records: Vec<(Pid, usize)>,
+    health: health::Health,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -98,6 +105,7 @@ pub(crate) fn run(
     config: Config,
     mut listeners: Listeners,
     origin: Origin,
+    scoreboard: &'static Scoreboard,
     worker_main: &WorkerMain<'_>,
 ) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
@@ -134,6 +142,9 @@ pub(crate) fn run(
         successor: None,
         old_listeners: Vec::new(),
         announced_addr: None,
+        scoreboard,
+        records: Vec::new(),
+        health: health::Health::new(now),
     };
     master.pool.set_timeouts(master.timeouts());
     let result = master.supervise();
@@ -153,6 +164,7 @@ impl Master<'_> {
             self.watch_upgrade();
             self.reap();
             self.kill_overdue();
+            self.check_health();
             self.abort_late_reload();
             if self.stop.is_none() && self.pool.first_generation_failed() {
                 let cause = self
@@ -177,11 +189,14 @@ impl Master<'_> {
     /// Sleeps until a signal, a worker message, or the pool's next deadline.
     fn wait(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let upgrade = self
+        let deadlines = self
             .upgrade
             .as_ref()
-            .map(|upgrade| upgrade.deadline().saturating_duration_since(now));
-        let timeout = match self.pool.next_wakeup(now).into_iter().chain(upgrade).min() {
+            .map(|upgrade| upgrade.deadline())
+            .into_iter()
+            .chain(self.next_health_check());
+        let others = deadlines.map(|at| at.saturating_duration_since(now));
+        let timeout = match self.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
             Some(wait) => PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,

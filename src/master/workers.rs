@@ -47,6 +47,17 @@ impl Master<'_> {
     /// Forks a worker for `slot`. The child closes every fd of the master's except
     /// its own listener and its end of the channel, then runs `worker_main`.
     fn spawn(&mut self, slot: usize, spawn: Spawn) -> Result<Pid, Error> {
+        let generation = self.pool.generation();
+        let record = self.scoreboard.claim(slot, generation).ok_or(Error::ScoreboardFull)?;
+        let pid = self.fork_worker(slot, spawn, record);
+        match &pid {
+            Ok(pid) => self.records.push((*pid, record)),
+            Err(_) => self.scoreboard.release(record),
+        }
+        pid
+    }
+
+    fn fork_worker(&mut self, slot: usize, spawn: Spawn, record: usize) -> Result<Pid, Error> {
         let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
         let link = Link::new(master_end).map_err(Error::Channel)?;
         let listener = self.listeners.for_slot(slot);
@@ -59,7 +70,8 @@ impl Master<'_> {
         .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
         .chain([link.stream().as_raw_fd()])
         .collect();
-        let (signals, worker_main, config) = (&self.signals, self.worker_main, &self.config);
+        let (signals, worker_main, config, scoreboard) =
+            (&self.signals, self.worker_main, &self.config, self.scoreboard);
         let master_pid = getpid();
         let pid = process::fork(move || {
             signals.forget_in_child();
@@ -67,14 +79,20 @@ impl Master<'_> {
                 // Owned by master structures that are never dropped in this process.
                 let _ = nix::unistd::close(fd);
             }
+            let record = scoreboard.record(record);
             worker_main(Child {
                 slot,
                 master_pid,
                 listener,
                 channel: worker_end,
                 config,
+                record,
             })
         })?;
+        self.scoreboard
+            .record(record)
+            .pid
+            .store(pid.as_raw() as u64, std::sync::atomic::Ordering::Relaxed);
         self.links.push((pid, link));
         self.pool.on_spawned(slot, spawn, pid, Instant::now());
         Ok(pid)
@@ -132,6 +150,9 @@ impl Master<'_> {
                 continue;
             }
             self.close_unused_old_listeners(pid);
+            if let Some(at) = self.records.iter().position(|(worker, _)| *worker == pid) {
+                self.scoreboard.release(self.records.swap_remove(at).1);
+            }
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure, self.replacing());

@@ -18,7 +18,9 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::scoreboard::Record;
 use crate::service::WorkerService;
+use std::sync::atomic::Ordering::Relaxed;
 
 /// While draining, a keep-alive connection with no request in flight is closed
 /// once it has been idle this long. A client that sends its next request within
@@ -35,16 +37,19 @@ pub struct Lifecycle {
     /// Requests after which the worker asks to be replaced; 0: never.
     quota: u64,
     quota_reached: Notify,
+    /// Where the master (and later the status views) see the count.
+    record: &'static Record,
 }
 
 impl Lifecycle {
-    pub fn new(quota: u64) -> Lifecycle {
+    pub fn new(quota: u64, record: &'static Record) -> Lifecycle {
         Lifecycle {
             draining: Cell::new(false),
             drain_started: Notify::new(),
             served: Cell::new(0),
             quota,
             quota_reached: Notify::new(),
+            record,
         }
     }
 
@@ -78,6 +83,8 @@ impl Lifecycle {
     fn served_one(&self) {
         let served = self.served.get() + 1;
         self.served.set(served);
+        // A plain store: only this worker writes its record.
+        self.record.requests.store(served, Relaxed);
         if served == self.quota {
             self.quota_reached.notify_one(); // kept as a permit if nobody waits yet
         }
@@ -85,19 +92,32 @@ impl Lifecycle {
 }
 
 /// Counts open connections; lets the drain wait for the last one.
-#[derive(Default)]
 pub struct Connections {
     open: Cell<usize>,
     closed: Notify,
+    record: &'static Record,
 }
 
 /// Held by a connection's task; dropping it counts the connection as closed.
 pub struct Open(Rc<Connections>);
 
 impl Connections {
+    pub fn new(record: &'static Record) -> Connections {
+        Connections {
+            open: Cell::new(0),
+            closed: Notify::new(),
+            record,
+        }
+    }
+
     pub fn open(self: &Rc<Self>) -> Open {
-        self.open.set(self.open.get() + 1);
+        self.set(self.open.get() + 1);
         Open(Rc::clone(self))
+    }
+
+    fn set(&self, open: usize) {
+        self.open.set(open);
+        self.record.connections.store(open as u64, Relaxed);
     }
 
     pub fn count(&self) -> usize {
@@ -114,7 +134,7 @@ impl Connections {
 impl Drop for Open {
     fn drop(&mut self) {
         let open = self.0.open.get() - 1;
-        self.0.open.set(open);
+        self.0.set(open);
         if open == 0 {
             self.0.closed.notify_waiters();
         }

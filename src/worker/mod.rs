@@ -21,6 +21,7 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
+use crate::scoreboard::{Record, State};
 use crate::service::WorkerService;
 use control::Control;
 use serve::serve;
@@ -34,6 +35,8 @@ pub(crate) struct Child<'a> {
     /// The worker's end of the channel to the master.
     pub channel: UnixStream,
     pub config: &'a Config,
+    /// This worker's scoreboard record (shared memory; it writes, the master reads).
+    pub record: &'static Record,
 }
 
 /// Runs a worker to completion and returns its exit code (see `process::exit_code`).
@@ -61,12 +64,14 @@ where
             listener,
             mut channel,
             config,
+            record: child_record,
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, make_service).await {
             Ok(parts) => parts,
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
+        child_record.set_state(State::Ready);
         if ipc::send(&mut channel, &Message::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
             return exit_code::OK;
@@ -75,7 +80,7 @@ where
             // PDEATHSIG still covers the master's death.
             error!("{name}: cannot watch the channel to the master: {err}");
         }
-        serve(listener, service, control, config, &name).await;
+        serve(listener, service, control, config, child_record, &name).await;
         exit_code::OK
     });
     // Exit without waiting for spawn_blocking work the service may have left: the

@@ -23,6 +23,7 @@ use super::conn::{self, Connections, Lifecycle};
 use super::control::{Control, Event, Stop};
 use crate::config::Config;
 use crate::ipc::Message;
+use crate::scoreboard::{Record, State};
 use crate::service::WorkerService;
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
@@ -45,6 +46,7 @@ pub async fn serve<S: WorkerService>(
     service: S,
     mut control: Control,
     config: &Config,
+    record: &'static Record,
     name: &str,
 ) {
     let mut builder = http1::Builder::new();
@@ -57,12 +59,21 @@ pub async fn serve<S: WorkerService>(
     let shared = Rc::new(Shared {
         service,
         builder,
-        lifecycle: Rc::new(Lifecycle::new(quota(config))),
-        connections: Rc::new(Connections::default()),
+        lifecycle: Rc::new(Lifecycle::new(quota(config), record)),
+        connections: Rc::new(Connections::new(record)),
         name: name.to_owned(),
     });
 
     let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
+    // The master reads the beat to find a runtime that is stuck (--timeout); it
+    // keeps beating through the drain, which has its own deadline.
+    let beat = (config.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    tokio::task::spawn_local(async move {
+        loop {
+            record.beat();
+            tokio::time::sleep(beat).await;
+        }
+    });
     let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
     let (how, why) = loop {
         let event = tokio::select! {
@@ -101,6 +112,7 @@ pub async fn serve<S: WorkerService>(
     let connections = &shared.connections;
     info!("{name}: {why}: draining {} connections", connections.count());
     shared.lifecycle.start_drain();
+    record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
     loop {

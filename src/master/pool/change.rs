@@ -45,7 +45,8 @@ impl Pool {
     /// queued for a replacement. Returns the slot, unless it is already queued.
     pub fn recycle(&mut self, pid: Pid) -> Option<usize> {
         let slot = self.slot_of(pid)?;
-        (!self.recycling.contains(&slot)).then(|| {
+        let replacing = self.slots[slot].incoming.is_some();
+        (!replacing && !self.recycling.contains(&slot)).then(|| {
             self.recycling.push_back(slot);
             slot
         })

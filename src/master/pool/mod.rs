@@ -293,6 +293,16 @@ impl Pool {
         self.retiring.iter().map(|r| r.pid).collect()
     }
 
+    /// A hung worker is being killed: it leaves its slot at once (retiring, due by
+    /// `kill_at`) and the slot is respawned now. Returns the slot.
+    pub fn retire_hung(&mut self, pid: Pid, now: Instant, kill_at: Instant) -> Option<usize> {
+        let slot = self.slot_of(pid)?;
+        let worker = self.slots[slot].worker.take()?;
+        self.retire(slot, worker, kill_at);
+        self.slots[slot].not_before = now;
+        Some(slot)
+    }
+
     /// Retires the worker of `slot` and its replacement, if any; returns their pids.
     fn retire_slot(&mut self, slot: usize, kill_at: Instant) -> Vec<Pid> {
         let current = &mut self.slots[slot];

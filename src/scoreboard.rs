@@ -1,0 +1,141 @@
+//! The scoreboard: shared memory made before the first fork, one fixed-size
+//! record of atomics per live worker process. Workers write their own record (no
+//! locks: each field has one writer); the master reads them all, to find hung
+//! workers and, later, to serve status and metrics.
+//!
+//! Records are per process, not per slot: during a reload a slot has two live
+//! workers. The master claims a free record for each spawn and clears it when the
+//! process is reaped. The mapping is never unmapped (the kernel frees it with the
+//! last process), so every process can hold it as `&'static`.
+
+use std::io;
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+use nix::time::{clock_gettime, ClockId};
+
+/// Enough for 4096 slots (the `--workers` limit) each with a replacement booting,
+/// and as many retiring. 64 bytes each; untouched pages cost nothing.
+const RECORDS: usize = 4 * 4096;
+
+/// One worker process. Zero everywhere means free.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Record {
+    pub pid: AtomicU64,
+    pub slot: AtomicU64,
+    pub generation: AtomicU64,
+    /// [`State`] as a number.
+    pub state: AtomicU64,
+    /// Last beat of the worker's runtime, in [`monotonic_ms`].
+    pub heartbeat_ms: AtomicU64,
+    pub requests: AtomicU64,
+    pub connections: AtomicU64,
+    _reserved: AtomicU64,
+}
+
+/// What a worker is doing, as written in its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum State {
+    Booting = 1,
+    Ready = 2,
+    Draining = 3,
+}
+
+pub struct Scoreboard {
+    records: NonNull<Record>,
+}
+
+// SAFETY: the records are atomics only; sharing references between threads (there
+// are none in the master, one runtime thread in a worker) is as safe as for any
+// `AtomicU64`.
+unsafe impl Sync for Scoreboard {}
+// SAFETY: as above; the pointer is to memory that is never unmapped.
+unsafe impl Send for Scoreboard {}
+
+impl Scoreboard {
+    /// Maps the shared memory. Call once, in the master, before any fork.
+    pub fn create() -> io::Result<&'static Scoreboard> {
+        let length = NonZeroUsize::new(RECORDS * size_of::<Record>()).expect("not zero");
+        // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, and
+        // all-zero bytes are a valid `Record` (atomics of 0). MAP_SHARED keeps it
+        // shared with every process forked later.
+        let memory = unsafe {
+            mmap_anonymous(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )?
+        };
+        Ok(Box::leak(Box::new(Scoreboard { records: memory.cast() })))
+    }
+
+    fn records(&self) -> &[Record] {
+        // SAFETY: `records` points to RECORDS initialised (zeroed) `Record`s that
+        // stay mapped for the life of the process; only atomics are accessed.
+        unsafe { std::slice::from_raw_parts(self.records.as_ptr(), RECORDS) }
+    }
+
+    pub fn record(&self, index: usize) -> &Record {
+        &self.records()[index]
+    }
+
+    /// Master: claims a free record for a worker about to be forked in `slot`.
+    /// Its heartbeat starts now, so a worker that never beats still times out.
+    pub fn claim(&self, slot: usize, generation: u32) -> Option<usize> {
+        let index = self.records().iter().position(|record| record.pid.load(Relaxed) == 0)?;
+        let record = &self.records()[index];
+        record.pid.store(u64::MAX, Relaxed); // taken; the real pid follows the fork
+        record.slot.store(slot as u64, Relaxed);
+        record.generation.store(generation.into(), Relaxed);
+        record.state.store(State::Booting as u64, Relaxed);
+        record.heartbeat_ms.store(monotonic_ms(), Relaxed);
+        record.requests.store(0, Relaxed);
+        record.connections.store(0, Relaxed);
+        Some(index)
+    }
+
+    /// Master: frees the record of a reaped worker.
+    pub fn release(&self, index: usize) {
+        self.records()[index].pid.store(0, Relaxed);
+    }
+}
+
+impl Record {
+    pub fn set_state(&self, state: State) {
+        self.state.store(state as u64, Relaxed);
+    }
+
+    pub fn beat(&self) {
+        self.heartbeat_ms.store(monotonic_ms(), Relaxed);
+    }
+}
+
+/// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process.
+pub fn monotonic_ms() -> u64 {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    (now.tv_sec() as u64) * 1000 + (now.tv_nsec() as u64) / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_are_claimed_released_and_shared_by_value() {
+        let board = Scoreboard::create().unwrap();
+        let first = board.claim(3, 2).unwrap();
+        let second = board.claim(4, 2).unwrap();
+        assert_ne!(first, second);
+        let record = board.record(first);
+        assert_eq!(record.slot.load(Relaxed), 3);
+        assert_eq!(record.state.load(Relaxed), State::Booting as u64);
+        assert!(monotonic_ms() - record.heartbeat_ms.load(Relaxed) < 1000);
+        board.release(first);
+        assert_eq!(board.claim(5, 2), Some(first), "a released record is reused");
+    }
+}
