@@ -73,6 +73,8 @@ pub struct Config {
     pub timeout: Duration,
     /// A worker whose resident memory exceeds this many bytes is recycled.
     pub max_worker_memory: Option<u64>,
+    /// Where the workers serve `/status` and `/healthz` (off when `None`).
+    pub admin: Option<SocketAddr>,
     /// The config file, re-read on HUP.
     pub file: Option<PathBuf>,
     /// The flags given on the command line: they override the file on every reload.
@@ -235,6 +237,15 @@ struct Settings {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, deserialize_with = "size")]
     max_worker_memory: Option<u64>,
+
+    /// Serve /status (JSON) and /healthz on this address, from the workers (e.g. 127.0.0.1:9100) [default: off]
+    #[arg(long, value_name = "ADDR")]
+    #[serde(default, deserialize_with = "parsed")]
+    admin: Option<SocketAddr>,
+
+    /// Allow --admin on an address other hosts can reach (it is refused otherwise)
+    #[arg(long, num_args = 0, default_missing_value = "true")]
+    admin_allow_remote: Option<bool>,
 }
 
 /// Lists every field once, for `overlay`.
@@ -288,7 +299,9 @@ impl Settings {
             max_requests,
             max_requests_jitter,
             timeout,
-            max_worker_memory
+            max_worker_memory,
+            admin,
+            admin_allow_remote
         )
     }
 
@@ -305,6 +318,13 @@ impl Settings {
         let backlog = self.backlog.unwrap_or(1024);
         if backlog == 0 {
             return Err(bad("backlog", "must be at least 1"));
+        }
+        if let Some(admin) = self.admin {
+            if !admin.ip().is_loopback() && self.admin_allow_remote != Some(true) {
+                let why =
+                    format!("{admin} is reachable from other hosts; use a loopback address or --admin-allow-remote");
+                return Err(bad("admin", &why));
+            }
         }
         let reload_batch = NonZeroUsize::new(self.reload_batch.unwrap_or(1).into())
             .ok_or_else(|| bad("reload_batch", "must be at least 1"))?;
@@ -332,6 +352,7 @@ impl Settings {
             max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
             timeout: self.timeout.unwrap_or(Duration::from_secs(30)),
             max_worker_memory: self.max_worker_memory,
+            admin: self.admin,
             file,
             flags,
         })
@@ -504,6 +525,17 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive_duration("0").is_err());
+    }
+
+    #[test]
+    fn the_admin_listener_stays_on_loopback_unless_allowed() {
+        assert_eq!(
+            parse(&["--admin", "127.0.0.1:9100"]).unwrap().admin,
+            Some("127.0.0.1:9100".parse().unwrap())
+        );
+        let err = parse(&["--admin", "0.0.0.0:9100"]).unwrap_err().to_string();
+        assert!(err.contains("--admin-allow-remote"), "{err}");
+        assert!(parse(&["--admin", "0.0.0.0:9100", "--admin-allow-remote"]).is_ok());
     }
 
     #[test]

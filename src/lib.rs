@@ -27,8 +27,10 @@
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
 //! - `worker`   after-fork entry, the accept loop, connections and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
+//! - `admin`    `/status` and `/healthz` on `--admin`, served by the workers
 //! - `http`     the default app: `Hello from worker <pid>`
 
+mod admin;
 mod config;
 mod error;
 mod http;
@@ -80,7 +82,7 @@ where
                 inherited.from
             );
             origin.handover = Some(inherited.ready);
-            listener::Listeners::adopt(inherited.sockets, inherited.balance, config.backlog)?
+            listener::Listeners::adopt(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
         }
         None => listener::Listeners::bind(&config)?,
     };

@@ -23,6 +23,8 @@ pub struct Listeners {
     addr: SocketAddr,
     balance: Balance,
     backlog: u32,
+    /// `--admin`: one plain socket every worker accepts on.
+    admin: Option<TcpListener>,
 }
 
 impl Listeners {
@@ -48,11 +50,16 @@ impl Listeners {
         for _ in 1..count {
             sockets.push(open(addr, reuseport, config.backlog).map_err(fail(addr))?);
         }
+        let admin = match config.admin {
+            Some(admin) => Some(open(admin, false, 64).map_err(fail(admin))?),
+            None => None,
+        };
         Ok(Listeners {
             sockets,
             addr,
             balance: config.balance,
             backlog: config.backlog,
+            admin,
         })
     }
 
@@ -81,12 +88,17 @@ impl Listeners {
 
     /// Takes over sockets handed down by an old master (hot upgrade): the same
     /// socket objects, so nothing queued on them is lost.
-    pub fn adopt(sockets: Vec<TcpListener>, balance: Balance, backlog: u32) -> Result<Listeners, Error> {
+    pub fn adopt(
+        sockets: Vec<TcpListener>,
+        admin: Option<TcpListener>,
+        balance: Balance,
+        backlog: u32,
+    ) -> Result<Listeners, Error> {
         let first = sockets
             .first()
             .ok_or_else(|| Error::Handover(io::Error::other("no socket was handed over")))?;
         let addr = first.local_addr().map_err(Error::Handover)?;
-        for socket in &sockets {
+        for socket in sockets.iter().chain(&admin) {
             socket.set_nonblocking(true).map_err(Error::Handover)?;
         }
         Ok(Listeners {
@@ -94,7 +106,13 @@ impl Listeners {
             addr,
             balance,
             backlog,
+            admin,
         })
+    }
+
+    /// The admin socket, if `--admin` is on.
+    pub fn admin(&self) -> Option<&TcpListener> {
+        self.admin.as_ref()
     }
 
     /// Every socket, in slot order.

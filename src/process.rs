@@ -53,6 +53,37 @@ impl fmt::Display for Exit {
     }
 }
 
+impl Exit {
+    /// As stored in the scoreboard: `1 << 32 | code` or `2 << 32 | signal`.
+    pub fn encode(self) -> u64 {
+        match self {
+            Exit::Code(code) => 1 << 32 | u64::from(code as u32),
+            Exit::Signal { signal, .. } => 2 << 32 | signal as u64,
+        }
+    }
+
+    /// The inverse of [`Exit::encode`]; `None` for 0 (no exit yet).
+    pub fn decode(stored: u64) -> Option<Exit> {
+        let low = (stored & 0xffff_ffff) as i32;
+        match stored >> 32 {
+            1 => Some(Exit::Code(low)),
+            2 => Signal::try_from(low).ok().map(|signal| Exit::Signal {
+                signal,
+                core_dumped: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Resident set size of `pid`, from the `VmRSS:` line of `/proc/<pid>/status`.
+pub fn resident_bytes(pid: Pid) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?;
+    let kib: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Forks. In the parent, returns the child's pid. In the child, runs `child` and
 /// exits with the code it returns (70 if it panics): the child never returns into
 /// the caller's code.
@@ -168,6 +199,21 @@ mod tests {
             core_dumped: true,
         };
         assert_eq!(aborted.to_string(), "killed by SIGABRT (core dumped)");
+    }
+
+    #[test]
+    fn exits_round_trip_through_the_scoreboard_encoding() {
+        for exit in [
+            Exit::Code(0),
+            Exit::Code(70),
+            Exit::Signal {
+                signal: Signal::SIGKILL,
+                core_dumped: false,
+            },
+        ] {
+            assert_eq!(Exit::decode(exit.encode()), Some(exit));
+        }
+        assert_eq!(Exit::decode(0), None);
     }
 
     #[test]

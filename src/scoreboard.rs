@@ -16,9 +16,43 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
 use nix::time::{clock_gettime, ClockId};
 
-/// Enough for 4096 slots (the `--workers` limit) each with a replacement booting,
-/// and as many retiring. 64 bytes each; untouched pages cost nothing.
-const RECORDS: usize = 4 * 4096;
+/// The `--workers` limit.
+pub const SLOTS: usize = 4096;
+/// Enough for every slot with a replacement booting, and as many retiring.
+/// 64 bytes each; untouched pages cost nothing.
+const RECORDS: usize = 4 * SLOTS;
+
+/// What the master writes about the whole server.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Header {
+    pub master_pid: AtomicU64,
+    /// When the master started, in [`monotonic_ms`].
+    pub started_ms: AtomicU64,
+    /// Active slots (`--workers`, after TTIN/TTOU and reloads).
+    pub workers: AtomicU64,
+    pub generation: AtomicU64,
+    /// Reloads done (HUP).
+    pub reloads: AtomicU64,
+}
+
+/// What the master writes about one slot.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SlotStats {
+    /// Workers of this slot that died or were killed and replaced.
+    pub restarts: AtomicU64,
+    /// The last worker exit of this slot: 0 none, `1 << 32 | code`, `2 << 32 | signal`.
+    pub last_exit: AtomicU64,
+}
+
+/// The whole mapping.
+#[repr(C)]
+struct Board {
+    header: Header,
+    slots: [SlotStats; SLOTS],
+    records: [Record; RECORDS],
+}
 
 /// One worker process. Zero everywhere means free.
 #[repr(C)]
@@ -33,7 +67,8 @@ pub struct Record {
     pub heartbeat_ms: AtomicU64,
     pub requests: AtomicU64,
     pub connections: AtomicU64,
-    _reserved: AtomicU64,
+    /// When the worker was spawned, in [`monotonic_ms`].
+    pub started_ms: AtomicU64,
 }
 
 /// What a worker is doing, as written in its record.
@@ -46,7 +81,7 @@ pub enum State {
 }
 
 pub struct Scoreboard {
-    records: NonNull<Record>,
+    board: NonNull<Board>,
 }
 
 // SAFETY: the records are atomics only; sharing references between threads (there
@@ -59,9 +94,9 @@ unsafe impl Send for Scoreboard {}
 impl Scoreboard {
     /// Maps the shared memory. Call once, in the master, before any fork.
     pub fn create() -> io::Result<&'static Scoreboard> {
-        let length = NonZeroUsize::new(RECORDS * size_of::<Record>()).expect("not zero");
+        let length = NonZeroUsize::new(size_of::<Board>()).expect("not zero");
         // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, and
-        // all-zero bytes are a valid `Record` (atomics of 0). MAP_SHARED keeps it
+        // all-zero bytes are a valid `Board` (atomics of 0). MAP_SHARED keeps it
         // shared with every process forked later.
         let memory = unsafe {
             mmap_anonymous(
@@ -71,13 +106,35 @@ impl Scoreboard {
                 MapFlags::MAP_SHARED,
             )?
         };
-        Ok(Box::leak(Box::new(Scoreboard { records: memory.cast() })))
+        let board = Box::leak(Box::new(Scoreboard { board: memory.cast() }));
+        board.header().master_pid.store(u64::from(std::process::id()), Relaxed);
+        board.header().started_ms.store(monotonic_ms(), Relaxed);
+        Ok(board)
+    }
+
+    fn board(&self) -> &Board {
+        // SAFETY: `board` points to an initialised (zeroed) `Board` that stays
+        // mapped for the life of the process; only atomics are accessed.
+        unsafe { self.board.as_ref() }
     }
 
     fn records(&self) -> &[Record] {
-        // SAFETY: `records` points to RECORDS initialised (zeroed) `Record`s that
-        // stay mapped for the life of the process; only atomics are accessed.
-        unsafe { std::slice::from_raw_parts(self.records.as_ptr(), RECORDS) }
+        &self.board().records
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.board().header
+    }
+
+    pub fn slot(&self, slot: usize) -> &SlotStats {
+        &self.board().slots[slot]
+    }
+
+    /// Every live worker's record (a snapshot: each field is read on its own).
+    pub fn live(&self) -> impl Iterator<Item = &Record> {
+        self.records()
+            .iter()
+            .filter(|record| !matches!(record.pid.load(Relaxed), 0 | u64::MAX))
     }
 
     pub fn record(&self, index: usize) -> &Record {
@@ -96,6 +153,7 @@ impl Scoreboard {
         record.heartbeat_ms.store(monotonic_ms(), Relaxed);
         record.requests.store(0, Relaxed);
         record.connections.store(0, Relaxed);
+        record.started_ms.store(monotonic_ms(), Relaxed);
         Some(index)
     }
 

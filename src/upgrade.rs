@@ -8,6 +8,7 @@
 //! | `PREFORK_LISTEN_FDS` | how many sockets, starting at fd 3 |
 //! | `PREFORK_BALANCE` | `reuseport` or `shared`: how the old master used them |
 //! | `PREFORK_READY_FD` | a pipe: the new master writes `ready\n` once every worker serves |
+//! | `PREFORK_ADMIN_FD` | the `--admin` socket, if there is one |
 //! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
 //!
 //! The new master adopts the very same socket objects. Nothing is closed or
@@ -35,6 +36,7 @@ const FDS: &str = "PREFORK_LISTEN_FDS";
 const BALANCE: &str = "PREFORK_BALANCE";
 const READY_FD: &str = "PREFORK_READY_FD";
 const FROM: &str = "PREFORK_UPGRADE_FROM";
+const ADMIN_FD: &str = "PREFORK_ADMIN_FD";
 /// The first inherited fd, as in systemd's `LISTEN_FDS` protocol.
 const FIRST_FD: RawFd = 3;
 
@@ -63,6 +65,13 @@ pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) 
         parent_fd: ready_write,
         child_fd: ready_fd,
     });
+    let admin_fd = ready_fd + 1;
+    if let Some(admin) = listeners.admin() {
+        mappings.push(FdMapping {
+            parent_fd: admin.try_clone()?.into(),
+            child_fd: admin_fd,
+        });
+    }
     let mut command = Command::new(binary);
     command
         .args(args)
@@ -70,7 +79,11 @@ pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) 
         .env(BALANCE, listeners.balance().as_str())
         .env(READY_FD, ready_fd.to_string())
         .env(FROM, std::process::id().to_string())
+        .env_remove(ADMIN_FD)
         .stdin(Stdio::null());
+    if listeners.admin().is_some() {
+        command.env(ADMIN_FD, admin_fd.to_string());
+    }
     command.fd_mappings(mappings).map_err(io::Error::other)?;
     let child = command.spawn()?;
     let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
@@ -87,6 +100,7 @@ pub struct Inherited {
     pub balance: Balance,
     /// Where to say `ready`.
     pub ready: File,
+    pub admin: Option<TcpListener>,
     pub from: String,
 }
 
@@ -112,7 +126,8 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| bad("no PREFORK_READY_FD"))?;
     let from = std::env::var(FROM).unwrap_or_default();
-    for name in [FDS, BALANCE, READY_FD, FROM] {
+    let admin_fd: Option<RawFd> = std::env::var(ADMIN_FD).ok().and_then(|n| n.parse().ok());
+    for name in [FDS, BALANCE, READY_FD, FROM, ADMIN_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
@@ -126,10 +141,12 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         sockets.push(TcpListener::from(owned));
     }
     let ready = File::from(adopt(ready_fd)?);
+    let admin = admin_fd.map(adopt).transpose()?.map(TcpListener::from);
     Ok(Some(Inherited {
         sockets,
         balance,
         ready,
+        admin,
         from,
     }))
 }

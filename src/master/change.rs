@@ -64,6 +64,7 @@ impl Master<'_> {
             "master: reload (generation {generation}): replacing {} workers, {batch} at a time",
             self.pool.len()
         );
+        self.publish_pool();
         if workers != self.pool.len() {
             self.resize(workers, "reload");
         }
@@ -114,6 +115,7 @@ impl Master<'_> {
         let kill_at = now + self.config.graceful_timeout + KILL_MARGIN;
         let (_, retired) = self.pool.resize(workers, now, kill_at);
         info!("master: {why}: {workers} workers");
+        self.publish_pool();
         for pid in retired {
             info!("master: pid {pid} drains (its slot's socket stays open, served by a sibling)");
             process::signal(pid, Sig::SIGTERM);

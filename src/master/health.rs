@@ -96,7 +96,7 @@ impl Master<'_> {
     }
 
     fn check_memory(&mut self, slot: usize, pid: Pid) {
-        let (Some(limit), Some(rss)) = (self.config.max_worker_memory, resident_bytes(pid)) else {
+        let (Some(limit), Some(rss)) = (self.config.max_worker_memory, process::resident_bytes(pid)) else {
             return;
         };
         if rss > limit && self.pool.recycle(pid).is_some() {
@@ -104,18 +104,4 @@ impl Master<'_> {
             info!("worker {slot} (pid {pid}) uses {rss} MiB, over --max-worker-memory {limit} MiB: recycling it");
         }
     }
-}
-
-/// Resident set size of `pid`, from the `VmRSS:` line of `/proc/<pid>/status`.
-fn resident_bytes(pid: Pid) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
 }

@@ -147,6 +147,7 @@ pub(crate) fn run(
         health: health::Health::new(now),
     };
     master.pool.set_timeouts(master.timeouts());
+    master.publish_pool();
     let result = master.supervise();
     master.remove_pid_file();
     result
@@ -238,6 +239,17 @@ impl Master<'_> {
         }
     }
 
+    /// Writes what the status views show about the pool into the scoreboard.
+    fn publish_pool(&self) {
+        let header = self.scoreboard.header();
+        header
+            .workers
+            .store(self.pool.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        header
+            .generation
+            .store(self.pool.generation().into(), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Prints the ready line once every slot serves, and again whenever a reload
     /// has moved the server to a new address.
     fn announce_when_ready(&mut self) {
@@ -254,7 +266,9 @@ impl Master<'_> {
             info!("master (pid {}): ready", getpid());
         }
         // Contract: tests and scripts wait for this exact line on stdout.
-        println!("prefork-server: listening on {addr} with {workers} workers ({balance})");
+        let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
+        let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
+        println!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
         if !first {
             return;

@@ -72,6 +72,7 @@ impl Master<'_> {
         .collect();
         let (signals, worker_main, config, scoreboard) =
             (&self.signals, self.worker_main, &self.config, self.scoreboard);
+        let listeners = &self.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
             signals.forget_in_child();
@@ -79,7 +80,7 @@ impl Master<'_> {
                 // Owned by master structures that are never dropped in this process.
                 let _ = nix::unistd::close(fd);
             }
-            let record = scoreboard.record(record);
+            let (record, admin) = (scoreboard.record(record), listeners.admin());
             worker_main(Child {
                 slot,
                 master_pid,
@@ -87,6 +88,8 @@ impl Master<'_> {
                 channel: worker_end,
                 config,
                 record,
+                scoreboard,
+                admin,
             })
         })?;
         self.scoreboard
@@ -137,6 +140,10 @@ impl Master<'_> {
                     }
                     if reload_done {
                         info!("master: reload complete: every worker is of generation {generation}");
+                        self.scoreboard
+                            .header()
+                            .reloads
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
                 None => {}
@@ -156,6 +163,7 @@ impl Master<'_> {
             self.links.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure, self.replacing());
+            self.record_departure(exit, departure);
             if let Departure::ReplacementFailed { .. } = departure {
                 self.abort_reload();
             }
@@ -175,6 +183,27 @@ impl Master<'_> {
             }
         }
         self.old_listeners.retain(|(_, users)| !users.is_empty());
+    }
+
+    /// Keeps the per-slot counters of the scoreboard (for the status views).
+    fn record_departure(&self, exit: Exit, departure: Departure) {
+        let slot = match departure {
+            Departure::Died { slot, respawn_in, .. } => {
+                if respawn_in.is_some() {
+                    self.scoreboard
+                        .slot(slot)
+                        .restarts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                slot
+            }
+            Departure::Retired { slot, .. } | Departure::ReplacementFailed { slot, .. } => slot,
+            Departure::Unknown => return,
+        };
+        self.scoreboard
+            .slot(slot)
+            .last_exit
+            .store(exit.encode(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops a reload whose replacement failed: the remaining old workers keep

@@ -21,7 +21,7 @@ use tracing::{error, info};
 use crate::config::Config;
 use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
-use crate::scoreboard::{Record, State};
+use crate::scoreboard::{Record, Scoreboard, State};
 use crate::service::WorkerService;
 use control::Control;
 use serve::serve;
@@ -37,6 +37,10 @@ pub(crate) struct Child<'a> {
     pub config: &'a Config,
     /// This worker's scoreboard record (shared memory; it writes, the master reads).
     pub record: &'static Record,
+    /// The whole scoreboard, for the admin views.
+    pub scoreboard: &'static Scoreboard,
+    /// `--admin`: every worker accepts on it.
+    pub admin: Option<&'a TcpListener>,
 }
 
 /// Runs a worker to completion and returns its exit code (see `process::exit_code`).
@@ -65,6 +69,8 @@ where
             mut channel,
             config,
             record: child_record,
+            scoreboard,
+            admin,
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, make_service).await {
@@ -80,7 +86,17 @@ where
             // PDEATHSIG still covers the master's death.
             error!("{name}: cannot watch the channel to the master: {err}");
         }
+        // Admin connections are few and short: they are cut at the drain with the
+        // runtime, not drained.
+        let admin = admin.and_then(|admin| match crate::admin::start(admin, scoreboard, config) {
+            Ok(server) => Some(tokio::task::spawn_local(server)),
+            Err(err) => {
+                error!("{name}: cannot serve --admin: {err}");
+                None
+            }
+        });
         serve(listener, service, control, config, child_record, &name).await;
+        admin.inspect(|task| task.abort());
         exit_code::OK
     });
     // Exit without waiting for spawn_blocking work the service may have left: the

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real forks, real sockets on 127.0.0.1
 //! port 0, real signals to the master pid.
 
+mod admin;
 mod errors;
 mod health;
 mod load;

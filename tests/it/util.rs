@@ -129,6 +129,16 @@ impl Server {
         })
     }
 
+    /// The `--admin` address, from the ready line (`..., admin on ADDR`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        let out = self.out.lock().unwrap();
+        let line = out
+            .iter()
+            .find(|line| line.contains(", admin on "))
+            .expect("a ready line with the admin address");
+        line.rsplit(", admin on ").next().unwrap().parse().expect("an address")
+    }
+
     /// Waits until a line on stdout contains `text`.
     pub fn wait_for_stdout(&self, text: &str, within: Duration) {
         eventually(within, &format!("a line on stdout containing {text:?}"), || {

@@ -1,0 +1,147 @@
+//! The admin listener (`--admin`): `/status` (JSON) and `/healthz`, served by the
+//! workers from the scoreboard, so the master stays HTTP-free. Every worker
+//! accepts on the one admin socket; any of them can answer for all.
+
+use std::convert::Infallible;
+use std::net::TcpListener as StdListener;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::unistd::Pid;
+use serde_json::json;
+
+use crate::config::Config;
+use crate::process::{resident_bytes, Exit};
+use crate::scoreboard::{monotonic_ms, Record, Scoreboard, State};
+
+/// What the admin views need.
+struct View {
+    scoreboard: &'static Scoreboard,
+    /// The config this worker was started with (addresses, balance).
+    summary: serde_json::Value,
+}
+
+/// Prepares the admin server of this worker: a future that accepts admin
+/// connections until its task is aborted (at drain). It owns what it needs.
+pub fn start(
+    listener: &StdListener,
+    scoreboard: &'static Scoreboard,
+    config: &Config,
+) -> std::io::Result<impl std::future::Future<Output = ()> + 'static> {
+    let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let summary = json!({
+        "listen": config.addr.to_string(),
+        "balance": config.balance.as_str(),
+        "graceful_timeout_s": config.graceful_timeout.as_secs_f64(),
+        "timeout_s": config.timeout.as_secs_f64(),
+        "max_requests": config.max_requests,
+        "max_worker_memory": config.max_worker_memory,
+    });
+    let view = Rc::new(View { scoreboard, summary });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let builder = Rc::new(builder);
+    Ok(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let (view, builder) = (Rc::clone(&view), Rc::clone(&builder));
+            tokio::task::spawn_local(async move {
+                let service =
+                    service_fn(move |request| std::future::ready(Ok::<_, Infallible>(answer(&view, &request))));
+                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    })
+}
+
+fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    match request.uri().path() {
+        "/status" => respond(StatusCode::OK, "application/json", status(view).to_string() + "\n"),
+        "/healthz" => match unready_slots(view.scoreboard) {
+            missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+            missing => {
+                let text = format!("not ready: slots {missing:?} have no ready worker\n");
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
+            }
+        },
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /status or /healthz\n".into(),
+        ),
+    }
+}
+
+fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    response
+}
+
+/// Active slots without a ready worker.
+fn unready_slots(scoreboard: &Scoreboard) -> Vec<u64> {
+    let workers = scoreboard.header().workers.load(Relaxed);
+    let ready = |slot: u64| {
+        scoreboard
+            .live()
+            .any(|r| r.slot.load(Relaxed) == slot && r.state.load(Relaxed) == State::Ready as u64)
+    };
+    (0..workers).filter(|slot| !ready(*slot)).collect()
+}
+
+fn status(view: &View) -> serde_json::Value {
+    let board = view.scoreboard;
+    let header = board.header();
+    let now = monotonic_ms();
+    let seconds = |since_ms: u64| now.saturating_sub(since_ms) as f64 / 1000.0;
+    let mut workers: Vec<&Record> = board.live().collect();
+    workers.sort_by_key(|r| (r.slot.load(Relaxed), r.started_ms.load(Relaxed)));
+    let workers: Vec<serde_json::Value> = workers.into_iter().map(|r| worker(board, r, &seconds)).collect();
+    json!({
+        "master_pid": header.master_pid.load(Relaxed),
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_s": seconds(header.started_ms.load(Relaxed)),
+        "workers": header.workers.load(Relaxed),
+        "generation": header.generation.load(Relaxed),
+        "reloads": header.reloads.load(Relaxed),
+        "config": view.summary,
+        "slots": workers,
+    })
+}
+
+fn worker(board: &Scoreboard, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_json::Value {
+    let (pid, slot) = (record.pid.load(Relaxed), record.slot.load(Relaxed) as usize);
+    let state = match record.state.load(Relaxed) {
+        s if s == State::Ready as u64 => "ready",
+        s if s == State::Draining as u64 => "draining",
+        _ => "booting",
+    };
+    let stats = board.slot(slot);
+    json!({
+        "slot": slot,
+        "pid": pid,
+        "generation": record.generation.load(Relaxed),
+        "state": state,
+        "uptime_s": seconds(record.started_ms.load(Relaxed)),
+        "requests": record.requests.load(Relaxed),
+        "connections": record.connections.load(Relaxed),
+        "rss_bytes": i32::try_from(pid).ok().and_then(|pid| resident_bytes(Pid::from_raw(pid))),
+        "restarts": stats.restarts.load(Relaxed),
+        "last_exit": Exit::decode(stats.last_exit.load(Relaxed)).map(|exit| exit.to_string()),
+    })
+}

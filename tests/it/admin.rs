@@ -1,0 +1,87 @@
+//! The admin listener: /status and /healthz against the real pids.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+
+use crate::util::*;
+
+#[test]
+fn status_lists_every_worker_with_its_counters() {
+    let server = Server::start(&["--workers", "2", "--admin", "127.0.0.1:0"]);
+    let workers: HashSet<u64> = server
+        .wait_for_workers(2, Duration::from_secs(5))
+        .iter()
+        .map(|pid| pid.as_raw() as u64)
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    }
+    let response = get(server.admin_addr(), "/status").unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    let status: serde_json::Value = serde_json::from_str(&response.body).unwrap();
+    assert_eq!(status["master_pid"], server.master.as_raw() as u64);
+    assert_eq!(status["workers"], 2);
+    let slots = status["slots"].as_array().unwrap();
+    let pids: HashSet<u64> = slots.iter().map(|slot| slot["pid"].as_u64().unwrap()).collect();
+    assert_eq!(pids, workers, "{status:#}");
+    assert!(slots
+        .iter()
+        .all(|slot| slot["state"] == "ready" && slot["rss_bytes"].as_u64().unwrap() > 0));
+    let requests: u64 = slots.iter().map(|slot| slot["requests"].as_u64().unwrap()).sum();
+    assert!(requests >= 10, "{status:#}");
+
+    // A killed worker shows up as a restart with its exit.
+    let victim = *server.wait_for_workers(2, Duration::from_secs(5)).first().unwrap();
+    kill(victim, Signal::SIGKILL).unwrap();
+    server.wait_for_workers(2, Duration::from_secs(10));
+    let status: serde_json::Value = eventually(Duration::from_secs(5), "the restart in /status", || {
+        let status: serde_json::Value = serde_json::from_str(&get(server.admin_addr(), "/status").ok()?.body).ok()?;
+        let slots = status["slots"].as_array()?;
+        slots
+            .iter()
+            .any(|slot| slot["restarts"] == 1 && slot["last_exit"] == "killed by SIGKILL")
+            .then_some(status)
+    });
+    assert_eq!(status["slots"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn healthz_is_503_while_a_slot_has_no_ready_worker() {
+    let marker = std::env::temp_dir().join(format!("prefork-test-{}-healthz", std::process::id()));
+    let mut command = command(example_binary(), &["--workers", "2", "--admin", "127.0.0.1:0"]);
+    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    let server = Server::start_command(command);
+    let admin = server.admin_addr();
+    let healthy = get(admin, "/healthz").unwrap();
+    assert_eq!((healthy.status, healthy.body.as_str()), (200, "ok\n"));
+    std::fs::write(&marker, "").unwrap();
+    let victim = server.wait_for_workers(2, Duration::from_secs(5))[0];
+    kill(victim, Signal::SIGKILL).unwrap();
+    let unhealthy = eventually(Duration::from_secs(5), "/healthz turns 503", || {
+        get(admin, "/healthz").ok().filter(|response| response.status == 503)
+    });
+    assert!(unhealthy.body.starts_with("not ready: slots ["), "{}", unhealthy.body);
+    std::fs::remove_file(&marker).unwrap();
+    eventually(Duration::from_secs(15), "/healthz is 200 again", || {
+        get(admin, "/healthz").ok().filter(|response| response.status == 200)
+    });
+}
+
+#[test]
+fn a_non_loopback_admin_address_is_refused_unless_allowed() {
+    let mut command = Command::new(server_binary());
+    command.args(["--port", "0", "--admin", "0.0.0.0:0"]);
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("admin: 0.0.0.0:0 is reachable from other hosts"),
+        "{stderr}"
+    );
+}
