@@ -24,6 +24,7 @@
 //! - `scoreboard` shared memory: one record of atomics per worker (heartbeat, requests)
 //! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
 //! - `upgrade`  hot upgrade: handing the sockets to a new master (USR2)
+//! - `notify`   systemd's sd_notify protocol (READY, RELOADING, STOPPING, WATCHDOG, MAINPID)
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
 //! - `worker`   after-fork entry, the accept loop, connections and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
@@ -37,6 +38,7 @@ mod http;
 mod ipc;
 mod listener;
 mod master;
+mod notify;
 mod process;
 mod scoreboard;
 mod service;

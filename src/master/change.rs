@@ -29,6 +29,7 @@ impl Master<'_> {
             }
             Stop::Fast => info!("master: fast stop: {} workers exit now", pids.len()),
         }
+        self.notifier.send("STOPPING=1");
         for pid in pids {
             process::signal(pid, signal);
         }
@@ -39,6 +40,8 @@ impl Master<'_> {
     /// new worker ready before the old one drains. A config that cannot be applied
     /// is refused as a whole; the running one stays.
     pub(super) fn reload(&mut self) {
+        self.notifier.reloading();
+        self.reload_pending = true;
         let new = match self.config.reload() {
             Ok(new) => new,
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),

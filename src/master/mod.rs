@@ -37,6 +37,7 @@ use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::ipc::Link;
 use crate::listener::Listeners;
+use crate::notify::Notifier;
 use crate::scoreboard::Scoreboard;
 use crate::signals::{Signal, Signals};
 use crate::worker::Child;
@@ -97,6 +98,11 @@ struct Master<'a> {
     /// The scoreboard record of each live worker.
     records: Vec<(Pid, usize)>,
     health: health::Health,
+    notifier: Notifier,
+    /// When the next `WATCHDOG=1` is due.
+    watchdog_next: Instant,
+    /// A HUP was taken: systemd gets `READY=1` once no reload runs any more.
+    reload_pending: bool,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -145,6 +151,9 @@ pub(crate) fn run(
         scoreboard,
         records: Vec::new(),
         health: health::Health::new(now),
+        notifier: Notifier::from_env(),
+        watchdog_next: now,
+        reload_pending: false,
     };
     master.pool.set_timeouts(master.timeouts());
     master.publish_pool();
@@ -166,6 +175,7 @@ impl Master<'_> {
             self.reap();
             self.kill_overdue();
             self.check_health();
+            self.keep_systemd_informed();
             self.abort_late_reload();
             if self.stop.is_none() && self.pool.first_generation_failed() {
                 let cause = self
@@ -190,12 +200,9 @@ impl Master<'_> {
     /// Sleeps until a signal, a worker message, or the pool's next deadline.
     fn wait(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let deadlines = self
-            .upgrade
-            .as_ref()
-            .map(|upgrade| upgrade.deadline())
-            .into_iter()
-            .chain(self.next_health_check());
+        let watchdog = self.notifier.watchdog.map(|_| self.watchdog_next);
+        let deadlines = self.upgrade.as_ref().map(|upgrade| upgrade.deadline()).into_iter();
+        let deadlines = deadlines.chain(self.next_health_check()).chain(watchdog);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
         let timeout = match self.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
@@ -239,6 +246,27 @@ impl Master<'_> {
         }
     }
 
+    /// The watchdog keep-alive, and `READY=1` once a reload (HUP) is over, however
+    /// it ended (done, aborted, refused).
+    fn keep_systemd_informed(&mut self) {
+        let now = Instant::now();
+        if let Some(interval) = self.notifier.watchdog {
+            if now >= self.watchdog_next {
+                self.notifier.send("WATCHDOG=1");
+                self.watchdog_next = now + interval;
+            }
+        }
+        if self.reload_pending && !self.pool.reloading() && self.stop.is_none() {
+            self.reload_pending = false;
+            let status = format!(
+                "STATUS={} workers, generation {}",
+                self.pool.len(),
+                self.pool.generation()
+            );
+            self.notifier.send(&format!("READY=1\n{status}"));
+        }
+    }
+
     /// Writes what the status views show about the pool into the scoreboard.
     fn publish_pool(&self) {
         let header = self.scoreboard.header();
@@ -270,9 +298,11 @@ impl Master<'_> {
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
         println!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        let status = format!("STATUS={workers} workers serving on {addr}");
         if !first {
-            return;
+            return self.notifier.send(&status);
         }
+        self.notifier.send(&format!("READY=1\n{status}"));
         if let Some(path) = &self.config.pid_file {
             if let Err(err) = std::fs::write(path, format!("{}\n", getpid())) {
                 warn!("master: cannot write the pid file {}: {err}", path.display());

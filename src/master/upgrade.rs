@@ -79,6 +79,9 @@ impl Master<'_> {
         match upgrade.successor.ready.read(&mut said) {
             Ok(n) if said[..n].starts_with(b"ready") => {
                 info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
+                // Still the main pid systemd knows: tell it who is main now.
+                self.notifier
+                    .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
                 self.upgrade = None;
                 self.successor = Some(pid);
                 return self.begin_stop(Stop::Graceful);

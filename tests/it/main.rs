@@ -9,4 +9,5 @@ mod operations;
 mod serving;
 mod stopping;
 mod supervision;
+mod systemd;
 mod util;
