@@ -28,6 +28,8 @@ pub enum Error {
     BootFailed { cause: String },
     /// The sockets an old master handed over (hot upgrade) cannot be used.
     Handover(io::Error),
+    /// The sockets systemd passed (`LISTEN_FDS`) cannot be used.
+    Activation(io::Error),
     /// The shared scoreboard could not be mapped.
     Scoreboard(io::Error),
     /// Every scoreboard record is taken (more live workers than it holds).
@@ -56,6 +58,7 @@ impl fmt::Display for Error {
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
             Error::Scoreboard(err) => write!(f, "cannot map the shared scoreboard: {err}"),
+            Error::Activation(err) => write!(f, "cannot use the sockets systemd passed (LISTEN_FDS): {err}"),
             Error::ScoreboardFull => write!(f, "the scoreboard is full: too many live workers"),
         }
     }
@@ -66,6 +69,7 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
             Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
+            Error::Activation(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull => None,
         }

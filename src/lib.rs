@@ -86,7 +86,23 @@ where
             origin.handover = Some(inherited.ready);
             listener::Listeners::adopt(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
         }
-        None => listener::Listeners::bind(&config)?,
+        None => match upgrade::activated().map_err(Error::Activation)? {
+            Some(sockets) => {
+                let balance = if sockets.len() == 1 {
+                    Balance::Shared
+                } else {
+                    Balance::Reuseport
+                };
+                let count = sockets.len();
+                tracing::info!(
+                    "master: socket activation: {count} sockets from systemd ({})",
+                    balance.as_str()
+                );
+                let admin = config.admin.map(listener::bind_admin).transpose()?;
+                listener::Listeners::adopt(sockets, admin, balance, config.backlog)?
+            }
+            None => listener::Listeners::bind(&config)?,
+        },
     };
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
     let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);

@@ -50,10 +50,7 @@ impl Listeners {
         for _ in 1..count {
             sockets.push(open(addr, reuseport, config.backlog).map_err(fail(addr))?);
         }
-        let admin = match config.admin {
-            Some(admin) => Some(open(admin, false, 64).map_err(fail(admin))?),
-            None => None,
-        };
+        let admin = config.admin.map(bind_admin).transpose()?;
         Ok(Listeners {
             sockets,
             addr,
@@ -145,6 +142,11 @@ impl Listeners {
     pub fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
         self.sockets.iter().map(AsRawFd::as_raw_fd)
     }
+}
+
+/// The `--admin` socket: a plain one, accepted on by every worker.
+pub fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
+    open(addr, false, 64).map_err(|source| Error::Bind { addr, source })
 }
 
 fn open(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::Result<TcpListener> {

@@ -1,4 +1,5 @@
-//! Hot binary upgrade (USR2): handing the listening sockets to a new master.
+//! Sockets handed in from outside instead of bound: by an old master (hot upgrade,
+//! USR2, below) or by systemd (socket activation, [`activated`]).
 //!
 //! The old master fork-execs the binary on disk with its original arguments. The
 //! listening sockets are at fd 3, 4, ... and these variables describe them:
@@ -131,15 +132,7 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
-    let mut sockets = Vec::new();
-    for fd in FIRST_FD..FIRST_FD + count {
-        let owned = adopt(fd)?;
-        let socket = SockRef::from(&owned);
-        if !(socket.is_listener()? && socket.r#type()? == Type::STREAM) {
-            return Err(bad(&format!("fd {fd} is not a listening TCP socket")));
-        }
-        sockets.push(TcpListener::from(owned));
-    }
+    let sockets = adopt_listeners(count)?;
     let ready = File::from(adopt(ready_fd)?);
     let admin = admin_fd.map(adopt).transpose()?.map(TcpListener::from);
     Ok(Some(Inherited {
@@ -149,6 +142,41 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         admin,
         from,
     }))
+}
+
+/// systemd socket activation (`sd_listen_fds(3)`): the `$LISTEN_FDS` sockets from
+/// fd 3, when `$LISTEN_PID` is this process. The variables are removed, as the
+/// protocol asks, so that nothing this process starts misreads them.
+pub fn activated() -> io::Result<Option<Vec<TcpListener>>> {
+    let (Ok(pid), Ok(count)) = (std::env::var("LISTEN_PID"), std::env::var("LISTEN_FDS")) else {
+        return Ok(None);
+    };
+    if pid != std::process::id().to_string() {
+        return Ok(None); // meant for another process
+    }
+    for name in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Edition 2021: safe; and the master is single-threaded here.
+        std::env::remove_var(name);
+    }
+    let count: RawFd = count
+        .parse()
+        .map_err(|_| io::Error::other(format!("LISTEN_FDS={count} is not a number")))?;
+    adopt_listeners(count).map(Some)
+}
+
+/// Adopts fds 3..3+count, each checked to be a listening TCP socket.
+fn adopt_listeners(count: RawFd) -> io::Result<Vec<TcpListener>> {
+    let mut sockets = Vec::new();
+    for fd in FIRST_FD..FIRST_FD + count {
+        let owned = adopt(fd)?;
+        let socket = SockRef::from(&owned);
+        if !(socket.is_listener()? && socket.r#type()? == Type::STREAM) {
+            let message = format!("fd {fd} is not a listening TCP socket");
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, message));
+        }
+        sockets.push(TcpListener::from(owned));
+    }
+    Ok(sockets)
 }
 
 /// Takes ownership of an inherited fd and marks it close-on-exec.

@@ -90,3 +90,35 @@ fn an_upgrade_tells_systemd_the_new_main_pid() {
     let message = systemd.expect("MAINPID=", Duration::from_secs(5));
     assert!(message.contains(&format!("MAINPID={new}")), "{message}");
 }
+
+#[test]
+fn socket_activation_serves_the_socket_systemd_passes() {
+    use command_fds::{CommandFdExt, FdMapping};
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    // As systemd does: the socket at fd 3, LISTEN_PID = the server's own pid
+    // (`$$` of the shell that execs it), LISTEN_FDS = 1.
+    let mut command = std::process::Command::new("sh");
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec {} --workers 2",
+        server_binary().display()
+    );
+    command.arg("-c").arg(script);
+    command
+        .fd_mappings(vec![FdMapping {
+            parent_fd: socket.into(),
+            child_fd: 3,
+        }])
+        .unwrap();
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::start_command(command);
+    assert_eq!(server.addr, addr, "it serves the passed socket, bound by the test");
+    server.wait_for_log(
+        "socket activation: 1 sockets from systemd (shared)",
+        Duration::from_secs(5),
+    );
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    assert!(workers.contains(&get(addr, "/").unwrap().worker_pid().unwrap()));
+}
