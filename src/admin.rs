@@ -1,4 +1,4 @@
-//! The admin listener (`--admin`): `/status` (JSON) and `/healthz`, served by the
+//! The admin listener (`--admin`): `/status` (JSON), `/metrics` and `/healthz`, served by the
 //! workers from the scoreboard, so the master stays HTTP-free. Every worker
 //! accepts on the one admin socket; any of them can answer for all.
 
@@ -69,6 +69,11 @@ pub fn start(
 fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     match request.uri().path() {
         "/status" => respond(StatusCode::OK, "application/json", status(view).to_string() + "\n"),
+        "/metrics" => respond(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            crate::metrics::render(view.scoreboard),
+        ),
         "/healthz" => match unready_slots(view.scoreboard) {
             missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n".into()),
             missing => {
@@ -79,7 +84,7 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /status or /healthz\n".into(),
+            "not found: try /status, /metrics or /healthz\n".into(),
         ),
     }
 }
@@ -141,7 +146,12 @@ fn worker(board: &Scoreboard, record: &Record, seconds: &dyn Fn(u64) -> f64) -> 
         "requests": record.requests.load(Relaxed),
         "connections": record.connections.load(Relaxed),
         "rss_bytes": i32::try_from(pid).ok().and_then(|pid| resident_bytes(Pid::from_raw(pid))),
-        "restarts": stats.restarts.load(Relaxed),
+        "restarts": stats.died.load(Relaxed) + stats.timed_out.load(Relaxed),
+        "restarts_by_reason": {
+            "died": stats.died.load(Relaxed),
+            "timed_out": stats.timed_out.load(Relaxed),
+            "recycled": stats.recycled.load(Relaxed),
+        },
         "last_exit": Exit::decode(stats.last_exit.load(Relaxed)).map(|exit| exit.to_string()),
     })
 }

@@ -28,7 +28,8 @@
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
 //! - `worker`   after-fork entry, the accept loop, connections and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
-//! - `admin`    `/status` and `/healthz` on `--admin`, served by the workers
+//! - `admin`    `/status`, `/metrics` and `/healthz` on `--admin`, served by the workers
+//! - `metrics`  the scoreboard in the Prometheus text format
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
@@ -38,6 +39,7 @@ mod http;
 mod ipc;
 mod listener;
 mod master;
+mod metrics;
 mod notify;
 mod process;
 mod scoreboard;

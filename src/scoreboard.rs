@@ -40,8 +40,12 @@ pub struct Header {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct SlotStats {
-    /// Workers of this slot that died or were killed and replaced.
-    pub restarts: AtomicU64,
+    /// Workers of this slot that exited unexpectedly and were respawned.
+    pub died: AtomicU64,
+    /// Workers of this slot killed for missing their heartbeat (`--timeout`).
+    pub timed_out: AtomicU64,
+    /// Workers of this slot replaced gracefully (`--max-requests`, `--max-worker-memory`).
+    pub recycled: AtomicU64,
     /// The last worker exit of this slot: 0 none, `1 << 32 | code`, `2 << 32 | signal`.
     pub last_exit: AtomicU64,
 }

@@ -92,6 +92,7 @@ impl Master<'_> {
             human(timeout)
         );
         process::signal(pid, Sig::SIGABRT);
+        self.scoreboard.slot(slot).timed_out.fetch_add(1, Relaxed);
         self.pool.retire_hung(pid, now, now + ABORT_GRACE);
     }
 
@@ -100,6 +101,7 @@ impl Master<'_> {
             return;
         };
         if rss > limit && self.pool.recycle(pid).is_some() {
+            self.scoreboard.slot(slot).recycled.fetch_add(1, Relaxed);
             let (rss, limit) = (rss >> 20, limit >> 20);
             info!("worker {slot} (pid {pid}) uses {rss} MiB, over --max-worker-memory {limit} MiB: recycling it");
         }

@@ -112,6 +112,10 @@ impl Master<'_> {
                     Message::Ready => ready.push(*pid),
                     Message::Recycle => {
                         if let Some(slot) = self.pool.recycle(*pid) {
+                            self.scoreboard
+                                .slot(slot)
+                                .recycled
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             info!("worker {slot} (pid {pid}) served its --max-requests: replacing it, new one ready first");
                         }
                     }
@@ -192,7 +196,7 @@ impl Master<'_> {
                 if respawn_in.is_some() {
                     self.scoreboard
                         .slot(slot)
-                        .restarts
+                        .died
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 slot

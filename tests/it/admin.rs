@@ -85,3 +85,39 @@ fn a_non_loopback_admin_address_is_refused_unless_allowed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn metrics_expose_the_scoreboard_in_prometheus_text() {
+    let server = Server::start(&["--workers", "2", "--admin", "127.0.0.1:0"]);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    for _ in 0..5 {
+        get(server.addr, "/").unwrap();
+    }
+    let response = get(server.admin_addr(), "/metrics").unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let text = response.body;
+    assert!(text.contains("\nprefork_workers 2\n"), "{text}");
+    for pid in &workers {
+        assert!(text.contains(&format!("pid=\"{pid}\"}}")), "{pid} missing:\n{text}");
+    }
+    let served: u64 = text
+        .lines()
+        .filter(|line| line.starts_with("prefork_requests_total{"))
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(served >= 5, "{text}");
+    assert!(text.ends_with("# EOF\n"));
+
+    kill(workers[0], Signal::SIGKILL).unwrap();
+    server.wait_for_workers(2, Duration::from_secs(10));
+    eventually(Duration::from_secs(5), "a died restart in /metrics", || {
+        let text = get(server.admin_addr(), "/metrics").ok()?.body;
+        text.lines()
+            .any(|l| l.starts_with("prefork_restarts_total{") && l.contains("reason=\"died\"") && l.ends_with(" 1"))
+            .then_some(())
+    });
+}

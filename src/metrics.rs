@@ -1,0 +1,102 @@
+//! `/metrics` on the admin listener: the scoreboard in the Prometheus text format,
+//! built afresh for each scrape (the scoreboard, not this module, holds the state).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use nix::unistd::Pid;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::process::resident_bytes;
+use crate::scoreboard::{monotonic_ms, Scoreboard};
+
+type Labels = Vec<(String, String)>;
+
+/// The text exposition of everything the scoreboard knows.
+pub fn render(board: &Scoreboard) -> String {
+    let mut registry = Registry::with_prefix("prefork");
+    let header = board.header();
+    let gauge = |value: u64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(i64::try_from(value).unwrap_or(i64::MAX));
+        gauge
+    };
+    let counter = |value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        counter
+    };
+    registry.register(
+        "workers",
+        "Worker slots configured",
+        gauge(header.workers.load(Relaxed)),
+    );
+    registry.register(
+        "reloads",
+        "Reloads (HUP) completed",
+        counter(header.reloads.load(Relaxed)),
+    );
+    let uptime = monotonic_ms().saturating_sub(header.started_ms.load(Relaxed)) / 1000;
+    registry.register(
+        "master_uptime_seconds",
+        "Seconds since the master started",
+        gauge(uptime),
+    );
+
+    let requests = Family::<Labels, Counter>::default();
+    let connections = Family::<Labels, Gauge>::default();
+    let worker_uptime = Family::<Labels, Gauge>::default();
+    let memory = Family::<Labels, Gauge>::default();
+    for record in board.live() {
+        let pid = record.pid.load(Relaxed);
+        let labels = vec![
+            ("slot".to_owned(), record.slot.load(Relaxed).to_string()),
+            ("pid".to_owned(), pid.to_string()),
+        ];
+        requests.get_or_create(&labels).inc_by(record.requests.load(Relaxed));
+        connections
+            .get_or_create(&labels)
+            .set(record.connections.load(Relaxed) as i64);
+        let up = monotonic_ms().saturating_sub(record.started_ms.load(Relaxed)) / 1000;
+        worker_uptime.get_or_create(&labels).set(up as i64);
+        if let Some(rss) = i32::try_from(pid)
+            .ok()
+            .and_then(|pid| resident_bytes(Pid::from_raw(pid)))
+        {
+            memory.get_or_create(&labels).set(rss as i64);
+        }
+    }
+    registry.register("requests", "Requests served by each live worker", requests);
+    registry.register("connections", "Open connections of each live worker", connections);
+    registry.register(
+        "worker_uptime_seconds",
+        "Seconds since each live worker was spawned",
+        worker_uptime,
+    );
+    registry.register("worker_resident_bytes", "Resident memory of each live worker", memory);
+
+    let restarts = Family::<Labels, Counter>::default();
+    for slot in 0..header.workers.load(Relaxed) as usize {
+        let stats = board.slot(slot);
+        for (reason, value) in [
+            ("died", &stats.died),
+            ("timed_out", &stats.timed_out),
+            ("recycled", &stats.recycled),
+        ] {
+            let labels = vec![
+                ("slot".to_owned(), slot.to_string()),
+                ("reason".to_owned(), reason.to_owned()),
+            ];
+            restarts.get_or_create(&labels).inc_by(value.load(Relaxed));
+        }
+    }
+    registry.register("restarts", "Workers replaced, by slot and reason", restarts);
+
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    encode(&mut text, &registry).expect("encoding into a String");
+    text
+}
