@@ -97,7 +97,10 @@ impl Config {
     /// Parses the process arguments and reads `--config`. On a usage error or a
     /// bad config file prints the reason and exits 2, before anything is bound.
     pub fn from_args() -> Config {
-        let flags = Flags::parse();
+        let mut flags = Flags::parse();
+        if let Some(command) = flags.command.take() {
+            crate::cli::run(command); // acts on a running server and exits
+        }
         Config::load(flags.config, flags.settings).unwrap_or_else(|err| {
             eprintln!("prefork-server: {err}");
             std::process::exit(2)
@@ -156,6 +159,10 @@ struct Flags {
 
     #[command(flatten)]
     settings: Settings,
+
+    /// Act on a running server instead of starting one (like `nginx -s`)
+    #[command(subcommand)]
+    command: Option<crate::cli::Command>,
 }
 
 /// One layer of settings: every field optional. Both the flags and the file.

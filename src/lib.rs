@@ -18,6 +18,7 @@
 //! # Layout
 //!
 //! - `config`   flags → validated [`Config`]
+//! - `cli`      `status|reload|stop|upgrade|scale`: act on a running server
 //! - `listener` every socket option; bound in the master before any fork
 //! - `signals`  the signal table; record-only handlers and the self-pipe
 //! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
@@ -33,6 +34,7 @@
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
+mod cli;
 mod config;
 mod error;
 mod http;

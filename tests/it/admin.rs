@@ -121,3 +121,12 @@ fn metrics_expose_the_scoreboard_in_prometheus_text() {
             .then_some(())
     });
 }
+
+#[test]
+fn the_dashboard_is_a_page_that_polls_status() {
+    let server = Server::start(&["--workers", "1", "--admin", "127.0.0.1:0"]);
+    let page = get(server.admin_addr(), "/").unwrap();
+    assert_eq!(page.status, 200);
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(page.body.contains("<title>prefork-server</title>") && page.body.contains("fetch(\"/status\""));
+}

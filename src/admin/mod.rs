@@ -1,4 +1,4 @@
-//! The admin listener (`--admin`): `/status` (JSON), `/metrics` and `/healthz`, served by the
+//! The admin listener (`--admin`): a dashboard at `/`, `/status` (JSON), `/metrics` and `/healthz`, served by the
 //! workers from the scoreboard, so the master stays HTTP-free. Every worker
 //! accepts on the one admin socket; any of them can answer for all.
 
@@ -20,6 +20,9 @@ use serde_json::json;
 use crate::config::Config;
 use crate::process::{resident_bytes, Exit};
 use crate::scoreboard::{monotonic_ms, Record, Scoreboard, State};
+
+/// The page at `/`: a table of the workers that polls `/status` every second.
+const DASHBOARD: &str = include_str!("dashboard.html");
 
 /// What the admin views need.
 struct View {
@@ -68,6 +71,7 @@ pub fn start(
 
 fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
     match request.uri().path() {
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         "/status" => respond(StatusCode::OK, "application/json", status(view).to_string() + "\n"),
         "/metrics" => respond(
             StatusCode::OK,
@@ -84,7 +88,7 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /status, /metrics or /healthz\n".into(),
+            "not found: try /, /status, /metrics or /healthz\n".into(),
         ),
     }
 }

@@ -1,0 +1,193 @@
+//! The control commands (`prefork-server status|reload|stop|upgrade|scale`): they
+//! act on a running server, like `nginx -s`, and exit. Handled by
+//! `Config::from_args`, so every binary built on the library has them.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+use nix::errno::Errno;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print every worker of a running server, read from its --admin listener
+    Status {
+        #[arg(long, value_name = "ADDR")]
+        admin: SocketAddr,
+    },
+    /// Reload the running master (HUP): re-read its config, replace its workers
+    Reload {
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
+    /// Stop the running master: graceful (TERM), or fast (QUIT) with --fast
+    Stop {
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+        #[arg(long)]
+        fast: bool,
+    },
+    /// Hot-upgrade the running master (USR2) to the binary on disk
+    Upgrade {
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
+    /// Grow or shrink the running server to N workers (TTIN/TTOU, one at a time,
+    /// each checked on its --admin listener)
+    Scale {
+        #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
+        workers: u16,
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+        #[arg(long, value_name = "ADDR")]
+        admin: SocketAddr,
+    },
+}
+
+/// Runs `command` and exits: 0 when it was done, 1 with a message when not.
+pub fn run(command: Command) -> ! {
+    let result = match command {
+        Command::Status { admin } => status(admin),
+        Command::Reload { pid_file } => signal(&pid_file, Signal::SIGHUP),
+        Command::Stop { pid_file, fast } => signal(&pid_file, if fast { Signal::SIGQUIT } else { Signal::SIGTERM }),
+        Command::Upgrade { pid_file } => signal(&pid_file, Signal::SIGUSR2),
+        Command::Scale {
+            workers,
+            pid_file,
+            admin,
+        } => scale(&pid_file, admin, workers.into()),
+    };
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(message) => {
+            eprintln!("prefork-server: {message}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The master named by `pid_file`, checked to be alive and to be this program.
+fn master(pid_file: &Path) -> Result<Pid, String> {
+    let shown = pid_file.display();
+    let text = std::fs::read_to_string(pid_file)
+        .map_err(|err| format!("cannot read the pid file {shown}: {err} (is the server running with --pid-file?)"))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("the pid file {shown} holds {text:?}, not a pid"))?;
+    let pid = Pid::from_raw(pid);
+    match kill(pid, None) {
+        Ok(()) | Err(Errno::EPERM) => {}
+        Err(_) => {
+            return Err(format!(
+                "stale pid file {shown}: no process {pid} (the server is not running)"
+            ))
+        }
+    }
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_owned());
+    match (comm(&pid.to_string()), comm("self")) {
+        (Ok(theirs), Ok(ours)) if theirs != ours => Err(format!(
+            "stale pid file {shown}: process {pid} is {theirs:?}, not {ours:?}"
+        )),
+        _ => Ok(pid),
+    }
+}
+
+fn signal(pid_file: &Path, signal: Signal) -> Result<(), String> {
+    let pid = master(pid_file)?;
+    kill(pid, signal).map_err(|err| format!("cannot send {} to pid {pid}: {err}", signal.as_str()))?;
+    println!("sent {} to the master (pid {pid})", signal.as_str());
+    Ok(())
+}
+
+/// `GET /status` on the admin listener.
+fn fetch_status(admin: SocketAddr) -> Result<serde_json::Value, String> {
+    let fail = |err: std::io::Error| format!("cannot read /status from {admin}: {err} (is --admin {admin} on?)");
+    let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).map_err(fail)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .map_err(fail)?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(fail)?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body)
+        .unwrap_or_default();
+    serde_json::from_str(body).map_err(|err| format!("{admin}/status is not the expected JSON: {err}"))
+}
+
+fn status(admin: SocketAddr) -> Result<(), String> {
+    let status = fetch_status(admin)?;
+    let field = |value: &serde_json::Value| match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.0}s", n.as_f64().unwrap_or_default()),
+        other => other.to_string(),
+    };
+    println!(
+        "master {} · {} workers · generation {} · {} reloads · up {}",
+        status["master_pid"],
+        status["workers"],
+        status["generation"],
+        status["reloads"],
+        field(&status["uptime_s"])
+    );
+    println!(
+        "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  last exit",
+        "slot", "pid", "gen", "state", "uptime", "requests", "conns", "memory", "restarts"
+    );
+    for worker in status["slots"].as_array().into_iter().flatten() {
+        let memory = worker["rss_bytes"]
+            .as_u64()
+            .map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0));
+        println!(
+            "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  {}",
+            field(&worker["slot"]),
+            field(&worker["pid"]),
+            field(&worker["generation"]),
+            field(&worker["state"]),
+            field(&worker["uptime_s"]),
+            field(&worker["requests"]),
+            field(&worker["connections"]),
+            memory,
+            field(&worker["restarts"]),
+            field(&worker["last_exit"]),
+        );
+    }
+    Ok(())
+}
+
+/// Sends TTIN/TTOU one at a time until the admin listener reports `target`
+/// slots: signals of one kind sent back to back would coalesce into one.
+fn scale(pid_file: &Path, admin: SocketAddr, target: u64) -> Result<(), String> {
+    let pid = master(pid_file)?;
+    let workers = |admin| fetch_status(admin).map(|status| status["workers"].as_u64().unwrap_or(0));
+    let mut current = workers(admin)?;
+    while current != target {
+        let signal = if current < target {
+            Signal::SIGTTIN
+        } else {
+            Signal::SIGTTOU
+        };
+        kill(pid, signal).map_err(|err| format!("cannot send {} to pid {pid}: {err}", signal.as_str()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let before = current;
+        while current == before {
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "the master (pid {pid}) did not act on {} within 10s",
+                    signal.as_str()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            current = workers(admin)?;
+        }
+    }
+    println!("the master (pid {pid}) runs {target} workers");
+    Ok(())
+}
