@@ -78,7 +78,7 @@ impl Control {
             };
             match received {
                 Ok(Some((Command::Release(slot), _))) => return Event::Release(slot),
-                Ok(Some((Command::Adopt(slot), Some(fd)))) => match listener(fd) {
+                Ok(Some((Command::Adopt(slot), Some(fd)))) => match accepting(StdListener::from(fd)) {
                     Ok(listener) => return Event::Adopt(slot, listener),
                     Err(err) => warn!("cannot accept on slot {slot}'s socket: {err}"),
                 },
@@ -106,7 +106,36 @@ async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Opti
     }
 }
 
-/// The master set O_NONBLOCK on the socket's open file, which the fd shares.
-fn listener(fd: OwnedFd) -> io::Result<TcpListener> {
-    TcpListener::from_std(StdListener::from(fd))
+/// A socket the worker accepts on: its slot's, or an adopted one. The master set
+/// O_NONBLOCK on the socket's open file, which the fd shares. `TCP_NODELAY` is
+/// set here, on the listening socket, because Linux copies it to every socket
+/// accepted from it: one system call per worker instead of one per connection.
+/// (Here and not in the master, so that sockets from systemd or an old master
+/// get it too.)
+pub fn accepting(listener: StdListener) -> io::Result<TcpListener> {
+    socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    TcpListener::from_std(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The worker relies on Linux copying TCP_NODELAY from the listening socket.
+    #[test]
+    fn accepted_sockets_inherit_tcp_nodelay_from_the_listener() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let listener = StdListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let listener = accepting(listener).unwrap();
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (accepted, _) = listener.accept().await.unwrap();
+            assert!(accepted.nodelay().unwrap(), "the accepted socket has TCP_NODELAY");
+            drop(client);
+        });
+    }
 }

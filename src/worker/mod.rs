@@ -136,7 +136,7 @@ where
     // The master set O_NONBLOCK on the shared open file; tokio requires it.
     let listener = listener
         .try_clone()
-        .and_then(tokio::net::TcpListener::from_std)
+        .and_then(control::accepting)
         .map_err(|err| format!("cannot use the slot's socket: {err}"))?;
     // The factory is the user's code: a panic there is reported like an error,
     // with its message, but keeps the panic exit code.

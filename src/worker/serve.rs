@@ -14,12 +14,11 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Connections, Lifecycle};
+use super::conn::{self, Close, Connections, Lifecycle};
 use super::control::{Control, Event, Stop};
 use crate::config::Config;
 use crate::ipc::Message;
@@ -29,6 +28,14 @@ use crate::service::WorkerService;
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
 /// retrying at once would spin, since the connection is still queued.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The housekeeping period: heartbeats, and the precision of the idle limits.
+const TICK: Duration = Duration::from_millis(250);
+
+/// While draining, a keep-alive connection with no request in flight is closed
+/// once it has been idle this long. A client that sends its next request within
+/// it gets an answer with `Connection: close` instead of a reset.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
 
 /// What every accept loop and connection of this worker shares.
 struct Shared<S> {
@@ -44,18 +51,18 @@ struct Shared<S> {
 pub async fn serve<S: WorkerService>(
     listener: TcpListener,
     service: S,
-    mut control: Control,
+    control: Control,
     config: &Config,
     record: &'static Record,
     name: &str,
 ) {
     let mut builder = http1::Builder::new();
-    // Without a timer hyper silently ignores the header read timeout.
+    // No hyper timer: the housekeeping sweep below enforces the header read
+    // timeout for every connection at once, instead of a timer per request.
     builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true);
-    builder.max_buf_size(64 * 1024);
+        .header_read_timeout(None)
+        .keep_alive(true)
+        .max_buf_size(64 * 1024);
     let shared = Rc::new(Shared {
         service,
         builder,
@@ -65,43 +72,17 @@ pub async fn serve<S: WorkerService>(
     });
 
     let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
-    // The master reads the beat to find a runtime that is stuck (--timeout); it
-    // keeps beating through the drain, which has its own deadline.
-    let beat = (config.timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
-    tokio::task::spawn_local(async move {
-        loop {
-            record.beat();
-            tokio::time::sleep(beat).await;
-        }
-    });
-    let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
-    let (how, why) = loop {
-        let event = tokio::select! {
-            event = control.next() => event,
-            () = shared.lifecycle.quota_reached() => {
-                let served = shared.lifecycle.served();
-                info!("{name}: served {served} requests (--max-requests): asking to be replaced");
-                control.tell_master(&Message::Recycle);
-                continue;
-            }
-        };
-        match event {
-            Event::Stop(how, why) => break (how, why),
-            Event::Adopt(slot, listener) => {
-                debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
-                adopted.push((
-                    slot,
-                    tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared))),
-                ));
-            }
-            Event::Release(slot) => {
-                for (_, task) in adopted.iter().filter(|(adopted, _)| *adopted == slot) {
-                    task.abort();
-                }
-                adopted.retain(|(adopted, _)| *adopted != slot);
-                debug!("{name}: released slot {slot}'s socket");
-            }
-        }
+    tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, config.header_read_timeout));
+    // Steering runs in a task of its own: the future the runtime was given is
+    // polled on every scheduler tick (that is, every few requests), a task only
+    // when it is woken, and polling the signal streams is not free.
+    let steering = tokio::task::spawn_local(steer(control, Rc::clone(&shared)));
+    let (how, why, mut control, adopted) = match steering.await {
+        Ok(steered) => steered,
+        Err(err) => match err.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => unreachable!("the steering task is never aborted"),
+        },
     };
     // Stop accepting: an aborted loop drops its fd; the master's copies keep the queues.
     own.abort();
@@ -112,6 +93,7 @@ pub async fn serve<S: WorkerService>(
     let connections = &shared.connections;
     info!("{name}: {why}: draining {} connections", connections.count());
     shared.lifecycle.start_drain();
+    connections.restart_idle_clocks(shared.lifecycle.now());
     record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
@@ -130,16 +112,82 @@ pub async fn serve<S: WorkerService>(
     }
 }
 
+/// Every tick: beat the heartbeat (the master reads it to find a runtime that is
+/// stuck, `--timeout`; it goes on through the drain, which has its own deadline)
+/// and close connections idle too long: past the header read timeout, or past
+/// the drain's idle grace.
+async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static Record, header_timeout: Duration) {
+    let header_ticks = ticks(header_timeout);
+    let grace_ticks = ticks(IDLE_GRACE);
+    let mut interval = tokio::time::interval(TICK);
+    // After a stall (a blocking handler), one tick, not a burst of them.
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        record.beat();
+        let lifecycle = &shared.lifecycle;
+        lifecycle.tick();
+        let (limit, how) = if lifecycle.is_draining() {
+            (grace_ticks, Close::Graceful)
+        } else {
+            (header_ticks, Close::Now)
+        };
+        shared.connections.close_idle(lifecycle.now(), limit, how);
+    }
+}
+
+/// Whole ticks in `duration`, rounded up: a limit is never cut short.
+fn ticks(duration: Duration) -> u32 {
+    let ticks = duration.as_nanos().div_ceil(TICK.as_nanos());
+    u32::try_from(ticks).unwrap_or(u32::MAX)
+}
+
+/// Follows signals and the master's commands until told to stop: adopts and
+/// releases sibling sockets, and asks to be replaced at the request quota.
+async fn steer<S: WorkerService>(
+    mut control: Control,
+    shared: Rc<Shared<S>>,
+) -> (Stop, &'static str, Control, Vec<(usize, JoinHandle<()>)>) {
+    let name = &shared.name;
+    let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
+    loop {
+        let event = tokio::select! {
+            event = control.next() => event,
+            () = shared.lifecycle.quota_reached() => {
+                let served = shared.lifecycle.served();
+                info!("{name}: served {served} requests (--max-requests): asking to be replaced");
+                control.tell_master(&Message::Recycle);
+                continue;
+            }
+        };
+        match event {
+            Event::Stop(how, why) => return (how, why, control, adopted),
+            Event::Adopt(slot, listener) => {
+                debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
+                adopted.push((
+                    slot,
+                    tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared))),
+                ));
+            }
+            Event::Release(slot) => {
+                for (_, task) in adopted.iter().filter(|(adopted, _)| *adopted == slot) {
+                    task.abort();
+                }
+                adopted.retain(|(adopted, _)| *adopted != slot);
+                debug!("{name}: released slot {slot}'s socket");
+            }
+        }
+    }
+}
+
 async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<S>>) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                let _ = stream.set_nodelay(true);
-                let open = shared.connections.open();
+                let open = shared.connections.open(&shared.lifecycle);
                 let shared = Rc::clone(&shared);
                 tokio::task::spawn_local(async move {
-                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, &shared.lifecycle).await;
-                    drop(open);
+                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, open).await;
                 });
             }
             Err(err) if is_transient(&err) => {}

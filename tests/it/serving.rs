@@ -98,3 +98,44 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
     assert!(server.addr.is_ipv6());
     assert_eq!(get(server.addr, "/").unwrap().status, 200);
 }
+
+#[test]
+fn the_header_read_timeout_closes_slow_and_idle_connections_but_not_busy_ones() {
+    use std::io::{ErrorKind, Write};
+    use std::time::Instant;
+    let server = Server::start(&["--workers", "1", "--header-read-timeout", "1s"]);
+    // A head that never completes (slowloris), and a keep-alive connection left
+    // idle after one answer.
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n").unwrap();
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut idle, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    for stream in [&slow, &idle] {
+        stream.set_nonblocking(true).unwrap();
+        let still_open = matches!((&*stream).read(&mut [0; 1]), Err(e) if e.kind() == ErrorKind::WouldBlock);
+        assert!(still_open, "nothing is closed before the timeout");
+        stream.set_nonblocking(false).unwrap();
+    }
+    // A connection that asks every 300 ms is never idle for a whole second.
+    let mut busy = TcpStream::connect(server.addr).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(2500) {
+        send_request(&mut busy, "GET", "/", true).unwrap();
+        assert_eq!(
+            read_response(&mut busy).unwrap().status,
+            200,
+            "a busy connection stays open"
+        );
+        std::thread::sleep(Duration::from_millis(300)); // the client's pace, not a wait
+    }
+    for (name, mut stream) in [("slow", slow), ("idle", idle)] {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let closed = match stream.read(&mut [0; 64]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        };
+        assert!(closed, "the {name} connection is closed after the header read timeout");
+    }
+}

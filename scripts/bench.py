@@ -1,0 +1,571 @@
+#!/usr/bin/env python3
+"""bench.py — prefork-server beside nginx, Node.js cluster and a tokio/hyper process.
+
+Run through scripts/bench.sh, which installs the tools and builds the binaries.
+Every server answers `GET /` with `Hello from worker <pid>\\n` on 127.0.0.1; all
+traffic stays on loopback, and every phase is bounded in time.
+
+Throughput (wrk), three layouts (../shared/research/pitfalls.md §7):
+  pinned     1 worker on CPU 1, `wrk -t1 -c64` on CPU 0, keep-alive
+  close      the same with `Connection: close` (accept-heavy)
+  unpinned   2 workers, wrk -t2 -c64 unpinned
+Each run starts the server, warms it for 1 s, then measures one wrk run and the
+CPU time (utime, stime) of the server's whole process tree from /proc/<pid>/stat
+before and after. The runs alternate the servers (the order rotates each round),
+and the tables give medians, because this machine's noise moves one run by ±20%.
+
+Also: latency at a fixed rate below saturation (oha -q, latency-corrected,
+pinned layout), syscalls per request (strace -c -f, pinned keep-alive), the
+request split between 2 workers (a wrk Lua counter of the pid in each body),
+idle memory per worker (RSS and PSS from /proc/<pid>/smaps_rollup), and respawn
+latency (SIGKILL of the only worker until a replacement answers).
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TMP = tempfile.mkdtemp(prefix="bench-")
+LIVE = []  # servers started and not yet stopped, for the cleanup on any exit
+
+
+def log(message):
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children_of():
+    """ppid -> [pid] for every process, read once from /proc."""
+    tree = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def descendants(pid):
+    tree, found, todo = children_of(), [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(tree.get(p, []))
+    return found
+
+
+def cpu_ticks(pids):
+    """{pid: (utime, stime)} in clock ticks; a process that is gone counts 0."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # comm may hold spaces
+            out[pid] = (int(fields[11]), int(fields[12]))
+        except OSError:
+            out[pid] = (0, 0)
+    return out
+
+
+def http_get(port, timeout=2.0):
+    """(status, body) of one `GET /` on a fresh connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(4096):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body.decode(errors="replace")
+
+
+def wait_until(what, check, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Server:
+    """One server under test. Subclasses say how to start it."""
+
+    name = ""
+
+    def __init__(self, workers, cpus):
+        self.workers, self.cpus, self.port = workers, cpus, free_port()
+        self.proc = None
+
+    def command(self):
+        raise NotImplementedError
+
+    def start(self):
+        cmd = self.command()
+        if self.cpus is not None:
+            cmd = ["taskset", "-c", self.cpus] + cmd
+        self.stderr = open(os.path.join(TMP, f"{self.name}.err"), "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
+        LIVE.append(self)
+        wait_until(f"{self.name} to answer on port {self.port}", lambda: http_get(self.port, 0.5)[0] == 200)
+        wait_until(f"{self.name}'s {self.workers} workers", lambda: len(self.worker_pids()) >= self.workers)
+        return self
+
+    def pids(self):
+        return descendants(self.proc.pid)
+
+    def worker_pids(self):
+        """The processes that serve; the whole process for a single-process server."""
+        return [p for p in self.pids() if p != self.proc.pid]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        if self in LIVE:
+            LIVE.remove(self)
+        self.stderr.close()
+
+
+class Prefork(Server):
+    name = "prefork-server"
+
+    def command(self):
+        binary = os.path.join(ROOT, "target/release/prefork-server")
+        return [binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+
+
+class Nginx(Server):
+    name = "nginx"
+
+    def command(self):
+        prefix = os.path.join(TMP, f"nginx-{self.port}")
+        os.makedirs(prefix, exist_ok=True)
+        conf = os.path.join(prefix, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write(f"""
+daemon off;
+worker_processes {self.workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{self.port} reuseport;
+        location / {{
+            default_type "text/plain; charset=utf-8";
+            return 200 "Hello from worker $pid\\n";
+        }}
+    }}
+}}
+""")
+        return ["nginx", "-p", prefix, "-c", conf]
+
+    def stop(self):
+        # nginx's graceful stop is QUIT; TERM is its fast stop. Either ends the tree.
+        super().stop()
+
+
+class NodeCluster(Server):
+    name = "node cluster"
+
+    def command(self):
+        return ["node", os.path.join(ROOT, "scripts/node-cluster.js"), str(self.port), str(self.workers)]
+
+
+class TokioHyper(Server):
+    name = "tokio hyper (1 process)"
+
+    def command(self):
+        return [os.path.join(ROOT, "target/release/examples/tokio_hyper"), str(self.port)]
+
+    def worker_pids(self):
+        return [self.proc.pid]
+
+    def start(self):
+        # Its thread count follows the CPUs it may use: 1 pinned, 2 unpinned.
+        self.workers = 1
+        return super().start()
+
+
+SERVERS = [Prefork, Nginx, NodeCluster, TokioHyper]
+RESPAWNING = [Prefork, Nginx, NodeCluster]
+
+LAYOUTS = {
+    "pinned": dict(workers=1, server_cpus="1", wrk=["taskset", "-c", "0", "wrk", "-t1", "-c64"], close=False),
+    "close": dict(workers=1, server_cpus="1", wrk=["taskset", "-c", "0", "wrk", "-t1", "-c64"], close=True),
+    "unpinned": dict(workers=2, server_cpus=None, wrk=["wrk", "-t2", "-c64"], close=False),
+}
+
+
+def run_wrk(cmd, port, seconds, close=False, script=None):
+    args = cmd + [f"-d{seconds}s", "--latency"]
+    if close:
+        args += ["-H", "Connection: close"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run(args + [f"http://127.0.0.1:{port}/"], capture_output=True, text=True,
+                         timeout=seconds + 30, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return dict(requests=requests, errors=errors + (int(non2xx.group(1)) if non2xx else 0), output=out)
+
+
+def throughput_run(cls, layout, seconds):
+    spec = LAYOUTS[layout]
+    server = cls(spec["workers"], spec["server_cpus"]).start()
+    try:
+        run_wrk(spec["wrk"], server.port, 1, spec["close"])  # warm-up
+        pids = server.pids()
+        before = cpu_ticks(pids)
+        result = run_wrk(spec["wrk"], server.port, seconds, spec["close"])
+        after = cpu_ticks(pids)
+    finally:
+        server.stop()
+    n = result["requests"]
+    user = sum(after[p][0] - before[p][0] for p in pids)
+    kernel = sum(after[p][1] - before[p][1] for p in pids)
+    return dict(
+        rps=n / seconds,
+        user_us=user * 1e6 / CLK_TCK / n,
+        kernel_us=kernel * 1e6 / CLK_TCK / n,
+        errors=result["errors"],
+    )
+
+
+def throughput(layouts, runs, seconds):
+    results = {layout: {cls.name: [] for cls in SERVERS} for layout in layouts}
+    for layout in layouts:
+        for round_ in range(runs):
+            order = SERVERS[round_ % len(SERVERS):] + SERVERS[:round_ % len(SERVERS)]
+            for cls in order:
+                r = throughput_run(cls, layout, seconds)
+                results[layout][cls.name].append(r)
+                log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
+                    f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors")
+    return results
+
+
+SPLIT_LUA = """
+local counts = {}
+response = function(status, headers, body)
+  local pid = body:match("(%d+)")
+  if pid then counts[pid] = (counts[pid] or 0) + 1 end
+end
+local threads = {}
+setup = function(thread) table.insert(threads, thread) end
+done = function()
+  local total = {}
+  for _, t in ipairs(threads) do
+    for pid, n in pairs(t:get("counts")) do total[pid] = (total[pid] or 0) + n end
+  end
+  for pid, n in pairs(total) do io.write(string.format("split %s %d\\n", pid, n)) end
+end
+"""
+
+
+def request_split(seconds):
+    """Share of the busiest worker, from the pid in each body (2 workers, unpinned)."""
+    script = os.path.join(TMP, "split.lua")
+    with open(script, "w") as f:
+        f.write(SPLIT_LUA)
+    out = {}
+    for cls in RESPAWNING:
+        server = cls(2, None).start()
+        try:
+            result = run_wrk(LAYOUTS["unpinned"]["wrk"], server.port, seconds, script=script)
+        finally:
+            server.stop()
+        counts = [int(n) for n in re.findall(r"^split \d+ (\d+)$", result["output"], re.M)]
+        counts += [0] * (2 - len(counts))
+        out[cls.name] = max(counts) / max(1, sum(counts))
+        log(f"split {cls.name}: {sorted(counts)}")
+    return out
+
+
+def oha_command():
+    help_text = subprocess.run(["oha", "--help"], capture_output=True, text=True).stdout
+    json_flag = ["--output-format", "json"] if "--output-format" in help_text else ["--json"]
+    return ["oha", "--no-tui", "--latency-correction"] + json_flag
+
+
+def latency(rate, seconds):
+    """p50/p99 in ms at a fixed rate, pinned keep-alive layout, oha on CPU 0."""
+    out = {}
+    base = oha_command()
+    for cls in SERVERS:
+        server = cls(1, "1").start()
+        try:
+            run_wrk(LAYOUTS["pinned"]["wrk"], server.port, 1)  # warm-up
+            cmd = ["taskset", "-c", "0"] + base + ["-z", f"{seconds}s", "-c", "64", "-q", str(rate),
+                                                  f"http://127.0.0.1:{server.port}/"]
+            report = json.loads(subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60,
+                                               check=True).stdout)
+        finally:
+            server.stop()
+        pct = report["latencyPercentiles"]
+        codes = report.get("statusCodeDistribution", {})
+        errors = sum(report.get("errorDistribution", {}).values()) + sum(
+            n for code, n in codes.items() if not code.startswith("2"))
+        out[cls.name] = dict(p50=pct["p50"] * 1e3, p99=pct["p99"] * 1e3,
+                             rps=report["summary"]["requestsPerSec"], errors=errors)
+        log(f"latency {cls.name}: p50 {out[cls.name]['p50']:.3f} ms, p99 {out[cls.name]['p99']:.3f} ms")
+    return out
+
+
+def syscalls(seconds, layout):
+    """System calls per request under strace -c -f, pinned, keep-alive or close."""
+    out = {}
+    close = LAYOUTS[layout]["close"]
+    for cls in SERVERS:
+        server = cls(1, "1").start()
+        try:
+            run_wrk(LAYOUTS["pinned"]["wrk"], server.port, 1)  # warm-up
+            summary = os.path.join(TMP, "strace.txt")
+            args = ["strace", "-c", "-f", "-o", summary]
+            for pid in server.pids():
+                args += ["-p", str(pid)]
+            strace = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # attached
+            result = run_wrk(LAYOUTS["pinned"]["wrk"], server.port, seconds, close)
+            strace.send_signal(signal.SIGINT)
+            strace.wait(timeout=30)
+        finally:
+            server.stop()
+        with open(summary) as f:
+            text = f.read()
+        total = re.search(r"^[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?total$", text, re.M)
+        calls = {m.group(2): int(m.group(1)) for m in
+                 re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", text, re.M)}
+        calls.pop("total", None)
+        n = result["requests"]
+        top = sorted(calls.items(), key=lambda kv: -kv[1])[:8 if close else 3]
+        out[cls.name] = dict(per_request=int(total.group(1)) / n,
+                             top=", ".join(f"{name} {count / n:.2f}" for name, count in top))
+        log(f"syscalls {layout} {cls.name}: {out[cls.name]['per_request']:.2f}/request ({out[cls.name]['top']})")
+    return out
+
+
+def smaps(pid):
+    values = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            m = re.match(r"(Rss|Pss):\s+(\d+) kB", line)
+            if m:
+                values[m.group(1)] = int(m.group(2))
+    return values["Rss"], values["Pss"]
+
+
+def memory():
+    """Idle RSS and PSS (KiB) per worker, 2 workers, 1 s after they answer."""
+    out = {}
+    for cls in SERVERS:
+        server = cls(2, None).start()
+        try:
+            time.sleep(1)
+            workers = [smaps(p) for p in server.worker_pids()]
+            master = smaps(server.proc.pid) if cls is not TokioHyper else None
+        finally:
+            server.stop()
+        out[cls.name] = dict(rss=max(w[0] for w in workers), pss=max(w[1] for w in workers), master=master)
+        log(f"memory {cls.name}: workers (RSS, PSS) KiB {workers}, master {master}")
+    return out
+
+
+def respawn(kills):
+    """Milliseconds from SIGKILL of the only worker to a reply from its replacement."""
+    out = {}
+    for cls in RESPAWNING:
+        server = cls(1, None).start()
+        times = []
+        try:
+            for _ in range(kills):
+                # prefork-server respawns at once a worker that lived 1 s (a younger one
+                # backs off): wait as long for every server.
+                time.sleep(1.2)
+                (victim,) = server.worker_pids()
+                start = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                while True:
+                    try:
+                        status, body = http_get(server.port, timeout=5)
+                        if status == 200 and str(victim) not in body:
+                            break
+                    except OSError:
+                        time.sleep(0.001)
+                    if time.monotonic() - start > 10:
+                        raise RuntimeError(f"{cls.name}: no replacement answered within 10 s")
+                times.append((time.monotonic() - start) * 1e3)
+                wait_until(f"{cls.name}'s replacement worker", lambda: len(server.worker_pids()) == 1)
+        finally:
+            server.stop()
+        out[cls.name] = dict(median=statistics.median(times), max=max(times))
+        log(f"respawn {cls.name}: median {out[cls.name]['median']:.1f} ms of {len(times)}")
+    return out
+
+
+def version(cmd):
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "not found"
+
+
+def machine():
+    model = "unknown"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return [
+        f"{os.cpu_count()} × {model}, Linux {platform.release()}",
+        f"{version(['nginx', '-v'])}; Node.js {version(['node', '--version'])}; {version(['wrk', '-v'])}; "
+        f"{version(['oha', '--version'])}; {version(['rustc', '--version'])}",
+    ]
+
+
+def ratio(value, base):
+    return f"{value / base:.2f}×" if base else "–"
+
+
+def report(args, tput, split, lat, calls, mem, resp):
+    med = statistics.median
+    lines = ["# Benchmarks", "",
+             f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
+             f"Versions: {machine()[1]}.", "",
+             f"Throughput: medians of {args.runs} alternating runs of {args.seconds} s each, after a 1 s warm-up; "
+             "CPU is utime and stime of each server's whole process tree, per request.", ""]
+    titles = {"pinned": "Pinned, keep-alive: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
+              "close": "Pinned, `Connection: close`: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
+              "unpinned": "Unpinned: 2 workers, `wrk -t2 -c64`, all on both CPUs"}
+    for layout, per_server in tput.items():
+        nginx = per_server["nginx"]
+        base = {k: med(r[k] for r in nginx) for k in ("rps", "user_us", "kernel_us")}
+        lines += [f"## {titles[layout]}", "",
+                  "| server | requests/s | vs nginx | user µs/req | vs nginx | kernel µs/req | vs nginx | socket errors |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, runs in per_server.items():
+            rps, user, kern = (med(r[k] for r in runs) for k in ("rps", "user_us", "kernel_us"))
+            errors = sum(r["errors"] for r in runs)
+            lines.append(f"| {name} | {rps:,.0f} | {ratio(rps, base['rps'])} | {user:.2f} | "
+                         f"{ratio(user, base['user_us'])} | {kern:.2f} | {ratio(kern, base['kernel_us'])} | {errors} |")
+        lines.append("")
+    if split:
+        lines += ["Request split between the 2 workers (share of the busier one; a wrk Lua counter of the pid "
+                  f"in each body, {args.seconds} s): " +
+                  ", ".join(f"{name} {share * 100:.0f}/{100 - share * 100:.0f}" for name, share in split.items()), ""]
+    if lat:
+        lines += [f"## Latency at {args.rate:,} requests/s (pinned, keep-alive, 64 connections, oha latency-corrected, "
+                  f"{args.seconds} s)", "",
+                  "| server | p50 ms | p99 ms | p99 vs nginx | achieved req/s | errors |", "|---|---:|---:|---:|---:|---:|"]
+        for name, r in lat.items():
+            lines.append(f"| {name} | {r['p50']:.3f} | {r['p99']:.3f} | {ratio(r['p99'], lat['nginx']['p99'])} | "
+                         f"{r['rps']:,.0f} | {r['errors']} |")
+        lines.append("")
+    if calls:
+        for layout, per_server in calls.items():
+            how = "keep-alive" if layout == "pinned" else "`Connection: close`"
+            lines += [f"## System calls per request (strace -c -f, pinned, {how}; strace slows the run)", "",
+                      "| server | syscalls/request | most frequent, per request |", "|---|---:|---|"]
+            for name, r in per_server.items():
+                lines.append(f"| {name} | {r['per_request']:.2f} | {r['top']} |")
+            lines.append("")
+    if mem:
+        lines += ["## Idle memory per worker (2 workers, /proc/<pid>/smaps_rollup; the largest worker)", "",
+                  "| server | worker RSS MiB | worker PSS MiB | master RSS / PSS MiB |", "|---|---:|---:|---:|"]
+        for name, r in mem.items():
+            master = f"{r['master'][0] / 1024:.1f} / {r['master'][1] / 1024:.1f}" if r["master"] else "–"
+            lines.append(f"| {name} | {r['rss'] / 1024:.2f} | {r['pss'] / 1024:.2f} | {master} |")
+        lines.append("")
+    if resp:
+        lines += [f"## Respawn: SIGKILL of the only worker until its replacement answers ({args.kills} kills)", "",
+                  "| server | median ms | vs nginx | max ms |", "|---|---:|---:|---:|"]
+        for name, r in resp.items():
+            lines.append(f"| {name} | {r['median']:.1f} | {ratio(r['median'], resp['nginx']['median'])} | "
+                         f"{r['max']:.1f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=int, default=5, help="alternating runs per server and layout (default 5)")
+    p.add_argument("--seconds", type=int, default=5, help="length of each measured run (default 5)")
+    p.add_argument("--rate", type=int, default=10000, help="fixed rate for the latency phase (default 10000)")
+    p.add_argument("--kills", type=int, default=20, help="kills for the respawn phase (default 20)")
+    p.add_argument("--layouts", default="pinned,close,unpinned")
+    p.add_argument("--skip", default="", help="phases to skip: latency,syscalls,memory,respawn,split")
+    p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
+    args = p.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
+    layouts = [layout for layout in args.layouts.split(",") if layout]
+    for layout in layouts:
+        if layout not in LAYOUTS:
+            p.error(f"unknown layout {layout!r}: choose from {', '.join(LAYOUTS)}")
+    if os.cpu_count() < 2:
+        p.error("the pinned layouts need 2 CPUs (server on CPU 1, client on CPU 0)")
+
+    tput = throughput(layouts, args.runs, args.seconds)
+    split = request_split(args.seconds) if "split" not in skip else None
+    lat = latency(args.rate, args.seconds) if "latency" not in skip else None
+    calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
+    mem = memory() if "memory" not in skip else None
+    resp = respawn(args.kills) if "respawn" not in skip else None
+    text = report(args, tput, split, lat, calls, mem, resp)
+    print(text)
+    if args.out != "-":
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+        log(f"wrote {args.out}")
+
+
+def cleanup(*_):
+    for server in list(LIVE):
+        try:
+            os.killpg(server.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    subprocess.run(["rm", "-rf", TMP])
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        main()
+    finally:
+        cleanup()

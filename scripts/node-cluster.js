@@ -1,0 +1,45 @@
+// node-cluster.js — what a Node.js user runs instead of a supervisor: the
+// `cluster` module's primary forks WORKERS workers (one per CPU by default),
+// each answering the same body as prefork-server's default app, and forks a
+// replacement when one exits (what PM2 adds on top, in its simplest form).
+// The primary owns the listening socket and hands connections to the workers
+// (round-robin, Node's default on Linux).
+//
+// Usage: node scripts/node-cluster.js PORT [WORKERS]
+// Prints `listening on 127.0.0.1:PORT` once every worker listens.
+"use strict";
+const cluster = require("cluster");
+const http = require("http");
+const os = require("os");
+
+const port = Number(process.argv[2]);
+const workers = Number(process.argv[3] || os.availableParallelism());
+if (!Number.isInteger(port) || !Number.isInteger(workers) || workers < 1) {
+  console.error("usage: node scripts/node-cluster.js PORT [WORKERS]");
+  process.exit(2);
+}
+
+if (cluster.isPrimary) {
+  let listening = 0;
+  for (let i = 0; i < workers; i++) cluster.fork();
+  cluster.on("listening", () => {
+    if (++listening === workers) console.log(`listening on 127.0.0.1:${port}`);
+  });
+  cluster.on("exit", (worker, code, signal) => {
+    console.error(`worker ${worker.process.pid} exited (${signal || code}); forking a replacement`);
+    cluster.fork();
+  });
+  process.on("SIGTERM", () => {
+    cluster.removeAllListeners("exit");
+    for (const id in cluster.workers) cluster.workers[id].kill();
+    process.exit(0);
+  });
+} else {
+  const body = `Hello from worker ${process.pid}\n`;
+  http
+    .createServer((req, res) => {
+      res.writeHead(200, { "Content-Type": "text/plain; charset=utf-8", "Content-Length": Buffer.byteLength(body) });
+      res.end(body);
+    })
+    .listen(port, "127.0.0.1");
+}
