@@ -225,7 +225,9 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, b
     // Errors are the client's doing (reset, malformed request): hyper has already
     // answered what it could, and there is nobody to tell.
     let _ = Watched {
-        conn: builder.serve_connection(Io(TokioIo::new(stream)), tracked),
+        // Boxed: hyper's connection is large, and the task's future would otherwise
+        // be copied whole on every move (into the task, between its stages).
+        conn: Box::pin(builder.serve_connection(Io(TokioIo::new(stream)), tracked)),
         entry: Rc::clone(&open.entry),
         shut: false,
     }
@@ -237,8 +239,7 @@ pin_project_lite::pin_project! {
     /// A hyper connection that the sweep can ask to close: idle, it closes at
     /// once; with a request in flight, after its response.
     struct Watched<S: WorkerService> {
-        #[pin]
-        conn: http1::Connection<Io, Tracked<S>>,
+        conn: Pin<Box<http1::Connection<Io, Tracked<S>>>>,
         entry: Rc<Entry>,
         shut: bool,
     }
@@ -248,7 +249,7 @@ impl<S: WorkerService> Future for Watched<S> {
     type Output = hyper::Result<()>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         match this.entry.close.get() {
             Close::No => {}
             // Dropping the connection closes the socket.
@@ -259,7 +260,7 @@ impl<S: WorkerService> Future for Watched<S> {
             }
             Close::Graceful => {}
         }
-        let poll = this.conn.poll(cx);
+        let poll = this.conn.as_mut().poll(cx);
         if poll.is_pending() {
             // The task's waker rarely changes: compare before cloning.
             let mut waker = this.entry.waker.borrow_mut();
