@@ -5,6 +5,7 @@
 //! curl localhost:8000/count          # per-worker state, built after the fork
 //! curl 'localhost:8000/sleep?ms=500' # a slow request (the tests drain it)
 //! curl 'localhost:8000/alloc?mb=100' # leaks 100 MiB (see --max-worker-memory)
+//! curl 'localhost:8000/bytes?kb=4096' # a 4 MiB body
 //! ```
 //!
 //! The factory passed to `run_with` runs in each worker after the fork: state made
@@ -69,6 +70,12 @@ async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Res
             let mb = query_number(request.uri().query(), "mb").unwrap_or(1) as usize;
             std::mem::forget(vec![1u8; mb << 20]); // written, so resident
             format!("leaked {mb} MiB in worker {pid}\n")
+        }
+        // A large body: `kb` KiB of a repeating pattern, for the write path.
+        "/bytes" => {
+            let kb = query_number(request.uri().query(), "kb").unwrap_or(1) as usize;
+            let body: Vec<u8> = (0..kb << 10).map(|i| b'a' + (i % 26) as u8).collect();
+            return Ok(Response::new(Full::new(Bytes::from(body))));
         }
         _ => format!("Hello from a custom service in worker {pid}\n"),
     };

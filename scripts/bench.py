@@ -15,7 +15,8 @@ before and after. The runs alternate the servers (the order rotates each round),
 and the tables give medians, because this machine's noise moves one run by ±20%.
 
 Also: latency at a fixed rate below saturation (oha -q, latency-corrected,
-pinned layout), syscalls per request (strace -c -f, pinned keep-alive), the
+pinned layout), syscalls per request (strace -c -f, pinned), user-space
+instructions per request (callgrind: repeatable where CPU time is not), the
 request split between 2 workers (a wrk Lua counter of the pid in each body),
 idle memory per worker (RSS and PSS from /proc/<pid>/smaps_rollup), and respawn
 latency (SIGKILL of the only worker until a replacement answers).
@@ -115,22 +116,24 @@ class Server:
 
     name = ""
 
-    def __init__(self, workers, cpus):
+    def __init__(self, workers, cpus, wrapper=()):
         self.workers, self.cpus, self.port = workers, cpus, free_port()
+        self.wrapper = list(wrapper)  # e.g. valgrind
         self.proc = None
 
     def command(self):
         raise NotImplementedError
 
     def start(self):
-        cmd = self.command()
+        cmd = self.wrapper + self.command()
         if self.cpus is not None:
             cmd = ["taskset", "-c", self.cpus] + cmd
         self.stderr = open(os.path.join(TMP, f"{self.name}.err"), "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
         LIVE.append(self)
-        wait_until(f"{self.name} to answer on port {self.port}", lambda: http_get(self.port, 0.5)[0] == 200)
-        wait_until(f"{self.name}'s {self.workers} workers", lambda: len(self.worker_pids()) >= self.workers)
+        patience = 60 if self.wrapper else 15
+        wait_until(f"{self.name} to answer on port {self.port}", lambda: http_get(self.port, 2)[0] == 200, patience)
+        wait_until(f"{self.name}'s {self.workers} workers", lambda: len(self.worker_pids()) >= self.workers, patience)
         return self
 
     def pids(self):
@@ -144,7 +147,7 @@ class Server:
         if self.proc and self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)
+                self.proc.wait(timeout=60 if self.wrapper else 10)
             except (subprocess.TimeoutExpired, ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
@@ -280,7 +283,7 @@ def throughput(layouts, runs, seconds):
 
 
 SPLIT_LUA = """
-local counts = {}
+counts = {}  -- a global: done() reads it from each thread with get()
 response = function(status, headers, body)
   local pid = body:match("(%d+)")
   if pid then counts[pid] = (counts[pid] or 0) + 1 end
@@ -379,6 +382,50 @@ def syscalls(seconds, layout):
     return out
 
 
+def callgrind_total(cls, requests, clients, close):
+    """User-space instructions of one worker of `cls` that served `requests`."""
+    out_dir = tempfile.mkdtemp(dir=TMP)
+    os.chmod(TMP, 0o711)  # nginx's worker runs as nobody: it must reach out_dir
+    os.chmod(out_dir, 0o777)
+    valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out_dir}/cg.%p"]
+    server = cls(1, None, wrapper=valgrind).start()
+    try:
+        workers = server.worker_pids()
+        cmd = ["h2load", "--h1", "-n", str(requests), "-c", str(clients), f"http://127.0.0.1:{server.port}/"]
+        if close:
+            cmd[1:1] = ["-H", "connection: close"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
+        if f"{requests} succeeded" not in result:
+            raise RuntimeError(f"h2load against {cls.name} under callgrind: {result}")
+    finally:
+        server.stop()
+    def totals(pid):
+        try:
+            with open(f"{out_dir}/cg.{pid}") as f:
+                found = re.search(r"^totals: (\d+)", f.read(), re.M)
+        except FileNotFoundError:
+            return None
+        return int(found.group(1)) if found else None
+
+    # A worker can outlive its master for a moment while valgrind writes its file.
+    wait_until(f"callgrind's output for {cls.name}", lambda: all(totals(p) is not None for p in workers), 60)
+    return sum(totals(p) for p in workers)
+
+
+def instructions():
+    """User-space instructions per request (callgrind), keep-alive and close: the
+    difference between a run of N and of 2N requests, over N, so start-up and
+    shut-down cancel out. Repeatable, unlike CPU time on a shared machine."""
+    out = {}
+    for cls in (Prefork, Nginx, TokioHyper):
+        out[cls.name] = {}
+        for close, n, clients in ((False, 20000, 64), (True, 4000, 16)):
+            small, large = (callgrind_total(cls, k, clients, close) for k in (n, 2 * n))
+            out[cls.name]["close" if close else "keep"] = (large - small) / n
+        log(f"instructions {cls.name}: {out[cls.name]['keep']:,.0f} keep-alive, {out[cls.name]['close']:,.0f} close")
+    return out
+
+
 def smaps(pid):
     values = {}
     with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -410,7 +457,7 @@ def respawn(kills):
     out = {}
     for cls in RESPAWNING:
         server = cls(1, None).start()
-        times = []
+        times, lost = [], 0
         try:
             for _ in range(kills):
                 # prefork-server respawns at once a worker that lived 1 s (a younger one
@@ -420,10 +467,14 @@ def respawn(kills):
                 start = time.monotonic()
                 os.kill(victim, signal.SIGKILL)
                 while True:
+                    # A short timeout per attempt: a connection the server lost with
+                    # its worker must not stand for the respawn time.
                     try:
-                        status, body = http_get(server.port, timeout=5)
+                        status, body = http_get(server.port, timeout=0.25)
                         if status == 200 and str(victim) not in body:
                             break
+                    except socket.timeout:
+                        lost += 1
                     except OSError:
                         time.sleep(0.001)
                     if time.monotonic() - start > 10:
@@ -432,7 +483,7 @@ def respawn(kills):
                 wait_until(f"{cls.name}'s replacement worker", lambda: len(server.worker_pids()) == 1)
         finally:
             server.stop()
-        out[cls.name] = dict(median=statistics.median(times), max=max(times))
+        out[cls.name] = dict(median=statistics.median(times), max=max(times), lost=lost)
         log(f"respawn {cls.name}: median {out[cls.name]['median']:.1f} ms of {len(times)}")
     return out
 
@@ -454,7 +505,7 @@ def machine():
                 break
     return [
         f"{os.cpu_count()} × {model}, Linux {platform.release()}",
-        f"{version(['nginx', '-v'])}; Node.js {version(['node', '--version'])}; {version(['wrk', '-v'])}; "
+        f"{version(['nginx', '-v'])}; Node.js {version(['node', '--version'])}; {' '.join(version(['wrk', '-v']).split()[:2])}; "
         f"{version(['oha', '--version'])}; {version(['rustc', '--version'])}",
     ]
 
@@ -463,13 +514,60 @@ def ratio(value, base):
     return f"{value / base:.2f}×" if base else "–"
 
 
-def report(args, tput, split, lat, calls, mem, resp):
+def targets(tput, split, calls, instr, mem, resp):
+    """The issue's targets, each with the figure from this run: (target, measured, met)."""
+    med = statistics.median
+    name = Prefork.name
+
+    def per(layout, key):
+        runs = tput.get(layout, {})
+        return (med(r[key] for r in runs[name]) / med(r[key] for r in runs["nginx"])) if runs else None
+
+    rows = []
+
+    def row(target, value, met, shown):
+        if value is not None:
+            rows.append((target, shown, "yes" if met else "**no**"))
+
+    v = per("pinned", "user_us")
+    row("pinned keep-alive: user CPU/request ≤ 0.75× nginx", v, v is not None and v <= 0.75, f"{v:.2f}×" if v else "")
+    if instr:
+        v = instr[name]["keep"] / instr["nginx"]["keep"]
+        row("(the same in user-space instructions, callgrind)", v, v <= 0.75, f"{v:.2f}×")
+    v = per("pinned", "rps")
+    row("pinned keep-alive: requests/s ≥ 0.97× nginx", v, v is not None and v >= 0.97, f"{v:.2f}×" if v else "")
+    if calls:
+        mine, theirs = calls["pinned"][name]["per_request"], calls["pinned"]["nginx"]["per_request"]
+        row("pinned keep-alive: syscalls/request ≤ nginx", mine, mine <= theirs + 0.005, f"{mine:.2f} vs {theirs:.2f}")
+    v = per("close", "rps")
+    row("`Connection: close`: requests/s ≥ 1.0× nginx", v, v is not None and v >= 1.0, f"{v:.2f}×" if v else "")
+    v = per("unpinned", "rps")
+    row("unpinned 2 workers: requests/s ≥ 1.0× nginx", v, v is not None and v >= 1.0, f"{v:.2f}×" if v else "")
+    if split:
+        v = split[name]
+        row("unpinned: per-worker request split within 40/60", v, v <= 0.60, f"{v * 100:.0f}/{100 - v * 100:.0f}")
+    if mem:
+        v = mem[name]
+        row("idle worker PSS ≤ 1 MiB", v["pss"], v["pss"] <= 1024, f"{v['pss'] / 1024:.2f} MiB")
+        row("idle worker RSS ≤ 4 MiB", v["rss"], v["rss"] <= 4096, f"{v['rss'] / 1024:.2f} MiB")
+    if resp:
+        mine, theirs = resp[name]["median"], resp["nginx"]["median"]
+        row("respawn median ≤ nginx", mine, mine <= theirs, f"{mine:.1f} ms vs {theirs:.1f} ms")
+    return rows
+
+
+def report(args, tput, split, lat, calls, instr, mem, resp):
     med = statistics.median
     lines = ["# Benchmarks", "",
              f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
              f"Versions: {machine()[1]}.", "",
              f"Throughput: medians of {args.runs} alternating runs of {args.seconds} s each, after a 1 s warm-up; "
              "CPU is utime and stime of each server's whole process tree, per request.", ""]
+    rows = targets(tput, split, calls, instr, mem, resp)
+    if rows:
+        lines += ["## Targets (prefork-server, ratios from this run)", "", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | {ok} |" for t, m, ok in rows]
+        lines.append("")
     titles = {"pinned": "Pinned, keep-alive: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "close": "Pinned, `Connection: close`: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "unpinned": "Unpinned: 2 workers, `wrk -t2 -c64`, all on both CPUs"}
@@ -505,6 +603,14 @@ def report(args, tput, split, lat, calls, mem, resp):
             for name, r in per_server.items():
                 lines.append(f"| {name} | {r['per_request']:.2f} | {r['top']} |")
             lines.append("")
+    if instr:
+        lines += ["## User-space instructions per request (callgrind, 1 worker, h2load: 64 keep-alive "
+                  "connections, or 16 with `Connection: close`)", "",
+                  "| server | keep-alive | vs nginx | `Connection: close` | vs nginx |", "|---|---:|---:|---:|---:|"]
+        for name, r in instr.items():
+            lines.append(f"| {name} | {r['keep']:,.0f} | {ratio(r['keep'], instr['nginx']['keep'])} | "
+                         f"{r['close']:,.0f} | {ratio(r['close'], instr['nginx']['close'])} |")
+        lines.append("")
     if mem:
         lines += ["## Idle memory per worker (2 workers, /proc/<pid>/smaps_rollup; the largest worker)", "",
                   "| server | worker RSS MiB | worker PSS MiB | master RSS / PSS MiB |", "|---|---:|---:|---:|"]
@@ -514,10 +620,10 @@ def report(args, tput, split, lat, calls, mem, resp):
         lines.append("")
     if resp:
         lines += [f"## Respawn: SIGKILL of the only worker until its replacement answers ({args.kills} kills)", "",
-                  "| server | median ms | vs nginx | max ms |", "|---|---:|---:|---:|"]
+                  "| server | median ms | vs nginx | max ms | attempts that hung 250 ms |", "|---|---:|---:|---:|---:|"]
         for name, r in resp.items():
             lines.append(f"| {name} | {r['median']:.1f} | {ratio(r['median'], resp['nginx']['median'])} | "
-                         f"{r['max']:.1f} |")
+                         f"{r['max']:.1f} | {r['lost']} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -529,7 +635,7 @@ def main():
     p.add_argument("--rate", type=int, default=10000, help="fixed rate for the latency phase (default 10000)")
     p.add_argument("--kills", type=int, default=20, help="kills for the respawn phase (default 20)")
     p.add_argument("--layouts", default="pinned,close,unpinned")
-    p.add_argument("--skip", default="", help="phases to skip: latency,syscalls,memory,respawn,split")
+    p.add_argument("--skip", default="", help="phases to skip: latency,syscalls,instructions,memory,respawn,split")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     args = p.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -544,9 +650,10 @@ def main():
     split = request_split(args.seconds) if "split" not in skip else None
     lat = latency(args.rate, args.seconds) if "latency" not in skip else None
     calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
+    instr = instructions() if "instructions" not in skip else None
     mem = memory() if "memory" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None
-    text = report(args, tput, split, lat, calls, mem, resp)
+    text = report(args, tput, split, lat, calls, instr, mem, resp)
     print(text)
     if args.out != "-":
         with open(args.out, "w") as f:

@@ -49,8 +49,9 @@ pub struct Config {
     pub backlog: u32,
     /// How long a draining worker may take before it is killed.
     pub graceful_timeout: Duration,
-    /// hyper's header read timeout: a client must send a full request head within
-    /// it, and a keep-alive connection may stay idle for at most this long.
+    /// The header read timeout: a client must send a full request head within it,
+    /// and a keep-alive connection may stay idle for at most this long (enforced by
+    /// the worker's housekeeping sweep, to within its 250 ms tick).
     pub header_read_timeout: Duration,
     pub log_level: tracing::Level,
     /// Slots replaced at a time by a reload (HUP).
@@ -357,7 +358,13 @@ impl Settings {
             pid_file: self.pid_file,
             max_requests: self.max_requests.unwrap_or(0),
             max_requests_jitter: self.max_requests_jitter.unwrap_or(0),
-            timeout: self.timeout.unwrap_or(Duration::from_secs(30)),
+            timeout: match self.timeout {
+                // Workers beat every 250 ms: a shorter limit would kill healthy ones.
+                Some(t) if !t.is_zero() && t < Duration::from_secs(1) => {
+                    return Err(bad("timeout", "must be 0 (off) or at least 1s"));
+                }
+                other => other.unwrap_or(Duration::from_secs(30)),
+            },
             max_worker_memory: self.max_worker_memory,
             admin: self.admin,
             file,
@@ -592,6 +599,7 @@ mod tests {
             ("graceful_timeout = \"soon\"\n", "not a duration"),
             ("balance = \"roundrobin\"\n", "balance"),
             ("host = \"example.com\"\n", "host"),
+            ("timeout = \"200ms\"\n", "timeout: must be 0 (off) or at least 1s"),
         ];
         for (i, (text, expected)) in cases.iter().enumerate() {
             let path = file(&format!("bad{i}"), text);

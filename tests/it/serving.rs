@@ -139,3 +139,15 @@ fn the_header_read_timeout_closes_slow_and_idle_connections_but_not_busy_ones() 
         assert!(closed, "the {name} connection is closed after the header read timeout");
     }
 }
+
+#[test]
+fn a_large_body_arrives_whole_and_in_order() {
+    let server = Server::start_example(&["--workers", "1"]);
+    for kb in [1usize, 100, 8192] {
+        let response = get(server.addr, &format!("/bytes?kb={kb}")).unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!(response.body.len(), kb << 10, "{kb} KiB");
+        let expected = (0..kb << 10).map(|i| (b'a' + (i % 26) as u8) as char);
+        assert!(response.body.chars().eq(expected), "{kb} KiB: the pattern is intact");
+    }
+}
