@@ -186,11 +186,13 @@ impl Connections {
         }
     }
 
-    /// Asks every connection that has had nothing in flight for `limit` ticks (as of
-    /// tick `now`) to close.
+    /// Asks every connection that has had nothing in flight for more than `limit`
+    /// ticks (as of tick `now`) to close. More than: `idle_since` was stamped at
+    /// some moment within its tick, so `limit` whole ticks later up to one tick of
+    /// the limit may not have passed yet; one tick more, it has.
     pub fn close_idle(&self, now: u32, limit: u32, how: Close) {
         for (_, entry) in self.table.borrow().iter() {
-            let idle = entry.in_flight.get() == 0 && now.wrapping_sub(entry.idle_since.get()) >= limit;
+            let idle = entry.in_flight.get() == 0 && now.wrapping_sub(entry.idle_since.get()) > limit;
             if idle && entry.close.get() == Close::No {
                 entry.ask_to_close(how);
             }

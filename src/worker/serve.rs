@@ -140,7 +140,7 @@ async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static 
     }
 }
 
-/// Whole ticks in `duration`, rounded up: a limit is never cut short.
+/// Whole ticks in `duration`, rounded up (see `Connections::close_idle`).
 fn ticks(duration: Duration) -> u32 {
     let ticks = duration.as_nanos().div_ceil(TICK.as_nanos());
     u32::try_from(ticks).unwrap_or(u32::MAX)
