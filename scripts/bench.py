@@ -128,7 +128,7 @@ class Server:
         cmd = self.wrapper + self.command()
         if self.cpus is not None:
             cmd = ["taskset", "-c", self.cpus] + cmd
-        self.stderr = open(os.path.join(TMP, f"{self.name}.err"), "w")
+        self.stderr = open(os.path.join(TMP, re.sub(r"\W+", "-", self.name) + ".err"), "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
         LIVE.append(self)
         patience = 60 if self.wrapper else 15
@@ -158,10 +158,10 @@ class Server:
 
 class Prefork(Server):
     name = "prefork-server"
+    binary = os.path.join(ROOT, "target/release/prefork-server")
 
     def command(self):
-        binary = os.path.join(ROOT, "target/release/prefork-server")
-        return [binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
+        return [self.binary, "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers)]
 
 
 class Nginx(Server):
@@ -195,10 +195,6 @@ http {{
 }}
 """)
         return ["nginx", "-p", prefix, "-c", conf]
-
-    def stop(self):
-        # nginx's graceful stop is QUIT; TERM is its fast stop. Either ends the tree.
-        super().stop()
 
 
 class NodeCluster(Server):
@@ -412,12 +408,12 @@ def callgrind_total(cls, requests, clients, close):
     return sum(totals(p) for p in workers)
 
 
-def instructions():
+def instructions(servers=None):
     """User-space instructions per request (callgrind), keep-alive and close: the
     difference between a run of N and of 2N requests, over N, so start-up and
     shut-down cancel out. Repeatable, unlike CPU time on a shared machine."""
     out = {}
-    for cls in (Prefork, Nginx, TokioHyper):
+    for cls in servers or (Prefork, Nginx, TokioHyper):
         out[cls.name] = {}
         for close, n, clients in ((False, 20000, 64), (True, 4000, 16)):
             small, large = (callgrind_total(cls, k, clients, close) for k in (n, 2 * n))
@@ -556,6 +552,12 @@ def targets(tput, split, calls, instr, mem, resp):
     return rows
 
 
+def table(title, header, rows):
+    """A markdown section: the first column left-aligned, the others right."""
+    return [f"## {title}", "", "| " + " | ".join(header) + " |",
+            "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
+
+
 def report(args, tput, split, lat, calls, instr, mem, resp):
     med = statistics.median
     lines = ["# Benchmarks", "",
@@ -565,67 +567,65 @@ def report(args, tput, split, lat, calls, instr, mem, resp):
              "CPU is utime and stime of each server's whole process tree, per request.", ""]
     rows = targets(tput, split, calls, instr, mem, resp)
     if rows:
-        lines += ["## Targets (prefork-server, ratios from this run)", "", "| target | measured | met |", "|---|---|---|"]
-        lines += [f"| {t} | {m} | {ok} |" for t, m, ok in rows]
-        lines.append("")
+        lines += table("Targets (prefork-server, ratios from this run)", ["target", "measured", "met"], rows)
     titles = {"pinned": "Pinned, keep-alive: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "close": "Pinned, `Connection: close`: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "unpinned": "Unpinned: 2 workers, `wrk -t2 -c64`, all on both CPUs"}
+    keys = ("rps", "user_us", "kernel_us")
     for layout, per_server in tput.items():
-        nginx = per_server["nginx"]
-        base = {k: med(r[k] for r in nginx) for k in ("rps", "user_us", "kernel_us")}
-        lines += [f"## {titles[layout]}", "",
-                  "| server | requests/s | vs nginx | user µs/req | vs nginx | kernel µs/req | vs nginx | socket errors |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        base = [med(r[k] for r in per_server["nginx"]) for k in keys]
+        rows = []
         for name, runs in per_server.items():
-            rps, user, kern = (med(r[k] for r in runs) for k in ("rps", "user_us", "kernel_us"))
-            errors = sum(r["errors"] for r in runs)
-            lines.append(f"| {name} | {rps:,.0f} | {ratio(rps, base['rps'])} | {user:.2f} | "
-                         f"{ratio(user, base['user_us'])} | {kern:.2f} | {ratio(kern, base['kernel_us'])} | {errors} |")
-        lines.append("")
+            rps, user, kern = (med(r[k] for r in runs) for k in keys)
+            rows.append([name, f"{rps:,.0f}", ratio(rps, base[0]), f"{user:.2f}", ratio(user, base[1]),
+                         f"{kern:.2f}", ratio(kern, base[2]), sum(r["errors"] for r in runs)])
+        lines += table(titles[layout], ["server", "requests/s", "vs nginx", "user µs/req", "vs nginx",
+                                        "kernel µs/req", "vs nginx", "socket errors"], rows)
     if split:
         lines += ["Request split between the 2 workers (share of the busier one; a wrk Lua counter of the pid "
                   f"in each body, {args.seconds} s): " +
                   ", ".join(f"{name} {share * 100:.0f}/{100 - share * 100:.0f}" for name, share in split.items()), ""]
     if lat:
-        lines += [f"## Latency at {args.rate:,} requests/s (pinned, keep-alive, 64 connections, oha latency-corrected, "
-                  f"{args.seconds} s)", "",
-                  "| server | p50 ms | p99 ms | p99 vs nginx | achieved req/s | errors |", "|---|---:|---:|---:|---:|---:|"]
-        for name, r in lat.items():
-            lines.append(f"| {name} | {r['p50']:.3f} | {r['p99']:.3f} | {ratio(r['p99'], lat['nginx']['p99'])} | "
-                         f"{r['rps']:,.0f} | {r['errors']} |")
-        lines.append("")
-    if calls:
-        for layout, per_server in calls.items():
-            how = "keep-alive" if layout == "pinned" else "`Connection: close`"
-            lines += [f"## System calls per request (strace -c -f, pinned, {how}; strace slows the run)", "",
-                      "| server | syscalls/request | most frequent, per request |", "|---|---:|---|"]
-            for name, r in per_server.items():
-                lines.append(f"| {name} | {r['per_request']:.2f} | {r['top']} |")
-            lines.append("")
+        lines += table(f"Latency at {args.rate:,} requests/s (pinned, keep-alive, 64 connections, oha "
+                       f"latency-corrected, {args.seconds} s)",
+                       ["server", "p50 ms", "p99 ms", "p99 vs nginx", "achieved req/s", "errors"],
+                       [[name, f"{r['p50']:.3f}", f"{r['p99']:.3f}", ratio(r["p99"], lat["nginx"]["p99"]),
+                         f"{r['rps']:,.0f}", r["errors"]] for name, r in lat.items()])
+    for layout, per_server in (calls or {}).items():
+        how = "keep-alive" if layout == "pinned" else "`Connection: close`"
+        lines += table(f"System calls per request (strace -c -f, pinned, {how}; strace slows the run)",
+                       ["server", "syscalls/request", "most frequent, per request"],
+                       [[name, f"{r['per_request']:.2f}", r["top"]] for name, r in per_server.items()])
     if instr:
-        lines += ["## User-space instructions per request (callgrind, 1 worker, h2load: 64 keep-alive "
-                  "connections, or 16 with `Connection: close`)", "",
-                  "| server | keep-alive | vs nginx | `Connection: close` | vs nginx |", "|---|---:|---:|---:|---:|"]
-        for name, r in instr.items():
-            lines.append(f"| {name} | {r['keep']:,.0f} | {ratio(r['keep'], instr['nginx']['keep'])} | "
-                         f"{r['close']:,.0f} | {ratio(r['close'], instr['nginx']['close'])} |")
-        lines.append("")
+        lines += instructions_table(instr)
     if mem:
-        lines += ["## Idle memory per worker (2 workers, /proc/<pid>/smaps_rollup; the largest worker)", "",
-                  "| server | worker RSS MiB | worker PSS MiB | master RSS / PSS MiB |", "|---|---:|---:|---:|"]
-        for name, r in mem.items():
-            master = f"{r['master'][0] / 1024:.1f} / {r['master'][1] / 1024:.1f}" if r["master"] else "–"
-            lines.append(f"| {name} | {r['rss'] / 1024:.2f} | {r['pss'] / 1024:.2f} | {master} |")
-        lines.append("")
+        lines += table("Idle memory per worker (2 workers, /proc/<pid>/smaps_rollup; the largest worker)",
+                       ["server", "worker RSS MiB", "worker PSS MiB", "master RSS / PSS MiB"],
+                       [[name, f"{r['rss'] / 1024:.2f}", f"{r['pss'] / 1024:.2f}",
+                         f"{r['master'][0] / 1024:.1f} / {r['master'][1] / 1024:.1f}" if r["master"] else "–"]
+                        for name, r in mem.items()])
     if resp:
-        lines += [f"## Respawn: SIGKILL of the only worker until its replacement answers ({args.kills} kills)", "",
-                  "| server | median ms | vs nginx | max ms | attempts that hung 250 ms |", "|---|---:|---:|---:|---:|"]
-        for name, r in resp.items():
-            lines.append(f"| {name} | {r['median']:.1f} | {ratio(r['median'], resp['nginx']['median'])} | "
-                         f"{r['max']:.1f} | {r['lost']} |")
-        lines.append("")
+        lines += table(f"Respawn: SIGKILL of the only worker until its replacement answers ({args.kills} kills)",
+                       ["server", "median ms", "vs nginx", "max ms", "attempts that hung 250 ms"],
+                       [[name, f"{r['median']:.1f}", ratio(r["median"], resp["nginx"]["median"]), f"{r['max']:.1f}",
+                         r["lost"]] for name, r in resp.items()])
     return "\n".join(lines)
+
+
+def instructions_table(instr):
+    base = instr.get("nginx")
+    vs = (lambda value, key: ratio(value, base[key])) if base else (lambda value, key: "–")
+    return table("User-space instructions per request (callgrind, 1 worker, h2load: 64 keep-alive "
+                 "connections, or 16 with `Connection: close`)",
+                 ["server", "keep-alive", "vs nginx", "`Connection: close`", "vs nginx"],
+                 [[name, f"{r['keep']:,.0f}", vs(r["keep"], "keep"), f"{r['close']:,.0f}", vs(r["close"], "close")]
+                  for name, r in instr.items()])
+
+
+def compare_builds(binaries):
+    """`--instructions BINARY...`: the instructions phase alone, for builds of prefork-server."""
+    servers = [type("Build", (Prefork,), {"name": binary, "binary": os.path.abspath(binary)}) for binary in binaries]
+    print("\n".join(instructions_table(instructions(servers))))
 
 
 def main():
@@ -637,7 +637,11 @@ def main():
     p.add_argument("--layouts", default="pinned,close,unpinned")
     p.add_argument("--skip", default="", help="phases to skip: latency,syscalls,instructions,memory,respawn,split")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
+    p.add_argument("--instructions", nargs="+", metavar="BINARY",
+                   help="only count instructions per request of these prefork-server builds (A/B)")
     args = p.parse_args()
+    if args.instructions:
+        return compare_builds(args.instructions)
     skip = set(filter(None, args.skip.split(",")))
     layouts = [layout for layout in args.layouts.split(",") if layout]
     for layout in layouts:
