@@ -70,16 +70,24 @@ pub fn run(command: Command) -> ! {
     }
 }
 
-/// The master named by `pid_file`, checked to be alive and to be this program.
+/// The master named by `pid_file`: a positive pid (never 0 or negative, which
+/// `kill(2)` reads as whole process groups, or every process), alive, running
+/// this same program, and not one of its workers.
 fn master(pid_file: &Path) -> Result<Pid, String> {
     let shown = pid_file.display();
     let text = std::fs::read_to_string(pid_file)
         .map_err(|err| format!("cannot read the pid file {shown}: {err} (is the server running with --pid-file?)"))?;
-    let pid: i32 = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("the pid file {shown} holds {text:?}, not a pid"))?;
-    let pid = Pid::from_raw(pid);
+    let pid = match text.trim().parse::<i32>() {
+        Ok(pid) if pid > 0 => Pid::from_raw(pid),
+        _ => {
+            return Err(format!(
+                "the pid file {shown} holds {text:?}, not a process id (a positive number)"
+            ))
+        }
+    };
+    if pid == nix::unistd::getpid() {
+        return Err(format!("the pid file {shown} names this very command (pid {pid})"));
+    }
     match kill(pid, None) {
         Ok(()) | Err(Errno::EPERM) => {}
         Err(_) => {
@@ -88,12 +96,19 @@ fn master(pid_file: &Path) -> Result<Pid, String> {
             ))
         }
     }
-    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_owned());
-    match (comm(&pid.to_string()), comm("self")) {
-        (Ok(theirs), Ok(ours)) if theirs != ours => Err(format!(
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned());
+    let ours = comm("self").map_err(|err| format!("cannot read /proc/self/comm: {err}"))?;
+    match comm(&pid.to_string()) {
+        Ok(theirs) if theirs == crate::worker::PROCESS_NAME => Err(format!(
+            "the pid file {shown} names pid {pid}, a worker, not the master; signalling it would only restart it"
+        )),
+        Ok(theirs) if theirs == ours => Ok(pid),
+        Ok(theirs) => Err(format!(
             "stale pid file {shown}: process {pid} is {theirs:?}, not {ours:?}"
         )),
-        _ => Ok(pid),
+        Err(err) => Err(format!(
+            "cannot tell what process {pid} is (/proc/{pid}/comm: {err}); nothing sent"
+        )),
     }
 }
 

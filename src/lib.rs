@@ -43,6 +43,7 @@ mod listener;
 mod master;
 mod metrics;
 mod notify;
+mod pidfile;
 mod process;
 mod scoreboard;
 mod service;

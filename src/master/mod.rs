@@ -304,7 +304,7 @@ impl Master<'_> {
         }
         self.notifier.send(&format!("READY=1\n{status}"));
         if let Some(path) = &self.config.pid_file {
-            if let Err(err) = std::fs::write(path, format!("{}\n", getpid())) {
+            if let Err(err) = crate::pidfile::write(path, std::process::id()) {
                 warn!("master: cannot write the pid file {}: {err}", path.display());
             }
         }
@@ -316,10 +316,8 @@ impl Master<'_> {
     /// Removes the pid file at exit, unless it names another master by now (the
     /// one this master handed over to).
     fn remove_pid_file(&self) {
-        let Some(path) = &self.config.pid_file else { return };
-        let ours = std::fs::read_to_string(path).is_ok_and(|text| text.trim() == getpid().to_string());
-        if ours {
-            let _ = std::fs::remove_file(path);
+        if let Some(path) = &self.config.pid_file {
+            crate::pidfile::remove_if_ours(path, std::process::id());
         }
     }
 }

@@ -26,6 +26,11 @@ use crate::service::WorkerService;
 use control::Control;
 use serve::serve;
 
+/// A worker's process name (`comm`, as `ps`, `top` and `pgrep` show it): the
+/// master keeps the binary's. It tells a worker from its master, which the
+/// control commands check before they signal a pid from a pid file.
+pub(crate) const PROCESS_NAME: &str = "prefork-worker";
+
 /// What a freshly forked worker is handed by the master.
 pub(crate) struct Child<'a> {
     pub slot: usize,
@@ -51,6 +56,7 @@ where
     S: WorkerService,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
+    name_process(PROCESS_NAME);
     if let Err(err) = die_with_master(child.master_pid) {
         info!("{name}: {err}; exiting");
         return exit_code::OK;
@@ -161,6 +167,17 @@ fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -
     // The master may already be gone; the exit code says the same thing.
     let _ = ipc::send(&mut channel, &Message::BootError(reason));
     code
+}
+
+/// Sets this process's `comm` (at most 15 bytes; longer is cut by the kernel).
+fn name_process(name: &str) {
+    let Ok(name) = std::ffi::CString::new(name) else { return };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from
+    // the pointer, which `name` keeps alive for the call.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!("cannot set the process name: {}", std::io::Error::last_os_error());
+    }
 }
 
 /// Asks the kernel for SIGTERM when the master dies, then checks it is not dead

@@ -85,3 +85,59 @@ fn a_missing_or_stale_pid_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `kill(2)` reads 0 as the caller's process group and -1 as every process it
+/// may signal: a pid file holding either must be refused before anything is sent.
+#[test]
+fn a_pid_file_naming_no_single_master_signals_nothing() {
+    let path = pid_file("hostile");
+    let path_arg = path.to_str().unwrap();
+    for text in ["-1\n", "0\n", "-4242\n", "+\n", "99999999999\n", "12 13\n"] {
+        std::fs::write(&path, text).unwrap();
+        let (code, _, err) = control(&["stop", "--pid-file", path_arg]);
+        assert_eq!(code, Some(1), "{text:?}: {err}");
+        assert!(err.contains("not a process id"), "{text:?}: {err}");
+    }
+    // The test runner is alive: a `kill(-1)` or `kill(0)` above would have hit it.
+
+    // A worker's pid: the master would just respawn it.
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    std::fs::write(&path, format!("{worker}\n")).unwrap();
+    let (code, _, err) = control(&["stop", "--pid-file", path_arg]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("a worker, not the master"), "{err}");
+    assert_eq!(server.workers(), [worker], "the worker was not signalled");
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
+fn the_pid_file_is_0644_under_any_umask_and_never_written_through_a_symlink() {
+    let dir = std::env::temp_dir().join(format!("prefork-test-{}-pidlink", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let path = dir.join("server.pid");
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+
+    let mut command = Command::new("sh");
+    command
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(server_binary());
+    command.args(["--host", "127.0.0.1", "--port", "0", "--workers", "1", "--pid-file"]);
+    command
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let server = Server::start_command(command);
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(&path).unwrap();
+    assert!(meta.file_type().is_file(), "the symlink was replaced by a file");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", server.master));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

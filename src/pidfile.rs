@@ -1,0 +1,75 @@
+//! The pid file (`--pid-file`): written once the master is ready, removed at exit.
+//!
+//! Written atomically and never through a symlink: the pid goes to a new file in
+//! the same directory (`O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing planted at that
+//! name is followed or reused), mode 0644 whatever the umask, then `rename(2)`
+//! puts it in place. A reader sees the old pid or the new one, never a partial
+//! line; a symlink planted at the path is replaced, not written through.
+
+use std::fs::{OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Writes `pid` to `path`, atomically (see the module docs).
+pub fn write(path: &Path, pid: u32) -> io::Result<()> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
+    let mut temporary = path.to_path_buf();
+    temporary.set_file_name(format!(".{}.{pid}.tmp", name.to_string_lossy()));
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&temporary)?;
+        // The mode above is masked by the umask; the pid file is 0644 whatever it is.
+        file.set_permissions(Permissions::from_mode(0o644))?;
+        file.write_all(format!("{pid}\n").as_bytes())?;
+        std::fs::rename(&temporary, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
+/// Removes `path` if it still names `pid` (after an upgrade it names the new
+/// master, which removes it in turn).
+pub fn remove_if_ours(path: &Path, pid: u32) {
+    let ours = std::fs::read_to_string(path).is_ok_and(|text| text.trim() == pid.to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_symlink_at_the_path_is_replaced_not_followed() {
+        let dir = std::env::temp_dir().join(format!("prefork-pidfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.join("server.pid");
+        symlink(&victim, &path).unwrap();
+        write(&path, 4242).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file(), "a regular file now");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o644);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "4242\n");
+        remove_if_ours(&path, 1);
+        assert!(path.exists(), "another pid's file stays");
+        remove_if_ours(&path, 4242);
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
