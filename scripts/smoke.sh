@@ -10,7 +10,7 @@ set -eu
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bins --examples
 bin=target/release/prefork-server
-example=target/release/examples/custom_service
+example=target/release/examples/fixture
 tmp=$(mktemp -d)
 master=""
 

@@ -53,6 +53,13 @@ pub struct Config {
     /// and a keep-alive connection may stay idle for at most this long (enforced by
     /// the worker's housekeeping sweep, to within its 250 ms tick).
     pub header_read_timeout: Duration,
+    /// The longest a request body may go without a byte arriving, while its
+    /// request is in flight (nginx's `client_body_timeout`).
+    pub body_read_timeout: Duration,
+    /// The longest a response may go without a write making progress: a client
+    /// that stopped reading is closed; a slow reader is served to the end
+    /// (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     pub log_level: tracing::Level,
     /// Slots replaced at a time by a reload (HUP).
     pub reload_batch: NonZeroUsize,
@@ -201,6 +208,16 @@ struct Settings {
     #[serde(default, deserialize_with = "duration")]
     header_read_timeout: Option<Duration>,
 
+    /// Time a request body may go without a byte arriving, while its handler waits for it [default: 30s]
+    #[arg(long, value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    body_read_timeout: Option<Duration>,
+
+    /// Time a response may go without a write making progress (a client that stopped reading) [default: 30s]
+    #[arg(long, value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    send_timeout: Option<Duration>,
+
     /// Log level: error, warn, info, debug or trace [default: info]
     #[arg(long)]
     #[serde(default, deserialize_with = "parsed")]
@@ -298,6 +315,8 @@ impl Settings {
             backlog,
             graceful_timeout,
             header_read_timeout,
+            body_read_timeout,
+            send_timeout,
             log_level,
             reload_batch,
             ready_timeout,
@@ -350,6 +369,8 @@ impl Settings {
             backlog,
             graceful_timeout: self.graceful_timeout.unwrap_or(Duration::from_secs(30)),
             header_read_timeout: positive("header_read_timeout", self.header_read_timeout)?,
+            body_read_timeout: positive("body_read_timeout", self.body_read_timeout)?,
+            send_timeout: positive("send_timeout", self.send_timeout)?,
             log_level: self.log_level.unwrap_or(tracing::Level::INFO),
             reload_batch,
             ready_timeout: positive("ready_timeout", self.ready_timeout)?,
@@ -365,7 +386,17 @@ impl Settings {
                 }
                 other => other.unwrap_or(Duration::from_secs(30)),
             },
-            max_worker_memory: self.max_worker_memory,
+            max_worker_memory: match self.max_worker_memory {
+                Some(bytes) if bytes < MIN_WORKER_MEMORY => {
+                    let why = format!(
+                        "{} MiB is below the {} MiB a worker may use just by booting; recycling could never bring it under",
+                        bytes as f64 / (1 << 20) as f64,
+                        MIN_WORKER_MEMORY >> 20
+                    );
+                    return Err(bad("max_worker_memory", &why));
+                }
+                other => other,
+            },
             admin: self.admin,
             file,
             flags,
@@ -380,7 +411,26 @@ fn parse_host(text: &str) -> Result<IpAddr, String> {
         .map_err(|_| format!("'{text}' is not an IP address (use e.g. 0.0.0.0, 127.0.0.1, ::1)"))
 }
 
-/// `30`, `30s`, `500ms`, `2m` (a bare number is seconds).
+/// The lowest `--max-worker-memory`. A worker of the default app idles at about
+/// 2.3 MiB resident and a small app on tokio and hyper at 3 to 6 MiB: a limit
+/// under that would be exceeded by every fresh worker, and each replacement would
+/// be recycled in turn, forever.
+pub const MIN_WORKER_MEMORY: u64 = 8 << 20;
+
+/// The longest duration any setting takes. A deadline is `now + duration`:
+/// beyond what `Instant` can hold that addition would overflow, and a timeout of
+/// more than a year is a typo, not a wish.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `duration`, unless it is longer than [`MAX_DURATION`].
+fn at_most_a_year(duration: Duration, text: &str) -> Result<Duration, String> {
+    if duration > MAX_DURATION {
+        return Err(format!("'{text}' is longer than a year, the most any timeout may be"));
+    }
+    Ok(duration)
+}
+
+/// `30`, `30s`, `500ms`, `2m` (a bare number is seconds), at most a year.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
@@ -396,7 +446,8 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => value * 60.0,
         _ => return Err(format!("unknown unit '{unit}' in '{text}' (use ms, s or m)")),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
+    let duration = Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))?;
+    at_most_a_year(duration, text)
 }
 
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
@@ -476,7 +527,9 @@ fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duratio
         Text(String),
     }
     let parsed = match Raw::deserialize(deserializer)? {
-        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds).map_err(|err| err.to_string()),
+        Raw::Seconds(seconds) => Duration::try_from_secs_f64(seconds)
+            .map_err(|err| format!("{seconds}: {err}"))
+            .and_then(|duration| at_most_a_year(duration, &seconds.to_string())),
         Raw::Text(text) => parse_duration(&text),
     };
     parsed.map(Some).map_err(serde::de::Error::custom)

@@ -23,6 +23,9 @@ pub(super) struct Health {
     /// No worker is judged before this (monotonic ms): after the master itself
     /// was not running, every worker gets a full timeout to beat again.
     grace_until_ms: u64,
+    /// Workers found over the memory limit before they served anything: their
+    /// boot footprint alone is over it, so recycling them would loop. Warned once.
+    too_big_at_boot: Vec<Pid>,
 }
 
 impl Health {
@@ -31,6 +34,7 @@ impl Health {
             next: now,
             last: now,
             grace_until_ms: 0,
+            too_big_at_boot: Vec::new(),
         }
     }
 }
@@ -76,7 +80,7 @@ impl Master<'_> {
             .collect();
         for (slot, pid, record) in serving {
             self.check_heartbeat(slot, pid, record, now);
-            self.check_memory(slot, pid);
+            self.check_memory(slot, pid, record);
         }
     }
 
@@ -96,10 +100,24 @@ impl Master<'_> {
         self.pool.retire_hung(pid, now, now + ABORT_GRACE);
     }
 
-    fn check_memory(&mut self, slot: usize, pid: Pid) {
+    fn check_memory(&mut self, slot: usize, pid: Pid, record: usize) {
         let (Some(limit), Some(rss)) = (self.config.max_worker_memory, process::resident_bytes(pid)) else {
             return;
         };
+        let served = self.scoreboard.record(record).requests.load(Relaxed);
+        if rss > limit && served == 0 {
+            let warned = &mut self.health.too_big_at_boot;
+            warned.retain(|warned| self.records.iter().any(|(live, _)| live == warned));
+            if !warned.contains(&pid) {
+                warned.push(pid);
+                let (rss, limit) = (rss >> 20, limit >> 20);
+                warn!(
+                    "worker {slot} (pid {pid}) uses {rss} MiB before serving anything, over --max-worker-memory \
+                     {limit} MiB: not recycling it (a new worker would be as big); raise the limit"
+                );
+            }
+            return;
+        }
         if rss > limit && self.pool.recycle(pid).is_some() {
             self.scoreboard.slot(slot).recycled.fetch_add(1, Relaxed);
             let (rss, limit) = (rss >> 20, limit >> 20);

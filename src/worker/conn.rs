@@ -1,29 +1,38 @@
 //! One connection's life, and what the worker keeps about every open connection:
-//! whether it has a request in flight, and since when it has been waiting for
-//! one. A housekeeping sweep (see `serve`) reads that to close connections idle
-//! too long: past the header read timeout, or past a short grace once the drain
-//! has started. One sweep a quarter second replaces a timer per request (hyper's
-//! own header timer costs a timer-wheel insert and removal and a clock read on
-//! every request).
+//! whether it has a request in flight, since when it has been waiting for one,
+//! and since when a read or a write on it has been waiting for the client. A
+//! housekeeping sweep (see `serve`) reads that four times a second and closes
+//! what has waited too long, as nginx's timeouts do:
+//!
+//! - nothing in flight for longer than the header read timeout (an idle
+//!   keep-alive connection, or a request head that is not arriving), or than a
+//!   short grace once the drain has started;
+//! - a request in flight whose body has not been readable for longer than the
+//!   body read timeout (the worker reads the socket while a request is in flight
+//!   only for its body: hyper's half-close mode, see `serve`);
+//! - a response that could not be written for longer than the send timeout
+//!   (a client that stopped reading; one that reads slowly is served to the end);
+//! - a request in flight whose client has gone (end of file or reset).
+//!
+//! One sweep a quarter second replaces a timer per request (hyper's own header
+//! timer costs a timer-wheel insert and removal and a clock read on every request).
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
+use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{ready, Context, Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
-use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONNECTION};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::server::conn::http1;
-use hyper::service::Service;
-use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::respond::Tracked;
 use crate::scoreboard::Record;
 use crate::service::WorkerService;
 use std::sync::atomic::Ordering::Relaxed;
@@ -85,7 +94,7 @@ impl Lifecycle {
         self.quota_reached.notified().await;
     }
 
-    fn served_one(&self) {
+    pub(super) fn served_one(&self) {
         let served = self.served.get() + 1;
         self.served.set(served);
         // A plain store: only this worker writes its record.
@@ -97,17 +106,37 @@ impl Lifecycle {
 }
 
 /// One open connection, as the sweep and its response futures see it.
-struct Entry {
-    in_flight: Cell<u32>,
-    /// The tick at which it last had nothing in flight: accepted, or a response
-    /// produced. (A response body still being written counts as idle: at worst
-    /// such a connection is not kept alive after a body slower than the timeout.)
-    idle_since: Cell<u32>,
+pub struct Entry {
+    /// Requests whose response is not done (head and body written, or dropped).
+    pub(super) in_flight: Cell<u32>,
+    /// The tick at which it last had nothing in flight: accepted, a response
+    /// done, or a blocked write of the last response unblocked.
+    pub(super) idle_since: Cell<u32>,
+    /// Since when a read has been waiting for the client, if one is.
+    read_blocked: Cell<Option<u32>>,
+    /// Since when a write has been waiting for the client, if one is.
+    write_blocked: Cell<Option<u32>>,
+    /// The socket, for the sweep's end-of-file probe. Valid while the entry is
+    /// in the table: the connection closes it only just before it leaves.
+    fd: RawFd,
     /// Set by the sweep.
     close: Cell<Close>,
     /// The connection task's waker, for the sweep to wake it.
     waker: RefCell<Option<Waker>>,
-    lifecycle: Rc<Lifecycle>,
+    pub(super) lifecycle: Rc<Lifecycle>,
+}
+
+/// How long a connection may wait, in housekeeping ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// With nothing in flight (the header read timeout, or the drain's grace).
+    pub idle: u32,
+    /// How an idle connection is closed.
+    pub idle_close: Close,
+    /// For the next piece of a request body (the body read timeout).
+    pub body: u32,
+    /// For a write to make progress (the send timeout).
+    pub send: u32,
 }
 
 /// How the sweep closes a connection.
@@ -118,8 +147,11 @@ pub enum Close {
     /// The drain: hyper closes it when idle, or after the request whose head is
     /// arriving; the response says `Connection: close`.
     Graceful,
-    /// The header read timeout: drop it, whatever half a head it holds.
+    /// A timeout: drop it, whatever half a request it holds.
     Now,
+    /// The send timeout: reset it (`SO_LINGER` 0), so that the response still
+    /// queued for a client that stopped reading does not stay in the kernel.
+    Reset,
 }
 
 impl Entry {
@@ -154,10 +186,13 @@ impl Connections {
         }
     }
 
-    pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>) -> Open {
+    pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> Open {
         let entry = Rc::new(Entry {
             in_flight: Cell::new(0),
             idle_since: Cell::new(lifecycle.now()),
+            read_blocked: Cell::new(None),
+            write_blocked: Cell::new(None),
+            fd,
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             lifecycle: Rc::clone(lifecycle),
@@ -186,16 +221,26 @@ impl Connections {
         }
     }
 
-    /// Asks every connection that has had nothing in flight for more than `limit`
-    /// ticks (as of tick `now`) to close. More than: `idle_since` was stamped at
-    /// some moment within its tick, so `limit` whole ticks later up to one tick of
-    /// the limit may not have passed yet; one tick more, it has.
-    pub fn close_idle(&self, now: u32, limit: u32, how: Close) {
+    /// Asks every connection that has waited longer than `limits` allow (as of
+    /// tick `now`) to close. Longer than: a stamp was taken at some moment within
+    /// its tick, so `limit` whole ticks later up to one tick of the limit may not
+    /// have passed yet; one tick more, it has.
+    pub fn sweep(&self, now: u32, limits: Limits) {
+        let waited = |since: u32| now.wrapping_sub(since);
         for (_, entry) in self.table.borrow().iter() {
-            let idle = entry.in_flight.get() == 0 && now.wrapping_sub(entry.idle_since.get()) > limit;
-            if idle && entry.close.get() == Close::No {
-                entry.ask_to_close(how);
+            if entry.close.get() != Close::No {
+                continue;
             }
+            let in_flight = entry.in_flight.get() > 0;
+            let how = match (entry.write_blocked.get(), entry.read_blocked.get()) {
+                (Some(since), _) if waited(since) > limits.send => Close::Reset,
+                (Some(_), _) => continue,
+                (None, Some(since)) if in_flight && waited(since) > limits.body => Close::Now,
+                (None, _) if in_flight && client_gone(entry.fd) => Close::Now,
+                (None, _) if !in_flight && waited(entry.idle_since.get()) > limits.idle => limits.idle_close,
+                _ => continue,
+            };
+            entry.ask_to_close(how);
         }
     }
 
@@ -218,10 +263,40 @@ impl Drop for Open {
     }
 }
 
+/// True if the client of a connection with a request in flight has closed it
+/// (end of file) or reset it. Only asked while a request is in flight: hyper does
+/// not read then (half-close mode), so nothing else would notice, and the
+/// request's work would go on for nobody. A peek, so nothing is consumed.
+fn client_gone(fd: RawFd) -> bool {
+    let mut byte = [0u8; 1];
+    // SAFETY: `fd` is the connection's open socket (see `Entry::fd`), and the
+    // buffer is valid for the one byte asked for.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => true,
+        n if n > 0 => false,
+        _ => {
+            let err = io::Error::last_os_error();
+            !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
+        }
+    }
+}
+
 /// Serves one connection until the client closes it, or until the sweep closes it.
 pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, builder: &http1::Builder, open: Open) {
     let tracked = Tracked {
         inner: service,
+        entry: Rc::clone(&open.entry),
+    };
+    let io = Io {
+        inner: TokioIo::new(stream),
         entry: Rc::clone(&open.entry),
     };
     // Errors are the client's doing (reset, malformed request): hyper has already
@@ -229,7 +304,7 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, b
     let _ = Watched {
         // Boxed: hyper's connection is large, and the task's future would otherwise
         // be copied whole on every move (into the task, between its stages).
-        conn: Box::pin(builder.serve_connection(Io(TokioIo::new(stream)), tracked)),
+        conn: Box::pin(builder.serve_connection(io, tracked)),
         entry: Rc::clone(&open.entry),
         shut: false,
     }
@@ -256,6 +331,13 @@ impl<S: WorkerService> Future for Watched<S> {
             Close::No => {}
             // Dropping the connection closes the socket.
             Close::Now => return Poll::Ready(Ok(())),
+            Close::Reset => {
+                // SAFETY: the connection, which owns this fd, is alive for this call.
+                let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(this.entry.fd) };
+                // Best effort: without it, the close is an ordinary one.
+                let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
+                return Poll::Ready(Ok(()));
+            }
             Close::Graceful if !*this.shut => {
                 *this.shut = true;
                 this.conn.as_mut().graceful_shutdown();
@@ -274,20 +356,39 @@ impl<S: WorkerService> Future for Watched<S> {
     }
 }
 
-/// The connection's socket as hyper sees it. Shutting down is left to the close
-/// that follows at once, which sends the same FIN: `shutdown(2)` first would
-/// be one more system call per connection for nothing.
-struct Io(TokioIo<TcpStream>);
+/// The connection's socket as hyper sees it: it stamps when a read or a write
+/// starts waiting for the client, for the sweep. Shutting down is left to the
+/// close that follows at once, which sends the same FIN: `shutdown(2)` first
+/// would be one more system call per connection for nothing.
+struct Io {
+    inner: TokioIo<TcpStream>,
+    entry: Rc<Entry>,
+}
+
+impl Io {
+    /// Stamps `since` when `poll` is the start of a wait, clears it when it is done.
+    fn stamp<T>(&self, since: &Cell<Option<u32>>, poll: &Poll<T>) {
+        match (poll.is_pending(), since.get()) {
+            (true, None) => since.set(Some(self.entry.lifecycle.now())),
+            (false, Some(_)) => since.set(None),
+            _ => {}
+        }
+    }
+}
 
 impl Read for Io {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.stamp(&self.entry.read_blocked, &poll);
+        poll
     }
 }
 
 impl Write for Io {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&poll);
+        poll
     }
 
     fn poll_write_vectored(
@@ -295,15 +396,17 @@ impl Write for Io {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&poll);
+        poll
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -311,57 +414,13 @@ impl Write for Io {
     }
 }
 
-/// The user's service, counting requests in flight and adding `Connection: close`
-/// to every response produced once the drain has started.
-struct Tracked<S> {
-    inner: S,
-    entry: Rc<Entry>,
-}
-
-impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
-    type Response = Response<S::Body>;
-    type Error = S::Error;
-    type Future = TrackedFuture<S::Future>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
-        self.entry.in_flight.set(self.entry.in_flight.get() + 1);
-        TrackedFuture {
-            inner: self.inner.call(request),
-            entry: Rc::clone(&self.entry),
+impl Io {
+    fn wrote<T>(&self, poll: &Poll<T>) {
+        let was_blocked = self.entry.write_blocked.get().is_some();
+        self.stamp(&self.entry.write_blocked, poll);
+        if was_blocked && poll.is_ready() {
+            // Progress: the idle clock of a finished response starts again here.
+            self.entry.idle_since.set(self.entry.lifecycle.now());
         }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The response future of [`Tracked`], without a box per request.
-    pub struct TrackedFuture<F> {
-        #[pin]
-        inner: F,
-        entry: Rc<Entry>,
-    }
-}
-
-impl<F, B, E> Future for TrackedFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = ready!(this.inner.poll(cx));
-        let entry = this.entry;
-        let lifecycle = &entry.lifecycle;
-        entry.in_flight.set(entry.in_flight.get() - 1);
-        entry.idle_since.set(lifecycle.now());
-        lifecycle.served_one();
-        if lifecycle.is_draining() {
-            if let Ok(response) = &mut result {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
-            }
-        }
-        Poll::Ready(result)
     }
 }

@@ -9,6 +9,7 @@
 
 mod conn;
 mod control;
+mod respond;
 mod serve;
 
 use std::fmt::Display;
@@ -154,7 +155,7 @@ where
     Ok((listener, service, control))
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
         (Some(text), _) => text,
         (_, Some(text)) => text,

@@ -10,6 +10,7 @@
 //! and give up at `--graceful-timeout`.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Close, Connections, Lifecycle};
+use super::conn::{self, Close, Connections, Lifecycle, Limits};
 use super::control::{Control, Event, Stop};
 use crate::config::Config;
 use crate::ipc::Message;
@@ -62,8 +63,14 @@ pub async fn serve<S: WorkerService>(
     // No writev: hyper copies the head and body into one buffer (64 KiB at a
     // time for a large body) and makes one write(2); for the small responses
     // that dominate, that costs 7% fewer instructions than a queue of buffers.
+    // Half-close: hyper does not read the socket while a request is in flight
+    // except for its body, so a read waiting then is a body read, which the
+    // body read timeout bounds. (Without it hyper reads to notice a client that
+    // went away; the sweep does that instead, see `conn`.) It also serves a
+    // client that shuts down its sending side after the request.
     builder
         .header_read_timeout(None)
+        .half_close(true)
         .keep_alive(true)
         .max_buf_size(64 * 1024)
         .writev(false);
@@ -76,7 +83,13 @@ pub async fn serve<S: WorkerService>(
     });
 
     let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
-    tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, config.header_read_timeout));
+    let limits = Limits {
+        idle: ticks(config.header_read_timeout),
+        idle_close: Close::Now,
+        body: ticks(config.body_read_timeout),
+        send: ticks(config.send_timeout),
+    };
+    tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
     // Steering runs in a task of its own, polled only when a signal or the master
     // wakes it; the future the runtime was given is polled on every scheduler
     // tick. (callgrind saw no difference per request: the signal streams are
@@ -120,11 +133,13 @@ pub async fn serve<S: WorkerService>(
 
 /// Every tick: beat the heartbeat (the master reads it to find a runtime that is
 /// stuck, `--timeout`; it goes on through the drain, which has its own deadline)
-/// and close connections idle too long: past the header read timeout, or past
-/// the drain's idle grace.
-async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static Record, header_timeout: Duration) {
-    let header_ticks = ticks(header_timeout);
-    let grace_ticks = ticks(IDLE_GRACE);
+/// and close connections that have waited too long (see `conn`).
+async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static Record, serving: Limits) {
+    let draining = Limits {
+        idle: ticks(IDLE_GRACE),
+        idle_close: Close::Graceful,
+        ..serving
+    };
     let mut interval = tokio::time::interval(TICK);
     // After a stall (a blocking handler), one tick, not a burst of them.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -133,16 +148,12 @@ async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static 
         record.beat();
         let lifecycle = &shared.lifecycle;
         lifecycle.tick();
-        let (limit, how) = if lifecycle.is_draining() {
-            (grace_ticks, Close::Graceful)
-        } else {
-            (header_ticks, Close::Now)
-        };
-        shared.connections.close_idle(lifecycle.now(), limit, how);
+        let limits = if lifecycle.is_draining() { draining } else { serving };
+        shared.connections.sweep(lifecycle.now(), limits);
     }
 }
 
-/// Whole ticks in `duration`, rounded up (see `Connections::close_idle`).
+/// Whole ticks in `duration`, rounded up (see `Connections::sweep`).
 fn ticks(duration: Duration) -> u32 {
     let ticks = duration.as_nanos().div_ceil(TICK.as_nanos());
     u32::try_from(ticks).unwrap_or(u32::MAX)
@@ -190,7 +201,7 @@ async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
-                let open = shared.connections.open(&shared.lifecycle);
+                let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
                 let shared = Rc::clone(&shared);
                 tokio::task::spawn_local(async move {
                     conn::serve_connection(stream, shared.service.clone(), &shared.builder, open).await;

@@ -106,7 +106,7 @@ fn a_reload_with_an_invalid_config_is_refused_and_the_old_workers_serve() {
 fn a_reload_whose_new_worker_cannot_boot_is_aborted_and_the_old_workers_serve() {
     let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-boot", std::process::id()));
     let mut command = command(example_binary(), &["--workers", "2"]);
-    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);
     let before = server.wait_for_workers(2, Duration::from_secs(5));
     std::fs::write(&marker, "").unwrap();
@@ -131,7 +131,7 @@ fn a_reload_whose_new_worker_cannot_boot_is_aborted_and_the_old_workers_serve() 
 fn a_reload_whose_new_worker_is_not_ready_in_time_is_aborted() {
     let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-slow", std::process::id()));
     let mut command = command(example_binary(), &["--workers", "1", "--ready-timeout", "1s"]);
-    command.env("CUSTOM_SERVICE_SLOW_BOOT_IF_EXISTS", &marker);
+    command.env("FIXTURE_SLOW_BOOT_IF_EXISTS", &marker);
     let server = Server::start_command(command);
     let before = server.wait_for_workers(1, Duration::from_secs(5));
     std::fs::write(&marker, "").unwrap();

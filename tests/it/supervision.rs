@@ -91,13 +91,13 @@ fn every_first_worker_failing_to_boot_halts_the_master_with_the_cause() {
     let marker = tempfile("halt");
     std::fs::write(&marker, "").unwrap();
     let mut command = command(example_binary(), &["--workers", "2"]);
-    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let (status, stdout, stderr) = run_to_exit(command, Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(!stdout.contains("listening on"), "never ready: {stdout}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("custom_service: every worker failed to boot; worker"),
+        last.starts_with("fixture: every worker failed to boot; worker"),
         "{last}"
     );
     assert!(last.contains("refusing to start"), "the cause is named: {last}");
@@ -107,13 +107,13 @@ fn every_first_worker_failing_to_boot_halts_the_master_with_the_cause() {
 #[test]
 fn a_panicking_worker_exits_70_and_is_logged() {
     let mut command = command(example_binary(), &["--workers", "1"]);
-    command.env("CUSTOM_SERVICE_PANIC", "1").env("RUST_BACKTRACE", "0");
+    command.env("FIXTURE_PANIC", "1").env("RUST_BACKTRACE", "0");
     let (status, _, stderr) = run_to_exit(command, Duration::from_secs(20));
     assert_eq!(status.code(), Some(1), "no worker ever booted: {stderr}");
     assert!(stderr.contains("exited with code 70 (panic)"), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
-        last.ends_with("the service factory panicked: CUSTOM_SERVICE_PANIC is set"),
+        last.ends_with("the service factory panicked: FIXTURE_PANIC is set"),
         "{last}"
     );
 }
@@ -168,7 +168,7 @@ fn accept_errors_back_off_instead_of_spinning() {
 fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
     let marker = tempfile("later");
     let mut command = command(example_binary(), &["--workers", "2"]);
-    command.env("CUSTOM_SERVICE_FAIL_IF_EXISTS", &marker);
+    command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
     std::fs::write(&marker, "").unwrap();

@@ -20,14 +20,14 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_prefork-server"))
 }
 
-/// The `custom_service` example. A full `cargo test` builds it, but a filtered run
+/// The `fixture` example. A full `cargo test` builds it, but a filtered run
 /// (`cargo test --test it`) does not: build it once per test run so a stale copy
 /// is never tested (a no-op when it is up to date).
 pub fn example_binary() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     BUILT.call_once(|| {
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "--quiet", "--example", "custom_service"]);
+        cargo.args(["build", "--quiet", "--example", "fixture"]);
         if !cfg!(debug_assertions) {
             cargo.arg("--release");
         }
@@ -35,13 +35,13 @@ pub fn example_binary() -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo");
-        assert!(status.success(), "cargo build --example custom_service failed");
+        assert!(status.success(), "cargo build --example fixture failed");
     });
     let dir = server_binary()
         .parent()
         .expect("the binary is in a directory")
         .to_path_buf();
-    dir.join("examples").join("custom_service")
+    dir.join("examples").join("fixture")
 }
 
 /// A command for `binary` listening on 127.0.0.1:0, plus `args`.

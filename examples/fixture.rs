@@ -1,0 +1,140 @@
+//! The test fixture: a service with the routes and switches the tests and scripts
+//! need. Not an example to copy (see `custom_service.rs` for that).
+//!
+//! Routes:
+//! - `/sleep?ms=N`: answers after N ms (a request in flight);
+//! - `/count`: requests this worker has served (per-worker state);
+//! - `/alloc?mb=N`: leaks N MiB (for `--max-worker-memory`);
+//! - `/bytes?kb=N`: an N KiB body of a repeating pattern (the write path);
+//! - `POST /echo`: reads the whole request body and returns it;
+//! - `/panic`: panics in the handler;
+//! - `/stream?n=N&ms=M`: a chunked body of N lines, M ms apart (SSE-like);
+//! - anything else: `Hello from a custom service in worker <pid>`.
+//!
+//! Boot switches (environment): `FIXTURE_FAIL_IF_EXISTS=PATH` fails the boot while
+//! PATH exists; `FIXTURE_SLOW_BOOT_IF_EXISTS=PATH` makes the boot take 30 s while
+//! it exists; `FIXTURE_PANIC=1` panics in the factory (exit code 70).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+
+fn main() -> std::process::ExitCode {
+    let config = prefork_server::Config::from_args();
+    let make_service = || {
+        let exists = |var: &str| std::env::var_os(var).is_some_and(|path| std::path::Path::new(&path).exists());
+        if exists("FIXTURE_FAIL_IF_EXISTS") {
+            return Err("refusing to start: FIXTURE_FAIL_IF_EXISTS exists".to_owned());
+        }
+        if exists("FIXTURE_SLOW_BOOT_IF_EXISTS") {
+            std::thread::sleep(Duration::from_secs(30));
+        }
+        if std::env::var_os("FIXTURE_PANIC").is_some() {
+            panic!("FIXTURE_PANIC is set");
+        }
+        let served = Rc::new(Cell::new(0u64));
+        Ok(service_fn(move |request| handle(request, Rc::clone(&served))))
+    };
+    match prefork_server::run_with(config, make_service) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fixture: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+type Reply = Response<http_body_util::Either<Full<Bytes>, Lines>>;
+
+fn full(body: impl Into<Bytes>) -> Reply {
+    Response::new(http_body_util::Either::Left(Full::new(body.into())))
+}
+
+async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Reply, Infallible> {
+    served.set(served.get() + 1);
+    let pid = std::process::id();
+    let number = |key: &str, default: u64| query_number(request.uri().query(), key).unwrap_or(default);
+    let reply = match (request.method(), request.uri().path()) {
+        (_, "/sleep") => {
+            let ms = number("ms", 1000);
+            tracing::info!("fixture (pid {pid}): sleeping {ms}ms"); // the tests wait for it
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            full(format!("slept {ms}ms in worker {pid}\n"))
+        }
+        (_, "/count") => full(format!("worker {pid} has served {} requests\n", served.get())),
+        (_, "/alloc") => {
+            let mb = number("mb", 1) as usize;
+            std::mem::forget(vec![1u8; mb << 20]); // written, so resident
+            full(format!("leaked {mb} MiB in worker {pid}\n"))
+        }
+        (_, "/bytes") => {
+            let kb = number("kb", 1) as usize;
+            full((0..kb << 10).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())
+        }
+        (&Method::POST, "/echo") => match request.into_body().collect().await {
+            Ok(body) => full(body.to_bytes()),
+            Err(err) => {
+                let mut reply = full(format!("cannot read the body: {err}\n"));
+                *reply.status_mut() = StatusCode::BAD_REQUEST;
+                reply
+            }
+        },
+        (_, "/panic") => panic!("GET /panic"),
+        (_, "/stream") => {
+            let lines = Lines {
+                left: number("n", 10),
+                every: Duration::from_millis(number("ms", 1000)),
+                sleep: None,
+                sent: 0,
+            };
+            Response::new(http_body_util::Either::Right(lines))
+        }
+        _ => full(format!("Hello from a custom service in worker {pid}\n")),
+    };
+    Ok(reply)
+}
+
+/// `data: N\n\n` every `every`, `left` times: a slow streamed body.
+struct Lines {
+    left: u64,
+    every: Duration,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    sent: u64,
+}
+
+impl Body for Lines {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        if self.sent > 0 {
+            let every = self.every;
+            let sleep = self.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+            std::task::ready!(sleep.as_mut().poll(cx));
+            self.sleep = None;
+        }
+        self.left -= 1;
+        self.sent += 1;
+        let line = format!("data: {}\n\n", self.sent);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(line)))))
+    }
+}
+
+fn query_number(query: Option<&str>, key: &str) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}

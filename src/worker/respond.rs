@@ -1,0 +1,202 @@
+//! Between hyper and the user's service: what the worker adds to every request.
+//!
+//! - It counts a request as in flight from its head until its response body is
+//!   done (written to the end, or dropped): the housekeeping sweep never takes a
+//!   connection with a response still streaming (SSE, a slow download) for idle.
+//! - It answers `400 Bad Request` itself, without calling the service, to an
+//!   HTTP/1.1 request with no `Host`, and to any request with two `Host` fields or
+//!   one that is not a valid host (RFC 9112 §3.2).
+//! - A panic in the service's future answers `500 Internal Server Error` (a panic
+//!   in a response body, once its head is out, aborts that connection); either way
+//!   the connection is closed and the worker goes on serving the others.
+//! - Once the drain has started, every response says `Connection: close`.
+
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{ready, Context, Poll};
+
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{HeaderValue, CONNECTION, HOST};
+use hyper::service::Service;
+use hyper::{Request, Response, StatusCode, Version};
+use tracing::error;
+
+use super::conn::Entry;
+use crate::service::{BoxError, WorkerService};
+
+/// The body of every response: the service's, or the worker's own empty one.
+pub type ResponseBody<S> = TrackedBody<<S as WorkerService>::Body>;
+
+/// The user's service, seen through the worker's bookkeeping.
+pub struct Tracked<S> {
+    pub inner: S,
+    pub entry: Rc<Entry>,
+}
+
+impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
+    type Response = Response<ResponseBody<S>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::new(Rc::clone(&self.entry));
+        let inner = match bad_host(&request) {
+            false => Some(self.inner.call(request)),
+            true => None,
+        };
+        TrackedFuture {
+            inner,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a
+/// `Host` field, and to any request with more than one or with an invalid one.
+fn bad_host<B>(request: &Request<B>) -> bool {
+    let mut hosts = request.headers().get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => request.version() == Version::HTTP_11,
+        (Some(_), Some(_)) => true,
+        (Some(host), None) => {
+            let host = host.as_bytes();
+            // Empty is allowed (a target with no authority); userinfo is not.
+            !host.is_empty() && (host.contains(&b'@') || hyper::http::uri::Authority::try_from(host).is_err())
+        }
+    }
+}
+
+/// A request counted as in flight: dropping it (when the response body is done,
+/// or when the request is abandoned) ends that, and starts the idle clock.
+pub struct InFlight(Rc<Entry>);
+
+impl InFlight {
+    fn new(entry: Rc<Entry>) -> InFlight {
+        entry.in_flight.set(entry.in_flight.get() + 1);
+        InFlight(entry)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let entry = &self.0;
+        entry.in_flight.set(entry.in_flight.get() - 1);
+        entry.idle_since.set(entry.lifecycle.now());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`Tracked`], without a box per request.
+    pub struct TrackedFuture<F> {
+        // `None`: refused before the service was called (a bad `Host`).
+        #[pin]
+        inner: Option<F>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<TrackedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(inner) = this.inner.as_pin_mut() else {
+            let in_flight = this.in_flight.take();
+            return Poll::Ready(Ok(refuse(StatusCode::BAD_REQUEST, in_flight)));
+        };
+        // The service is the user's code: a panic in it must cost this request,
+        // not every connection of the worker.
+        let polled = catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
+        let in_flight = this.in_flight.take();
+        let result = match polled {
+            Ok(Poll::Pending) => {
+                *this.in_flight = in_flight;
+                return Poll::Pending;
+            }
+            Ok(Poll::Ready(result)) => result,
+            Err(panic) => {
+                error!("a request handler panicked: {}; answering 500", super::panic_message(panic.as_ref()));
+                return Poll::Ready(Ok(refuse(StatusCode::INTERNAL_SERVER_ERROR, in_flight)));
+            }
+        };
+        // `in_flight` is always there on the first Ready, which is the last poll.
+        let Some(in_flight) = in_flight else {
+            return Poll::Pending;
+        };
+        let lifecycle = Rc::clone(&in_flight.0.lifecycle);
+        lifecycle.served_one();
+        Poll::Ready(result.map(|response| {
+            let mut response = response.map(|body| TrackedBody {
+                inner: Either::Left(body),
+                _in_flight: in_flight,
+            });
+            if lifecycle.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            response
+        }))
+    }
+}
+
+/// The worker's own answer (no body), after which the connection closes.
+fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
+    let Some(in_flight) = in_flight else {
+        unreachable!("a response future is polled to Ready once")
+    };
+    in_flight.0.lifecycle.served_one();
+    let mut response = Response::new(TrackedBody {
+        inner: Either::Right(Empty::new()),
+        _in_flight: in_flight,
+    });
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+pin_project_lite::pin_project! {
+    /// A response body, holding its request in flight until it is done.
+    pub struct TrackedBody<B: Body> {
+        #[pin]
+        inner: Either<B, Empty<B::Data>>,
+        _in_flight: InFlight,
+    }
+}
+
+impl<B: Body> Body for TrackedBody<B>
+where
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let inner = self.project().inner;
+        match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
+            Ok(polled) => Poll::Ready(ready!(polled)),
+            Err(panic) => {
+                let message = super::panic_message(panic.as_ref()).to_owned();
+                error!("a response body panicked: {message}; closing its connection");
+                Poll::Ready(Some(Err(format!("the response body panicked: {message}").into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,63 @@
+//! What the worker itself answers around the service: bad `Host` fields, a
+//! panicking handler, and request bodies the service leaves unread.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::util::*;
+
+/// Sends `raw` on a fresh connection and reads until the server closes it (or
+/// 3 s pass): the status codes of every response, in order.
+fn statuses(addr: std::net::SocketAddr, raw: &[u8]) -> Vec<u16> {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.write_all(raw).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = Vec::new();
+    let _ = stream.read_to_end(&mut got); // a reset after the last answer is fine
+    let text = String::from_utf8_lossy(&got);
+    text.match_indices("HTTP/1.")
+        .filter_map(|(at, _)| text[at + 9..].get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_request_without_one_valid_host_gets_400() {
+    let server = Server::start(&["--workers", "1"]);
+    let cases: [(&[u8], u16); 6] = [
+        (b"GET / HTTP/1.1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", 400),
+        (b"GET / HTTP/1.0\r\n\r\n", 200),
+        (b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n", 200),
+    ];
+    for (raw, expected) in cases {
+        assert_eq!(statuses(server.addr, raw), [expected], "{}", String::from_utf8_lossy(raw));
+    }
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_the_worker_serves_on() {
+    let server = Server::start_example(&["--workers", "1"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let response = get(server.addr, "/panic").unwrap();
+    assert_eq!(response.status, 500);
+    assert_eq!(response.header("connection"), Some("close"));
+    server.wait_for_log("a request handler panicked: GET /panic; answering 500", Duration::from_secs(5));
+    let after = get(server.addr, "/").unwrap();
+    assert_eq!(after.worker_pid(), Some(worker), "the same worker serves on");
+}
+
+#[test]
+fn an_unread_body_is_discarded_up_to_1_mib_and_the_connection_kept() {
+    let server = Server::start(&["--workers", "1"]);
+    let post = |size: usize| {
+        let mut raw = format!("POST / HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n").into_bytes();
+        raw.resize(raw.len() + size, b'x');
+        raw.extend_from_slice(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        raw
+    };
+    assert_eq!(statuses(server.addr, &post(1 << 20)), [405, 200], "1 MiB is discarded");
+    assert_eq!(statuses(server.addr, &post(3 << 20)), [405], "3 MiB closes the connection");
+}

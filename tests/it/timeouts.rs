@@ -1,0 +1,107 @@
+//! The timeout model: the header read timeout bounds waiting for a request head
+//! and keep-alive idleness; the body read timeout bounds a stalled request body;
+//! the send timeout bounds a response nobody reads. A response in flight is
+//! never idle.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// Reads until the server closes the connection (EOF or reset), or `within`
+/// passes; returns the bytes read and whether it was closed.
+fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + within;
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    (got, false)
+}
+
+#[test]
+fn a_slow_reader_gets_the_whole_response_past_the_header_read_timeout() {
+    let server = Server::start_example(&["--workers", "1", "--header-read-timeout", "1s"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send_request(&mut stream, "GET", "/bytes?kb=8192", false).unwrap();
+    // 8 MiB at about 2 MB/s: some 4 s, four times the header read timeout.
+    let started = Instant::now();
+    let mut got = 0usize;
+    let mut buf = [0u8; 65536];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("after {got} bytes: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(30)); // the client's pace
+    }
+    assert!(started.elapsed() > Duration::from_secs(2), "the read was slow");
+    assert!(got > 8 << 20, "the whole body and its head arrived: {got} bytes");
+}
+
+#[test]
+fn a_stream_runs_past_the_header_read_timeout_to_its_end() {
+    let server = Server::start_example(&["--workers", "1", "--header-read-timeout", "1s"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut stream, "GET", "/stream?n=4&ms=700", false).unwrap();
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(10));
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed, "the stream ended");
+    for n in 1..=4 {
+        assert!(text.contains(&format!("data: {n}\n")), "event {n} missing:\n{text}");
+    }
+}
+
+#[test]
+fn a_stalled_request_body_is_closed_at_the_body_read_timeout_and_a_slow_one_is_not() {
+    let server = Server::start_example(&["--workers", "1", "--body-read-timeout", "1s"]);
+    let mut stalled = TcpStream::connect(server.addr).unwrap();
+    stalled
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 9\r\n\r\nab")
+        .unwrap();
+    let started = Instant::now();
+
+    // A body that trickles in, a byte every 300 ms, is never idle for a second.
+    let mut slow = TcpStream::connect(server.addr).unwrap();
+    slow.write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 8\r\n\r\n")
+        .unwrap();
+    for byte in b"trickled" {
+        std::thread::sleep(Duration::from_millis(300)); // the client's pace
+        slow.write_all(&[*byte]).unwrap();
+    }
+    let (got, closed) = read_until_closed(&mut slow, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&got);
+    assert!(closed && text.starts_with("HTTP/1.1 200") && text.ends_with("trickled"), "{text}");
+
+    let (got, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
+    assert!(closed, "the stalled body's connection is closed");
+    assert!(got.is_empty(), "without an answer: {:?}", String::from_utf8_lossy(&got));
+    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout");
+}
+
+#[test]
+fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
+    let server = Server::start_example(&["--workers", "1", "--send-timeout", "1s", "--admin", "127.0.0.1:0"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut stream, "GET", "/bytes?kb=65536", false).unwrap();
+    // Read nothing: 64 MiB cannot fit in the socket buffers, so the worker's
+    // writes wait, then time out.
+    eventually(Duration::from_secs(10), "the worker closes the connection", || {
+        let status = get(server.admin_addr(), "/status").ok()?;
+        (status.body.contains("\"connections\":0")).then_some(())
+    });
+    let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(10));
+    assert!(closed, "the client sees the connection end");
+    assert!(got.len() < 64 << 20, "the response was cut: {} bytes", got.len());
+}
