@@ -1,9 +1,10 @@
 //! Every socket option decision, made in the master before the first fork.
 //!
-//! The master keeps every listener open for its whole life. A worker's death then
+//! The master keeps every listener open until it stops. A worker's death then
 //! only drops the worker's copy of the fd: the accept queue, and the connections
 //! already waiting in it, survive and are served by the replacement. (Closing the
-//! last fd of a SO_REUSEPORT socket resets everything queued on it.)
+//! last fd of a SO_REUSEPORT socket resets everything queued on it.) A stop is
+//! the one time the master closes them: see [`Listeners::close_for_stop`].
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -136,6 +137,14 @@ impl Listeners {
             Balance::Reuseport => &self.sockets[slot],
             Balance::Shared => &self.sockets[0],
         }
+    }
+
+    /// Closes the master's copies of the serving sockets (not the admin one), at
+    /// the start of a stop: once the workers have taken what is queued and closed
+    /// theirs, new connections are refused instead of waiting in a queue nobody
+    /// accepts from. Nothing may ask for a slot's socket afterwards.
+    pub fn close_for_stop(&mut self) {
+        self.sockets.clear();
     }
 
     /// Every listener fd, for a worker to close the ones that are not its own.

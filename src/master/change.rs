@@ -33,6 +33,13 @@ impl Master<'_> {
         for pid in pids {
             process::signal(pid, signal);
         }
+        if self.stop.is_none() {
+            // The workers take what is queued and close their copies; with these
+            // closed too, new connections are refused at once.
+            info!("master: closing the listening sockets: new connections are refused from now on");
+            self.listeners.close_for_stop();
+            self.old_listeners.clear();
+        }
         self.stop = Some(stop);
     }
 

@@ -292,6 +292,12 @@ impl Master<'_> {
         let (workers, balance) = (self.pool.len(), self.listeners.balance().as_str());
         if first {
             info!("master (pid {}): ready", getpid());
+            // Before the ready line: whoever waits for it may read the file next.
+            if let Some(path) = &self.config.pid_file {
+                if let Err(err) = crate::pidfile::write(path, std::process::id()) {
+                    warn!("master: cannot write the pid file {}: {err}", path.display());
+                }
+            }
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
@@ -303,11 +309,6 @@ impl Master<'_> {
             return self.notifier.send(&status);
         }
         self.notifier.send(&format!("READY=1\n{status}"));
-        if let Some(path) = &self.config.pid_file {
-            if let Err(err) = crate::pidfile::write(path, std::process::id()) {
-                warn!("master: cannot write the pid file {}: {err}", path.display());
-            }
-        }
         if let Some(old_master) = self.origin.handover.take() {
             crate::upgrade::report_ready(old_master);
         }

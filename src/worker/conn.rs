@@ -271,14 +271,7 @@ fn client_gone(fd: RawFd) -> bool {
     let mut byte = [0u8; 1];
     // SAFETY: `fd` is the connection's open socket (see `Entry::fd`), and the
     // buffer is valid for the one byte asked for.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            byte.as_mut_ptr().cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
+    let n = unsafe { libc::recv(fd, byte.as_mut_ptr().cast(), 1, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
     match n {
         0 => true,
         n if n > 0 => false,

@@ -14,6 +14,7 @@ mod serve;
 
 use std::fmt::Display;
 use std::net::TcpListener;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 use nix::unistd::{getpid, getppid, Pid};
@@ -141,10 +142,14 @@ where
     let control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     // The master set O_NONBLOCK on the shared open file; tokio requires it.
-    let listener = listener
+    let accepting = listener
         .try_clone()
         .and_then(control::accepting)
         .map_err(|err| format!("cannot use the slot's socket: {err}"))?;
+    // From here the worker holds one copy of its slot's socket, which it closes
+    // when it drains (see `serve`). The fd inherited from the master belongs to
+    // master structures that are never dropped in this process: closed once, here.
+    let _ = nix::unistd::close(listener.as_raw_fd());
     // The factory is the user's code: a panic there is reported like an error,
     // with its message, but keeps the panic exit code.
     let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make_service)).map_err(|panic| BootError {
@@ -152,7 +157,7 @@ where
         reason: format!("the service factory panicked: {}", panic_message(panic.as_ref())),
     })?;
     let service = made.map_err(|err| format!("cannot make the service: {err}"))?;
-    Ok((listener, service, control))
+    Ok((accepting, service, control))
 }
 
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

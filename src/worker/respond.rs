@@ -122,7 +122,10 @@ where
             }
             Ok(Poll::Ready(result)) => result,
             Err(panic) => {
-                error!("a request handler panicked: {}; answering 500", super::panic_message(panic.as_ref()));
+                error!(
+                    "a request handler panicked: {}; answering 500",
+                    super::panic_message(panic.as_ref())
+                );
                 return Poll::Ready(Ok(refuse(StatusCode::INTERNAL_SERVER_ERROR, in_flight)));
             }
         };

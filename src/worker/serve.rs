@@ -82,7 +82,8 @@ pub async fn serve<S: WorkerService>(
         name: name.to_owned(),
     });
 
-    let own = tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared)));
+    let listener = Rc::new(listener);
+    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared)));
     let limits = Limits {
         idle: ticks(config.header_read_timeout),
         idle_close: Close::Now,
@@ -103,15 +104,26 @@ pub async fn serve<S: WorkerService>(
             Err(_) => unreachable!("the steering task is never aborted"),
         },
     };
-    // Stop accepting: an aborted loop drops its fd; the master's copies keep the queues.
     own.abort();
-    adopted.iter().for_each(|(_, task)| task.abort());
+    adopted.iter().for_each(|(_, task, _)| task.abort());
     if how == Stop::Fast {
         return info!("{name}: {why}: exiting now");
     }
     let connections = &shared.connections;
-    info!("{name}: {why}: draining {} connections", connections.count());
     shared.lifecycle.start_drain();
+    // Take what is already queued (it is served, with `Connection: close`), then
+    // close this worker's copies of the sockets. On a stop the master has closed
+    // its own, so the last close refuses new connections at once instead of
+    // letting them wait in a queue nobody accepts from (a reload or an upgrade
+    // keeps the master's, and a successor's, open).
+    let mut queued = 0;
+    for listener in std::iter::once(listener).chain(adopted.into_iter().map(|(_, _, listener)| listener)) {
+        queued += accept_queued(&listener, &shared).await;
+    }
+    info!(
+        "{name}: {why}: draining {} connections ({queued} taken from the queue)",
+        connections.count()
+    );
     connections.restart_idle_clocks(shared.lifecycle.now());
     record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
@@ -164,9 +176,9 @@ fn ticks(duration: Duration) -> u32 {
 async fn steer<S: WorkerService>(
     mut control: Control,
     shared: Rc<Shared<S>>,
-) -> (Stop, &'static str, Control, Vec<(usize, JoinHandle<()>)>) {
+) -> (Stop, &'static str, Control, Adopted) {
     let name = &shared.name;
-    let mut adopted: Vec<(usize, JoinHandle<()>)> = Vec::new();
+    let mut adopted: Adopted = Vec::new();
     loop {
         let event = tokio::select! {
             event = control.next() => event,
@@ -181,32 +193,28 @@ async fn steer<S: WorkerService>(
             Event::Stop(how, why) => return (how, why, control, adopted),
             Event::Adopt(slot, listener) => {
                 debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
-                adopted.push((
-                    slot,
-                    tokio::task::spawn_local(accept_loop(listener, Rc::clone(&shared))),
-                ));
+                let listener = Rc::new(listener);
+                let task = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared)));
+                adopted.push((slot, task, listener));
             }
             Event::Release(slot) => {
-                for (_, task) in adopted.iter().filter(|(adopted, _)| *adopted == slot) {
+                for (_, task, _) in adopted.iter().filter(|(adopted, ..)| *adopted == slot) {
                     task.abort();
                 }
-                adopted.retain(|(adopted, _)| *adopted != slot);
+                adopted.retain(|(adopted, ..)| *adopted != slot);
                 debug!("{name}: released slot {slot}'s socket");
             }
         }
     }
 }
 
-async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<S>>) {
+/// Sibling slots' sockets this worker accepts on: the slot, its accept loop, the socket.
+type Adopted = Vec<(usize, JoinHandle<()>, Rc<TcpListener>)>;
+
+async fn accept_loop<S: WorkerService>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
-                let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
-                let shared = Rc::clone(&shared);
-                tokio::task::spawn_local(async move {
-                    conn::serve_connection(stream, shared.service.clone(), &shared.builder, open).await;
-                });
-            }
+            Ok((stream, _peer)) => start_connection(stream, &shared),
             Err(err) if is_transient(&err) => {}
             Err(err) => {
                 warn!(
@@ -216,6 +224,34 @@ async fn accept_loop<S: WorkerService>(listener: TcpListener, shared: Rc<Shared<
                 );
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
+        }
+    }
+}
+
+fn start_connection<S: WorkerService>(stream: tokio::net::TcpStream, shared: &Rc<Shared<S>>) {
+    let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
+    let shared = Rc::clone(shared);
+    tokio::task::spawn_local(async move {
+        conn::serve_connection(stream, shared.service.clone(), &shared.builder, open).await;
+    });
+}
+
+/// Accepts every connection queued on `listener` now, without waiting for more;
+/// returns how many.
+async fn accept_queued<S: WorkerService>(listener: &TcpListener, shared: &Rc<Shared<S>>) -> usize {
+    let mut taken = 0;
+    loop {
+        let next = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
+            std::task::Poll::Pending => std::task::Poll::Ready(None),
+            std::task::Poll::Ready(accepted) => std::task::Poll::Ready(Some(accepted)),
+        });
+        match next.await {
+            Some(Ok((stream, _peer))) => {
+                start_connection(stream, shared);
+                taken += 1;
+            }
+            Some(Err(err)) if is_transient(&err) => {}
+            Some(Err(_)) | None => return taken,
         }
     }
 }

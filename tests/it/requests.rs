@@ -33,7 +33,12 @@ fn a_request_without_one_valid_host_gets_400() {
         (b"GET / HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n", 200),
     ];
     for (raw, expected) in cases {
-        assert_eq!(statuses(server.addr, raw), [expected], "{}", String::from_utf8_lossy(raw));
+        assert_eq!(
+            statuses(server.addr, raw),
+            [expected],
+            "{}",
+            String::from_utf8_lossy(raw)
+        );
     }
 }
 
@@ -44,7 +49,10 @@ fn a_panicking_handler_gets_500_and_the_worker_serves_on() {
     let response = get(server.addr, "/panic").unwrap();
     assert_eq!(response.status, 500);
     assert_eq!(response.header("connection"), Some("close"));
-    server.wait_for_log("a request handler panicked: GET /panic; answering 500", Duration::from_secs(5));
+    server.wait_for_log(
+        "a request handler panicked: GET /panic; answering 500",
+        Duration::from_secs(5),
+    );
     let after = get(server.addr, "/").unwrap();
     assert_eq!(after.worker_pid(), Some(worker), "the same worker serves on");
 }
@@ -59,5 +67,9 @@ fn an_unread_body_is_discarded_up_to_1_mib_and_the_connection_kept() {
         raw
     };
     assert_eq!(statuses(server.addr, &post(1 << 20)), [405, 200], "1 MiB is discarded");
-    assert_eq!(statuses(server.addr, &post(3 << 20)), [405], "3 MiB closes the connection");
+    assert_eq!(
+        statuses(server.addr, &post(3 << 20)),
+        [405],
+        "3 MiB closes the connection"
+    );
 }

@@ -83,3 +83,54 @@ fn quit_and_a_second_term_are_fast_stops() {
         assert!(server.logs().contains("exiting now"), "{signals:?}");
     }
 }
+
+/// True once a connection to `addr` is refused (not accepted into a queue).
+fn refused(addr: std::net::SocketAddr) -> Option<()> {
+    match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_stop_serves_what_is_queued_then_refuses_new_connections() {
+    use std::io::Write;
+    let mut server = Server::start_example(&["--workers", "1", "--graceful-timeout", "10s"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let addr = server.addr;
+    let slow = thread::spawn(move || get(addr, "/sleep?ms=3000"));
+    server.wait_for_log("sleeping 3000ms", Duration::from_secs(10));
+    // Stopped, the worker accepts nothing: these wait in the socket's queue.
+    nix::sys::signal::kill(worker, Signal::SIGSTOP).unwrap();
+    let mut queued: Vec<TcpStream> = (0..5).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    for stream in &mut queued {
+        stream.write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    }
+    server.signal(Signal::SIGTERM);
+    server.wait_for_log("closing the listening sockets", Duration::from_secs(5));
+    nix::sys::signal::kill(worker, Signal::SIGCONT).unwrap();
+    // Served, by the worker's accept loop or by the drain's sweep of the queue
+    // (which of the two runs first after SIGCONT is the runtime's choice).
+    for stream in &mut queued {
+        let response = read_response(stream).expect("a queued connection is served");
+        assert_eq!(response.status, 200);
+    }
+    server.wait_for_log("taken from the queue)", Duration::from_secs(5));
+    // The request in flight is still running, and nothing accepts any more.
+    eventually(Duration::from_secs(2), "new connections refused", || refused(addr));
+    let response = slow.join().unwrap().expect("the in-flight request completes");
+    assert_eq!(response.status, 200);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+#[test]
+fn after_the_master_is_killed_new_connections_are_refused_while_the_workers_drain() {
+    let server = Server::start_example(&["--workers", "2", "--graceful-timeout", "10s"]);
+    let addr = server.addr;
+    let slow = thread::spawn(move || get(addr, "/sleep?ms=3000"));
+    server.wait_for_log("sleeping 3000ms", Duration::from_secs(10));
+    server.signal(Signal::SIGKILL);
+    eventually(Duration::from_secs(2), "new connections refused", || refused(addr));
+    let response = slow.join().unwrap().expect("the in-flight request completes");
+    assert_eq!(response.status, 200);
+}

@@ -82,12 +82,18 @@ fn a_stalled_request_body_is_closed_at_the_body_read_timeout_and_a_slow_one_is_n
     }
     let (got, closed) = read_until_closed(&mut slow, Duration::from_secs(5));
     let text = String::from_utf8_lossy(&got);
-    assert!(closed && text.starts_with("HTTP/1.1 200") && text.ends_with("trickled"), "{text}");
+    assert!(
+        closed && text.starts_with("HTTP/1.1 200") && text.ends_with("trickled"),
+        "{text}"
+    );
 
     let (got, closed) = read_until_closed(&mut stalled, Duration::from_secs(10));
     assert!(closed, "the stalled body's connection is closed");
     assert!(got.is_empty(), "without an answer: {:?}", String::from_utf8_lossy(&got));
-    assert!(started.elapsed() >= Duration::from_millis(900), "not before the timeout");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the timeout"
+    );
 }
 
 #[test]
