@@ -86,12 +86,15 @@ async fn discard(mut body: Incoming, limit: usize) -> bool {
 /// The app's response future: ready at once for a request without a body (no
 /// allocation on that path), after reading the body otherwise.
 pub enum Answer {
-    Now(Ready<Result<Response<Full<Bytes>>, Infallible>>),
-    AfterBody(Pin<Box<dyn Future<Output = Result<Response<Full<Bytes>>, Infallible>>>>),
+    Now(Ready<Answered>),
+    AfterBody(Pin<Box<dyn Future<Output = Answered>>>),
 }
 
+/// What [`Hello`] answers: it never fails.
+pub type Answered = Result<Response<Full<Bytes>>, Infallible>;
+
 impl Future for Answer {
-    type Output = Result<Response<Full<Bytes>>, Infallible>;
+    type Output = Answered;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Both variants are Unpin (`Ready` of an Unpin value, and a box).
