@@ -592,6 +592,27 @@ mod tests {
         assert!(parse_duration("5h").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive_duration("0").is_err());
+        // Past what a deadline (`Instant + duration`) can hold: refused, not a panic on TERM.
+        assert!(parse_duration("365d").is_err());
+        let err = parse(&["--graceful-timeout", "10000000000000000000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("longer than a year"), "{err}");
+        assert!(parse(&["--upgrade-timeout", "600000m"]).is_err());
+        assert_eq!(
+            parse(&["--graceful-timeout", "525600m"]).unwrap().graceful_timeout,
+            MAX_DURATION
+        );
+    }
+
+    #[test]
+    fn a_memory_limit_below_a_booting_worker_is_refused() {
+        let err = parse(&["--max-worker-memory", "1"]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("max_worker_memory:") && err.contains("below the 8 MiB"),
+            "{err}"
+        );
+        assert!(parse(&["--max-worker-memory", "8MiB"]).is_ok());
     }
 
     #[test]
@@ -653,6 +674,8 @@ mod tests {
             ("balance = \"roundrobin\"\n", "balance"),
             ("host = \"example.com\"\n", "host"),
             ("timeout = \"200ms\"\n", "timeout: must be 0 (off) or at least 1s"),
+            ("graceful_timeout = 1e19\n", "longer than a year"),
+            ("send_timeout = \"0\"\n", "send_timeout"),
         ];
         for (i, (text, expected)) in cases.iter().enumerate() {
             let path = file(&format!("bad{i}"), text);

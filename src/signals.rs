@@ -9,6 +9,11 @@
 //! | CHLD       | wake up and reap                                              | default             |
 //! | USR2       | hot upgrade: start the binary on disk with the sockets; drain once it is ready | ignored |
 //! | USR1       | logged and ignored (not implemented yet)                      | ignored             |
+//! | any other catchable signal (ALRM, IO, PROF, VTALRM, PWR, SYS, XCPU, XFSZ, STKFLT, TRAP, PIPE, real-time) | logged and ignored | ignored |
+//!
+//! ABRT and BUS keep their default action (a core dump is what an operator who
+//! sends ABRT wants), as do the signals no process can catch (KILL, STOP) and the
+//! faults a handler cannot return from (SEGV, ILL, FPE).
 //!
 //! TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect (nginx and
 //! unicorn treat TERM as fast and QUIT as graceful).
@@ -44,6 +49,8 @@ Signals (send them to the master):
               once it is ready, this master drains and exits; if it is not, this one
               keeps serving.
   USR1        logged and ignored for now (log reopen is planned).
+  others      ALRM, IO, PROF, VTALRM, PWR, SYS, XCPU, XFSZ, STKFLT, TRAP, PIPE and the
+              real-time signals are logged and ignored (they would kill the master).
 TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect; nginx and unicorn
 use QUIT for that and treat TERM as fast.
 
@@ -64,14 +71,33 @@ pub enum Signal {
     RemoveWorker,
     /// USR2.
     Upgrade,
-    /// Recorded so that its default action (terminate or stop the master) does not
-    /// run; logged and ignored until its feature exists.
-    Unimplemented(i32),
+    /// Not in the table (or not implemented yet: USR1): recorded so that its
+    /// default action, which for most of them terminates the master, does not run.
+    Ignored(i32),
 }
 
-const WATCHED: [i32; 9] = [
-    SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
-];
+/// The table's signals, then every other one whose default action would end or
+/// stop the master for no reason of its own.
+fn watched() -> Vec<i32> {
+    let table = [
+        SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
+    ];
+    let stray = [
+        SIGALRM,
+        SIGIO,
+        SIGPROF,
+        SIGVTALRM,
+        libc::SIGPWR,
+        SIGSYS,
+        SIGXCPU,
+        SIGXFSZ,
+        libc::SIGSTKFLT,
+        SIGTRAP,
+        SIGPIPE,
+    ];
+    let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
+    table.into_iter().chain(stray).chain(realtime).collect()
+}
 
 impl Signal {
     fn from_raw(raw: i32) -> Signal {
@@ -84,7 +110,7 @@ impl Signal {
             SIGTTIN => Signal::AddWorker,
             SIGTTOU => Signal::RemoveWorker,
             SIGUSR2 => Signal::Upgrade,
-            other => Signal::Unimplemented(other),
+            other => Signal::Ignored(other),
         }
     }
 }
@@ -107,7 +133,7 @@ impl Signals {
             flags: Vec::new(),
             ids: Vec::new(),
         };
-        for raw in WATCHED {
+        for raw in watched() {
             let flag = Arc::new(AtomicBool::new(false));
             // The flag is registered first, so it is set by the time the pipe wakes us.
             signals.ids.push(signal_hook::flag::register(raw, Arc::clone(&flag))?);

@@ -44,6 +44,14 @@ use crate::worker::Child;
 use pool::Pool;
 use upgrade::Upgrade;
 
+/// `SIGALRM`, or `SIGRTMIN+3` for a real-time signal nix has no name for.
+fn signal_name(raw: i32) -> String {
+    match Sig::try_from(raw) {
+        Ok(signal) => signal.as_str().to_owned(),
+        Err(_) => format!("SIGRTMIN+{}", raw - libc::SIGRTMIN()),
+    }
+}
+
 /// What a forked worker runs; returns its exit code.
 pub(crate) type WorkerMain<'a> = dyn Fn(Child<'_>) -> i32 + 'a;
 
@@ -239,10 +247,10 @@ impl Master<'_> {
             (Signal::Reload, None) => self.reload(),
             (Signal::AddWorker, None) => self.resize(self.pool.len() + 1, "TTIN"),
             (Signal::RemoveWorker, None) => self.resize(self.pool.len().saturating_sub(1), "TTOU"),
-            (Signal::Unimplemented(raw), _) => {
-                let name = Sig::try_from(raw).map_or("an unknown signal", Sig::as_str);
-                info!("master: ignoring {name}: not implemented yet");
+            (Signal::Ignored(raw), _) if raw == libc::SIGUSR1 => {
+                info!("master: ignoring SIGUSR1: not implemented yet");
             }
+            (Signal::Ignored(raw), _) => info!("master: ignoring {}: not in the signal table", signal_name(raw)),
         }
     }
 

@@ -124,6 +124,32 @@ fn other_signals_are_logged_and_ignored() {
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
     server.signal(Signal::SIGUSR1);
     server.wait_for_log("ignoring SIGUSR1: not implemented yet", Duration::from_secs(5));
+    // Signals outside the table, whose default action would end the master.
+    let stray = [
+        libc::SIGALRM,
+        libc::SIGIO,
+        libc::SIGPROF,
+        libc::SIGVTALRM,
+        libc::SIGPWR,
+        libc::SIGSYS,
+        libc::SIGXCPU,
+        libc::SIGXFSZ,
+        libc::SIGSTKFLT,
+        libc::SIGTRAP,
+        libc::SIGRTMIN() + 3,
+        libc::SIGRTMAX(),
+    ];
+    for raw in stray {
+        // SAFETY: kill(2) with a pid and a signal number; no memory is passed.
+        assert_eq!(unsafe { libc::kill(server.master.as_raw(), raw) }, 0);
+        // One at a time: the log names each, and none coalesces with another.
+        let name = Signal::try_from(raw).map_or(format!("SIGRTMIN+{}", raw - libc::SIGRTMIN()), |s| s.as_str().into());
+        server.wait_for_log(
+            &format!("ignoring {name}: not in the signal table"),
+            Duration::from_secs(5),
+        );
+    }
+    assert!(alive(server.master), "the master survived every one");
     // Workers ignore them too (a HUP to the whole process group must not kill them).
     for worker in &workers {
         kill(*worker, Signal::SIGHUP).unwrap();
