@@ -3,20 +3,18 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use nix::unistd::Pid;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::process::resident_bytes;
 use crate::scoreboard::{monotonic_ms, Scoreboard};
 
 type Labels = Vec<(String, String)>;
 
 /// The text exposition of everything the scoreboard knows.
-pub fn render(board: &Scoreboard) -> String {
+pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> String {
     let mut registry = Registry::with_prefix("prefork");
     let header = board.header();
     let gauge = |value: u64| {
@@ -62,10 +60,7 @@ pub fn render(board: &Scoreboard) -> String {
             .set(record.connections.load(Relaxed) as i64);
         let up = monotonic_ms().saturating_sub(record.started_ms.load(Relaxed)) / 1000;
         worker_uptime.get_or_create(&labels).set(up as i64);
-        if let Some(rss) = i32::try_from(pid)
-            .ok()
-            .and_then(|pid| resident_bytes(Pid::from_raw(pid)))
-        {
+        if let Some(rss) = resident(pid) {
             memory.get_or_create(&labels).set(rss as i64);
         }
     }

@@ -9,24 +9,26 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use nix::unistd::Pid;
 use serde_json::json;
 
 use crate::config::Config;
-use crate::process::{resident_bytes, Exit};
+use crate::process::Exit;
 use crate::scoreboard::{monotonic_ms, Record, Scoreboard, State};
 
 /// The page at `/`: a table of the workers that polls `/status` every second.
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+mod resident;
+
 /// What the admin views need.
 struct View {
     scoreboard: &'static Scoreboard,
+    resident: resident::Resident,
     /// The config this worker was started with (addresses, balance).
     summary: serde_json::Value,
 }
@@ -47,7 +49,11 @@ pub fn start(
         "max_requests": config.max_requests,
         "max_worker_memory": config.max_worker_memory,
     });
-    let view = Rc::new(View { scoreboard, summary });
+    let view = Rc::new(View {
+        scoreboard,
+        resident: resident::Resident::default(),
+        summary,
+    });
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -70,13 +76,24 @@ pub fn start(
 }
 
 fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+        let mut response = respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "the admin views are read-only: GET or HEAD\n".into(),
+        );
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
     match request.uri().path() {
         "/" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
         "/status" => respond(StatusCode::OK, "application/json", status(view).to_string() + "\n"),
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::metrics::render(view.scoreboard),
+            crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid)),
         ),
         "/healthz" => match unready_slots(view.scoreboard) {
             missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -120,7 +137,7 @@ fn status(view: &View) -> serde_json::Value {
     let seconds = |since_ms: u64| now.saturating_sub(since_ms) as f64 / 1000.0;
     let mut workers: Vec<&Record> = board.live().collect();
     workers.sort_by_key(|r| (r.slot.load(Relaxed), r.started_ms.load(Relaxed)));
-    let workers: Vec<serde_json::Value> = workers.into_iter().map(|r| worker(board, r, &seconds)).collect();
+    let workers: Vec<serde_json::Value> = workers.into_iter().map(|r| worker(view, r, &seconds)).collect();
     json!({
         "master_pid": header.master_pid.load(Relaxed),
         "version": env!("CARGO_PKG_VERSION"),
@@ -133,7 +150,8 @@ fn status(view: &View) -> serde_json::Value {
     })
 }
 
-fn worker(board: &Scoreboard, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_json::Value {
+fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_json::Value {
+    let board = view.scoreboard;
     let (pid, slot) = (record.pid.load(Relaxed), record.slot.load(Relaxed) as usize);
     let state = match record.state.load(Relaxed) {
         s if s == State::Ready as u64 => "ready",
@@ -149,7 +167,7 @@ fn worker(board: &Scoreboard, record: &Record, seconds: &dyn Fn(u64) -> f64) -> 
         "uptime_s": seconds(record.started_ms.load(Relaxed)),
         "requests": record.requests.load(Relaxed),
         "connections": record.connections.load(Relaxed),
-        "rss_bytes": i32::try_from(pid).ok().and_then(|pid| resident_bytes(Pid::from_raw(pid))),
+        "rss_bytes": view.resident.of(pid),
         "restarts": stats.died.load(Relaxed) + stats.timed_out.load(Relaxed),
         "restarts_by_reason": {
             "died": stats.died.load(Relaxed),

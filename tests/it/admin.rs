@@ -130,3 +130,25 @@ fn the_dashboard_is_a_page_that_polls_status() {
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     assert!(page.body.contains("<title>prefork-server</title>") && page.body.contains("fetch(\"/status\""));
 }
+
+#[test]
+fn the_admin_views_are_read_only() {
+    use std::io::{Read, Write};
+    let server = Server::start(&["--workers", "1", "--admin", "127.0.0.1:0"]);
+    for method in ["DELETE", "POST", "PUT"] {
+        let mut stream = std::net::TcpStream::connect(server.admin_addr()).unwrap();
+        write!(
+            stream,
+            "{method} /status HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 405"), "{method}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("allow: get, head"),
+            "{method}: {answer}"
+        );
+    }
+    assert_eq!(get(server.admin_addr(), "/status").unwrap().status, 200);
+}
