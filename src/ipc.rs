@@ -36,6 +36,9 @@ pub enum Message {
     BootError(String),
     /// Served its `--max-requests`: please replace me (ready first, then I drain).
     Recycle,
+    /// Could not take the socket of this slot (at its file limit, say): offer
+    /// it elsewhere.
+    Refused(usize),
 }
 
 impl Message {
@@ -43,6 +46,7 @@ impl Message {
         match self {
             Message::Ready => "ready\n".into(),
             Message::Recycle => "recycle\n".into(),
+            Message::Refused(slot) => format!("refused {slot}\n"),
             // One line per message: a multi-line error is folded.
             Message::BootError(text) => format!("boot-error {}\n", text.replace('\n', " ")),
         }
@@ -53,6 +57,7 @@ impl Message {
             None if line == "ready" => Some(Message::Ready),
             None if line == "recycle" => Some(Message::Recycle),
             Some(("boot-error", text)) => Some(Message::BootError(text.to_owned())),
+            Some(("refused", slot)) => slot.parse().ok().map(Message::Refused),
             _ => None,
         }
     }
@@ -89,7 +94,9 @@ impl Command {
 
 /// Worker side: receives one command and the fd that came with it, without
 /// blocking (`WouldBlock` when there is none). `Ok(None)` means EOF: the master
-/// is gone. Unknown records are skipped.
+/// is gone. Unknown records are skipped. A command whose fd could not be
+/// received (the kernel truncates the message when this process is at its file
+/// limit) comes without it: the caller refuses it; the channel is fine.
 pub fn receive_command(channel: BorrowedFd<'_>) -> io::Result<Option<(Command, Option<OwnedFd>)>> {
     loop {
         let mut record = [0u8; 64];
@@ -105,7 +112,11 @@ pub fn receive_command(channel: BorrowedFd<'_>) -> io::Result<Option<(Command, O
             return Ok(None);
         }
         let mut fd = None;
-        for cmsg in message.cmsgs()? {
+        let truncated = message.flags.contains(MsgFlags::MSG_CTRUNC);
+        // With MSG_CTRUNC nix refuses to walk the control messages; what did not
+        // fit was closed by the kernel, and what did is walked below otherwise.
+        let cmsgs = if truncated { None } else { Some(message.cmsgs()?) };
+        for cmsg in cmsgs.into_iter().flatten() {
             if let ControlMessageOwned::ScmRights(fds) = cmsg {
                 for raw in fds {
                     // SAFETY: the kernel has just installed `raw` in this process's fd

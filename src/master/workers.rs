@@ -119,6 +119,11 @@ impl Master<'_> {
                             info!("worker {slot} (pid {pid}) served its --max-requests: replacing it, new one ready first");
                         }
                     }
+                    Message::Refused(slot) => {
+                        if self.pool.adoption_refused(slot, *pid) {
+                            warn!("master: pid {pid} could not take slot {slot}'s socket; offering it to another worker, if any");
+                        }
+                    }
                     Message::BootError(text) => {
                         let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
                         self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));

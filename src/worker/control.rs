@@ -80,9 +80,15 @@ impl Control {
                 Ok(Some((Command::Release(slot), _))) => return Event::Release(slot),
                 Ok(Some((Command::Adopt(slot), Some(fd)))) => match accepting(StdListener::from(fd)) {
                     Ok(listener) => return Event::Adopt(slot, listener),
-                    Err(err) => warn!("cannot accept on slot {slot}'s socket: {err}"),
+                    Err(err) => {
+                        warn!("cannot accept on slot {slot}'s socket: {err}; refusing it");
+                        self.tell_master(&Message::Refused(slot));
+                    }
                 },
-                Ok(Some((Command::Adopt(slot), None))) => warn!("adopt {slot} came without a socket; ignored"),
+                Ok(Some((Command::Adopt(slot), None))) => {
+                    warn!("slot {slot}'s socket did not arrive (at the file limit?); refusing it");
+                    self.tell_master(&Message::Refused(slot));
+                }
                 Ok(None) | Err(_) => {
                     self.master = None;
                     return Event::Stop(Stop::Graceful, "the master is gone");

@@ -218,6 +218,45 @@ fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
 }
 
 #[test]
+fn a_worker_at_its_file_limit_refuses_a_sibling_socket_and_serves_on() {
+    let marker = tempfile("fdlimit");
+    let mut command = command(example_binary(), &["--workers", "2"]);
+    command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
+    let server = Server::start_command(command);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    // Worker 1 may open two more files, then no more.
+    let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", workers[1])).unwrap().count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: open_fds() + 2,
+        rlim_max: open_fds() + 2,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+    let rc = unsafe { libc::prlimit(workers[1].as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let mut clients = Vec::new();
+    let at_limit = format!("worker 1 (pid {}): accept failed: Too many open files", workers[1]);
+    eventually(Duration::from_secs(10), "worker 1 at its file limit", || {
+        clients.push(TcpStream::connect(server.addr).unwrap());
+        server.logs().contains(&at_limit).then_some(())
+    });
+    // Slot 0 cannot boot now: the master hands its socket to worker 1, which
+    // cannot receive it (the kernel truncates the message: no fd left).
+    std::fs::write(&marker, "").unwrap();
+    kill(workers[0], Signal::SIGKILL).unwrap();
+    server.wait_for_log(
+        &format!("pid {} could not take slot 0's socket", workers[1]),
+        Duration::from_secs(10),
+    );
+    assert!(!server.logs().contains("the master is gone"), "{}", server.logs());
+    drop(clients);
+    std::fs::remove_file(&marker).unwrap();
+    eventually(Duration::from_secs(15), "worker 1 serves on", || {
+        (try_worker_pid(server.addr) == Some(workers[1])).then_some(())
+    });
+    assert!(alive(workers[1]));
+}
+
+#[test]
 fn killing_the_master_takes_every_worker_down() {
     let server = Server::start(&["--workers", "2"]);
     let workers = server.wait_for_workers(2, Duration::from_secs(5));

@@ -55,6 +55,9 @@ struct Slot {
     /// A ready worker of another slot accepting on this slot's socket while this
     /// slot has no ready worker (reuseport only; see `adoptions`).
     adopter: Option<Pid>,
+    /// Workers that could not take this slot's socket, not asked again until the
+    /// slot has a ready worker of its own.
+    refused_by: Vec<Pid>,
 }
 
 impl Slot {
@@ -67,6 +70,7 @@ impl Slot {
             failures: 0,
             boot_failures: 0,
             adopter: None,
+            refused_by: Vec::new(),
         }
     }
 }
@@ -360,9 +364,11 @@ impl Pool {
             if self.slots[index].adopter.is_some() || self.ready_pid(index).is_some() {
                 continue;
             }
+            let refused = &self.slots[index].refused_by;
             let sibling = (1..n)
                 .map(|step| (index + step) % n)
-                .find_map(|other| self.ready_pid(other));
+                .filter_map(|other| self.ready_pid(other))
+                .find(|pid| !refused.contains(pid));
             if let Some(pid) = sibling {
                 self.slots[index].adopter = Some(pid);
                 adopted.push((index, pid));
@@ -371,11 +377,26 @@ impl Pool {
         adopted
     }
 
+    /// `pid` could not take `slot`'s socket: the slot has no adopter again, and
+    /// the next one is another worker. False if `pid` was not its adopter.
+    pub fn adoption_refused(&mut self, slot: usize, pid: Pid) -> bool {
+        let Some(slot) = self.slots.get_mut(slot) else {
+            return false;
+        };
+        if slot.adopter != Some(pid) {
+            return false;
+        }
+        slot.adopter = None;
+        slot.refused_by.push(pid);
+        true
+    }
+
     /// Slots that have a ready worker again: `(slot, adopter)` to release.
     pub fn releases(&mut self) -> Vec<(usize, Pid)> {
         let mut released = Vec::new();
         for index in 0..self.slots.len() {
             if self.ready_pid(index).is_some() {
+                self.slots[index].refused_by.clear();
                 if let Some(pid) = self.slots[index].adopter.take() {
                     released.push((index, pid));
                 }

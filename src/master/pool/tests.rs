@@ -169,6 +169,24 @@ fn a_slot_without_a_ready_worker_is_adopted_until_it_has_one() {
 }
 
 #[test]
+fn a_refused_adoption_goes_to_another_worker_and_never_back_until_the_slot_serves() {
+    let now = Instant::now();
+    let mut pool = ready_pool(3, now);
+    pool.on_exit(pid(100), now);
+    assert_eq!(pool.adoptions(), [(0, pid(101))]);
+    assert!(!pool.adoption_refused(0, pid(102)), "not its adopter");
+    assert!(pool.adoption_refused(0, pid(101)));
+    assert_eq!(pool.adoptions(), [(0, pid(102))], "the next one is asked");
+    assert!(pool.adoption_refused(0, pid(102)));
+    assert!(pool.adoptions().is_empty(), "nobody left: the master keeps the socket");
+    pool.on_spawned(0, Spawn::Fill, pid(200), now);
+    pool.on_ready(pid(200), now);
+    assert!(pool.releases().is_empty(), "no adopter to release");
+    pool.on_exit(pid(200), now);
+    assert_eq!(pool.adoptions(), [(0, pid(101))], "asked again after the slot served");
+}
+
+#[test]
 fn an_adopter_that_dies_is_replaced_and_nobody_adopts_while_stopping() {
     let now = Instant::now();
     let mut pool = ready_pool(3, now);
