@@ -118,6 +118,9 @@ impl Signal {
 /// The master's handlers: one flag per watched signal, and the pipe they wake.
 pub struct Signals {
     wake: UnixStream,
+    /// The pipe's write end, shared by every handler: one fd, however many
+    /// signals are watched (the master may run under a low file limit).
+    write: UnixStream,
     flags: Vec<(i32, Arc<AtomicBool>)>,
     ids: Vec<SigId>,
 }
@@ -130,16 +133,27 @@ impl Signals {
         wake.set_nonblocking(true)?;
         let mut signals = Signals {
             wake,
+            write,
             flags: Vec::new(),
             ids: Vec::new(),
         };
+        let write = signals.write.as_raw_fd();
         for raw in watched() {
             let flag = Arc::new(AtomicBool::new(false));
-            // The flag is registered first, so it is set by the time the pipe wakes us.
-            signals.ids.push(signal_hook::flag::register(raw, Arc::clone(&flag))?);
-            signals
-                .ids
-                .push(signal_hook::low_level::pipe::register(raw, write.try_clone()?)?);
+            let set = Arc::clone(&flag);
+            let action = move || {
+                // The flag first, so it is set by the time the pipe wakes the loop.
+                set.store(true, Ordering::SeqCst);
+                // SAFETY: send(2) is async-signal-safe; `write` stays open as long
+                // as the action is registered (both live in `Signals`, never
+                // dropped while the master runs); the buffer is a valid byte. A
+                // full pipe already holds a wake-up, so the result is not needed.
+                unsafe { libc::send(write, [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+            };
+            // SAFETY: the action only stores to an atomic and calls send(2), both
+            // async-signal-safe; signal-hook saves and restores errno around it.
+            let id = unsafe { signal_hook::low_level::register(raw, action) }?;
+            signals.ids.push(id);
             signals.flags.push((raw, flag));
         }
         Ok(signals)
@@ -163,9 +177,8 @@ impl Signals {
             .collect()
     }
 
-    /// In a freshly forked worker: removes the master's actions (which also closes
-    /// the child's copies of the pipe's write ends, as signal-hook owns them) and
-    /// closes the read end. Signals must still be blocked when this runs.
+    /// In a freshly forked worker: removes the master's actions and closes both
+    /// ends of the pipe. Signals must still be blocked when this runs.
     ///
     /// The signal-hook handler stays installed with no action, so a signal the
     /// worker does not watch (HUP, USR2, TTIN... sent to the whole process group)
@@ -175,7 +188,8 @@ impl Signals {
             signal_hook::low_level::unregister(*id);
         }
         // The owner (`self`) is never dropped in the child, which never returns
-        // into master code, so this fd is closed exactly once.
+        // into master code, so these fds are closed exactly once.
         let _ = nix::unistd::close(self.wake.as_raw_fd());
+        let _ = nix::unistd::close(self.write.as_raw_fd());
     }
 }
