@@ -76,13 +76,16 @@ pub enum Signal {
     Ignored(i32),
 }
 
-/// The table's signals, then every other one whose default action would end or
-/// stop the master for no reason of its own.
-fn watched() -> Vec<i32> {
-    let table = [
-        SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
-    ];
-    let stray = [
+/// The table's signals: the master cannot run without a handler for each.
+const TABLE: [i32; 9] = [
+    SIGTERM, SIGINT, SIGQUIT, SIGCHLD, SIGHUP, SIGUSR1, SIGUSR2, SIGTTIN, SIGTTOU,
+];
+
+/// Every other signal whose default action would end the master for no reason
+/// of its own. One the system keeps for itself (valgrind, for one, reserves a
+/// real-time signal) keeps its default action.
+fn stray() -> impl Iterator<Item = i32> {
+    let named = [
         SIGALRM,
         SIGIO,
         SIGPROF,
@@ -95,8 +98,7 @@ fn watched() -> Vec<i32> {
         SIGTRAP,
         SIGPIPE,
     ];
-    let realtime = libc::SIGRTMIN()..=libc::SIGRTMAX();
-    table.into_iter().chain(stray).chain(realtime).collect()
+    named.into_iter().chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
 }
 
 impl Signal {
@@ -138,25 +140,36 @@ impl Signals {
             ids: Vec::new(),
         };
         let write = signals.write.as_raw_fd();
-        for raw in watched() {
-            let flag = Arc::new(AtomicBool::new(false));
-            let set = Arc::clone(&flag);
-            let action = move || {
-                // The flag first, so it is set by the time the pipe wakes the loop.
-                set.store(true, Ordering::SeqCst);
-                // SAFETY: send(2) is async-signal-safe; `write` stays open as long
-                // as the action is registered (both live in `Signals`, never
-                // dropped while the master runs); the buffer is a valid byte. A
-                // full pipe already holds a wake-up, so the result is not needed.
-                unsafe { libc::send(write, [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT) };
-            };
-            // SAFETY: the action only stores to an atomic and calls send(2), both
-            // async-signal-safe; signal-hook saves and restores errno around it.
-            let id = unsafe { signal_hook::low_level::register(raw, action) }?;
-            signals.ids.push(id);
-            signals.flags.push((raw, flag));
+        for raw in TABLE {
+            signals.watch(raw, write)?;
+        }
+        for raw in stray() {
+            if let Err(err) = signals.watch(raw, write) {
+                tracing::debug!("master: signal {raw} keeps its default action: {err}");
+            }
         }
         Ok(signals)
+    }
+
+    /// Records `raw` in a flag of its own and wakes the loop through `write`.
+    fn watch(&mut self, raw: i32, write: std::os::fd::RawFd) -> io::Result<()> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        let action = move || {
+            // The flag first, so it is set by the time the pipe wakes the loop.
+            set.store(true, Ordering::SeqCst);
+            // SAFETY: send(2) is async-signal-safe; `write` stays open as long
+            // as the action is registered (both live in `Signals`, never
+            // dropped while the master runs); the buffer is a valid byte. A
+            // full pipe already holds a wake-up, so the result is not needed.
+            unsafe { libc::send(write, [1u8].as_ptr().cast(), 1, libc::MSG_DONTWAIT) };
+        };
+        // SAFETY: the action only stores to an atomic and calls send(2), both
+        // async-signal-safe; signal-hook saves and restores errno around it.
+        let id = unsafe { signal_hook::low_level::register(raw, action) }?;
+        self.ids.push(id);
+        self.flags.push((raw, flag));
+        Ok(())
     }
 
     /// The fd for `poll`: readable when a signal arrived.

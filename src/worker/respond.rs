@@ -61,13 +61,25 @@ fn bad_host<B>(request: &Request<B>) -> bool {
     match (hosts.next(), hosts.next()) {
         (None, _) => request.version() == Version::HTTP_11,
         (Some(_), Some(_)) => true,
-        (Some(host), None) => {
-            let host = host.as_bytes();
-            // Empty is allowed (a target with no authority); userinfo is not.
-            !host.is_empty() && (host.contains(&b'@') || hyper::http::uri::Authority::try_from(host).is_err())
-        }
+        (Some(host), None) => !host.as_bytes().iter().all(|byte| HOST_BYTE[usize::from(*byte)]),
     }
 }
+
+/// The bytes a `Host` value may hold (RFC 3986 `host [ ":" port ]`: letters,
+/// digits, `-._~`, percent-encoding, sub-delims, and `:[]` for a port and an
+/// IPv6 literal). Empty is allowed (a target with no authority); userinfo (`@`),
+/// a path, spaces and controls are not. A table, not a parse: this runs on every
+/// request, and `http::uri::Authority` copies the value to check it.
+const HOST_BYTE: [bool; 256] = {
+    let mut table = [false; 256];
+    let allowed = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~%!$&'()*+,;=:[]";
+    let mut i = 0;
+    while i < allowed.len() {
+        table[allowed[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
 
 /// A request counted as in flight: dropping it (when the response body is done,
 /// or when the request is abandoned) ends that, and starts the idle clock.

@@ -66,8 +66,8 @@ pub async fn serve<S: WorkerService>(
     // Half-close: hyper does not read the socket while a request is in flight
     // except for its body, so a read waiting then is a body read, which the
     // body read timeout bounds. (Without it hyper reads to notice a client that
-    // went away; the sweep does that instead, see `conn`.) It also serves a
-    // client that shuts down its sending side after the request.
+    // went away; the sweep does that instead, with a peek, see `conn`: a client
+    // that closes, or half-closes, mid-request is taken as gone, as hyper does.)
     builder
         .header_read_timeout(None)
         .half_close(true)
