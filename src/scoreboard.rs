@@ -34,6 +34,10 @@ pub struct Header {
     pub generation: AtomicU64,
     /// Reloads done (HUP).
     pub reloads: AtomicU64,
+    /// Bumped by the master after every wake-up in which it may have changed
+    /// anything here (a spawn, an exit, a reload...): a view rendered under one
+    /// value is stale once it moves.
+    pub changes: AtomicU64,
 }
 
 /// What the master writes about one slot.

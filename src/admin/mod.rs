@@ -25,10 +25,21 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 
 mod resident;
 
+/// How long a rendered `/status` or `/metrics` may be served again, while the
+/// master has changed nothing (no spawn, exit, reload...): a flood of requests
+/// then costs a worker a copy of the last rendering, not a rendering each. Only
+/// the counters (requests, connections) can lag, by at most this.
+const RENDERED_FOR: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A rendering: when it was made, under which scoreboard `changes`, and the body.
+type Rendered = std::cell::RefCell<Option<(std::time::Instant, u64, Bytes)>>;
+
 /// What the admin views need.
 struct View {
     scoreboard: &'static Scoreboard,
     resident: resident::Resident,
+    status: Rendered,
+    metrics: Rendered,
     /// The config this worker was started with (addresses, balance).
     summary: serde_json::Value,
 }
@@ -52,6 +63,8 @@ pub fn start(
     let view = Rc::new(View {
         scoreboard,
         resident: resident::Resident::default(),
+        status: Rendered::default(),
+        metrics: Rendered::default(),
         summary,
     });
     let mut builder = http1::Builder::new();
@@ -80,7 +93,7 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         let mut response = respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "the admin views are read-only: GET or HEAD\n".into(),
+            "the admin views are read-only: GET or HEAD\n",
         );
         response
             .headers_mut()
@@ -88,15 +101,21 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         return response;
     }
     match request.uri().path() {
-        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD.into()),
-        "/status" => respond(StatusCode::OK, "application/json", status(view).to_string() + "\n"),
+        "/" => respond(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),
+        "/status" => respond(
+            StatusCode::OK,
+            "application/json",
+            recent(view, &view.status, || status(view).to_string() + "\n"),
+        ),
         "/metrics" => respond(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid)),
+            recent(view, &view.metrics, || {
+                crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid))
+            }),
         ),
         "/healthz" => match unready_slots(view.scoreboard) {
-            missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n".into()),
+            missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n"),
             missing => {
                 let text = format!("not ready: slots {missing:?} have no ready worker\n");
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
@@ -105,13 +124,29 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /, /status, /metrics or /healthz\n".into(),
+            "not found: try /, /status, /metrics or /healthz\n",
         ),
     }
 }
 
-fn respond(status: StatusCode, kind: &'static str, body: String) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+/// The rendering in `cache` if it is less than [`RENDERED_FOR`] old and the
+/// master has changed nothing since, else a new one.
+fn recent(view: &View, cache: &Rendered, render: impl FnOnce() -> String) -> Bytes {
+    let now = std::time::Instant::now();
+    let changes = view.scoreboard.header().changes.load(Relaxed);
+    let mut cache = cache.borrow_mut();
+    match &*cache {
+        Some((at, seen, body)) if *seen == changes && now.duration_since(*at) < RENDERED_FOR => body.clone(),
+        _ => {
+            let body = Bytes::from(render());
+            *cache = Some((now, changes, body.clone()));
+            body
+        }
+    }
+}
+
+fn respond(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -202,6 +202,11 @@ impl Master<'_> {
             // Last: it acts on everything above (a new ready line, a retired
             // worker, a parked slot) before the next, possibly long, sleep.
             self.hand_over_sockets();
+            // After every write of this wake-up: the admin views re-render.
+            self.scoreboard
+                .header()
+                .changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 
