@@ -57,24 +57,27 @@ pub use config::{Balance, Config};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
-pub use service::{BoxError, WorkerService};
+pub use service::{BoxError, Hyper, IntoWorkerService, Tower, WorkerService};
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).
 pub fn run(config: Config) -> Result<(), Error> {
     run_with(config, Hello::new)
 }
 
-/// Runs the master; each worker serves the service `make_service` returns.
+/// Runs the master; each worker serves the service `make_service` returns: a
+/// hyper service (`service_fn`) or a tower service (an axum `Router`, tonic's
+/// `Routes`), as it is.
 ///
 /// `make_service` is called once in each worker, after the fork. An `Err` is a
 /// boot failure: the worker exits with code 3, the master backs off and, if no
 /// worker ever booted, halts with the error's text.
-pub fn run_with<F, S, E>(config: Config, make_service: F) -> Result<(), Error>
+pub fn run_with<F, S, E, M>(config: Config, make_service: F) -> Result<(), Error>
 where
     F: Fn() -> Result<S, E>,
     E: Display,
-    S: WorkerService,
+    S: IntoWorkerService<M>,
 {
+    let make_service = || make_service().map(IntoWorkerService::into_worker_service);
     init_logging(config.log_level);
     let mut origin = master::Origin {
         args: std::env::args_os().skip(1).collect(),

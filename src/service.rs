@@ -1,11 +1,18 @@
-//! What a worker can serve: any hyper service over `Request<Incoming>` that can be
-//! cloned per connection. Written once here instead of as a bound list on every
-//! function between `run_with` and the connection.
+//! What a worker can serve: a hyper service or a tower service over
+//! `Request<Incoming>` that can be cloned per connection. Written once here
+//! instead of as a bound list on every function between `run_with` and the
+//! connection.
+//!
+//! Both kinds are taken as they are, with no adapter in user code: a
+//! `hyper::service::service_fn`, an axum `Router`, tonic's `Routes`, a tower-http
+//! stack. [`IntoWorkerService`] tells them apart by a marker type the compiler
+//! infers ([`Hyper`] or [`Tower`]), the way axum tells handler signatures apart.
 
 use std::future::Future;
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
+use hyper_util::service::TowerToHyperService;
 
 /// Errors a service or its body may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -35,5 +42,46 @@ where
 
     fn call(&self, request: Request<Incoming>) -> S::Future {
         hyper::service::Service::call(self, request)
+    }
+}
+
+/// What the per-worker setup of [`run_with`](crate::run_with) may return: a
+/// hyper service (marker [`Hyper`]) or a tower service (marker [`Tower`]). The
+/// marker is inferred; a type that is both a hyper and a tower service must be
+/// wrapped by hand (`hyper_util::service::TowerToHyperService`).
+pub trait IntoWorkerService<Marker> {
+    type Service: WorkerService;
+
+    fn into_worker_service(self) -> Self::Service;
+}
+
+/// Marks a hyper service (`hyper::service::Service`, such as `service_fn`).
+#[derive(Debug)]
+pub enum Hyper {}
+
+/// Marks a tower service (`tower::Service`, such as an axum `Router` or tonic's
+/// `Routes`): each request is served by a clone, readied then called.
+#[derive(Debug)]
+pub enum Tower {}
+
+impl<S: WorkerService> IntoWorkerService<Hyper> for S {
+    type Service = S;
+
+    fn into_worker_service(self) -> S {
+        self
+    }
+}
+
+impl<S, B> IntoWorkerService<Tower> for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Error: Into<BoxError>> + 'static,
+{
+    type Service = TowerToHyperService<S>;
+
+    fn into_worker_service(self) -> TowerToHyperService<S> {
+        TowerToHyperService::new(self)
     }
 }

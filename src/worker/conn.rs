@@ -23,15 +23,15 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
 use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::io::{Clock, Counted, Io, OpenCount, Stamps};
 use super::respond::Tracked;
 use crate::scoreboard::Record;
 use crate::service::WorkerService;
@@ -48,9 +48,8 @@ pub struct Lifecycle {
     quota_reached: Notify,
     /// Where the master (and the status views) see the count.
     record: &'static Record,
-    /// Housekeeping ticks since the worker started: a clock that costs a `Cell`
-    /// read, as precise as the sweep that uses it.
-    now: Cell<u32>,
+    /// Housekeeping ticks since the worker started (shared with every socket).
+    pub(super) clock: Arc<Clock>,
 }
 
 impl Lifecycle {
@@ -61,7 +60,7 @@ impl Lifecycle {
             quota,
             quota_reached: Notify::new(),
             record,
-            now: Cell::new(0),
+            clock: Arc::new(Clock::default()),
         }
     }
 
@@ -74,12 +73,12 @@ impl Lifecycle {
     }
 
     pub fn now(&self) -> u32 {
-        self.now.get()
+        self.clock.now()
     }
 
     /// One housekeeping tick has passed.
     pub fn tick(&self) {
-        self.now.set(self.now.get().wrapping_add(1));
+        self.clock.tick();
     }
 
     pub fn served(&self) -> u64 {
@@ -109,13 +108,8 @@ impl Lifecycle {
 pub struct Entry {
     /// Requests whose response is not done (head and body written, or dropped).
     pub(super) in_flight: Cell<u32>,
-    /// The tick at which it last had nothing in flight: accepted, a response
-    /// done, or a blocked write of the last response unblocked.
-    pub(super) idle_since: Cell<u32>,
-    /// Since when a read has been waiting for the client, if one is.
-    read_blocked: Cell<Option<u32>>,
-    /// Since when a write has been waiting for the client, if one is.
-    write_blocked: Cell<Option<u32>>,
+    /// What the socket stamps: reads and writes waiting, idle since when.
+    pub(super) stamps: Arc<Stamps>,
     /// The socket, for the sweep's end-of-file probe. Valid while the entry is
     /// in the table: the connection closes it only just before it leaves.
     fd: RawFd,
@@ -163,62 +157,55 @@ impl Entry {
     }
 }
 
-/// Every open connection of this worker: the count, and the entries the sweep reads.
+/// Every open connection of this worker: the count (upgraded connections
+/// included), and the entries the sweep reads (connections hyper still serves).
 pub struct Connections {
     table: RefCell<Slab<Rc<Entry>>>,
-    closed: Notify,
-    record: &'static Record,
+    count: Arc<OpenCount>,
 }
 
-/// Held by a connection's task; dropping it counts the connection as closed.
+/// A connection's place in the sweep's table, held while hyper serves it.
 pub struct Open {
     connections: Rc<Connections>,
     key: usize,
     entry: Rc<Entry>,
+    /// Moved into the socket when the connection starts.
+    counted: Option<Counted>,
 }
 
 impl Connections {
     pub fn new(record: &'static Record) -> Connections {
         Connections {
             table: RefCell::new(Slab::new()),
-            closed: Notify::new(),
-            record,
+            count: Arc::new(OpenCount::new(record)),
         }
     }
 
     pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> Open {
         let entry = Rc::new(Entry {
             in_flight: Cell::new(0),
-            idle_since: Cell::new(lifecycle.now()),
-            read_blocked: Cell::new(None),
-            write_blocked: Cell::new(None),
+            stamps: Arc::new(Stamps::new(Arc::clone(&lifecycle.clock))),
             fd,
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             lifecycle: Rc::clone(lifecycle),
         });
-        let mut table = self.table.borrow_mut();
-        let key = table.insert(Rc::clone(&entry));
-        self.record.connections.store(table.len() as u64, Relaxed);
+        let key = self.table.borrow_mut().insert(Rc::clone(&entry));
         Open {
             connections: Rc::clone(self),
             key,
             entry,
+            counted: Some(self.count.count()),
         }
     }
 
+    /// Open connections, upgraded ones included.
     pub fn count(&self) -> usize {
-        self.table.borrow().len()
+        self.count.get()
     }
 
     pub async fn all_closed(&self) {
-        loop {
-            let closed = self.closed.notified();
-            if self.count() == 0 {
-                return;
-            }
-            closed.await;
-        }
+        self.count.all_closed().await;
     }
 
     /// Asks every connection that has waited longer than `limits` allow (as of
@@ -232,12 +219,13 @@ impl Connections {
                 continue;
             }
             let in_flight = entry.in_flight.get() > 0;
-            let how = match (entry.write_blocked.get(), entry.read_blocked.get()) {
+            let stamps = &entry.stamps;
+            let how = match (stamps.write_blocked(), stamps.read_blocked()) {
                 (Some(since), _) if waited(since) > limits.send => Close::Reset,
                 (Some(_), _) => continue,
                 (None, Some(since)) if in_flight && waited(since) > limits.body => Close::Now,
                 (None, _) if in_flight && client_gone(entry.fd) => Close::Now,
-                (None, _) if !in_flight && waited(entry.idle_since.get()) > limits.idle => limits.idle_close,
+                (None, _) if !in_flight && waited(stamps.idle_since()) > limits.idle => limits.idle_close,
                 _ => continue,
             };
             entry.ask_to_close(how);
@@ -247,19 +235,14 @@ impl Connections {
     /// The drain has started at tick `now`: every connection's idle time counts from here.
     pub fn restart_idle_clocks(&self, now: u32) {
         for (_, entry) in self.table.borrow().iter() {
-            entry.idle_since.set(now);
+            entry.stamps.idle_from(Some(now));
         }
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        let mut table = self.connections.table.borrow_mut();
-        table.remove(self.key);
-        self.connections.record.connections.store(table.len() as u64, Relaxed);
-        if table.is_empty() {
-            self.connections.closed.notify_waiters();
-        }
+        self.connections.table.borrow_mut().remove(self.key);
     }
 }
 
@@ -288,16 +271,19 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, b
         inner: service,
         entry: Rc::clone(&open.entry),
     };
-    let io = Io {
-        inner: TokioIo::new(stream),
-        entry: Rc::clone(&open.entry),
-    };
+    let mut open = open;
+    // The socket holds the connection's place in the open count: an upgraded
+    // connection stays counted after hyper lets go of it.
+    let counted = open.counted.take().expect("a new connection is counted once");
+    let io = Io::new(stream, Arc::clone(&open.entry.stamps), counted);
     // Errors are the client's doing (reset, malformed request): hyper has already
     // answered what it could, and there is nobody to tell.
     let _ = Watched {
         // Boxed: hyper's connection is large, and the task's future would otherwise
         // be copied whole on every move (into the task, between its stages).
-        conn: Box::pin(builder.serve_connection(io, tracked)),
+        // With upgrades: a `101 Switching Protocols` hands the socket to the
+        // service (a WebSocket), and this connection's part ends there.
+        conn: Box::pin(builder.serve_connection(io, tracked).with_upgrades()),
         entry: Rc::clone(&open.entry),
         shut: false,
     }
@@ -309,7 +295,7 @@ pin_project_lite::pin_project! {
     /// A hyper connection that the sweep can ask to close: idle, it closes at
     /// once; with a request in flight, after its response.
     struct Watched<S: WorkerService> {
-        conn: Pin<Box<http1::Connection<Io, Tracked<S>>>>,
+        conn: Pin<Box<http1::UpgradeableConnection<Io, Tracked<S>>>>,
         entry: Rc<Entry>,
         shut: bool,
     }
@@ -346,74 +332,5 @@ impl<S: WorkerService> Future for Watched<S> {
             }
         }
         poll
-    }
-}
-
-/// The connection's socket as hyper sees it: it stamps when a read or a write
-/// starts waiting for the client, for the sweep. Shutting down is left to the
-/// close that follows at once, which sends the same FIN: `shutdown(2)` first
-/// would be one more system call per connection for nothing.
-struct Io {
-    inner: TokioIo<TcpStream>,
-    entry: Rc<Entry>,
-}
-
-impl Io {
-    /// Stamps `since` when `poll` is the start of a wait, clears it when it is done.
-    fn stamp<T>(&self, since: &Cell<Option<u32>>, poll: &Poll<T>) {
-        match (poll.is_pending(), since.get()) {
-            (true, None) => since.set(Some(self.entry.lifecycle.now())),
-            (false, Some(_)) => since.set(None),
-            _ => {}
-        }
-    }
-}
-
-impl Read for Io {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.stamp(&self.entry.read_blocked, &poll);
-        poll
-    }
-}
-
-impl Write for Io {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.wrote(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.wrote(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl Io {
-    fn wrote<T>(&self, poll: &Poll<T>) {
-        let was_blocked = self.entry.write_blocked.get().is_some();
-        self.stamp(&self.entry.write_blocked, poll);
-        if was_blocked && poll.is_ready() {
-            // Progress: the idle clock of a finished response starts again here.
-            self.entry.idle_since.set(self.entry.lifecycle.now());
-        }
     }
 }

@@ -9,6 +9,7 @@
 
 mod conn;
 mod control;
+mod io;
 mod respond;
 mod serve;
 

@@ -96,7 +96,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
-        entry.idle_since.set(entry.lifecycle.now());
+        entry.stamps.idle_from(None);
     }
 }
 

@@ -2,6 +2,7 @@
 //! port 0, real signals to the master pid.
 
 mod admin;
+mod apps;
 mod cli;
 mod errors;
 mod health;

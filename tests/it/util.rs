@@ -20,14 +20,20 @@ pub fn server_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_prefork-server"))
 }
 
-/// The `fixture` example. A full `cargo test` builds it, but a filtered run
-/// (`cargo test --test it`) does not: build it once per test run so a stale copy
-/// is never tested (a no-op when it is up to date).
+/// The `fixture` example (the service the tests need).
 pub fn example_binary() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    BUILT.call_once(|| {
+    example("fixture")
+}
+
+/// The example `name`. A full `cargo test` builds every example, but a filtered
+/// run (`cargo test --test it`) does not: build it once per test run so a stale
+/// copy is never tested (a no-op when it is up to date).
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !built.iter().any(|done| done == name) {
         let mut cargo = Command::new(env!("CARGO"));
-        cargo.args(["build", "--quiet", "--example", "fixture"]);
+        cargo.args(["build", "--quiet", "--example", name]);
         if !cfg!(debug_assertions) {
             cargo.arg("--release");
         }
@@ -35,13 +41,14 @@ pub fn example_binary() -> PathBuf {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("run cargo");
-        assert!(status.success(), "cargo build --example fixture failed");
-    });
+        assert!(status.success(), "cargo build --example {name} failed");
+        built.push(name.to_owned());
+    }
     let dir = server_binary()
         .parent()
         .expect("the binary is in a directory")
         .to_path_buf();
-    dir.join("examples").join("fixture")
+    dir.join("examples").join(name)
 }
 
 /// A command for `binary` listening on 127.0.0.1:0, plus `args`.

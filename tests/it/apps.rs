@@ -1,0 +1,121 @@
+//! Real apps under the server: axum (routes, JSON, server-sent events, a
+//! WebSocket echo), served as they are.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tungstenite::Message;
+
+use crate::util::*;
+
+fn axum_app(args: &[&str]) -> Server {
+    Server::start_command(command(example("axum_app"), args))
+}
+
+#[test]
+fn an_axum_router_is_served_as_it_is() {
+    let server = axum_app(&["--workers", "2"]);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    let hello = get(server.addr, "/").unwrap();
+    assert_eq!(hello.status, 200);
+    assert!(workers.contains(&hello.worker_pid().expect("a pid")), "{}", hello.body);
+    let json = get(server.addr, "/json").unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json.body).unwrap();
+    let pid = value["pid"].as_i64().expect("a pid in the JSON");
+    assert!(workers.iter().any(|w| i64::from(w.as_raw()) == pid), "{value}");
+
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello")
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("\r\n\r\nhello"),
+        "{answer}"
+    );
+}
+
+#[test]
+fn a_five_second_event_stream_outlives_the_header_read_timeout() {
+    let server = axum_app(&["--workers", "1", "--header-read-timeout", "1s"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    send_request(&mut stream, "GET", "/sse?n=6&ms=1000", false).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    stream.read_to_end(&mut got).expect("the stream ends by itself");
+    let text = String::from_utf8_lossy(&got);
+    assert!(started.elapsed() >= Duration::from_secs(4), "{text}");
+    for n in 1..=6 {
+        assert!(text.contains(&format!("data: {n}\n")), "event {n} missing:\n{text}");
+    }
+}
+
+fn websocket(server: &Server) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
+    let (socket, response) = tungstenite::connect(format!("ws://{}/ws", server.addr)).expect("the handshake");
+    assert_eq!(response.status(), 101);
+    socket
+}
+
+fn echo(socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>, text: &str) -> String {
+    socket.send(Message::text(text)).expect("send");
+    loop {
+        match socket.read().expect("read the echo") {
+            Message::Text(echoed) => return echoed.to_string(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("not an echo: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_websocket_echoes_and_counts_as_an_open_connection() {
+    let server = axum_app(&[
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+        "--header-read-timeout",
+        "1s",
+    ]);
+    let mut socket = websocket(&server);
+    assert_eq!(echo(&mut socket, "hello"), "hello");
+    // Quiet for longer than the header read timeout: an upgraded connection is
+    // the service's, not idle keep-alive.
+    std::thread::sleep(Duration::from_millis(1600)); // the client's pace, not a wait
+    assert_eq!(echo(&mut socket, "still there"), "still there");
+    let status = get(server.admin_addr(), "/status").unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    let open: u64 = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["connections"].as_u64().unwrap())
+        .sum();
+    assert!(open >= 1, "the WebSocket is counted: {status:#}");
+    socket.close(None).unwrap();
+}
+
+#[test]
+fn a_websocket_runs_through_the_drain_until_the_graceful_timeout() {
+    let mut server = axum_app(&["--workers", "1", "--graceful-timeout", "2s"]);
+    let mut socket = websocket(&server);
+    assert_eq!(echo(&mut socket, "before"), "before");
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTERM);
+    server.wait_for_log("draining 1 connections", Duration::from_secs(5));
+    assert_eq!(echo(&mut socket, "during the drain"), "during the drain");
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(1900),
+        "kept until the graceful timeout"
+    );
+    let ended = match socket.read() {
+        Err(_) | Ok(Message::Close(_)) => true,
+        Ok(other) => panic!("after the stop: {other:?}"),
+    };
+    assert!(ended, "the WebSocket was closed when the worker exited");
+}
