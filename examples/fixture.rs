@@ -13,7 +13,8 @@
 //!
 //! Boot switches (environment): `FIXTURE_FAIL_IF_EXISTS=PATH` fails the boot while
 //! PATH exists; `FIXTURE_SLOW_BOOT_IF_EXISTS=PATH` makes the boot take 30 s while
-//! it exists; `FIXTURE_PANIC=1` panics in the factory (exit code 70).
+//! it exists; `FIXTURE_PANIC=1` panics in the factory (exit code 70);
+//! `FIXTURE_THREAD=1` starts a thread before `run_with` (which then refuses to fork).
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -31,6 +32,12 @@ use hyper::{Method, Request, Response, StatusCode};
 
 fn main() -> std::process::ExitCode {
     let config = prefork_server::Config::from_args();
+    if std::env::var_os("FIXTURE_THREAD").is_some() {
+        // What `#[tokio::main]` around `run_with` amounts to.
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     let make_service = || {
         let exists = |var: &str| std::env::var_os(var).is_some_and(|path| std::path::Path::new(&path).exists());
         if exists("FIXTURE_FAIL_IF_EXISTS") {

@@ -83,10 +83,14 @@ pub struct Config {
     pub max_worker_memory: Option<u64>,
     /// Where the workers serve `/status` and `/healthz` (off when `None`).
     pub admin: Option<SocketAddr>,
-    /// The config file, re-read on HUP.
+    /// The config file, re-read on HUP. Without one, a HUP re-applies this
+    /// config as it is (and still replaces every worker).
     pub file: Option<PathBuf>,
     /// The flags given on the command line: they override the file on every reload.
     flags: Settings,
+    /// Every setting as loaded: what the program changed since (a field it set
+    /// in code) is its own choice, which a reload keeps over the file and flags.
+    loaded: Settings,
 }
 
 /// A config file or value that cannot be used; the message names the key.
@@ -102,15 +106,15 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Parses the process arguments and reads `--config`. On a usage error or a
-    /// bad config file prints the reason and exits 2, before anything is bound.
+    /// Parses the process's arguments (the server's flags, nothing else) and
+    /// reads `--config`. On a usage error or a bad config file prints the reason
+    /// and exits 2, before anything is bound: call it only where that is what
+    /// you want (a `main`). To embed the flags in your own command line, flatten
+    /// [`ServerFlags`] into it and call [`Config::from_flags`].
     pub fn from_args() -> Config {
-        let mut flags = Flags::parse();
-        if let Some(command) = flags.command.take() {
-            crate::cli::run(command); // acts on a running server and exits
-        }
-        Config::load(flags.config, flags.settings).unwrap_or_else(|err| {
-            eprintln!("prefork-server: {err}");
+        let flags = OnlyServerFlags::parse().flags;
+        Config::from_flags(flags).unwrap_or_else(|err| {
+            eprintln!("{}: {err}", program_name());
             std::process::exit(2)
         })
     }
@@ -121,13 +125,53 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let flags = Flags::try_parse_from(args)?;
-        Ok(Config::load(flags.config, flags.settings)?)
+        let flags = OnlyServerFlags::try_parse_from(args)?.flags;
+        Ok(Config::from_flags(flags)?)
     }
 
-    /// Re-reads the config file under the same command-line flags (for HUP).
+    /// The config the flags and their `--config` file describe.
+    pub fn from_flags(flags: ServerFlags) -> Result<Config, ConfigError> {
+        Config::load(flags.config, flags.settings)
+    }
+
+    /// The config for a reload (HUP): the file re-read, under the same
+    /// command-line flags, with every setting the program changed in code kept.
     pub fn reload(&self) -> Result<Config, ConfigError> {
-        Config::load(self.file.clone(), self.flags.clone())
+        let chosen = self.as_settings().changed_from(&self.loaded);
+        Config::load(self.file.clone(), self.flags.clone().overlay(chosen))
+    }
+
+    /// Records every setting as loaded (see `loaded`).
+    fn with_loaded(mut self) -> Config {
+        self.loaded = self.as_settings();
+        self
+    }
+
+    /// Every setting of this config, as a layer.
+    fn as_settings(&self) -> Settings {
+        Settings {
+            host: Some(self.addr.ip()),
+            port: Some(self.addr.port()),
+            workers: u16::try_from(self.workers.get()).ok(),
+            balance: Some(self.balance),
+            backlog: Some(self.backlog),
+            graceful_timeout: Some(self.graceful_timeout),
+            header_read_timeout: Some(self.header_read_timeout),
+            body_read_timeout: Some(self.body_read_timeout),
+            send_timeout: Some(self.send_timeout),
+            log_level: Some(self.log_level),
+            reload_batch: u16::try_from(self.reload_batch.get()).ok(),
+            ready_timeout: Some(self.ready_timeout),
+            upgrade_binary: self.upgrade_binary.clone(),
+            upgrade_timeout: Some(self.upgrade_timeout),
+            pid_file: self.pid_file.clone(),
+            max_requests: Some(self.max_requests),
+            max_requests_jitter: Some(self.max_requests_jitter),
+            timeout: Some(self.timeout),
+            max_worker_memory: self.max_worker_memory,
+            admin: self.admin,
+            admin_allow_remote: self.admin.map(|admin| !admin.ip().is_loopback()),
+        }
     }
 
     fn load(file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
@@ -147,6 +191,14 @@ impl Config {
     }
 }
 
+/// The name this program was started as, for messages.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|arg0| Some(Path::new(&arg0).file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "prefork-server".into())
+}
+
 impl Default for Config {
     fn default() -> Config {
         Settings::default()
@@ -155,11 +207,11 @@ impl Default for Config {
     }
 }
 
-/// prefork-server: a master process forks one HTTP worker per core; the workers
-/// accept on sockets the master owns, and the master respawns any worker that dies.
-#[derive(Debug, Parser)]
-#[command(name = "prefork-server", version, after_help = crate::signals::HELP_TABLE)]
-struct Flags {
+/// The server's flags, to flatten into a program's own command line
+/// (`#[command(flatten)] server: prefork_server::ServerFlags`), then
+/// [`Config::from_flags`].
+#[derive(Debug, Clone, Args)]
+pub struct ServerFlags {
     /// TOML file with any of the settings below (same names, with `_` for `-`);
     /// flags given on the command line override it. Re-read on HUP.
     #[arg(long, value_name = "FILE")]
@@ -167,14 +219,18 @@ struct Flags {
 
     #[command(flatten)]
     settings: Settings,
+}
 
-    /// Act on a running server instead of starting one (like `nginx -s`)
-    #[command(subcommand)]
-    command: Option<crate::cli::Command>,
+/// A command line with the server's flags and nothing else (`Config::from_args`).
+#[derive(Debug, Parser)]
+#[command(version, after_help = crate::signals::HELP_TABLE)]
+struct OnlyServerFlags {
+    #[command(flatten)]
+    flags: ServerFlags,
 }
 
 /// One layer of settings: every field optional. Both the flags and the file.
-#[derive(Debug, Default, Clone, Args, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Args, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     /// Address to listen on, IPv4 or IPv6 (e.g. 127.0.0.1, ::1, ::) [default: 0.0.0.0]
@@ -302,6 +358,38 @@ impl Settings {
         })
     }
 
+    /// The values of `self` that differ from `base`.
+    fn changed_from(self, base: &Settings) -> Settings {
+        macro_rules! changed {
+            ($($field:ident),*) => {
+                Settings { $($field: if self.$field != base.$field { self.$field } else { None }),* }
+            };
+        }
+        changed!(
+            host,
+            port,
+            workers,
+            balance,
+            backlog,
+            graceful_timeout,
+            header_read_timeout,
+            body_read_timeout,
+            send_timeout,
+            log_level,
+            reload_batch,
+            ready_timeout,
+            upgrade_binary,
+            upgrade_timeout,
+            pid_file,
+            max_requests,
+            max_requests_jitter,
+            timeout,
+            max_worker_memory,
+            admin,
+            admin_allow_remote
+        )
+    }
+
     /// `self` with every value `high` sets replaced.
     fn overlay(self, high: Settings) -> Settings {
         let low = self;
@@ -400,7 +488,9 @@ impl Settings {
             admin: self.admin,
             file,
             flags,
-        })
+            loaded: Settings::default(),
+        }
+        .with_loaded())
     }
 }
 
@@ -578,7 +668,8 @@ mod tests {
             &["--bogus"],
             &["--balance", "rr"],
         ] {
-            let err = Flags::try_parse_from(std::iter::once("prefork-server").chain(args.iter().copied())).unwrap_err();
+            let err = OnlyServerFlags::try_parse_from(std::iter::once("prefork-server").chain(args.iter().copied()))
+                .unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");
         }
     }
@@ -662,6 +753,36 @@ mod tests {
         let reloaded = config.reload().unwrap();
         assert_eq!(reloaded.workers.get(), 5, "reload re-reads the file");
         assert_eq!(reloaded.addr.port(), 9001, "and keeps the command line on top");
+    }
+
+    #[test]
+    // Field by field, as a program outside the crate must (the struct has private fields).
+    #[allow(clippy::field_reassign_with_default)]
+    fn a_reload_keeps_what_the_program_set_in_code() {
+        let mut config = Config::default();
+        config.addr = "127.0.0.1:8937".parse().unwrap();
+        config.workers = NonZeroUsize::new(3).unwrap();
+        let reloaded = config.reload().unwrap();
+        assert_eq!(reloaded.addr, config.addr, "no file: nothing reverts to the defaults");
+        assert_eq!(reloaded.workers.get(), 3);
+
+        // With a file: the file's changes apply, the program's choices stay on top.
+        let path = file("code", "workers = 2\nport = 9100\n");
+        let mut config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+        config.addr.set_ip("127.0.0.1".parse().unwrap());
+        std::fs::write(&path, "workers = 5\nport = 9100\n").unwrap();
+        let reloaded = config.reload().unwrap();
+        assert_eq!(reloaded.workers.get(), 5, "the file is re-read");
+        assert_eq!(
+            reloaded.addr,
+            "127.0.0.1:9100".parse().unwrap(),
+            "the host chosen in code stays"
+        );
+        assert_eq!(
+            reloaded.reload().unwrap().addr,
+            reloaded.addr,
+            "and on the reload after"
+        );
     }
 
     #[test]

@@ -5,25 +5,26 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
-/// Why the master could not start or had to halt.
+/// Why the master could not start or had to halt. More reasons may be added.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// A listener could not be created, bound or put in listen state.
     Bind { addr: SocketAddr, source: io::Error },
     /// The signal handlers or their self-pipe could not be installed.
     Signals(io::Error),
     /// The master could not block signals around a fork.
-    SignalMask(nix::Error),
+    SignalMask(io::Error),
     /// `/proc/self/status` could not be read before a fork.
     ThreadCount(io::Error),
     /// The master found more than one thread where it must fork.
     Multithreaded { threads: usize },
     /// `fork(2)` failed.
-    Fork(nix::Error),
+    Fork(io::Error),
     /// The master could not create the pipe to a worker.
     Channel(io::Error),
     /// `poll(2)` failed in the master loop.
-    Poll(nix::Error),
+    Poll(io::Error),
     /// Every worker of the first generation exited before it was ready.
     BootFailed { cause: String },
     /// The sockets an old master handed over (hot upgrade) cannot be used.
@@ -50,7 +51,9 @@ impl fmt::Display for Error {
             Error::Multithreaded { threads } => write!(
                 f,
                 "refusing to fork: the master has {threads} threads, and fork without exec is only \
-                 sound in a single-threaded process (something started a thread in the master)"
+                 sound in a single-threaded process. Start no thread and build no tokio runtime (no \
+                 #[tokio::main]) before run_with; async work belongs in the per-worker setup, which \
+                 runs on each worker's own runtime"
             ),
             Error::Fork(err) => write!(f, "cannot fork a worker: {err}"),
             Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),

@@ -18,7 +18,6 @@
 //! # Layout
 //!
 //! - `config`   flags → validated [`Config`]
-//! - `cli`      `status|reload|stop|upgrade|scale`: act on a running server
 //! - `listener` every socket option; bound in the master before any fork
 //! - `signals`  the signal table; record-only handlers and the self-pipe
 //! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
@@ -34,7 +33,6 @@
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
-mod cli;
 mod config;
 mod error;
 mod http;
@@ -53,10 +51,17 @@ mod worker;
 
 use std::fmt::Display;
 
-pub use config::{Balance, Config};
+pub use config::{Balance, Config, ConfigError, ServerFlags};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
+
+/// The signal table and the exit codes, as `prefork-server --help` ends.
+pub const SIGNALS_HELP: &str = signals::HELP_TABLE;
+
+/// The process name (`comm`) of every worker, as `ps`, `top` and `pgrep` show
+/// it; the master keeps the binary's name.
+pub const WORKER_PROCESS_NAME: &str = worker::PROCESS_NAME;
 pub use service::{BoxError, Hyper, IntoWorkerService, Tower, WorkerService};
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).

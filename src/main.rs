@@ -1,10 +1,38 @@
-//! `prefork-server`: parse flags, run the master, map the outcome to an exit code
-//! (0 clean stop, 1 runtime failure, 2 usage error: clap exits with it).
+//! `prefork-server`: parse flags, run the master (or a control command), map the
+//! outcome to an exit code (0 clean stop, 1 runtime failure, 2 usage error: clap
+//! exits with it).
+
+mod ctl;
 
 use std::process::ExitCode;
 
+use clap::Parser;
+
+/// prefork-server: a master process forks one HTTP worker per core; the workers
+/// accept on sockets the master owns, and the master respawns any worker that dies.
+#[derive(Debug, Parser)]
+#[command(name = "prefork-server", version, after_help = prefork_server::SIGNALS_HELP)]
+struct Cli {
+    #[command(flatten)]
+    server: prefork_server::ServerFlags,
+
+    /// Act on a running server instead of starting one (like `nginx -s`)
+    #[command(subcommand)]
+    command: Option<ctl::Command>,
+}
+
 fn main() -> ExitCode {
-    let config = prefork_server::Config::from_args();
+    let cli = Cli::parse();
+    if let Some(command) = cli.command {
+        return ctl::run(command);
+    }
+    let config = match prefork_server::Config::from_flags(cli.server) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("prefork-server: {err}");
+            return ExitCode::from(2);
+        }
+    };
     match prefork_server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

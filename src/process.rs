@@ -101,7 +101,8 @@ pub fn fork(child: impl FnOnce() -> i32) -> Result<Pid, Error> {
     let _ = std::io::stderr().flush();
 
     let mut saved = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut saved)).map_err(Error::SignalMask)?;
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), Some(&mut saved))
+        .map_err(|errno| Error::SignalMask(errno.into()))?;
     // SAFETY: the master has exactly one thread (checked just above, and nothing
     // between the check and here starts one), so the child cannot inherit a lock
     // held by a thread that does not exist in it; it may allocate and run Rust.
@@ -117,13 +118,13 @@ pub fn fork(child: impl FnOnce() -> i32) -> Result<Pid, Error> {
         }
         Err(errno) => {
             restore_mask(&saved)?;
-            Err(Error::Fork(errno))
+            Err(Error::Fork(errno.into()))
         }
     }
 }
 
 fn restore_mask(saved: &SigSet) -> Result<(), Error> {
-    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(saved), None).map_err(Error::SignalMask)
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(saved), None).map_err(|errno| Error::SignalMask(errno.into()))
 }
 
 /// Unblocks every signal in the calling thread: the last step of a worker's

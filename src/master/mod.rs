@@ -236,7 +236,7 @@ impl Master<'_> {
         );
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
-            Err(errno) => Err(Error::Poll(errno)),
+            Err(errno) => Err(Error::Poll(errno.into())),
         }
     }
 

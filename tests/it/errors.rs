@@ -102,3 +102,16 @@ fn a_bad_config_file_stops_the_start_with_exit_2_naming_the_key() {
     assert!(stderr.starts_with(&expected), "{stderr}");
     assert!(!stderr.contains("spawned"), "nothing started: {stderr}");
 }
+
+#[test]
+fn a_thread_before_run_with_is_refused_with_the_fix() {
+    let mut command = command(example_binary(), &["--workers", "1"]);
+    command.env("FIXTURE_THREAD", "1");
+    let (status, _, err) = run_to_exit(command, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("refusing to fork: the master has 2 threads"), "{err}");
+    assert!(
+        err.contains("no #[tokio::main]") && err.contains("per-worker setup"),
+        "{err}"
+    );
+}

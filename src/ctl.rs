@@ -1,6 +1,6 @@
 //! The control commands (`prefork-server status|reload|stop|upgrade|scale`): they
-//! act on a running server, like `nginx -s`, and exit. Handled by
-//! `Config::from_args`, so every binary built on the library has them.
+//! act on a running server, like `nginx -s`, and exit. The binary's, not the
+//! library's: a program built on the library parses its own command line.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -48,8 +48,8 @@ pub enum Command {
     },
 }
 
-/// Runs `command` and exits: 0 when it was done, 1 with a message when not.
-pub fn run(command: Command) -> ! {
+/// Runs `command`: exit code 0 when it was done, 1 with a message when not.
+pub fn run(command: Command) -> std::process::ExitCode {
     let result = match command {
         Command::Status { admin } => status(admin),
         Command::Reload { pid_file } => signal(&pid_file, Signal::SIGHUP),
@@ -62,10 +62,10 @@ pub fn run(command: Command) -> ! {
         } => scale(&pid_file, admin, workers.into()),
     };
     match result {
-        Ok(()) => std::process::exit(0),
+        Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("prefork-server: {message}");
-            std::process::exit(1)
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -99,7 +99,7 @@ fn master(pid_file: &Path) -> Result<Pid, String> {
     let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim_end().to_owned());
     let ours = comm("self").map_err(|err| format!("cannot read /proc/self/comm: {err}"))?;
     match comm(&pid.to_string()) {
-        Ok(theirs) if theirs == crate::worker::PROCESS_NAME => Err(format!(
+        Ok(theirs) if theirs == prefork_server::WORKER_PROCESS_NAME => Err(format!(
             "the pid file {shown} names pid {pid}, a worker, not the master; signalling it would only restart it"
         )),
         Ok(theirs) if theirs == ours => Ok(pid),
