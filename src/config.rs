@@ -60,6 +60,10 @@ pub struct Config {
     /// that stopped reading is closed; a slow reader is served to the end
     /// (nginx's `send_timeout`).
     pub send_timeout: Duration,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: the largest header list a request may send, in bytes.
+    pub h2_max_header_list_size: u32,
     pub log_level: tracing::Level,
     /// Slots replaced at a time by a reload (HUP).
     pub reload_batch: NonZeroUsize,
@@ -159,6 +163,8 @@ impl Config {
             header_read_timeout: Some(self.header_read_timeout),
             body_read_timeout: Some(self.body_read_timeout),
             send_timeout: Some(self.send_timeout),
+            h2_max_concurrent_streams: Some(self.h2_max_concurrent_streams),
+            h2_max_header_list_size: Some(self.h2_max_header_list_size),
             log_level: Some(self.log_level),
             reload_batch: u16::try_from(self.reload_batch.get()).ok(),
             ready_timeout: Some(self.ready_timeout),
@@ -274,6 +280,15 @@ struct Settings {
     #[serde(default, deserialize_with = "duration")]
     send_timeout: Option<Duration>,
 
+    /// HTTP/2: streams a client may have open at once on one connection [default: 128]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    h2_max_concurrent_streams: Option<u32>,
+
+    /// HTTP/2: the largest header list a request may send (e.g. 64KiB) [default: 64KiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_header_list_size)]
+    #[serde(default, deserialize_with = "header_list_size")]
+    h2_max_header_list_size: Option<u32>,
+
     /// Log level: error, warn, info, debug or trace [default: info]
     #[arg(long)]
     #[serde(default, deserialize_with = "parsed")]
@@ -375,6 +390,8 @@ impl Settings {
             header_read_timeout,
             body_read_timeout,
             send_timeout,
+            h2_max_concurrent_streams,
+            h2_max_header_list_size,
             log_level,
             reload_batch,
             ready_timeout,
@@ -405,6 +422,8 @@ impl Settings {
             header_read_timeout,
             body_read_timeout,
             send_timeout,
+            h2_max_concurrent_streams,
+            h2_max_header_list_size,
             log_level,
             reload_batch,
             ready_timeout,
@@ -459,6 +478,11 @@ impl Settings {
             header_read_timeout: positive("header_read_timeout", self.header_read_timeout)?,
             body_read_timeout: positive("body_read_timeout", self.body_read_timeout)?,
             send_timeout: positive("send_timeout", self.send_timeout)?,
+            h2_max_concurrent_streams: match self.h2_max_concurrent_streams {
+                Some(0) => return Err(bad("h2_max_concurrent_streams", "must be at least 1")),
+                other => other.unwrap_or(128),
+            },
+            h2_max_header_list_size: self.h2_max_header_list_size.unwrap_or(64 << 10),
             log_level: self.log_level.unwrap_or(tracing::Level::INFO),
             reload_batch,
             ready_timeout: positive("ready_timeout", self.ready_timeout)?,
@@ -574,6 +598,20 @@ fn parse_size(text: &str) -> Result<u64, String> {
         Some(bytes) => Ok(bytes),
         None => Err(format!("'{text}' is too large")),
     }
+}
+
+/// An HTTP/2 header list limit: a size (`64KiB`) from 1 KiB to 16 MiB.
+fn parse_header_list_size(text: &str) -> Result<u32, String> {
+    match parse_size(text)? {
+        bytes if !(1 << 10..=16 << 20).contains(&bytes) => Err(format!("'{text}' is not between 1KiB and 16MiB")),
+        bytes => u32::try_from(bytes).map_err(|_| format!("'{text}' is too large")),
+    }
+}
+
+/// A file header list limit: bytes as a number, or a string like the flag.
+fn header_list_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let bytes = size(deserializer)?.unwrap_or_default();
+    parse_header_list_size(&bytes.to_string()).map(Some).map_err(serde::de::Error::custom)
 }
 
 /// A file size: bytes as a number, or a string like the flag (`"512MiB"`).

@@ -26,12 +26,13 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::io::{Clock, Counted, Io, OpenCount, Stamps};
+use super::protocol::Protocol;
 use super::respond::Tracked;
 use crate::scoreboard::Record;
 use crate::service::WorkerService;
@@ -117,6 +118,9 @@ pub struct Entry {
     close: Cell<Close>,
     /// The connection task's waker, for the sweep to wake it.
     waker: RefCell<Option<Waker>>,
+    /// HTTP/2: streams read the socket all the time, so a waiting read says
+    /// nothing about a request body, and the drain is a GOAWAY.
+    pub(super) h2: Cell<bool>,
     pub(super) lifecycle: Rc<Lifecycle>,
 }
 
@@ -149,6 +153,14 @@ pub enum Close {
 }
 
 impl Entry {
+    /// Keeps the task's waker for the sweep (it rarely changes: compare before cloning).
+    fn park(&self, waker: &Waker) {
+        let mut parked = self.waker.borrow_mut();
+        if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *parked = Some(waker.clone());
+        }
+    }
+
     fn ask_to_close(&self, how: Close) {
         self.close.set(how);
         if let Some(waker) = self.waker.borrow().as_ref() {
@@ -188,6 +200,7 @@ impl Connections {
             fd,
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
+            h2: Cell::new(false),
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));
@@ -219,13 +232,20 @@ impl Connections {
                 continue;
             }
             let in_flight = entry.in_flight.get() > 0;
+            // HTTP/2 reads the socket all along (so hyper sees a client go), and
+            // a read waiting says nothing of a body: the body rules are HTTP/1's.
+            let h1 = !entry.h2.get();
             let stamps = &entry.stamps;
             let how = match (stamps.write_blocked(), stamps.read_blocked()) {
                 (Some(since), _) if waited(since) > limits.send => Close::Reset,
                 (Some(_), _) => continue,
-                (None, Some(since)) if in_flight && waited(since) > limits.body => Close::Now,
-                (None, _) if in_flight && client_gone(entry.fd) => Close::Now,
-                (None, _) if !in_flight && waited(stamps.idle_since()) > limits.idle => limits.idle_close,
+                (None, Some(since)) if h1 && in_flight && waited(since) > limits.body => Close::Now,
+                (None, _) if h1 && in_flight && client_gone(entry.fd) => Close::Now,
+                (None, _) if !in_flight && waited(stamps.idle_since()) > limits.idle => match h1 {
+                    true => limits.idle_close,
+                    // GOAWAY, then close: the client knows not to retry on it.
+                    false => Close::Graceful,
+                },
                 _ => continue,
             };
             entry.ask_to_close(how);
@@ -265,47 +285,106 @@ fn client_gone(fd: RawFd) -> bool {
     }
 }
 
+/// The HTTP/1.1 and HTTP/2 connection settings of this worker.
+pub struct Protocols {
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<LocalExec>,
+}
+
+/// Runs HTTP/2 streams as tasks of the worker's own thread: services need not be `Send`.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalExec;
+
+impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
 /// Serves one connection until the client closes it, or until the sweep closes it.
-pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, builder: &http1::Builder, open: Open) {
+pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, protocols: &Protocols, open: Open) {
+    let mut open = open;
+    let entry = Rc::clone(&open.entry);
+    let closed = || entry.close.get() != Close::No;
+    let park = |waker: &Waker| entry.park(waker);
+    let protocol = match super::protocol::detect(&stream, closed, park).await {
+        Ok(Some(protocol)) => protocol,
+        // Closed, reset or timed out before it said anything: nothing to answer.
+        Ok(None) | Err(_) => return,
+    };
     let tracked = Tracked {
         inner: service,
-        entry: Rc::clone(&open.entry),
+        entry: Rc::clone(&entry),
     };
-    let mut open = open;
     // The socket holds the connection's place in the open count: an upgraded
     // connection stays counted after hyper lets go of it.
     let counted = open.counted.take().expect("a new connection is counted once");
-    let io = Io::new(stream, Arc::clone(&open.entry.stamps), counted);
+    let stamps = Arc::clone(&entry.stamps);
     // Errors are the client's doing (reset, malformed request): hyper has already
-    // answered what it could, and there is nobody to tell.
-    let _ = Watched {
-        // Boxed: hyper's connection is large, and the task's future would otherwise
-        // be copied whole on every move (into the task, between its stages).
-        // With upgrades: a `101 Switching Protocols` hands the socket to the
-        // service (a WebSocket), and this connection's part ends there.
-        conn: Box::pin(builder.serve_connection(io, tracked).with_upgrades()),
-        entry: Rc::clone(&open.entry),
-        shut: false,
-    }
-    .await;
+    // answered what it could, and there is nobody to tell. The connections are
+    // boxed: they are large, and the task's future would otherwise be copied
+    // whole on every move (into the task, between its stages).
+    let _ = match protocol {
+        Protocol::Http1(read) => {
+            let io = Io::new(stream, read, stamps, counted);
+            // With upgrades: a `101 Switching Protocols` hands the socket to the
+            // service (a WebSocket), and this connection's part ends there.
+            let conn = protocols.h1.serve_connection(io, tracked).with_upgrades();
+            Watched::new(Box::pin(conn), entry).await
+        }
+        Protocol::Http2(read) => {
+            entry.h2.set(true);
+            let io = Io::new(stream, read, stamps, counted);
+            let conn = protocols.h2.serve_connection(io, tracked);
+            Watched::new(Box::pin(conn), entry).await
+        }
+    };
     drop(open);
 }
 
-pin_project_lite::pin_project! {
-    /// A hyper connection that the sweep can ask to close: idle, it closes at
-    /// once; with a request in flight, after its response.
-    struct Watched<S: WorkerService> {
-        conn: Pin<Box<http1::UpgradeableConnection<Io, Tracked<S>>>>,
-        entry: Rc<Entry>,
-        shut: bool,
+/// A hyper connection of either protocol, as [`Watched`] drives it.
+trait Served: Future<Output = hyper::Result<()>> {
+    /// HTTP/1.1: close once the response in flight is done; HTTP/2: GOAWAY, and
+    /// close once the open streams are done.
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<S: WorkerService> Served for http1::UpgradeableConnection<Io, Tracked<S>> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
-impl<S: WorkerService> Future for Watched<S> {
+impl<S: WorkerService> Served for http2::Connection<Io, Tracked<S>, LocalExec> {
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// A hyper connection that the sweep can ask to close: idle, it closes at once;
+/// with requests in flight, after their responses.
+struct Watched<C> {
+    conn: Pin<Box<C>>,
+    entry: Rc<Entry>,
+    shut: bool,
+}
+
+impl<C> Watched<C> {
+    fn new(conn: Pin<Box<C>>, entry: Rc<Entry>) -> Watched<C> {
+        Watched {
+            conn,
+            entry,
+            shut: false,
+        }
+    }
+}
+
+impl<C: Served> Future for Watched<C> {
     type Output = hyper::Result<()>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // Unpin: the connection is boxed.
+        let this = &mut *self;
         match this.entry.close.get() {
             Close::No => {}
             // Dropping the connection closes the socket.
@@ -317,19 +396,15 @@ impl<S: WorkerService> Future for Watched<S> {
                 let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
                 return Poll::Ready(Ok(()));
             }
-            Close::Graceful if !*this.shut => {
-                *this.shut = true;
-                this.conn.as_mut().graceful_shutdown();
+            Close::Graceful if !this.shut => {
+                this.shut = true;
+                this.conn.as_mut().graceful();
             }
             Close::Graceful => {}
         }
         let poll = this.conn.as_mut().poll(cx);
         if poll.is_pending() {
-            // The task's waker rarely changes: compare before cloning.
-            let mut waker = this.entry.waker.borrow_mut();
-            if !waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                *waker = Some(cx.waker().clone());
-            }
+            this.entry.park(cx.waker());
         }
         poll
     }

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -163,14 +164,17 @@ impl Drop for Counted {
 /// frame for one, before it is dropped.)
 pub struct Io {
     inner: TokioIo<TcpStream>,
+    /// What the worker read to tell HTTP/2 from HTTP/1, given back first.
+    prefix: Bytes,
     stamps: Arc<Stamps>,
     _counted: Counted,
 }
 
 impl Io {
-    pub fn new(stream: TcpStream, stamps: Arc<Stamps>, counted: Counted) -> Io {
+    pub fn new(stream: TcpStream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
         Io {
             inner: TokioIo::new(stream),
+            prefix,
             stamps,
             _counted: counted,
         }
@@ -178,7 +182,12 @@ impl Io {
 }
 
 impl Read for Io {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         self.stamps.stamp(&self.stamps.read_blocked, &poll);
         poll

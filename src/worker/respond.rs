@@ -146,13 +146,15 @@ where
             return Poll::Pending;
         };
         let lifecycle = Rc::clone(&in_flight.0.lifecycle);
+        let in_flight_h2 = in_flight.0.h2.get();
         lifecycle.served_one();
         Poll::Ready(result.map(|response| {
             let mut response = response.map(|body| TrackedBody {
                 inner: Either::Left(body),
-                _in_flight: in_flight,
+                in_flight_guard: in_flight,
             });
-            if lifecycle.is_draining() {
+            // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
+            if lifecycle.is_draining() && !in_flight_h2 {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -170,13 +172,22 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
     in_flight.0.lifecycle.served_one();
     let mut response = Response::new(TrackedBody {
         inner: Either::Right(Empty::new()),
-        _in_flight: in_flight,
+        in_flight_guard: in_flight,
     });
+    let h2 = in_flight_h2(&response);
     *response.status_mut() = status;
+    if !h2 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     response
-        .headers_mut()
-        .insert(CONNECTION, HeaderValue::from_static("close"));
-    response
+}
+
+/// Whether a response of the worker's own goes out on an HTTP/2 connection
+/// (where the stream ends, not the connection, and `Connection` is not a header).
+fn in_flight_h2<B: Body>(response: &Response<TrackedBody<B>>) -> bool {
+    response.body().in_flight_guard.0.h2.get()
 }
 
 pin_project_lite::pin_project! {
@@ -184,7 +195,7 @@ pin_project_lite::pin_project! {
     pub struct TrackedBody<B: Body> {
         #[pin]
         inner: Either<B, Empty<B::Data>>,
-        _in_flight: InFlight,
+        in_flight_guard: InFlight,
     }
 }
 

@@ -14,12 +14,12 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Close, Connections, Lifecycle, Limits};
+use super::conn::{self, Close, Connections, Lifecycle, Limits, LocalExec, Protocols};
 use super::control::{Control, Event, Stop};
 use crate::config::Config;
 use crate::ipc::Message;
@@ -41,7 +41,7 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// What every accept loop and connection of this worker shares.
 struct Shared<S> {
     service: S,
-    builder: http1::Builder,
+    protocols: Protocols,
     lifecycle: Rc<Lifecycle>,
     connections: Rc<Connections>,
     name: String,
@@ -57,7 +57,7 @@ pub async fn serve<S: WorkerService>(
     record: &'static Record,
     name: &str,
 ) {
-    let mut builder = http1::Builder::new();
+    let mut h1 = http1::Builder::new();
     // No hyper timer: the housekeeping sweep below enforces the header read
     // timeout for every connection at once, instead of a timer per request.
     // No writev: hyper copies the head and body into one buffer (64 KiB at a
@@ -68,15 +68,18 @@ pub async fn serve<S: WorkerService>(
     // body read timeout bounds. (Without it hyper reads to notice a client that
     // went away; the sweep does that instead, with a peek, see `conn`: a client
     // that closes, or half-closes, mid-request is taken as gone, as hyper does.)
-    builder
-        .header_read_timeout(None)
+    h1.header_read_timeout(None)
         .half_close(true)
         .keep_alive(true)
         .max_buf_size(64 * 1024)
         .writev(false);
+    let mut h2 = http2::Builder::new(LocalExec);
+    h2.max_concurrent_streams(config.h2_max_concurrent_streams)
+        .max_header_list_size(config.h2_max_header_list_size);
+    let protocols = Protocols { h1, h2 };
     let shared = Rc::new(Shared {
         service,
-        builder,
+        protocols,
         lifecycle: Rc::new(Lifecycle::new(quota(config), record)),
         connections: Rc::new(Connections::new(record)),
         name: name.to_owned(),
@@ -232,7 +235,7 @@ fn start_connection<S: WorkerService>(stream: tokio::net::TcpStream, shared: &Rc
     let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
     let shared = Rc::clone(shared);
     tokio::task::spawn_local(async move {
-        conn::serve_connection(stream, shared.service.clone(), &shared.builder, open).await;
+        conn::serve_connection(stream, shared.service.clone(), &shared.protocols, open).await;
     });
 }
 
