@@ -611,7 +611,9 @@ fn parse_header_list_size(text: &str) -> Result<u32, String> {
 /// A file header list limit: bytes as a number, or a string like the flag.
 fn header_list_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
     let bytes = size(deserializer)?.unwrap_or_default();
-    parse_header_list_size(&bytes.to_string()).map(Some).map_err(serde::de::Error::custom)
+    parse_header_list_size(&bytes.to_string())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 /// A file size: bytes as a number, or a string like the flag (`"512MiB"`).

@@ -252,10 +252,16 @@ impl Connections {
         }
     }
 
-    /// The drain has started at tick `now`: every connection's idle time counts from here.
-    pub fn restart_idle_clocks(&self, now: u32) {
+    /// The drain has started at tick `now`: every connection's idle time counts
+    /// from here, and every HTTP/2 connection gets its GOAWAY now (its streams
+    /// in flight go on; an HTTP/1.1 connection is told by `Connection: close` on
+    /// its next response instead).
+    pub fn start_drain(&self, now: u32) {
         for (_, entry) in self.table.borrow().iter() {
             entry.stamps.idle_from(Some(now));
+            if entry.h2.get() && entry.close.get() == Close::No {
+                entry.ask_to_close(Close::Graceful);
+            }
         }
     }
 }

@@ -75,7 +75,10 @@ mod tests {
 
     #[test]
     fn the_preface_means_http2_and_anything_else_http1() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async {
             let split = [&PREFACE[..7], &PREFACE[7..]];
             assert!(matches!(detected(&split).await, Some(Protocol::Http2(bytes)) if bytes == PREFACE));

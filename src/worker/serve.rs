@@ -127,7 +127,7 @@ pub async fn serve<S: WorkerService>(
         "{name}: {why}: draining {} connections ({queued} taken from the queue)",
         connections.count()
     );
-    connections.restart_idle_clocks(shared.lifecycle.now());
+    connections.start_drain(shared.lifecycle.now());
     record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);

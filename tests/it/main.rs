@@ -6,6 +6,7 @@ mod apps;
 mod cli;
 mod errors;
 mod health;
+mod http2;
 mod load;
 mod operations;
 mod requests;
