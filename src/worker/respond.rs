@@ -145,16 +145,16 @@ where
         let Some(in_flight) = in_flight else {
             return Poll::Pending;
         };
-        let lifecycle = Rc::clone(&in_flight.0.lifecycle);
-        let in_flight_h2 = in_flight.0.h2.get();
+        let lifecycle = &in_flight.0.lifecycle;
         lifecycle.served_one();
+        // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
+        let close = lifecycle.is_draining() && !in_flight.0.h2.get();
         Poll::Ready(result.map(|response| {
             let mut response = response.map(|body| TrackedBody {
                 inner: Either::Left(body),
                 in_flight_guard: in_flight,
             });
-            // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
-            if lifecycle.is_draining() && !in_flight_h2 {
+            if close {
                 response
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
