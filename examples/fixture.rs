@@ -14,7 +14,9 @@
 //! Boot switches (environment): `FIXTURE_FAIL_IF_EXISTS=PATH` fails the boot while
 //! PATH exists; `FIXTURE_SLOW_BOOT_IF_EXISTS=PATH` makes the boot take 30 s while
 //! it exists; `FIXTURE_PANIC=1` panics in the factory (exit code 70);
-//! `FIXTURE_THREAD=1` starts a thread before `run_with` (which then refuses to fork).
+//! `FIXTURE_THREAD=1` starts a thread before `run_with_setup` (which then refuses
+//! to fork); `FIXTURE_ASYNC_SETUP=sleep|fail|hang` makes the setup await a
+//! timer first, fail after one, or never finish.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -38,7 +40,7 @@ fn main() -> std::process::ExitCode {
             std::thread::park();
         });
     }
-    let make_service = || {
+    let setup = || async {
         let exists = |var: &str| std::env::var_os(var).is_some_and(|path| std::path::Path::new(&path).exists());
         if exists("FIXTURE_FAIL_IF_EXISTS") {
             return Err("refusing to start: FIXTURE_FAIL_IF_EXISTS exists".to_owned());
@@ -49,10 +51,20 @@ fn main() -> std::process::ExitCode {
         if std::env::var_os("FIXTURE_PANIC").is_some() {
             panic!("FIXTURE_PANIC is set");
         }
+        // An async setup, as a connection pool's would be: it needs the runtime.
+        match std::env::var("FIXTURE_ASYNC_SETUP").as_deref() {
+            Ok("sleep") => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok("fail") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return Err("the database said no (FIXTURE_ASYNC_SETUP=fail)".to_owned());
+            }
+            Ok("hang") => std::future::pending::<()>().await,
+            _ => {}
+        }
         let served = Rc::new(Cell::new(0u64));
         Ok(service_fn(move |request| handle(request, Rc::clone(&served))))
     };
-    match prefork_server::run_with(config, make_service) {
+    match prefork_server::run_with_setup(config, setup) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("fixture: {err}");

@@ -75,14 +75,46 @@ pub fn run(config: Config) -> Result<(), Error> {
 ///
 /// `make_service` is called once in each worker, after the fork. An `Err` is a
 /// boot failure: the worker exits with code 3, the master backs off and, if no
-/// worker ever booted, halts with the error's text.
+/// worker ever booted, halts with the error's text. For a setup that must await
+/// (a connection pool), see [`run_with_setup`].
+///
+/// Call it from a single-threaded process: no thread started and no tokio
+/// runtime built before it (no `#[tokio::main]`). The master forks without
+/// exec, which is only sound then, and refuses to fork otherwise.
 pub fn run_with<F, S, E, M>(config: Config, make_service: F) -> Result<(), Error>
 where
     F: Fn() -> Result<S, E>,
     E: Display,
     S: IntoWorkerService<M>,
 {
-    let make_service = || make_service().map(IntoWorkerService::into_worker_service);
+    run_with_setup(config, move || std::future::ready(make_service()))
+}
+
+/// Like [`run_with`], with an async per-worker setup: `setup()` runs in each
+/// worker after the fork, on the worker's own runtime, before the worker says
+/// it is ready (so a reload waits for it). An `Err`, a panic, or a setup still
+/// running at `--ready-timeout` is a boot failure.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// let config = prefork_server::Config::from_args();
+/// prefork_server::run_with_setup(config, || async {
+///     tokio::time::sleep(std::time::Duration::from_millis(10)).await; // connect a pool, say
+///     Ok::<_, Infallible>(prefork_server::Hello::new()?)
+/// })
+/// # ;
+/// ```
+pub fn run_with_setup<F, Fut, S, E, M>(config: Config, setup: F) -> Result<(), Error>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<S, E>>,
+    E: Display,
+    S: IntoWorkerService<M>,
+{
+    let setup = || {
+        let made = setup();
+        async move { made.await.map(IntoWorkerService::into_worker_service) }
+    };
     init_logging(config.log_level);
     let mut origin = master::Origin {
         args: std::env::args_os().skip(1).collect(),
@@ -118,7 +150,7 @@ where
         },
     };
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
-    let worker_main = |child: worker::Child<'_>| worker::run(child, &make_service);
+    let worker_main = |child: worker::Child<'_>| worker::run(child, &setup);
     master::run(config, listeners, origin, scoreboard, &worker_main)
 }
 

@@ -15,9 +15,11 @@ mod respond;
 mod serve;
 
 use std::fmt::Display;
+use std::future::Future;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use nix::unistd::{getpid, getppid, Pid};
 use tracing::{error, info};
@@ -53,9 +55,10 @@ pub(crate) struct Child<'a> {
 }
 
 /// Runs a worker to completion and returns its exit code (see `process::exit_code`).
-pub(crate) fn run<F, S, E>(child: Child<'_>, make_service: &F) -> i32
+pub(crate) fn run<F, Fut, S, E>(child: Child<'_>, setup: &F) -> i32
 where
-    F: Fn() -> Result<S, E>,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, E>>,
     E: Display,
     S: WorkerService,
 {
@@ -83,7 +86,7 @@ where
             admin,
             ..
         } = child;
-        let (listener, service, mut control) = match boot(listener, make_service).await {
+        let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
             Ok(parts) => parts,
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
@@ -133,12 +136,15 @@ impl From<String> for BootError {
 
 /// Boots inside the runtime: signal handlers, then unblock, then the listener and
 /// the service. Any error here is a boot failure.
-async fn boot<F, S, E>(
+async fn boot<F, Fut, S, E>(
     listener: &TcpListener,
-    make_service: &F,
+    setup: &F,
+    config: &Config,
+    record: &'static Record,
 ) -> Result<(tokio::net::TcpListener, S, Control), BootError>
 where
-    F: Fn() -> Result<S, E>,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<S, E>>,
     E: Display,
 {
     let control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
@@ -152,14 +158,39 @@ where
     // when it drains (see `serve`). The fd inherited from the master belongs to
     // master structures that are never dropped in this process: closed once, here.
     let _ = nix::unistd::close(listener.as_raw_fd());
-    // The factory is the user's code: a panic there is reported like an error,
+    // The setup is the user's code: a panic there is reported like an error,
     // with its message, but keeps the panic exit code.
-    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(make_service)).map_err(|panic| BootError {
+    let panicked = |panic: Box<dyn std::any::Any + Send>| BootError {
         code: exit_code::PANICKED,
         reason: format!("the service factory panicked: {}", panic_message(panic.as_ref())),
-    })?;
-    let service = made.map_err(|err| format!("cannot make the service: {err}"))?;
+    };
+    let made = catch_unwind(AssertUnwindSafe(setup)).map_err(panicked)?;
+    // It runs on this worker's runtime, with the heartbeat going (a setup that
+    // takes its time is not a hung worker), for at most --ready-timeout.
+    let heartbeat = tokio::task::spawn_local(async move {
+        loop {
+            record.beat();
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    let made = tokio::time::timeout(config.ready_timeout, unwinding(made)).await;
+    heartbeat.abort();
+    let limit = crate::process::human(config.ready_timeout);
+    let made = made.map_err(|_| format!("the per-worker setup did not finish within {limit} (--ready-timeout)"))?;
+    let service = made
+        .map_err(panicked)?
+        .map_err(|err| format!("cannot make the service: {err}"))?;
     Ok((accepting, service, control))
+}
+
+/// Polls `future` to its end, catching a panic in it as an `Err`.
+async fn unwinding<F: Future>(future: F) -> Result<F::Output, Box<dyn std::any::Any + Send>> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| match catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+        Ok(poll) => poll.map(Ok),
+        Err(panic) => std::task::Poll::Ready(Err(panic)),
+    })
+    .await
 }
 
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -11,6 +11,7 @@ mod load;
 mod operations;
 mod requests;
 mod serving;
+mod setup;
 mod stopping;
 mod supervision;
 mod systemd;
