@@ -6,14 +6,16 @@
 //! curl localhost:8000/json          # {"pid":<pid>}
 //! curl -N 'localhost:8000/sse?n=5&ms=1000'   # five events, a second apart
 //! curl -d hello localhost:8000/echo # hello
+//! curl localhost:8000/ip            # 127.0.0.1:<port>: the client's address
 //! websocat ws://localhost:8000/ws   # echoes every message
 //! ```
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
-use axum::extract::Query;
+use axum::extract::{ConnectInfo, Query};
 use axum::response::sse::{Event, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -31,7 +33,11 @@ fn main() -> std::process::ExitCode {
                 .route("/json", get(json))
                 .route("/sse", get(sse))
                 .route("/echo", post(|body: String| async move { body }))
-                .route("/ws", get(ws)),
+                .route("/ip", get(ip))
+                .route("/ws", get(ws))
+                // The one line for `ConnectInfo`: each connection's service is made
+                // with its client's address, as under `axum::serve`.
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
     };
     match prefork_server::run_with(config, app) {
@@ -45,6 +51,10 @@ fn main() -> std::process::ExitCode {
 
 async fn hello() -> String {
     format!("Hello from worker {}\n", std::process::id())
+}
+
+async fn ip(ConnectInfo(client): ConnectInfo<SocketAddr>) -> String {
+    format!("{client}\n")
 }
 
 async fn json() -> Json<serde_json::Value> {

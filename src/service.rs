@@ -5,10 +5,15 @@
 //!
 //! Both kinds are taken as they are, with no adapter in user code: a
 //! `hyper::service::service_fn`, an axum `Router`, tonic's `Routes`, a tower-http
-//! stack. [`IntoWorkerService`] tells them apart by a marker type the compiler
-//! infers ([`Hyper`] or [`Tower`]), the way axum tells handler signatures apart.
+//! stack. So is a tower *make service* that takes the client's address, such as
+//! axum's `Router::into_make_service_with_connect_info::<SocketAddr>()` (its
+//! `ConnectInfo` extractor then works). [`IntoWorkerService`] tells them apart by
+//! a marker type the compiler infers ([`Hyper`], [`Tower`] or [`MakeTower`]),
+//! the way axum tells handler signatures apart.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -45,12 +50,63 @@ where
     }
 }
 
-/// What the per-worker setup of [`run_with`](crate::run_with) may return: a
-/// hyper service (marker [`Hyper`]) or a tower service (marker [`Tower`]). The
-/// marker is inferred; a type that is both a hyper and a tower service must be
-/// wrapped by hand (`hyper_util::service::TowerToHyperService`).
-pub trait IntoWorkerService<Marker> {
+/// What a worker holds: the service for each connection it accepts.
+pub trait WorkerApp: 'static {
     type Service: WorkerService;
+
+    /// The service for a connection from `client`.
+    fn connection(&self, client: SocketAddr) -> Made<Self::Service>;
+}
+
+/// A connection's service: at once (a clone, for most apps), or once a make
+/// service has made it.
+pub enum Made<S> {
+    Ready(S),
+    Later(Pin<Box<dyn Future<Output = Result<S, BoxError>>>>),
+}
+
+impl<S: WorkerService> WorkerApp for S {
+    type Service = S;
+
+    fn connection(&self, _client: SocketAddr) -> Made<S> {
+        Made::Ready(self.clone())
+    }
+}
+
+/// A tower make service, called with each connection's client address.
+pub struct MakeApp<M>(M);
+
+impl<M, S, B> WorkerApp for MakeApp<M>
+where
+    M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
+    M::Future: 'static,
+    M::Error: Into<BoxError>,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Error: Into<BoxError>> + 'static,
+{
+    type Service = TowerToHyperService<S>;
+
+    fn connection(&self, client: SocketAddr) -> Made<Self::Service> {
+        let mut make = self.0.clone();
+        Made::Later(Box::pin(async move {
+            std::future::poll_fn(|cx| make.poll_ready(cx))
+                .await
+                .map_err(Into::into)?;
+            let service = make.call(client).await.map_err(Into::into)?;
+            Ok(TowerToHyperService::new(service))
+        }))
+    }
+}
+
+/// What the per-worker setup of [`run_with`](crate::run_with) may return: a
+/// hyper service (marker [`Hyper`]), a tower service (marker [`Tower`]), or a
+/// tower make service over the client's address (marker [`MakeTower`]). The
+/// marker is inferred; a type that is several of these must be wrapped by hand
+/// (`hyper_util::service::TowerToHyperService`).
+pub trait IntoWorkerService<Marker> {
+    type Service: WorkerApp;
 
     fn into_worker_service(self) -> Self::Service;
 }
@@ -63,6 +119,12 @@ pub enum Hyper {}
 /// `Routes`): each request is served by a clone, readied then called.
 #[derive(Debug)]
 pub enum Tower {}
+
+/// Marks a tower make service (`tower::Service<SocketAddr>`, such as axum's
+/// `into_make_service_with_connect_info::<SocketAddr>()`): called once per
+/// connection with the client's address, it makes that connection's service.
+#[derive(Debug)]
+pub enum MakeTower {}
 
 impl<S: WorkerService> IntoWorkerService<Hyper> for S {
     type Service = S;
@@ -83,5 +145,22 @@ where
 
     fn into_worker_service(self) -> TowerToHyperService<S> {
         TowerToHyperService::new(self)
+    }
+}
+
+impl<M, S, B> IntoWorkerService<MakeTower> for M
+where
+    M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
+    M::Future: 'static,
+    M::Error: Into<BoxError>,
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Error: Into<BoxError>> + 'static,
+{
+    type Service = MakeApp<M>;
+
+    fn into_worker_service(self) -> MakeApp<M> {
+        MakeApp(self)
     }
 }

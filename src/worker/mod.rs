@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
 use crate::scoreboard::{Record, Scoreboard, State};
-use crate::service::WorkerService;
+use crate::service::WorkerApp;
 use control::Control;
 use serve::serve;
 
@@ -60,7 +60,7 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<S, E>>,
     E: Display,
-    S: WorkerService,
+    S: WorkerApp,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
     name_process(PROCESS_NAME);

@@ -10,6 +10,7 @@
 //! and give up at `--graceful-timeout`.
 
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use super::control::{Control, Event, Stop};
 use crate::config::Config;
 use crate::ipc::Message;
 use crate::scoreboard::{Record, State};
-use crate::service::WorkerService;
+use crate::service::{Made, WorkerApp};
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
 /// retrying at once would spin, since the connection is still queued.
@@ -49,7 +50,7 @@ struct Shared<S> {
 
 /// Serves `service` on `listener` (and adopted sockets) until `control` says
 /// stop, then drains.
-pub async fn serve<S: WorkerService>(
+pub async fn serve<S: WorkerApp>(
     listener: TcpListener,
     service: S,
     control: Control,
@@ -149,7 +150,7 @@ pub async fn serve<S: WorkerService>(
 /// Every tick: beat the heartbeat (the master reads it to find a runtime that is
 /// stuck, `--timeout`; it goes on through the drain, which has its own deadline)
 /// and close connections that have waited too long (see `conn`).
-async fn housekeeping<S: WorkerService>(shared: Rc<Shared<S>>, record: &'static Record, serving: Limits) {
+async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Record, serving: Limits) {
     let draining = Limits {
         idle: ticks(IDLE_GRACE),
         idle_close: Close::Graceful,
@@ -176,10 +177,7 @@ fn ticks(duration: Duration) -> u32 {
 
 /// Follows signals and the master's commands until told to stop: adopts and
 /// releases sibling sockets, and asks to be replaced at the request quota.
-async fn steer<S: WorkerService>(
-    mut control: Control,
-    shared: Rc<Shared<S>>,
-) -> (Stop, &'static str, Control, Adopted) {
+async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (Stop, &'static str, Control, Adopted) {
     let name = &shared.name;
     let mut adopted: Adopted = Vec::new();
     loop {
@@ -214,10 +212,10 @@ async fn steer<S: WorkerService>(
 /// Sibling slots' sockets this worker accepts on: the slot, its accept loop, the socket.
 type Adopted = Vec<(usize, JoinHandle<()>, Rc<TcpListener>)>;
 
-async fn accept_loop<S: WorkerService>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>) {
+async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => start_connection(stream, &shared),
+            Ok((stream, client)) => start_connection(stream, client, &shared),
             Err(err) if is_transient(&err) => {}
             Err(err) => {
                 warn!(
@@ -231,17 +229,25 @@ async fn accept_loop<S: WorkerService>(listener: Rc<TcpListener>, shared: Rc<Sha
     }
 }
 
-fn start_connection<S: WorkerService>(stream: tokio::net::TcpStream, shared: &Rc<Shared<S>>) {
+fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
     let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
+    let made = shared.service.connection(client);
     let shared = Rc::clone(shared);
     tokio::task::spawn_local(async move {
-        conn::serve_connection(stream, shared.service.clone(), &shared.protocols, open).await;
+        let service = match made {
+            Made::Ready(service) => service,
+            Made::Later(making) => match making.await {
+                Ok(service) => service,
+                Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
+            },
+        };
+        conn::serve_connection(stream, service, &shared.protocols, open).await;
     });
 }
 
 /// Accepts every connection queued on `listener` now, without waiting for more;
 /// returns how many.
-async fn accept_queued<S: WorkerService>(listener: &TcpListener, shared: &Rc<Shared<S>>) -> usize {
+async fn accept_queued<S: WorkerApp>(listener: &TcpListener, shared: &Rc<Shared<S>>) -> usize {
     let mut taken = 0;
     loop {
         let next = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
@@ -249,8 +255,8 @@ async fn accept_queued<S: WorkerService>(listener: &TcpListener, shared: &Rc<Sha
             std::task::Poll::Ready(accepted) => std::task::Poll::Ready(Some(accepted)),
         });
         match next.await {
-            Some(Ok((stream, _peer))) => {
-                start_connection(stream, shared);
+            Some(Ok((stream, client))) => {
+                start_connection(stream, client, shared);
                 taken += 1;
             }
             Some(Err(err)) if is_transient(&err) => {}

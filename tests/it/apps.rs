@@ -15,7 +15,16 @@ fn axum_app(args: &[&str]) -> Server {
 }
 
 #[test]
-fn an_axum_router_is_served_as_it_is() {
+fn the_readme_axum_router_is_served_as_it_is() {
+    let server = Server::start_command(command(example("axum_minimal"), &["--workers", "2"]));
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    let hello = get(server.addr, "/").unwrap();
+    assert_eq!(hello.status, 200);
+    assert!(workers.contains(&hello.worker_pid().expect("a pid")), "{}", hello.body);
+}
+
+#[test]
+fn an_axum_app_with_connect_info_is_served_as_it_is() {
     let server = axum_app(&["--workers", "2"]);
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
     let hello = get(server.addr, "/").unwrap();
@@ -25,6 +34,17 @@ fn an_axum_router_is_served_as_it_is() {
     let value: serde_json::Value = serde_json::from_str(&json.body).unwrap();
     let pid = value["pid"].as_i64().expect("a pid in the JSON");
     assert!(workers.iter().any(|w| i64::from(w.as_raw()) == pid), "{value}");
+
+    // `ConnectInfo<SocketAddr>`: the client's address, as the client sees its own.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let me = stream.local_addr().unwrap();
+    send_request(&mut stream, "GET", "/ip", false).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with(&format!("\r\n\r\n{me}\n")),
+        "{answer}"
+    );
 
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream
