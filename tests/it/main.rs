@@ -5,6 +5,7 @@ mod admin;
 mod apps;
 mod cli;
 mod errors;
+mod grpc;
 mod health;
 mod http2;
 mod load;
