@@ -186,6 +186,10 @@ impl Read for Io {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix.split_to(n));
+            if self.prefix.is_empty() {
+                // An empty slice of it would keep the whole read buffer alive.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);

@@ -28,7 +28,9 @@ pub async fn detect(
     closed: impl Fn() -> bool,
     park: impl Fn(&std::task::Waker),
 ) -> io::Result<Option<Protocol>> {
-    let mut read = BytesMut::with_capacity(4096);
+    // Small: only the first bytes decide; what does not fit stays in the socket
+    // for hyper, and this buffer is freed once hyper has taken its bytes.
+    let mut read = BytesMut::with_capacity(1024);
     loop {
         let ready = poll_fn(|cx| {
             if closed() {
