@@ -118,6 +118,7 @@ class Server:
 
     def __init__(self, workers, cpus, wrapper=()):
         self.workers, self.cpus, self.port = workers, cpus, free_port()
+        self.probe_port = self.port  # where start() checks for an HTTP/1.1 answer
         self.wrapper = list(wrapper)  # e.g. valgrind
         self.proc = None
 
@@ -132,7 +133,8 @@ class Server:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.stderr, start_new_session=True)
         LIVE.append(self)
         patience = 60 if self.wrapper else 15
-        wait_until(f"{self.name} to answer on port {self.port}", lambda: http_get(self.port, 2)[0] == 200, patience)
+        wait_until(f"{self.name} to answer on port {self.probe_port}", lambda: http_get(self.probe_port, 2)[0] == 200,
+                   patience)
         wait_until(f"{self.name}'s {self.workers} workers", lambda: len(self.worker_pids()) >= self.workers, patience)
         return self
 
@@ -167,6 +169,12 @@ class Prefork(Server):
 class Nginx(Server):
     name = "nginx"
 
+    def listen(self):
+        return f"listen 127.0.0.1:{self.port} reuseport;"
+
+    def extra(self):
+        return ""
+
     def command(self):
         prefix = os.path.join(TMP, f"nginx-{self.port}")
         os.makedirs(prefix, exist_ok=True)
@@ -186,7 +194,8 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     server {{
-        listen 127.0.0.1:{self.port} reuseport;
+        {self.listen()}
+        {self.extra()}
         location / {{
             default_type "text/plain; charset=utf-8";
             return 200 "Hello from worker $pid\\n";
@@ -195,6 +204,25 @@ http {{
 }}
 """)
         return ["nginx", "-p", prefix, "-c", conf]
+
+
+class NginxH2(Nginx):
+    """nginx with HTTP/2 with prior knowledge (h2c) on its port: nginx 1.22 then
+    speaks only HTTP/2 there, so the start-up probe uses a second, HTTP/1.1 port."""
+    name = "nginx"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.probe_port = free_port()
+
+    def listen(self):
+        return f"listen 127.0.0.1:{self.port} reuseport http2; listen 127.0.0.1:{self.probe_port};"
+
+    def extra(self):
+        # nginx closes a connection after 1,000 requests by default, and h2load does
+        # not reconnect: its streams would count as failed. prefork-server has no
+        # such limit; lift nginx's for the comparison.
+        return "keepalive_requests 100000000;"
 
 
 class NodeCluster(Server):
@@ -275,6 +303,40 @@ def throughput(layouts, runs, seconds):
                 results[layout][cls.name].append(r)
                 log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
                     f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors")
+    return results
+
+
+def run_h2load(port, seconds):
+    """h2load -c64 -m10 on CPU 0 for `seconds`: (requests answered, failures)."""
+    out = subprocess.run(["taskset", "-c", "0", "h2load", "-c64", "-m10", "-D", str(seconds), "--warm-up-time", "0",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    found = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not found:
+        raise RuntimeError(f"h2load: {out}")
+    return int(found.group(1)), int(found.group(2)) + int(found.group(3))
+
+
+def http2(runs, seconds):
+    """HTTP/2 with prior knowledge, pinned: 1 worker on CPU 1, h2load -c64 -m10 on CPU 0."""
+    results = {cls.name: [] for cls in (Prefork, NginxH2)}
+    for round_ in range(runs):
+        for cls in (Prefork, NginxH2) if round_ % 2 == 0 else (NginxH2, Prefork):
+            server = cls(1, "1").start()
+            try:
+                run_h2load(server.port, 1)  # warm-up
+                pids = server.pids()
+                before = cpu_ticks(pids)
+                n, failed = run_h2load(server.port, seconds)
+                after = cpu_ticks(pids)
+            finally:
+                server.stop()
+            user = sum(after[p][0] - before[p][0] for p in pids)
+            kernel = sum(after[p][1] - before[p][1] for p in pids)
+            r = dict(rps=n / seconds, user_us=user * 1e6 / CLK_TCK / n, kernel_us=kernel * 1e6 / CLK_TCK / n,
+                     errors=failed)
+            results[cls.name].append(r)
+            log(f"h2 run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
+                f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed")
     return results
 
 
@@ -558,7 +620,7 @@ def table(title, header, rows):
             "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
 
 
-def report(args, tput, split, lat, calls, instr, mem, resp):
+def report(args, tput, split, lat, calls, instr, mem, resp, h2=None):
     med = statistics.median
     lines = ["# Benchmarks", "",
              f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
@@ -568,7 +630,10 @@ def report(args, tput, split, lat, calls, instr, mem, resp):
     rows = targets(tput, split, calls, instr, mem, resp)
     if rows:
         lines += table("Targets (prefork-server, ratios from this run)", ["target", "measured", "met"], rows)
-    titles = {"pinned": "Pinned, keep-alive: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
+    if h2:
+        tput = dict(tput, h2=h2)
+    titles = {"h2": "HTTP/2 (h2c, prior knowledge), pinned: 1 worker on CPU 1, `h2load -c64 -m10` on CPU 0",
+              "pinned": "Pinned, keep-alive: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "close": "Pinned, `Connection: close`: 1 worker on CPU 1, `wrk -t1 -c64` on CPU 0",
               "unpinned": "Unpinned: 2 workers, `wrk -t2 -c64`, all on both CPUs"}
     keys = ("rps", "user_us", "kernel_us")
@@ -580,7 +645,8 @@ def report(args, tput, split, lat, calls, instr, mem, resp):
             rows.append([name, f"{rps:,.0f}", ratio(rps, base[0]), f"{user:.2f}", ratio(user, base[1]),
                          f"{kern:.2f}", ratio(kern, base[2]), sum(r["errors"] for r in runs)])
         lines += table(titles[layout], ["server", "requests/s", "vs nginx", "user µs/req", "vs nginx",
-                                        "kernel µs/req", "vs nginx", "socket errors"], rows)
+                                        "kernel µs/req", "vs nginx", "socket errors" if layout != "h2" else
+                                        "failed streams"], rows)
     if split:
         lines += ["Request split between the 2 workers (share of the busier one; a wrk Lua counter of the pid "
                   f"in each body, {args.seconds} s): " +
@@ -635,7 +701,8 @@ def main():
     p.add_argument("--rate", type=int, default=10000, help="fixed rate for the latency phase (default 10000)")
     p.add_argument("--kills", type=int, default=20, help="kills for the respawn phase (default 20)")
     p.add_argument("--layouts", default="pinned,close,unpinned")
-    p.add_argument("--skip", default="", help="phases to skip: latency,syscalls,instructions,memory,respawn,split")
+    p.add_argument("--skip", default="",
+                   help="phases to skip: h2,latency,syscalls,instructions,memory,respawn,split")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     p.add_argument("--instructions", nargs="+", metavar="BINARY",
                    help="only count instructions per request of these prefork-server builds (A/B)")
@@ -651,13 +718,14 @@ def main():
         p.error("the pinned layouts need 2 CPUs (server on CPU 1, client on CPU 0)")
 
     tput = throughput(layouts, args.runs, args.seconds)
+    h2 = http2(args.runs, args.seconds) if "h2" not in skip else None
     split = request_split(args.seconds) if "split" not in skip else None
     lat = latency(args.rate, args.seconds) if "latency" not in skip else None
     calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
     instr = instructions() if "instructions" not in skip else None
     mem = memory() if "memory" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None
-    text = report(args, tput, split, lat, calls, instr, mem, resp)
+    text = report(args, tput, split, lat, calls, instr, mem, resp, h2)
     print(text)
     if args.out != "-":
         with open(args.out, "w") as f:
