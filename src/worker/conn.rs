@@ -121,6 +121,8 @@ pub struct Entry {
     /// HTTP/2: streams read the socket all the time, so a waiting read says
     /// nothing about a request body, and the drain is a GOAWAY.
     pub(super) h2: Cell<bool>,
+    /// Idle HTTP/1.1, its socket taken back from hyper (see [`Close::Park`]).
+    parked: Cell<bool>,
     pub(super) lifecycle: Rc<Lifecycle>,
 }
 
@@ -135,6 +137,8 @@ pub struct Limits {
     pub body: u32,
     /// For a write to make progress (the send timeout).
     pub send: u32,
+    /// With nothing in flight, before an HTTP/1.1 connection is parked.
+    pub park: u32,
 }
 
 /// How the sweep closes a connection.
@@ -150,6 +154,10 @@ pub enum Close {
     /// The send timeout: reset it (`SO_LINGER` 0), so that the response still
     /// queued for a client that stopped reading does not stay in the kernel.
     Reset,
+    /// Idle HTTP/1.1 keep-alive: hand the socket back from hyper, which frees
+    /// its buffers (16 KiB a connection), and wait for the next request
+    /// without them. A new hyper connection serves it.
+    Park,
 }
 
 impl Entry {
@@ -201,6 +209,7 @@ impl Connections {
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             h2: Cell::new(false),
+            parked: Cell::new(false),
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));
@@ -225,7 +234,9 @@ impl Connections {
     /// tick `now`) to close. Longer than: a stamp was taken at some moment within
     /// its tick, so `limit` whole ticks later up to one tick of the limit may not
     /// have passed yet; one tick more, it has.
-    pub fn sweep(&self, now: u32, limits: Limits) {
+    /// Returns how many connections it asked to park.
+    pub fn sweep(&self, now: u32, limits: Limits) -> usize {
+        let mut parked = 0;
         let waited = |since: u32| now.wrapping_sub(since);
         for (_, entry) in self.table.borrow().iter() {
             if entry.close.get() != Close::No {
@@ -246,10 +257,15 @@ impl Connections {
                     // GOAWAY, then close: the client knows not to retry on it.
                     false => Close::Graceful,
                 },
+                (None, _) if h1 && !in_flight && !entry.parked.get() && waited(stamps.idle_since()) > limits.park => {
+                    Close::Park
+                }
                 _ => continue,
             };
+            parked += usize::from(how == Close::Park);
             entry.ask_to_close(how);
         }
+        parked
     }
 
     /// The drain has started at tick `now`: every connection's idle time counts
@@ -326,26 +342,54 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, p
     // connection stays counted after hyper lets go of it.
     let counted = open.counted.take().expect("a new connection is counted once");
     let stamps = Arc::clone(&entry.stamps);
-    // Errors are the client's doing (reset, malformed request): hyper has already
-    // answered what it could, and there is nobody to tell. The connections are
-    // boxed: they are large, and the task's future would otherwise be copied
-    // whole on every move (into the task, between its stages).
-    let _ = match protocol {
+    // The connections are boxed: they are large, and the task's future would
+    // otherwise be copied whole on every move (into the task, between its stages).
+    match protocol {
         Protocol::Http1(read) => {
-            let io = Io::new(stream, read, stamps, counted);
-            // With upgrades: a `101 Switching Protocols` hands the socket to the
-            // service (a WebSocket), and this connection's part ends there.
-            let conn = protocols.h1.serve_connection(io, tracked).with_upgrades();
-            Watched::new(Box::pin(conn), entry).await
+            let mut io = Io::new(stream, read, stamps, counted);
+            loop {
+                // With upgrades: a `101 Switching Protocols` hands the socket to
+                // the service (a WebSocket), and this connection's part ends there.
+                let conn = protocols.h1.serve_connection(io, tracked.clone()).with_upgrades();
+                let mut watched = Watched::new(Box::pin(conn), Rc::clone(&entry));
+                if (&mut watched).await != Outcome::Park {
+                    break;
+                }
+                // Idle: take the socket (and any bytes of a next head) back from
+                // hyper, drop hyper's buffers, and wait for the client.
+                let Some(parts) = Pin::into_inner(watched.conn).into_parts() else {
+                    break;
+                };
+                io = parts.io;
+                io.give_back(parts.read_buf);
+                entry.parked.set(true);
+                entry.close.set(Close::No);
+                tracing::debug!("an idle keep-alive connection is parked: hyper's buffers are freed");
+                let closed = || entry.close.get() != Close::No;
+                let waiting = io.has_prefix() || io.readable(closed, |waker| entry.park(waker)).await;
+                entry.parked.set(false);
+                if !waiting {
+                    break;
+                }
+            }
         }
         Protocol::Http2(read) => {
             entry.h2.set(true);
             let io = Io::new(stream, read, stamps, counted);
             let conn = protocols.h2.serve_connection(io, tracked);
-            Watched::new(Box::pin(conn), entry).await
+            Watched::new(Box::pin(conn), entry).await;
         }
-    };
+    }
     drop(open);
+}
+
+/// How a [`Watched`] connection ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Closed: by the client, by hyper (an error, or the end of a drain), or by the sweep.
+    Done,
+    /// The sweep asked to park it (idle HTTP/1.1 keep-alive).
+    Park,
 }
 
 /// A hyper connection of either protocol, as [`Watched`] drives it.
@@ -386,7 +430,7 @@ impl<C> Watched<C> {
 }
 
 impl<C: Served> Future for Watched<C> {
-    type Output = hyper::Result<()>;
+    type Output = Outcome;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Unpin: the connection is boxed.
@@ -394,13 +438,14 @@ impl<C: Served> Future for Watched<C> {
         match this.entry.close.get() {
             Close::No => {}
             // Dropping the connection closes the socket.
-            Close::Now => return Poll::Ready(Ok(())),
+            Close::Now => return Poll::Ready(Outcome::Done),
+            Close::Park => return Poll::Ready(Outcome::Park),
             Close::Reset => {
                 // SAFETY: the connection, which owns this fd, is alive for this call.
                 let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(this.entry.fd) };
                 // Best effort: without it, the close is an ordinary one.
                 let _ = socket2::SockRef::from(&socket).set_linger(Some(std::time::Duration::ZERO));
-                return Poll::Ready(Ok(()));
+                return Poll::Ready(Outcome::Done);
             }
             Close::Graceful if !this.shut => {
                 this.shut = true;
@@ -408,10 +453,14 @@ impl<C: Served> Future for Watched<C> {
             }
             Close::Graceful => {}
         }
-        let poll = this.conn.as_mut().poll(cx);
-        if poll.is_pending() {
-            this.entry.park(cx.waker());
+        match this.conn.as_mut().poll(cx) {
+            // Errors are the client's doing (reset, malformed request): hyper has
+            // already answered what it could, and there is nobody to tell.
+            Poll::Ready(_) => Poll::Ready(Outcome::Done),
+            Poll::Pending => {
+                this.entry.park(cx.waker());
+                Poll::Pending
+            }
         }
-        poll
     }
 }

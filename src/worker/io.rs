@@ -181,6 +181,33 @@ impl Io {
     }
 }
 
+impl Io {
+    /// Bytes hyper read but did not use (a next head begun): read first next time.
+    pub fn give_back(&mut self, read: Bytes) {
+        if !read.is_empty() {
+            self.prefix = read;
+        }
+    }
+
+    pub fn has_prefix(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// Waits until the socket is readable: true, or false if `closed()` says
+    /// to give up (asked on every wake-up; `park` keeps the waker for whoever
+    /// decides that) or the socket failed.
+    pub async fn readable(&self, closed: impl Fn() -> bool, park: impl Fn(&std::task::Waker)) -> bool {
+        std::future::poll_fn(|cx| {
+            if closed() {
+                return Poll::Ready(false);
+            }
+            park(cx.waker());
+            self.inner.inner().poll_read_ready(cx).map(|ready| ready.is_ok())
+        })
+        .await
+    }
+}
+
 impl Read for Io {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {

@@ -31,6 +31,7 @@ use crate::service::{BoxError, WorkerService};
 pub type ResponseBody<S> = TrackedBody<<S as WorkerService>::Body>;
 
 /// The user's service, seen through the worker's bookkeeping.
+#[derive(Clone)]
 pub struct Tracked<S> {
     pub inner: S,
     pub entry: Rc<Entry>,

@@ -39,6 +39,12 @@ const TICK: Duration = Duration::from_millis(250);
 /// it gets an answer with `Connection: close` instead of a reset.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
+/// An HTTP/1.1 keep-alive connection idle this long gives hyper's buffers back
+/// (16 KiB) until its next request: idle connections (WebSocket and SSE apps,
+/// clients that keep a pool open) then cost little. A client busier than this
+/// never pays for the new hyper connection its next request needs.
+const PARK_AFTER: Duration = Duration::from_secs(1);
+
 /// What every accept loop and connection of this worker shares.
 struct Shared<S> {
     service: S,
@@ -93,6 +99,7 @@ pub async fn serve<S: WorkerApp>(
         idle_close: Close::Now,
         body: ticks(config.body_read_timeout),
         send: ticks(config.send_timeout),
+        park: ticks(PARK_AFTER),
     };
     tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
     // Steering runs in a task of its own, polled only when a signal or the master
@@ -159,13 +166,33 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     let mut interval = tokio::time::interval(TICK);
     // After a stall (a blocking handler), one tick, not a burst of them.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut parked_last_tick = 0;
     loop {
         interval.tick().await;
         record.beat();
+        if parked_last_tick >= TRIM_AFTER_PARKING {
+            give_freed_memory_back();
+        }
         let lifecycle = &shared.lifecycle;
         lifecycle.tick();
         let limits = if lifecycle.is_draining() { draining } else { serving };
-        shared.connections.sweep(lifecycle.now(), limits);
+        parked_last_tick = shared.connections.sweep(lifecycle.now(), limits);
+    }
+}
+
+/// Parking this many connections in one tick frees enough (16 KiB each) to be
+/// worth handing back to the kernel at the next one.
+const TRIM_AFTER_PARKING: usize = 64;
+
+/// Returns the free pages of the heap to the kernel. glibc's `free` returns
+/// only the top of the heap; the buffers of parked connections are holes in the
+/// middle of it, which would stay resident (reusable by this worker, but counted
+/// against it) until the next burst of connections.
+fn give_freed_memory_back() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

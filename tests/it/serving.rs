@@ -151,3 +151,31 @@ fn a_large_body_arrives_whole_and_in_order() {
         assert!(response.body.chars().eq(expected), "{kb} KiB: the pattern is intact");
     }
 }
+
+/// An idle keep-alive connection is parked after a second (hyper's buffers
+/// given back): its next request, whole or begun before the parking, is served.
+#[test]
+fn a_parked_keep_alive_connection_serves_its_next_request() {
+    use std::io::Write;
+    let server = Server::start(&["--workers", "1", "--header-read-timeout", "10s", "--log-level", "debug"]);
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut idle, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    let mut begun = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut begun, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut begun).unwrap().status, 200);
+    begun.write_all(b"GET / HTTP/1.1\r\nHost: te").unwrap();
+    server.wait_for_log_count("connection is parked", 2, Duration::from_secs(5));
+    send_request(&mut idle, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200, "parked, then served");
+    begun.write_all(b"st\r\n\r\n").unwrap();
+    assert_eq!(
+        read_response(&mut begun).unwrap().status,
+        200,
+        "the head begun before parking is completed"
+    );
+    for _ in 0..3 {
+        send_request(&mut idle, "GET", "/", true).unwrap();
+        assert_eq!(read_response(&mut idle).unwrap().status, 200, "and kept alive");
+    }
+}
