@@ -185,7 +185,8 @@ daemon off;
 worker_processes {self.workers};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log;
-events {{ worker_connections 4096; }}
+worker_rlimit_nofile 65536;
+events {{ worker_connections 30000; }}
 http {{
     access_log off;
     client_body_temp_path {prefix}/body;
@@ -510,6 +511,40 @@ def memory():
     return out
 
 
+def idle_connections(n):
+    """Memory per idle keep-alive connection: `n` connections, one request each,
+    then idle; PSS (KiB) of the whole tree before and 3 s after (so that
+    prefork-server has parked them), per connection. 1 worker."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    out = {}
+    for cls in (Prefork, Nginx):
+        server = cls(1, None).start()
+        try:
+            time.sleep(1)
+            before = sum(smaps(p)[1] for p in server.pids())
+            conns = []
+            for _ in range(n):
+                c = socket.create_connection(("127.0.0.1", server.port))
+                c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                conns.append(c)
+            for c in conns:
+                c.settimeout(10)
+                if not c.recv(4096).startswith(b"HTTP/1.1 200"):
+                    raise RuntimeError(f"{cls.name}: a connection was not answered")
+            time.sleep(3)
+            after = sum(smaps(p)[1] for p in server.pids())
+            for c in conns:
+                c.close()
+        finally:
+            server.stop()
+        out[cls.name] = dict(per_connection=(after - before) * 1024 / n, before=before, after=after)
+        log(f"idle connections {cls.name}: PSS {before} -> {after} KiB for {n}: "
+            f"{out[cls.name]['per_connection']:,.0f} B each")
+    return out
+
+
 def respawn(kills):
     """Milliseconds from SIGKILL of the only worker to a reply from its replacement."""
     out = {}
@@ -620,7 +655,7 @@ def table(title, header, rows):
             "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
 
 
-def report(args, tput, split, lat, calls, instr, mem, resp, h2=None):
+def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None):
     med = statistics.median
     lines = ["# Benchmarks", "",
              f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
@@ -670,6 +705,12 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None):
                        [[name, f"{r['rss'] / 1024:.2f}", f"{r['pss'] / 1024:.2f}",
                          f"{r['master'][0] / 1024:.1f} / {r['master'][1] / 1024:.1f}" if r["master"] else "–"]
                         for name, r in mem.items()])
+    if idle:
+        lines += table(f"Memory per idle keep-alive connection ({args.connections:,} connections, one request "
+                       "each, then 3 s idle; PSS of the whole tree, 1 worker)",
+                       ["server", "bytes per connection", "vs nginx", "PSS before → after KiB"],
+                       [[name, f"{r['per_connection']:,.0f}", ratio(r["per_connection"], idle["nginx"]["per_connection"]),
+                         f"{r['before']:,} → {r['after']:,}"] for name, r in idle.items()])
     if resp:
         lines += table(f"Respawn: SIGKILL of the only worker until its replacement answers ({args.kills} kills)",
                        ["server", "median ms", "vs nginx", "max ms", "attempts that hung 250 ms"],
@@ -700,9 +741,11 @@ def main():
     p.add_argument("--seconds", type=int, default=5, help="length of each measured run (default 5)")
     p.add_argument("--rate", type=int, default=10000, help="fixed rate for the latency phase (default 10000)")
     p.add_argument("--kills", type=int, default=20, help="kills for the respawn phase (default 20)")
+    p.add_argument("--connections", type=int, default=10000,
+                   help="idle keep-alive connections for the connection-memory phase (default 10000)")
     p.add_argument("--layouts", default="pinned,close,unpinned")
     p.add_argument("--skip", default="",
-                   help="phases to skip: h2,latency,syscalls,instructions,memory,respawn,split")
+                   help="phases to skip: h2,latency,syscalls,instructions,memory,connections,respawn,split")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     p.add_argument("--instructions", nargs="+", metavar="BINARY",
                    help="only count instructions per request of these prefork-server builds (A/B)")
@@ -724,8 +767,9 @@ def main():
     calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
     instr = instructions() if "instructions" not in skip else None
     mem = memory() if "memory" not in skip else None
+    idle = idle_connections(args.connections) if "connections" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None
-    text = report(args, tput, split, lat, calls, instr, mem, resp, h2)
+    text = report(args, tput, split, lat, calls, instr, mem, resp, h2, idle)
     print(text)
     if args.out != "-":
         with open(args.out, "w") as f:

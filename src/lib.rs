@@ -116,6 +116,9 @@ where
         async move { made.await.map(IntoWorkerService::into_worker_service) }
     };
     init_logging(config.log_level);
+    if let Some((old, new)) = process::raise_file_limit() {
+        tracing::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
+    }
     let mut origin = master::Origin {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),

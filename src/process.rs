@@ -164,6 +164,20 @@ pub fn signal(pid: Pid, signal: Signal) {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do: every connection is a file, and
+/// the usual soft limit (1,024) would cap a worker at about that many clients.
+/// Workers inherit it. Returns (old, new) soft limits when it changed anything.
+pub fn raise_file_limit() -> Option<(u64, u64)> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft >= hard {
+        return None;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).ok()?;
+    Some((soft, hard))
+}
+
 /// `Threads:` of `/proc/self/status`: fork without exec is only sound at 1.
 pub fn thread_count() -> std::io::Result<usize> {
     let status = std::fs::read_to_string("/proc/self/status")?;
