@@ -375,6 +375,10 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, p
         }
         Protocol::Http2(read) => {
             entry.h2.set(true);
+            if entry.lifecycle.is_draining() && entry.close.get() == Close::No {
+                // Taken from the queue during the drain: its GOAWAY is now.
+                entry.ask_to_close(Close::Graceful);
+            }
             let io = Io::new(stream, read, stamps, counted);
             let conn = protocols.h2.serve_connection(io, tracked);
             Watched::new(Box::pin(conn), entry).await;
