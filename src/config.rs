@@ -344,10 +344,30 @@ struct Settings {
     admin_allow_remote: Option<bool>,
 }
 
-/// Lists every field once, for `overlay`.
+/// Calls `$callback!(args..., every field of Settings)`: the one list of the
+/// settings that the layer operations below are written over.
+macro_rules! with_setting_fields {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback!(
+            $($args)* host, port, workers, balance, backlog, graceful_timeout, header_read_timeout,
+            body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
+            log_level, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
+            max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote
+        )
+    };
+}
+
+/// `low` with every value `high` sets replaced.
 macro_rules! overlay_fields {
     ($low:ident, $high:ident, $($field:ident),*) => {
         Settings { $($field: $high.$field.or($low.$field)),* }
+    };
+}
+
+/// The values of `new` that differ from `base`.
+macro_rules! changed_fields {
+    ($new:ident, $base:ident, $($field:ident),*) => {
+        Settings { $($field: if $new.$field != $base.$field { $new.$field } else { None }),* }
     };
 }
 
@@ -375,68 +395,14 @@ impl Settings {
 
     /// The values of `self` that differ from `base`.
     fn changed_from(self, base: &Settings) -> Settings {
-        macro_rules! changed {
-            ($($field:ident),*) => {
-                Settings { $($field: if self.$field != base.$field { self.$field } else { None }),* }
-            };
-        }
-        changed!(
-            host,
-            port,
-            workers,
-            balance,
-            backlog,
-            graceful_timeout,
-            header_read_timeout,
-            body_read_timeout,
-            send_timeout,
-            h2_max_concurrent_streams,
-            h2_max_header_list_size,
-            log_level,
-            reload_batch,
-            ready_timeout,
-            upgrade_binary,
-            upgrade_timeout,
-            pid_file,
-            max_requests,
-            max_requests_jitter,
-            timeout,
-            max_worker_memory,
-            admin,
-            admin_allow_remote
-        )
+        let new = self;
+        with_setting_fields!(changed_fields!(new, base,))
     }
 
     /// `self` with every value `high` sets replaced.
     fn overlay(self, high: Settings) -> Settings {
         let low = self;
-        overlay_fields!(
-            low,
-            high,
-            host,
-            port,
-            workers,
-            balance,
-            backlog,
-            graceful_timeout,
-            header_read_timeout,
-            body_read_timeout,
-            send_timeout,
-            h2_max_concurrent_streams,
-            h2_max_header_list_size,
-            log_level,
-            reload_batch,
-            ready_timeout,
-            upgrade_binary,
-            upgrade_timeout,
-            pid_file,
-            max_requests,
-            max_requests_jitter,
-            timeout,
-            max_worker_memory,
-            admin,
-            admin_allow_remote
-        )
+        with_setting_fields!(overlay_fields!(low, high,))
     }
 
     /// Fills the defaults and checks what the flag parser checks for flags (a file

@@ -50,6 +50,30 @@ where
     }
 }
 
+/// A tower service a worker can serve, its bounds written once: cloned per
+/// request, `'static`, errors and body errors that box.
+pub trait TowerServable:
+    tower_service::Service<
+        Request<Incoming>,
+        Response = Response<Self::ResponseBody>,
+        Future: 'static,
+        Error: Into<BoxError>,
+    > + Clone
+    + 'static
+{
+    type ResponseBody: Body<Error: Into<BoxError>> + 'static;
+}
+
+impl<S, B> TowerServable for S
+where
+    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S::Future: 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Error: Into<BoxError>> + 'static,
+{
+    type ResponseBody = B;
+}
+
 /// What a worker holds: the service for each connection it accepts.
 pub trait WorkerApp: 'static {
     type Service: WorkerService;
@@ -76,15 +100,12 @@ impl<S: WorkerService> WorkerApp for S {
 /// A tower make service, called with each connection's client address.
 pub struct MakeApp<M>(M);
 
-impl<M, S, B> WorkerApp for MakeApp<M>
+impl<M, S> WorkerApp for MakeApp<M>
 where
     M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
     M::Future: 'static,
     M::Error: Into<BoxError>,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Error: Into<BoxError>> + 'static,
+    S: TowerServable,
 {
     type Service = TowerToHyperService<S>;
 
@@ -134,13 +155,7 @@ impl<S: WorkerService> IntoWorkerService<Hyper> for S {
     }
 }
 
-impl<S, B> IntoWorkerService<Tower> for S
-where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Error: Into<BoxError>> + 'static,
-{
+impl<S: TowerServable> IntoWorkerService<Tower> for S {
     type Service = TowerToHyperService<S>;
 
     fn into_worker_service(self) -> TowerToHyperService<S> {
@@ -148,15 +163,12 @@ where
     }
 }
 
-impl<M, S, B> IntoWorkerService<MakeTower> for M
+impl<M, S> IntoWorkerService<MakeTower> for M
 where
     M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
     M::Future: 'static,
     M::Error: Into<BoxError>,
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
-    S::Future: 'static,
-    S::Error: Into<BoxError>,
-    B: Body<Error: Into<BoxError>> + 'static,
+    S: TowerServable,
 {
     type Service = MakeApp<M>;
 
