@@ -4,6 +4,7 @@
 //! Routes:
 //! - `/sleep?ms=N`: answers after N ms (a request in flight);
 //! - `/count`: requests this worker has served (per-worker state);
+//! - `/addr`: `client <addr> local <addr>`, the connection's two ends;
 //! - `/alloc?mb=N`: leaks N MiB (for `--max-worker-memory`);
 //! - `/bytes?kb=N`: an N KiB body of a repeating pattern (the write path);
 //! - `POST /echo`: reads the whole request body and returns it;
@@ -62,7 +63,11 @@ fn main() -> std::process::ExitCode {
             _ => {}
         }
         let served = Rc::new(Cell::new(0u64));
-        Ok(service_fn(move |request| handle(request, Rc::clone(&served))))
+        // Made per connection, to know its addresses (`/addr`).
+        Ok(prefork_server::per_connection(move |addresses| {
+            let served = Rc::clone(&served);
+            service_fn(move |request| handle(request, addresses, Rc::clone(&served)))
+        }))
     };
     match prefork_server::run_with_setup(config, setup) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -79,7 +84,11 @@ fn full(body: impl Into<Bytes>) -> Reply {
     Response::new(http_body_util::Either::Left(Full::new(body.into())))
 }
 
-async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Reply, Infallible> {
+async fn handle(
+    request: Request<Incoming>,
+    addresses: prefork_server::Addresses,
+    served: Rc<Cell<u64>>,
+) -> Result<Reply, Infallible> {
     served.set(served.get() + 1);
     let pid = std::process::id();
     let number = |key: &str, default: u64| query_number(request.uri().query(), key).unwrap_or(default);
@@ -91,6 +100,7 @@ async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Rep
             full(format!("slept {ms}ms in worker {pid}\n"))
         }
         (_, "/count") => full(format!("worker {pid} has served {} requests\n", served.get())),
+        (_, "/addr") => full(format!("client {} local {}\n", addresses.client, addresses.local)),
         (_, "/alloc") => {
             let mb = number("mb", 1) as usize;
             std::mem::forget(vec![1u8; mb << 20]); // written, so resident

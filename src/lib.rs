@@ -62,7 +62,10 @@ pub const SIGNALS_HELP: &str = signals::HELP_TABLE;
 /// The process name (`comm`) of every worker, as `ps`, `top` and `pgrep` show
 /// it; the master keeps the binary's name.
 pub const WORKER_PROCESS_NAME: &str = worker::PROCESS_NAME;
-pub use service::{BoxError, Hyper, IntoWorkerService, MakeTower, Tower, TowerServable, WorkerApp, WorkerService};
+pub use service::{
+    per_connection, Addresses, BoxError, Hyper, IntoWorkerService, MakeTower, PerConnection, Tower, TowerServable,
+    WorkerApp, WorkerService,
+};
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).
 pub fn run(config: Config) -> Result<(), Error> {

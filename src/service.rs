@@ -78,8 +78,8 @@ where
 pub trait WorkerApp: 'static {
     type Service: WorkerService;
 
-    /// The service for a connection from `client`.
-    fn connection(&self, client: SocketAddr) -> Made<Self::Service>;
+    /// The service for a connection from `client`, accepted on `stream`.
+    fn connection(&self, stream: &tokio::net::TcpStream, client: SocketAddr) -> Made<Self::Service>;
 }
 
 /// A connection's service: at once (a clone, for most apps), or once a make
@@ -92,7 +92,7 @@ pub enum Made<S> {
 impl<S: WorkerService> WorkerApp for S {
     type Service = S;
 
-    fn connection(&self, _client: SocketAddr) -> Made<S> {
+    fn connection(&self, _stream: &tokio::net::TcpStream, _client: SocketAddr) -> Made<S> {
         Made::Ready(self.clone())
     }
 }
@@ -109,7 +109,7 @@ where
 {
     type Service = TowerToHyperService<S>;
 
-    fn connection(&self, client: SocketAddr) -> Made<Self::Service> {
+    fn connection(&self, _stream: &tokio::net::TcpStream, client: SocketAddr) -> Made<Self::Service> {
         let mut make = self.0.clone();
         Made::Later(Box::pin(async move {
             std::future::poll_fn(|cx| make.poll_ready(cx))
@@ -118,6 +118,73 @@ where
             let service = make.call(client).await.map_err(Into::into)?;
             Ok(TowerToHyperService::new(service))
         }))
+    }
+}
+
+/// A connection's addresses, for a service made per connection (see [`per_connection`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The address the client connected to (of this machine).
+    pub local: SocketAddr,
+}
+
+/// A hyper service made for each connection by `make`, which is given the
+/// connection's [`Addresses`]: how a hyper service learns who it serves.
+///
+/// ```no_run
+/// # use std::convert::Infallible;
+/// # use hyper::{Request, Response, body::Incoming};
+/// # use http_body_util::Full;
+/// # use bytes::Bytes;
+/// let config = prefork_server::Config::from_args();
+/// prefork_server::run_with(config, || {
+///     Ok::<_, Infallible>(prefork_server::per_connection(|addresses: prefork_server::Addresses| {
+///         hyper::service::service_fn(move |_request: Request<Incoming>| async move {
+///             let text = format!("you are {}\n", addresses.client);
+///             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+///         })
+///     }))
+/// })
+/// # ;
+/// ```
+pub fn per_connection<F, S>(make: F) -> PerConnection<F>
+where
+    F: Fn(Addresses) -> S + 'static,
+    S: WorkerService,
+{
+    PerConnection(make)
+}
+
+/// See [`per_connection`].
+pub struct PerConnection<F>(F);
+
+impl<F, S> WorkerApp for PerConnection<F>
+where
+    F: Fn(Addresses) -> S + 'static,
+    S: WorkerService,
+{
+    type Service = S;
+
+    fn connection(&self, stream: &tokio::net::TcpStream, client: SocketAddr) -> Made<S> {
+        // One getsockname(2), paid only by the apps that ask for it. It does not
+        // fail on an accepted socket; if it did, the port says "unknown".
+        let unknown = || SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let local = stream.local_addr().unwrap_or_else(|_| unknown());
+        Made::Ready((self.0)(Addresses { client, local }))
+    }
+}
+
+impl<F, S> IntoWorkerService<Hyper> for PerConnection<F>
+where
+    F: Fn(Addresses) -> S + 'static,
+    S: WorkerService,
+{
+    type Service = PerConnection<F>;
+
+    fn into_worker_service(self) -> PerConnection<F> {
+        self
     }
 }
 

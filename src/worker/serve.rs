@@ -258,7 +258,7 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
 
 fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
     let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
-    let made = shared.service.connection(client);
+    let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
     tokio::task::spawn_local(async move {
         let service = match made {

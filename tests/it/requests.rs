@@ -73,3 +73,18 @@ fn an_unread_body_is_discarded_up_to_1_mib_and_the_connection_kept() {
         "3 MiB closes the connection"
     );
 }
+
+#[test]
+fn a_service_made_per_connection_knows_both_addresses() {
+    use std::io::Read;
+    let server = Server::start_example(&["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let me = stream.local_addr().unwrap();
+    send_request(&mut stream, "GET", "/addr", false).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.ends_with(&format!("\r\n\r\nclient {me} local {}\n", server.addr)),
+        "{answer}"
+    );
+}
