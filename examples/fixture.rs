@@ -17,7 +17,8 @@
 //! it exists; `FIXTURE_PANIC=1` panics in the factory (exit code 70);
 //! `FIXTURE_THREAD=1` starts a thread before `run_with_setup` (which then refuses
 //! to fork); `FIXTURE_ASYNC_SETUP=sleep|fail|hang` makes the setup await a
-//! timer first, fail after one, or never finish.
+//! timer first, fail after one, or never finish; `FIXTURE_CODE_WORKERS=N` sets
+//! the worker count in code, after the flags are parsed.
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -34,7 +35,11 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 
 fn main() -> std::process::ExitCode {
-    let config = prefork_server::Config::from_args();
+    let mut config = prefork_server::Config::from_args();
+    if let Some(workers) = std::env::var("FIXTURE_CODE_WORKERS").ok().and_then(|n| n.parse().ok()) {
+        // A setting chosen in code, not by a flag: a reload must keep it.
+        config.workers = workers;
+    }
     if std::env::var_os("FIXTURE_THREAD").is_some() {
         // What `#[tokio::main]` around `run_with` amounts to.
         std::thread::spawn(|| loop {

@@ -313,3 +313,20 @@ fn a_reload_whose_new_sockets_cannot_be_bound_is_refused() {
         "the first reload did run"
     );
 }
+
+#[test]
+fn a_setting_chosen_in_code_survives_a_reload() {
+    // No --workers flag: the program sets 3 in code (the default here is the CPU count).
+    let mut command = command(example_binary(), &[]);
+    command.env("FIXTURE_CODE_WORKERS", "3");
+    let server = Server::start_command(command);
+    server.wait_for_workers(3, Duration::from_secs(10));
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log(
+        "reload complete: every worker is of generation 2",
+        Duration::from_secs(30),
+    );
+    let workers = server.wait_for_workers(3, Duration::from_secs(10));
+    assert_eq!(workers.len(), 3, "still the 3 workers the program chose");
+    assert!(!server.logs().contains("reload: 2 workers"), "{}", server.logs());
+}
