@@ -174,6 +174,7 @@ impl Master<'_> {
     fn supervise(&mut self) -> Result<(), Error> {
         loop {
             self.spawn_due();
+            self.settle_reload();
             self.wait()?;
             for signal in self.signals.take() {
                 self.handle(signal);

@@ -17,6 +17,23 @@ use crate::process::{self, human, Exit};
 use crate::worker::Child;
 
 impl Master<'_> {
+    /// Logs the end of a reload that ended without a last promotion (its last
+    /// queued slots were parked by a lower `workers`).
+    pub(super) fn settle_reload(&mut self) {
+        if self.pool.reload_settled() {
+            self.reload_complete();
+        }
+    }
+
+    fn reload_complete(&self) {
+        let generation = self.pool.generation();
+        info!("master: reload complete: every worker is of generation {generation}");
+        self.scoreboard
+            .header()
+            .reloads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub(super) fn spawn_due(&mut self) {
         for (slot, spawn) in self.pool.due(Instant::now()) {
             match self.spawn(slot, spawn) {
@@ -148,11 +165,7 @@ impl Master<'_> {
                         process::signal(old, Sig::SIGTERM);
                     }
                     if reload_done {
-                        info!("master: reload complete: every worker is of generation {generation}");
-                        self.scoreboard
-                            .header()
-                            .reloads
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        self.reload_complete();
                     }
                 }
                 None => {}

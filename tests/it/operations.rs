@@ -330,3 +330,20 @@ fn a_setting_chosen_in_code_survives_a_reload() {
     assert_eq!(workers.len(), 3, "still the 3 workers the program chose");
     assert!(!server.logs().contains("reload: 2 workers"), "{}", server.logs());
 }
+
+#[test]
+fn a_reload_that_lowers_the_worker_count_completes() {
+    let path = std::env::temp_dir().join(format!("prefork-test-{}-lower.toml", std::process::id()));
+    std::fs::write(&path, "workers = 3\n").unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap(), "--max-requests", "1000000"]);
+    let before = server.wait_for_workers(3, Duration::from_secs(10));
+    std::fs::write(&path, "workers = 2\n").unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log(
+        "reload complete: every worker is of generation 2",
+        Duration::from_secs(20),
+    );
+    let now = server.wait_for_workers(2, Duration::from_secs(15));
+    assert!(before.iter().all(|pid| !now.contains(pid)), "{before:?} → {now:?}");
+    let _ = std::fs::remove_file(&path);
+}

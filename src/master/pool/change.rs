@@ -113,16 +113,24 @@ impl Pool {
         if let Some(old) = old {
             self.retire(slot, old, now + drain_for);
         }
-        let booting = self.slots.iter().any(|slot| slot.incoming.is_some());
-        let reload_done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty()) && !booting;
-        if reload_done {
-            self.reload = None;
-        }
         Ready::Replaced {
             slot,
             old: old.map(|w| w.pid),
-            reload_done,
+            reload_done: self.reload_settled(),
         }
+    }
+
+    /// Ends the reload once nothing is left to replace and nothing is booting;
+    /// true when this call ended it. Called after every promotion, and on every
+    /// wake-up: a slot parked during the reload (a HUP that lowers `workers`) is
+    /// skipped, never promoted, and may be the last one queued.
+    pub fn reload_settled(&mut self) -> bool {
+        let booting = self.slots.iter().any(|slot| slot.incoming.is_some());
+        let done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty()) && !booting;
+        if done {
+            self.reload = None;
+        }
+        done
     }
 
     /// Ends the reload where it stands: slots already replaced keep their new
@@ -219,6 +227,23 @@ mod tests {
         );
         assert!(!pool.reloading());
         assert_eq!(pool.generation(), 2);
+    }
+
+    #[test]
+    fn a_reload_that_parks_its_last_queued_slot_still_settles() {
+        let now = Instant::now();
+        let mut pool = ready_pool(3, now);
+        pool.begin_reload(1, TIMEOUTS);
+        pool.resize(2, now, now + SECOND); // the reload's HUP also lowered `workers`
+        for (slot, n) in [(0, 200), (1, 201)] {
+            assert_eq!(pool.due(now), [(slot, Spawn::Replace)]);
+            pool.on_spawned(slot, Spawn::Replace, pid(n), now);
+            pool.on_ready(pid(n), now);
+        }
+        assert!(pool.due(now).is_empty(), "the parked slot 2 is skipped");
+        assert!(pool.reload_settled(), "and the reload ends there");
+        assert!(!pool.reloading());
+        assert!(!pool.reload_settled(), "once");
     }
 
     #[test]
