@@ -568,18 +568,23 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 /// An HTTP/2 header list limit: a size (`64KiB`) from 1 KiB to 16 MiB.
 fn parse_header_list_size(text: &str) -> Result<u32, String> {
-    match parse_size(text)? {
-        bytes if !(1 << 10..=16 << 20).contains(&bytes) => Err(format!("'{text}' is not between 1KiB and 16MiB")),
-        bytes => u32::try_from(bytes).map_err(|_| format!("'{text}' is too large")),
+    header_list_bytes(parse_size(text)?).map_err(|why| format!("'{text}' {why}"))
+}
+
+/// `bytes` as an HTTP/2 header list limit, if it is from 1 KiB to 16 MiB.
+fn header_list_bytes(bytes: u64) -> Result<u32, &'static str> {
+    match u32::try_from(bytes) {
+        Ok(bytes) if (1 << 10..=16 << 20).contains(&bytes) => Ok(bytes),
+        _ => Err("is not between 1KiB and 16MiB"),
     }
 }
 
 /// A file header list limit: bytes as a number, or a string like the flag.
 fn header_list_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
     let bytes = size(deserializer)?.unwrap_or_default();
-    parse_header_list_size(&bytes.to_string())
+    header_list_bytes(bytes)
         .map(Some)
-        .map_err(serde::de::Error::custom)
+        .map_err(|why| serde::de::Error::custom(format!("{bytes} {why}")))
 }
 
 /// A file size: bytes as a number, or a string like the flag (`"512MiB"`).

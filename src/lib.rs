@@ -63,8 +63,8 @@ pub const SIGNALS_HELP: &str = signals::HELP_TABLE;
 /// it; the master keeps the binary's name.
 pub const WORKER_PROCESS_NAME: &str = worker::PROCESS_NAME;
 pub use service::{
-    per_connection, Addresses, BoxError, Hyper, IntoWorkerService, MakeTower, PerConnection, Tower, TowerServable,
-    WorkerApp, WorkerService,
+    per_connection, Addresses, BoxError, Hyper, IntoWorkerService, MakeTower, PerConnection, Tower, TowerMakeService,
+    TowerServable, WorkerApp, WorkerService,
 };
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).

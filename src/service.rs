@@ -74,6 +74,20 @@ where
     type ResponseBody = B;
 }
 
+/// A tower make service a worker can serve, its bounds written once: called
+/// with a connection's client address, it makes a [`TowerServable`].
+pub trait TowerMakeService:
+    tower_service::Service<SocketAddr, Response: TowerServable, Future: 'static, Error: Into<BoxError>> + Clone + 'static
+{
+}
+
+impl<M> TowerMakeService for M where
+    M: tower_service::Service<SocketAddr, Response: TowerServable, Future: 'static, Error: Into<BoxError>>
+        + Clone
+        + 'static
+{
+}
+
 /// What a worker holds: the service for each connection it accepts.
 pub trait WorkerApp: 'static {
     type Service: WorkerService;
@@ -100,14 +114,8 @@ impl<S: WorkerService> WorkerApp for S {
 /// A tower make service, called with each connection's client address.
 pub struct MakeApp<M>(M);
 
-impl<M, S> WorkerApp for MakeApp<M>
-where
-    M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
-    M::Future: 'static,
-    M::Error: Into<BoxError>,
-    S: TowerServable,
-{
-    type Service = TowerToHyperService<S>;
+impl<M: TowerMakeService> WorkerApp for MakeApp<M> {
+    type Service = TowerToHyperService<M::Response>;
 
     fn connection(&self, _stream: &tokio::net::TcpStream, client: SocketAddr) -> Made<Self::Service> {
         let mut make = self.0.clone();
@@ -230,13 +238,7 @@ impl<S: TowerServable> IntoWorkerService<Tower> for S {
     }
 }
 
-impl<M, S> IntoWorkerService<MakeTower> for M
-where
-    M: tower_service::Service<SocketAddr, Response = S> + Clone + 'static,
-    M::Future: 'static,
-    M::Error: Into<BoxError>,
-    S: TowerServable,
-{
+impl<M: TowerMakeService> IntoWorkerService<MakeTower> for M {
     type Service = MakeApp<M>;
 
     fn into_worker_service(self) -> MakeApp<M> {

@@ -31,7 +31,7 @@ use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::io::{Clock, Counted, Io, OpenCount, Stamps};
+use super::io::{readable, Clock, Counted, Io, OpenCount, Stamps};
 use super::protocol::Protocol;
 use super::respond::Tracked;
 use crate::scoreboard::Record;
@@ -162,11 +162,16 @@ pub enum Close {
 
 impl Entry {
     /// Keeps the task's waker for the sweep (it rarely changes: compare before cloning).
-    fn park(&self, waker: &Waker) {
+    fn keep_waker(&self, waker: &Waker) {
         let mut parked = self.waker.borrow_mut();
         if !parked.as_ref().is_some_and(|w| w.will_wake(waker)) {
             *parked = Some(waker.clone());
         }
+    }
+
+    /// Whether the sweep has asked anything of this connection.
+    fn asked(&self) -> bool {
+        self.close.get() != Close::No
     }
 
     fn ask_to_close(&self, how: Close) {
@@ -189,8 +194,6 @@ pub struct Open {
     connections: Rc<Connections>,
     key: usize,
     entry: Rc<Entry>,
-    /// Moved into the socket when the connection starts.
-    counted: Option<Counted>,
 }
 
 impl Connections {
@@ -201,7 +204,10 @@ impl Connections {
         }
     }
 
-    pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> Open {
+    /// Enters a new connection in the table and in the open count. The count's
+    /// guard goes to the socket, so that an upgraded connection, which outlives
+    /// its place in the table, stays counted.
+    pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> (Open, Counted) {
         let entry = Rc::new(Entry {
             in_flight: Cell::new(0),
             stamps: Arc::new(Stamps::new(Arc::clone(&lifecycle.clock))),
@@ -213,12 +219,12 @@ impl Connections {
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));
-        Open {
+        let open = Open {
             connections: Rc::clone(self),
             key,
             entry,
-            counted: Some(self.count.count()),
-        }
+        };
+        (open, self.count.count())
     }
 
     /// Open connections, upgraded ones included.
@@ -239,7 +245,7 @@ impl Connections {
         let mut parked = 0;
         let waited = |since: u32| now.wrapping_sub(since);
         for (_, entry) in self.table.borrow().iter() {
-            if entry.close.get() != Close::No {
+            if entry.asked() {
                 continue;
             }
             let in_flight = entry.in_flight.get() > 0;
@@ -268,14 +274,14 @@ impl Connections {
         parked
     }
 
-    /// The drain has started at tick `now`: every connection's idle time counts
-    /// from here, and every HTTP/2 connection gets its GOAWAY now (its streams
-    /// in flight go on; an HTTP/1.1 connection is told by `Connection: close` on
-    /// its next response instead).
-    pub fn start_drain(&self, now: u32) {
+    /// The drain has started: every connection's idle time counts from now,
+    /// and every HTTP/2 connection gets its GOAWAY now (its streams in flight go
+    /// on; an HTTP/1.1 connection is told by `Connection: close` on its next
+    /// response instead).
+    pub fn start_drain(&self) {
         for (_, entry) in self.table.borrow().iter() {
-            entry.stamps.idle_from(Some(now));
-            if entry.h2.get() && entry.close.get() == Close::No {
+            entry.stamps.idle_now();
+            if entry.h2.get() && !entry.asked() {
                 entry.ask_to_close(Close::Graceful);
             }
         }
@@ -324,23 +330,24 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
 }
 
 /// Serves one connection until the client closes it, or until the sweep closes it.
-pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, protocols: &Protocols, open: Open) {
-    let mut open = open;
+pub async fn serve_connection<S: WorkerService>(
+    stream: TcpStream,
+    service: S,
+    protocols: &Protocols,
+    open: Open,
+    counted: Counted,
+) {
     let entry = Rc::clone(&open.entry);
-    let closed = || entry.close.get() != Close::No;
-    let park = |waker: &Waker| entry.park(waker);
-    let protocol = match super::protocol::detect(&stream, closed, park).await {
-        Ok(Some(protocol)) => protocol,
-        // Closed, reset or timed out before it said anything: nothing to answer.
-        Ok(None) | Err(_) => return,
+    let asked = || entry.asked();
+    let keep_waker = |waker: &Waker| entry.keep_waker(waker);
+    // `None`: closed, reset or timed out before it said anything: nothing to answer.
+    let Some(protocol) = super::protocol::detect(&stream, asked, keep_waker).await else {
+        return;
     };
     let tracked = Tracked {
         inner: service,
         entry: Rc::clone(&entry),
     };
-    // The socket holds the connection's place in the open count: an upgraded
-    // connection stays counted after hyper lets go of it.
-    let counted = open.counted.take().expect("a new connection is counted once");
     let stamps = Arc::clone(&entry.stamps);
     // The connections are boxed: they are large, and the task's future would
     // otherwise be copied whole on every move (into the task, between its stages).
@@ -365,8 +372,7 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, p
                 entry.parked.set(true);
                 entry.close.set(Close::No);
                 tracing::debug!("an idle keep-alive connection is parked: hyper's buffers are freed");
-                let closed = || entry.close.get() != Close::No;
-                let waiting = io.has_prefix() || io.readable(closed, |waker| entry.park(waker)).await;
+                let waiting = io.has_prefix() || readable(io.stream(), asked, keep_waker).await;
                 entry.parked.set(false);
                 if !waiting {
                     break;
@@ -375,7 +381,7 @@ pub async fn serve_connection<S: WorkerService>(stream: TcpStream, service: S, p
         }
         Protocol::Http2(read) => {
             entry.h2.set(true);
-            if entry.lifecycle.is_draining() && entry.close.get() == Close::No {
+            if entry.lifecycle.is_draining() && !entry.asked() {
                 // Taken from the queue during the drain: its GOAWAY is now.
                 entry.ask_to_close(Close::Graceful);
             }
@@ -462,7 +468,7 @@ impl<C: Served> Future for Watched<C> {
             // already answered what it could, and there is nobody to tell.
             Poll::Ready(_) => Poll::Ready(Outcome::Done),
             Poll::Pending => {
-                this.entry.park(cx.waker());
+                this.entry.keep_waker(cx.waker());
                 Poll::Pending
             }
         }

@@ -80,9 +80,9 @@ impl Stamps {
         self.idle_since.load(Relaxed)
     }
 
-    /// The connection has nothing in flight from now (or, with `at`, from then).
-    pub fn idle_from(&self, at: Option<u32>) {
-        self.idle_since.store(at.unwrap_or_else(|| self.clock.now()), Relaxed);
+    /// The connection has nothing in flight from now on.
+    pub fn idle_now(&self) {
+        self.idle_since.store(self.clock.now(), Relaxed);
     }
 
     /// Stamps `since` when `poll` is the start of a wait, clears it when it is done.
@@ -99,7 +99,7 @@ impl Stamps {
         self.stamp(&self.write_blocked, poll);
         if was_blocked && poll.is_ready() {
             // Progress: the idle clock of a finished response starts again here.
-            self.idle_from(None);
+            self.idle_now();
         }
     }
 }
@@ -193,19 +193,24 @@ impl Io {
         !self.prefix.is_empty()
     }
 
-    /// Waits until the socket is readable: true, or false if `closed()` says
-    /// to give up (asked on every wake-up; `park` keeps the waker for whoever
-    /// decides that) or the socket failed.
-    pub async fn readable(&self, closed: impl Fn() -> bool, park: impl Fn(&std::task::Waker)) -> bool {
-        std::future::poll_fn(|cx| {
-            if closed() {
-                return Poll::Ready(false);
-            }
-            park(cx.waker());
-            self.inner.inner().poll_read_ready(cx).map(|ready| ready.is_ok())
-        })
-        .await
+    pub fn stream(&self) -> &TcpStream {
+        self.inner.inner()
     }
+}
+
+/// Waits until `stream` is readable: true, or false if the socket failed or
+/// `closed()` says to give up. `closed` is asked on every wake-up, and
+/// `keep_waker` is given the waker, so that whoever decides (the sweep) can
+/// wake this.
+pub async fn readable(stream: &TcpStream, closed: impl Fn() -> bool, keep_waker: impl Fn(&std::task::Waker)) -> bool {
+    std::future::poll_fn(|cx| {
+        if closed() {
+            return Poll::Ready(false);
+        }
+        keep_waker(cx.waker());
+        stream.poll_read_ready(cx).map(|ready| ready.is_ok())
+    })
+    .await
 }
 
 impl Read for Io {

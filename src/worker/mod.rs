@@ -170,7 +170,7 @@ where
     let heartbeat = tokio::task::spawn_local(async move {
         loop {
             record.beat();
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            tokio::time::sleep(serve::TICK).await;
         }
     });
     let made = tokio::time::timeout(config.ready_timeout, unwinding(made)).await;
@@ -211,11 +211,8 @@ fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -
 /// Sets this process's `comm` (at most 15 bytes; longer is cut by the kernel).
 fn name_process(name: &str) {
     let Ok(name) = std::ffi::CString::new(name) else { return };
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes from
-    // the pointer, which `name` keeps alive for the call.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
-    if rc != 0 {
-        tracing::debug!("cannot set the process name: {}", std::io::Error::last_os_error());
+    if let Err(err) = nix::sys::prctl::set_name(&name) {
+        tracing::debug!("cannot set the process name: {err}");
     }
 }
 

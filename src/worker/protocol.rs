@@ -3,12 +3,12 @@
 //! reads the first bytes itself and hands them to hyper with the rest; nothing
 //! is read twice and no system call is added.
 
-use std::future::poll_fn;
 use std::io;
-use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
+
+use super::io::readable;
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -19,41 +19,33 @@ pub enum Protocol {
     Http2(Bytes),
 }
 
-/// Reads until the first bytes decide the protocol. `Ok(None)`: the client
-/// closed first, or `closed()` said to give up (the sweep's header read
-/// timeout: a client that connects and sends nothing). `closed` is asked on
-/// every wake-up, and `park` is given the waker so the sweep can wake this.
+/// Reads until the first bytes decide the protocol. `None`: the client closed
+/// or reset first, or `closed()` said to give up (the sweep's header read
+/// timeout: a client that connects and sends nothing); see [`readable`].
 pub async fn detect(
     stream: &TcpStream,
     closed: impl Fn() -> bool,
-    park: impl Fn(&std::task::Waker),
-) -> io::Result<Option<Protocol>> {
+    keep_waker: impl Fn(&std::task::Waker),
+) -> Option<Protocol> {
     // Small: only the first bytes decide; what does not fit stays in the socket
     // for hyper, and this buffer is freed once hyper has taken its bytes.
     let mut read = BytesMut::with_capacity(1024);
     loop {
-        let ready = poll_fn(|cx| {
-            if closed() {
-                return Poll::Ready(Ok(false));
-            }
-            park(cx.waker());
-            stream.poll_read_ready(cx).map_ok(|()| true)
-        });
-        if !ready.await? {
-            return Ok(None);
+        if !readable(stream, &closed, &keep_waker).await {
+            return None;
         }
         match stream.try_read_buf(&mut read) {
-            Ok(0) => return Ok(None),
+            Ok(0) => return None,
             Ok(_) => {}
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(err) => return Err(err),
+            Err(_) => return None,
         }
         let seen = read.len().min(PREFACE.len());
         if read[..seen] != PREFACE[..seen] {
-            return Ok(Some(Protocol::Http1(read.freeze())));
+            return Some(Protocol::Http1(read.freeze()));
         }
         if seen == PREFACE.len() {
-            return Ok(Some(Protocol::Http2(read.freeze())));
+            return Some(Protocol::Http2(read.freeze()));
         }
         // A prefix of the preface so far ("PRI * HT..."): wait for the rest.
     }
@@ -72,7 +64,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         drop(client);
-        detect(&server, || false, |_| {}).await.unwrap()
+        detect(&server, || false, |_| {}).await
     }
 
     #[test]

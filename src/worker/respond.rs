@@ -97,7 +97,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
-        entry.stamps.idle_from(None);
+        entry.stamps.idle_now();
     }
 }
 
@@ -171,24 +171,19 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
         unreachable!("a response future is polled to Ready once")
     };
     in_flight.0.lifecycle.served_one();
+    // On HTTP/2 only the stream ends, and `Connection` is not a header there.
+    let h1 = !in_flight.0.h2.get();
     let mut response = Response::new(TrackedBody {
         inner: Either::Right(Empty::new()),
         in_flight_guard: in_flight,
     });
-    let h2 = in_flight_h2(&response);
     *response.status_mut() = status;
-    if !h2 {
+    if h1 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
     response
-}
-
-/// Whether a response of the worker's own goes out on an HTTP/2 connection
-/// (where the stream ends, not the connection, and `Connection` is not a header).
-fn in_flight_h2<B: Body>(response: &Response<TrackedBody<B>>) -> bool {
-    response.body().in_flight_guard.0.h2.get()
 }
 
 pin_project_lite::pin_project! {

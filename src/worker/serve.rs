@@ -32,7 +32,7 @@ use crate::service::{Made, WorkerApp};
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The housekeeping period: heartbeats, and the precision of the idle limits.
-const TICK: Duration = Duration::from_millis(250);
+pub(super) const TICK: Duration = Duration::from_millis(250);
 
 /// While draining, a keep-alive connection with no request in flight is closed
 /// once it has been idle this long. A client that sends its next request within
@@ -135,7 +135,7 @@ pub async fn serve<S: WorkerApp>(
         "{name}: {why}: draining {} connections ({queued} taken from the queue)",
         connections.count()
     );
-    connections.start_drain(shared.lifecycle.now());
+    connections.start_drain();
     record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
@@ -257,7 +257,7 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
 }
 
 fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
-    let open = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
+    let (open, counted) = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
     let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
     tokio::task::spawn_local(async move {
@@ -268,7 +268,7 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        conn::serve_connection(stream, service, &shared.protocols, open).await;
+        conn::serve_connection(stream, service, &shared.protocols, open, counted).await;
     });
 }
 

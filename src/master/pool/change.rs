@@ -125,8 +125,9 @@ impl Pool {
     /// wake-up: a slot parked during the reload (a HUP that lowers `workers`) is
     /// skipped, never promoted, and may be the last one queued.
     pub fn reload_settled(&mut self) -> bool {
-        let booting = self.slots.iter().any(|slot| slot.incoming.is_some());
-        let done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty()) && !booting;
+        // Slots are walked only while a reload's queue is empty.
+        let done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty())
+            && !self.slots.iter().any(|slot| slot.incoming.is_some());
         if done {
             self.reload = None;
         }
