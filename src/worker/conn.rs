@@ -31,7 +31,7 @@ use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::io::{readable, Clock, Counted, Io, OpenCount, Stamps};
+use super::io::{Clock, Counted, Io, OpenCount, Stamps};
 use super::protocol::Protocol;
 use super::respond::Tracked;
 use crate::scoreboard::Record;
@@ -121,8 +121,9 @@ pub struct Entry {
     /// HTTP/2: streams read the socket all the time, so a waiting read says
     /// nothing about a request body, and the drain is a GOAWAY.
     pub(super) h2: Cell<bool>,
-    /// Idle HTTP/1.1, its socket taken back from hyper (see [`Close::Park`]).
-    parked: Cell<bool>,
+    /// A park found a next request head begun (bytes in hyper's buffer): this
+    /// connection is not idle, and the header read timeout bounds it instead.
+    head_begun: Cell<bool>,
     pub(super) lifecycle: Rc<Lifecycle>,
 }
 
@@ -154,9 +155,8 @@ pub enum Close {
     /// The send timeout: reset it (`SO_LINGER` 0), so that the response still
     /// queued for a client that stopped reading does not stay in the kernel.
     Reset,
-    /// Idle HTTP/1.1 keep-alive: hand the socket back from hyper, which frees
-    /// its buffers (16 KiB a connection), and wait for the next request
-    /// without them. A new hyper connection serves it.
+    /// Idle HTTP/1.1 keep-alive: take the socket back from hyper and park it
+    /// (see `park`): what it held is freed until the client sends again.
     Park,
 }
 
@@ -204,10 +204,11 @@ impl Connections {
         }
     }
 
-    /// Enters a new connection in the table and in the open count. The count's
-    /// guard goes to the socket, so that an upgraded connection, which outlives
-    /// its place in the table, stays counted.
-    pub fn open(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> (Open, Counted) {
+    /// Enters a connection in the table, for as long as hyper serves it. Its
+    /// place in the open count ([`Connections::count_one`]) is kept apart: it
+    /// goes to the socket, so that an upgraded or a parked connection, out of
+    /// the table, stays counted.
+    pub fn enter(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> Open {
         let entry = Rc::new(Entry {
             in_flight: Cell::new(0),
             stamps: Arc::new(Stamps::new(Arc::clone(&lifecycle.clock))),
@@ -215,16 +216,20 @@ impl Connections {
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             h2: Cell::new(false),
-            parked: Cell::new(false),
+            head_begun: Cell::new(false),
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));
-        let open = Open {
+        Open {
             connections: Rc::clone(self),
             key,
             entry,
-        };
-        (open, self.count.count())
+        }
+    }
+
+    /// Counts one more open connection, until the guard is dropped.
+    pub fn count_one(&self) -> Counted {
+        self.count.count()
     }
 
     /// Open connections, upgraded ones included.
@@ -263,7 +268,9 @@ impl Connections {
                     // GOAWAY, then close: the client knows not to retry on it.
                     false => Close::Graceful,
                 },
-                (None, _) if h1 && !in_flight && !entry.parked.get() && waited(stamps.idle_since()) > limits.park => {
+                (None, _)
+                    if h1 && !in_flight && !entry.head_begun.get() && waited(stamps.idle_since()) > limits.park =>
+                {
                     Close::Park
                 }
                 _ => continue,
@@ -329,20 +336,51 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
-/// Serves one connection until the client closes it, or until the sweep closes it.
+/// Where a connection starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Newly accepted: its first bytes tell HTTP/2 from HTTP/1.1.
+    New,
+    /// Back from the parking: HTTP/1.1.
+    Unparked,
+}
+
+/// How serving a connection ended.
+pub enum Ended<S> {
+    /// Closed, by either side.
+    Closed,
+    /// Idle HTTP/1.1 keep-alive, taken back from hyper, for the parking.
+    Idle {
+        stream: TcpStream,
+        service: S,
+        counted: Counted,
+        /// When it became idle, in housekeeping ticks.
+        since: u32,
+    },
+}
+
+/// Serves one connection until the client closes it, until the sweep closes
+/// it, or until the sweep asks to park it.
 pub async fn serve_connection<S: WorkerService>(
     stream: TcpStream,
     service: S,
     protocols: &Protocols,
     open: Open,
     counted: Counted,
-) {
+    start: Start,
+) -> Ended<S> {
     let entry = Rc::clone(&open.entry);
-    let asked = || entry.asked();
-    let keep_waker = |waker: &Waker| entry.keep_waker(waker);
-    // `None`: closed, reset or timed out before it said anything: nothing to answer.
-    let Some(protocol) = super::protocol::detect(&stream, asked, keep_waker).await else {
-        return;
+    let protocol = match start {
+        Start::Unparked => Protocol::Http1(bytes::Bytes::new()),
+        Start::New => {
+            let asked = || entry.asked();
+            let keep_waker = |waker: &Waker| entry.keep_waker(waker);
+            // `None`: closed, reset or timed out before it said anything: nothing to answer.
+            match super::protocol::detect(&stream, asked, keep_waker).await {
+                Some(protocol) => protocol,
+                None => return Ended::Closed,
+            }
+        }
     };
     let tracked = Tracked {
         inner: service,
@@ -360,23 +398,30 @@ pub async fn serve_connection<S: WorkerService>(
                 let conn = protocols.h1.serve_connection(io, tracked.clone()).with_upgrades();
                 let mut watched = Watched::new(Box::pin(conn), Rc::clone(&entry));
                 if (&mut watched).await != Outcome::Park {
-                    break;
+                    return Ended::Closed;
                 }
-                // Idle: take the socket (and any bytes of a next head) back from
-                // hyper, drop hyper's buffers, and wait for the client.
+                // Idle: take the socket (and any bytes of a next head) back from hyper.
                 let Some(parts) = Pin::into_inner(watched.conn).into_parts() else {
-                    break;
+                    return Ended::Closed;
                 };
                 io = parts.io;
                 io.give_back(parts.read_buf);
-                entry.parked.set(true);
-                entry.close.set(Close::No);
-                tracing::debug!("an idle keep-alive connection is parked: hyper's buffers are freed");
-                let waiting = io.has_prefix() || readable(io.stream(), asked, keep_waker).await;
-                entry.parked.set(false);
-                if !waiting {
-                    break;
+                if io.has_prefix() {
+                    // The next request has begun: serve it now. (Parked, it would
+                    // wait for the socket, and a whole head already read, from a
+                    // client that pipelines, would wait forever.)
+                    tracing::debug!("an idle keep-alive connection has a request head begun: not parked");
+                    entry.head_begun.set(true);
+                    entry.close.set(Close::No);
+                    continue;
                 }
+                let (stream, counted) = io.into_parts();
+                return Ended::Idle {
+                    stream,
+                    service: tracked.inner,
+                    counted,
+                    since: entry.stamps.idle_since(),
+                };
             }
         }
         Protocol::Http2(read) => {
@@ -388,9 +433,9 @@ pub async fn serve_connection<S: WorkerService>(
             let io = Io::new(stream, read, stamps, counted);
             let conn = protocols.h2.serve_connection(io, tracked);
             Watched::new(Box::pin(conn), entry).await;
+            Ended::Closed
         }
     }
-    drop(open);
 }
 
 /// How a [`Watched`] connection ended.

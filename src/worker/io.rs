@@ -167,7 +167,7 @@ pub struct Io {
     /// What the worker read to tell HTTP/2 from HTTP/1, given back first.
     prefix: Bytes,
     stamps: Arc<Stamps>,
-    _counted: Counted,
+    counted: Counted,
 }
 
 impl Io {
@@ -176,7 +176,7 @@ impl Io {
             inner: TokioIo::new(stream),
             prefix,
             stamps,
-            _counted: counted,
+            counted,
         }
     }
 }
@@ -193,8 +193,10 @@ impl Io {
         !self.prefix.is_empty()
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        self.inner.inner()
+    /// The socket and its place in the open count (the stamps stay with the
+    /// connection's entry; bytes given back are the caller's to check first).
+    pub fn into_parts(self) -> (TcpStream, Counted) {
+        (self.inner.into_inner(), self.counted)
     }
 }
 

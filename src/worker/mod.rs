@@ -10,6 +10,7 @@
 mod conn;
 mod control;
 mod io;
+mod park;
 mod protocol;
 mod respond;
 mod serve;

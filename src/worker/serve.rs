@@ -20,8 +20,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Close, Connections, Lifecycle, Limits, LocalExec, Protocols};
+use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, LocalExec, Open, Protocols, Start};
 use super::control::{Control, Event, Stop};
+use super::io::Counted;
+use super::park::{Idle, Parking};
 use crate::config::Config;
 use crate::ipc::Message;
 use crate::scoreboard::{Record, State};
@@ -39,18 +41,20 @@ pub(super) const TICK: Duration = Duration::from_millis(250);
 /// it gets an answer with `Connection: close` instead of a reset.
 const IDLE_GRACE: Duration = Duration::from_secs(1);
 
-/// An HTTP/1.1 keep-alive connection idle this long gives hyper's buffers back
-/// (16 KiB) until its next request: idle connections (WebSocket and SSE apps,
-/// clients that keep a pool open) then cost little. A client busier than this
-/// never pays for the new hyper connection its next request needs.
+/// An HTTP/1.1 keep-alive connection idle this long is parked (see `park`)
+/// until its next request: idle connections (clients that keep a pool open)
+/// then cost little. A client busier than this never pays for the new task and
+/// hyper connection its next request needs.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// What every accept loop and connection of this worker shares.
-struct Shared<S> {
+struct Shared<S: WorkerApp> {
     service: S,
     protocols: Protocols,
     lifecycle: Rc<Lifecycle>,
     connections: Rc<Connections>,
+    /// `None` if its epoll instance could not be made: nothing is parked then.
+    parking: Option<Parking<S::Service>>,
     name: String,
 }
 
@@ -89,6 +93,9 @@ pub async fn serve<S: WorkerApp>(
         protocols,
         lifecycle: Rc::new(Lifecycle::new(quota(config), record)),
         connections: Rc::new(Connections::new(record)),
+        parking: Parking::new()
+            .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))
+            .ok(),
         name: name.to_owned(),
     });
 
@@ -99,8 +106,12 @@ pub async fn serve<S: WorkerApp>(
         idle_close: Close::Now,
         body: ticks(config.body_read_timeout),
         send: ticks(config.send_timeout),
-        park: ticks(PARK_AFTER),
+        park: match shared.parking {
+            Some(_) => ticks(PARK_AFTER),
+            None => u32::MAX,
+        },
     };
+    tokio::task::spawn_local(unpark(Rc::clone(&shared)));
     tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
     // Steering runs in a task of its own, polled only when a signal or the master
     // wakes it; the future the runtime was given is polled on every scheduler
@@ -136,6 +147,9 @@ pub async fn serve<S: WorkerApp>(
         connections.count()
     );
     connections.start_drain();
+    if let Some(parking) = &shared.parking {
+        parking.start_drain(shared.lifecycle.now());
+    }
     record.set_state(State::Draining);
     let deadline = tokio::time::sleep(config.graceful_timeout);
     tokio::pin!(deadline);
@@ -177,6 +191,9 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
         lifecycle.tick();
         let limits = if lifecycle.is_draining() { draining } else { serving };
         parked_last_tick = shared.connections.sweep(lifecycle.now(), limits);
+        if let Some(parking) = &shared.parking {
+            parking.sweep(lifecycle.now(), limits.idle);
+        }
     }
 }
 
@@ -257,7 +274,8 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
 }
 
 fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
-    let (open, counted) = shared.connections.open(&shared.lifecycle, stream.as_raw_fd());
+    let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd());
+    let counted = shared.connections.count_one();
     let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
     tokio::task::spawn_local(async move {
@@ -268,8 +286,66 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        conn::serve_connection(stream, service, &shared.protocols, open, counted).await;
+        serve_connection(stream, service, open, counted, Start::New, &shared).await;
     });
+}
+
+/// Serves a connection; parks it when it has been idle long enough.
+async fn serve_connection<S: WorkerApp>(
+    stream: tokio::net::TcpStream,
+    service: S::Service,
+    open: Open,
+    counted: Counted,
+    start: Start,
+    shared: &Shared<S>,
+) {
+    let ended = conn::serve_connection(stream, service, &shared.protocols, open, counted, start).await;
+    let (
+        Ended::Idle {
+            stream,
+            service,
+            counted,
+            since,
+        },
+        Some(parking),
+    ) = (ended, &shared.parking)
+    else {
+        return;
+    };
+    match parking.park(stream, service, counted, since) {
+        Ok(()) => debug!("an idle keep-alive connection is parked: its buffers and task are freed"),
+        Err(err) => debug!("{}: cannot park an idle connection: {err}; closing it", shared.name),
+    }
+}
+
+/// Serves parked connections again as their clients send their next requests.
+async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
+    let Some(parking) = &shared.parking else { return };
+    loop {
+        for Idle {
+            stream,
+            service,
+            counted,
+            ..
+        } in parking.woken().await
+        {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    debug!(
+                        "{}: cannot serve a parked connection again: {err}; closing it",
+                        shared.name
+                    );
+                    continue;
+                }
+            };
+            let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd());
+            let shared = Rc::clone(&shared);
+            tokio::task::spawn_local(async move {
+                serve_connection(stream, service, open, counted, Start::Unparked, &shared).await;
+            });
+        }
+    }
 }
 
 /// Accepts every connection queued on `listener` now, without waiting for more;

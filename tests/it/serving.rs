@@ -5,6 +5,8 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
+
 use crate::util::*;
 
 #[test]
@@ -152,8 +154,9 @@ fn a_large_body_arrives_whole_and_in_order() {
     }
 }
 
-/// An idle keep-alive connection is parked after a second (hyper's buffers
-/// given back): its next request, whole or begun before the parking, is served.
+/// An idle keep-alive connection is parked after a second (out of hyper and
+/// of the runtime): its next request is served; one whose next request head has
+/// begun is not parked, and that request is completed.
 #[test]
 fn a_parked_keep_alive_connection_serves_its_next_request() {
     use std::io::Write;
@@ -165,7 +168,8 @@ fn a_parked_keep_alive_connection_serves_its_next_request() {
     send_request(&mut begun, "GET", "/", true).unwrap();
     assert_eq!(read_response(&mut begun).unwrap().status, 200);
     begun.write_all(b"GET / HTTP/1.1\r\nHost: te").unwrap();
-    server.wait_for_log_count("connection is parked", 2, Duration::from_secs(5));
+    server.wait_for_log("connection is parked", Duration::from_secs(5));
+    server.wait_for_log("request head begun: not parked", Duration::from_secs(5));
     send_request(&mut idle, "GET", "/", true).unwrap();
     assert_eq!(read_response(&mut idle).unwrap().status, 200, "parked, then served");
     begun.write_all(b"st\r\n\r\n").unwrap();
@@ -178,4 +182,80 @@ fn a_parked_keep_alive_connection_serves_its_next_request() {
         send_request(&mut idle, "GET", "/", true).unwrap();
         assert_eq!(read_response(&mut idle).unwrap().status, 200, "and kept alive");
     }
+}
+
+/// A parked connection stays open and counted, leaves the count when its client
+/// closes it, and is closed by the header read timeout (counted from its last
+/// answer) and by the drain's idle grace, like one hyper still serves.
+#[test]
+fn a_parked_connection_is_counted_and_closed_by_the_idle_rules() {
+    use std::io::ErrorKind;
+    let open_connections = |server: &Server| -> u64 {
+        let status = get(server.admin_addr(), "/status").unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+        status["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["connections"].as_u64().unwrap())
+            .sum()
+    };
+    let closed_within = |stream: &mut TcpStream, within: Duration| {
+        stream.set_read_timeout(Some(within)).unwrap();
+        match stream.read(&mut [0; 64]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    };
+    let mut server = Server::start(&[
+        "--workers",
+        "1",
+        "--admin",
+        "127.0.0.1:0",
+        "--header-read-timeout",
+        "3s",
+        "--graceful-timeout",
+        "30s",
+        "--log-level",
+        "debug",
+    ]);
+    let mut kept = TcpStream::connect(server.addr).unwrap();
+    let mut dropped = TcpStream::connect(server.addr).unwrap();
+    for stream in [&mut kept, &mut dropped] {
+        send_request(stream, "GET", "/", true).unwrap();
+        assert_eq!(read_response(stream).unwrap().status, 200);
+    }
+    server.wait_for_log_count("connection is parked", 2, Duration::from_secs(5));
+    assert_eq!(open_connections(&server), 2, "parked connections are open");
+    drop(dropped);
+    eventually(
+        Duration::from_secs(5),
+        "the closed parked connection leaves the count",
+        || (open_connections(&server) == 1).then_some(()),
+    );
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(5)),
+        "a parked connection is closed by the header read timeout"
+    );
+    eventually(
+        Duration::from_secs(5),
+        "the timed-out connection leaves the count",
+        || (open_connections(&server) == 0).then_some(()),
+    );
+
+    let mut idle = TcpStream::connect(server.addr).unwrap();
+    send_request(&mut idle, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut idle).unwrap().status, 200);
+    server.wait_for_log_count("connection is parked", 3, Duration::from_secs(5));
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert!(
+        status.success(),
+        "the drain closes a parked connection after its grace: {status:?}"
+    );
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(1)),
+        "and the client sees it closed"
+    );
 }
