@@ -68,6 +68,28 @@ fn term_sends_goaway_and_lets_the_open_stream_finish() {
     assert!(server.wait_exit(Duration::from_secs(10)).success());
 }
 
+/// A response in flight is never idle over HTTP/2 either: an event stream of an
+/// axum app outlives the header read timeout on an h2c connection.
+#[test]
+fn an_event_stream_over_http2_outlives_the_header_read_timeout() {
+    let server = Server::start_command(command(
+        example("axum_app"),
+        &["--workers", "1", "--header-read-timeout", "1s"],
+    ));
+    let url = format!("http://{}/sse?n=4&ms=800", server.addr);
+    let started = std::time::Instant::now();
+    let (ok, out) = run_tool(
+        "curl",
+        &["-sS", "-N", "--http2-prior-knowledge", &url],
+        Duration::from_secs(20),
+    );
+    assert!(ok, "{out}");
+    assert!(started.elapsed() >= Duration::from_millis(2400), "it streamed: {out}");
+    for n in 1..=4 {
+        assert!(out.contains(&format!("data: {n}\n")), "event {n} missing:\n{out}");
+    }
+}
+
 /// True if `err` says the request never reached the server's processing: the
 /// connection had received a GOAWAY (`NO_ERROR`, the graceful kind) or closed
 /// before it was sent. RFC 9113 §6.8 lets a client retry such a request on a

@@ -28,26 +28,38 @@ fn read_until_closed(stream: &mut TcpStream, within: Duration) -> (Vec<u8>, bool
     (got, false)
 }
 
+/// 20 MiB read at 1 MB/s: some 20 s, ten times the header read timeout.
 #[test]
 fn a_slow_reader_gets_the_whole_response_past_the_header_read_timeout() {
-    let server = Server::start_example(&["--workers", "1", "--header-read-timeout", "1s"]);
+    const MIB: usize = 20;
+    const RATE: f64 = 1_000_000.0; // bytes a second
+    let server = Server::start_example(&["--workers", "1", "--header-read-timeout", "2s"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    send_request(&mut stream, "GET", "/bytes?kb=8192", false).unwrap();
-    // 8 MiB at about 2 MB/s: some 4 s, four times the header read timeout.
+    send_request(&mut stream, "GET", &format!("/bytes?kb={}", MIB << 10), false).unwrap();
     let started = Instant::now();
-    let mut got = 0usize;
-    let mut buf = [0u8; 65536];
+    let mut got = Vec::with_capacity((MIB << 20) + 1024);
+    let mut buf = [0u8; 16384];
     loop {
         match stream.read(&mut buf) {
             Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) => panic!("after {got} bytes: {e}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
         }
-        std::thread::sleep(Duration::from_millis(30)); // the client's pace
+        // The client's pace: no faster than RATE.
+        let due = Duration::from_secs_f64(got.len() as f64 / RATE);
+        if let Some(ahead) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
     }
-    assert!(started.elapsed() > Duration::from_secs(2), "the read was slow");
-    assert!(got > 8 << 20, "the whole body and its head arrived: {got} bytes");
+    assert!(started.elapsed() > Duration::from_secs(15), "the read was slow");
+    let body_at = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a head") + 4;
+    let body = &got[body_at..];
+    assert_eq!(body.len(), MIB << 20, "the whole body arrived");
+    assert!(
+        body.iter().enumerate().all(|(i, byte)| *byte == b'a' + (i % 26) as u8),
+        "in order"
+    );
 }
 
 #[test]
