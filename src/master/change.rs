@@ -33,6 +33,7 @@ impl Master<'_> {
         for pid in pids {
             process::signal(pid, signal);
         }
+        self.abandon_upgrade_for_stop(signal, kill_at);
         if self.stop.is_none() {
             // The workers take what is queued and close their copies; with these
             // closed too, new connections are refused at once.

@@ -94,9 +94,8 @@ struct Master<'a> {
     /// Set when the master must exit 1 once every worker is gone.
     halt: Option<Error>,
     origin: Origin,
-    upgrade: Option<Upgrade>,
-    /// The new master this one handed over to (it is still our child).
-    successor: Option<Pid>,
+    /// A hot upgrade (USR2) and its new master, which is this master's child.
+    upgrade: Upgrade,
     /// Sockets replaced by a reload that changed the address, with the workers
     /// that may still use them: each closes when the last of those is reaped.
     old_listeners: Vec<(Listeners, Vec<Pid>)>,
@@ -152,8 +151,7 @@ pub(crate) fn run(
         stop: None,
         halt: None,
         origin,
-        upgrade: None,
-        successor: None,
+        upgrade: Upgrade::Idle,
         old_listeners: Vec::new(),
         announced_addr: None,
         scoreboard,
@@ -180,7 +178,7 @@ impl Master<'_> {
                 self.handle(signal);
             }
             self.read_links();
-            self.watch_upgrade();
+            self.watch_upgrade(Instant::now());
             self.reap();
             self.kill_overdue();
             self.check_health();
@@ -195,7 +193,7 @@ impl Master<'_> {
                 self.halt = Some(Error::BootFailed { cause });
                 self.begin_stop(Stop::Fast);
             }
-            if self.stop.is_some() && self.pool.is_empty() {
+            if self.stop.is_some() && self.pool.is_empty() && self.upgrade.settled() {
                 info!("master (pid {}): every worker has exited; bye", getpid());
                 return self.halt.take().map_or(Ok(()), Err);
             }
@@ -215,7 +213,7 @@ impl Master<'_> {
     fn wait(&mut self) -> Result<(), Error> {
         let now = Instant::now();
         let watchdog = self.notifier.watchdog.map(|_| self.watchdog_next);
-        let deadlines = self.upgrade.as_ref().map(|upgrade| upgrade.deadline()).into_iter();
+        let deadlines = self.upgrade.deadline().into_iter();
         let deadlines = deadlines.chain(self.next_health_check()).chain(watchdog);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
         let timeout = match self.pool.next_wakeup(now).into_iter().chain(others).min() {
@@ -229,12 +227,7 @@ impl Master<'_> {
                 .iter()
                 .map(|(_, link)| PollFd::new(link.stream().as_fd(), PollFlags::POLLIN)),
         );
-        fds.extend(
-            self.upgrade
-                .as_ref()
-                .and_then(Upgrade::fd)
-                .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
-        );
+        fds.extend(self.upgrade.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(errno) => Err(Error::Poll(errno.into())),

@@ -1,45 +1,88 @@
 //! USR2 on the old master's side: start the new master, wait for its "ready",
 //! then drain and exit; roll back if it dies or is late. The mechanism (fds,
 //! environment, pipe) is in `crate::upgrade`.
+//!
+//! A new master that is abandoned (late, or this master is told to stop first)
+//! is stopped, killed if it does not go, and reaped before this master exits:
+//! it holds the listening sockets, and left running it would accept
+//! connections that nobody serves, or serve on as an orphan.
 
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::Pid;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::{Master, Stop};
 use crate::process::{self, human, Exit};
 use crate::upgrade::{self, Successor};
 
-/// An upgrade in progress: the new master has been started, not yet ready.
-pub(super) struct Upgrade {
-    successor: Successor,
-    deadline: Instant,
-    /// The pipe hit EOF without "ready": stop polling it; the reap says why.
-    closed: bool,
+/// A new master abandoned at `--upgrade-timeout` is killed this long after its TERM.
+const ABANDON_GRACE: Duration = Duration::from_secs(5);
+
+/// Where a hot upgrade stands.
+pub(super) enum Upgrade {
+    /// None under way.
+    Idle,
+    /// The new master is started, not ready yet.
+    Waiting {
+        successor: Successor,
+        deadline: Instant,
+        /// The pipe hit EOF without "ready": stop polling it; the reap says why.
+        closed: bool,
+    },
+    /// The new master was told to stop (late, or this master stops first); it
+    /// is killed at `kill_at` if it is still there (`None`: it has been).
+    Abandoning { pid: Pid, kill_at: Option<Instant> },
+    /// The new master is ready and in charge; this one drains and exits.
+    HandedOver(Pid),
 }
 
 impl Upgrade {
     /// The readiness pipe, while it is worth polling.
     pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
-        (!self.closed).then(|| self.successor.ready.as_fd())
+        match self {
+            Upgrade::Waiting {
+                successor,
+                closed: false,
+                ..
+            } => Some(successor.ready.as_fd()),
+            _ => None,
+        }
     }
 
-    pub(super) fn deadline(&self) -> Instant {
-        self.deadline
+    /// When the master must look at the upgrade again, whatever else happens.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Upgrade::Waiting { deadline, .. } => Some(*deadline),
+            Upgrade::Abandoning { kill_at, .. } => *kill_at,
+            Upgrade::Idle | Upgrade::HandedOver(_) => None,
+        }
+    }
+
+    /// False while an abandoned new master has not been reaped: this master
+    /// must not exit before it.
+    pub(super) fn settled(&self) -> bool {
+        !matches!(self, Upgrade::Abandoning { .. })
     }
 }
 
 impl Master<'_> {
     pub(super) fn upgrade(&mut self) {
-        if let Some(upgrade) = &self.upgrade {
-            return info!(
-                "master: ignoring USR2: the upgrade to pid {} is in progress",
-                upgrade.successor.pid
-            );
+        match &self.upgrade {
+            Upgrade::Idle => {}
+            Upgrade::Waiting { successor, .. } => {
+                return info!(
+                    "master: ignoring USR2: the upgrade to pid {} is in progress",
+                    successor.pid
+                )
+            }
+            Upgrade::Abandoning { pid, .. } => {
+                return info!("master: ignoring USR2: the abandoned new master (pid {pid}) has not exited yet")
+            }
+            Upgrade::HandedOver(pid) => return info!("master: ignoring USR2: pid {pid} is the master now"),
         }
         let Some(binary) = self
             .config
@@ -57,12 +100,11 @@ impl Master<'_> {
                     binary.display(),
                     successor.pid
                 );
-                let deadline = Instant::now() + self.config.upgrade_timeout;
-                self.upgrade = Some(Upgrade {
+                self.upgrade = Upgrade::Waiting {
                     successor,
-                    deadline,
+                    deadline: Instant::now() + self.config.upgrade_timeout,
                     closed: false,
-                });
+                };
             }
             Err(err) => error!(
                 "master: upgrade failed: cannot start {}: {err}; this master keeps serving",
@@ -71,43 +113,83 @@ impl Master<'_> {
         }
     }
 
-    /// After each wakeup: has the new master said ready, or run out of time?
-    pub(super) fn watch_upgrade(&mut self) {
-        let Some(upgrade) = &mut self.upgrade else { return };
-        let pid = upgrade.successor.pid;
-        let mut said = [0u8; 16];
-        match upgrade.successor.ready.read(&mut said) {
-            Ok(n) if said[..n].starts_with(b"ready") => {
-                info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
-                // Still the main pid systemd knows: tell it who is main now.
-                self.notifier
-                    .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
-                self.upgrade = None;
-                self.successor = Some(pid);
-                return self.begin_stop(Stop::Graceful);
+    /// After each wakeup: has the new master said ready, or run out of time? Is
+    /// an abandoned one due to be killed?
+    pub(super) fn watch_upgrade(&mut self, now: Instant) {
+        match &mut self.upgrade {
+            Upgrade::Idle | Upgrade::HandedOver(_) => {}
+            Upgrade::Abandoning { pid, kill_at } => {
+                if kill_at.is_some_and(|at| now >= at) {
+                    warn!("master: the abandoned new master (pid {pid}) did not stop; killing it");
+                    process::signal(*pid, Sig::SIGKILL);
+                    *kill_at = None;
+                }
             }
-            Ok(0) => upgrade.closed = true,
-            _ => {}
+            Upgrade::Waiting {
+                successor,
+                deadline,
+                closed,
+            } => {
+                let pid = successor.pid;
+                let mut said = [0u8; 16];
+                match successor.ready.read(&mut said) {
+                    Ok(n) if said[..n].starts_with(b"ready") => {
+                        info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
+                        // Still the main pid systemd knows: tell it who is main now.
+                        self.notifier
+                            .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
+                        self.upgrade = Upgrade::HandedOver(pid);
+                        return self.begin_stop(Stop::Graceful);
+                    }
+                    Ok(0) => *closed = true,
+                    _ => {}
+                }
+                if now >= *deadline {
+                    let (timeout, grace) = (human(self.config.upgrade_timeout), human(ABANDON_GRACE));
+                    error!("master: upgrade failed: the new master (pid {pid}) is not ready after {timeout}; stopping it (killed after {grace} if it stays), this master keeps serving");
+                    process::signal(pid, Sig::SIGTERM);
+                    self.upgrade = Upgrade::Abandoning {
+                        pid,
+                        kill_at: Some(now + ABANDON_GRACE),
+                    };
+                }
+            }
         }
-        if Instant::now() >= upgrade.deadline {
-            let timeout = human(self.config.upgrade_timeout);
-            error!("master: upgrade failed: the new master (pid {pid}) is not ready after {timeout}; stopping it, this master keeps serving");
-            process::signal(pid, Sig::SIGTERM);
-            self.upgrade = None;
-        }
+    }
+
+    /// A stop while a new master is starting stops it too: it holds the
+    /// listening sockets, and would otherwise go on serving without this master.
+    /// It gets the stop's own signal and kill deadline.
+    /// (A fast stop after a graceful one brings an abandoned one's deadline forward.)
+    pub(super) fn abandon_upgrade_for_stop(&mut self, signal: Sig, kill_at: Instant) {
+        let pid = match &self.upgrade {
+            Upgrade::Waiting { successor, .. } => successor.pid,
+            Upgrade::Abandoning { pid, kill_at: Some(at) } if kill_at < *at => *pid,
+            _ => return,
+        };
+        info!("master: stopping during an upgrade: the new master (pid {pid}) stops too");
+        process::signal(pid, signal);
+        self.upgrade = Upgrade::Abandoning {
+            pid,
+            kill_at: Some(kill_at),
+        };
     }
 
     /// Called for every reaped pid; true if it was a new master of ours.
     pub(super) fn reap_successor(&mut self, pid: Pid, exit: Exit) -> bool {
-        if self
-            .upgrade
-            .as_ref()
-            .is_some_and(|upgrade| upgrade.successor.pid == pid)
-        {
-            error!("master: upgrade failed: the new master (pid {pid}) {exit} before it was ready; this master keeps serving");
-            self.upgrade = None;
-            return true;
+        match &self.upgrade {
+            Upgrade::Waiting { successor, .. } if successor.pid == pid => {
+                error!("master: upgrade failed: the new master (pid {pid}) {exit} before it was ready; this master keeps serving");
+                self.upgrade = Upgrade::Idle;
+                true
+            }
+            Upgrade::Abandoning { pid: abandoned, .. } if *abandoned == pid => {
+                info!("master: the abandoned new master (pid {pid}) {exit}");
+                self.upgrade = Upgrade::Idle;
+                true
+            }
+            Upgrade::HandedOver(successor) => *successor == pid,
+            _ => false,
         }
-        self.successor == Some(pid)
     }
 }

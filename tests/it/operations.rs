@@ -172,12 +172,83 @@ fn an_upgrade_whose_new_master_is_not_ready_in_time_rolls_back() {
     server.signal(Signal::SIGUSR2);
     let line = server.wait_for_log("upgrade failed", Duration::from_secs(10));
     assert!(
-        line.contains("not ready after 1.0s; stopping it, this master keeps serving"),
+        line.contains("not ready after 1.0s; stopping it") && line.contains("this master keeps serving"),
         "{line}"
     );
     assert_eq!(get(server.addr, "/").unwrap().status, 200);
     // The stuck one was stopped and reaped: only the worker is left as a child.
     server.wait_for_workers(1, Duration::from_secs(5));
+}
+
+/// A stand-in for a new master that never reports ready and ignores TERM.
+fn stuck_successor_script(name: &str) -> std::path::PathBuf {
+    let script = std::env::temp_dir().join(format!("prefork-test-{}-{name}.sh", std::process::id()));
+    std::fs::write(&script, "#!/bin/sh\ntrap '' TERM\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    script
+}
+
+/// The pid in "... as pid N; ..." of the upgrade's start line.
+fn successor_pid(server: &Server) -> nix::unistd::Pid {
+    let line = server.wait_for_log("upgrade: started", Duration::from_secs(10));
+    let pid = line.split("as pid ").nth(1).and_then(|rest| rest.split(';').next());
+    nix::unistd::Pid::from_raw(pid.and_then(|n| n.parse().ok()).expect("the line names the pid"))
+}
+
+#[test]
+fn a_new_master_that_ignores_term_is_killed_after_the_upgrade_timeout() {
+    let script = stuck_successor_script("deaf");
+    let binary = script.to_str().unwrap();
+    let server = Server::start(&["--workers", "1", "--upgrade-binary", binary, "--upgrade-timeout", "1s"]);
+    server.signal(Signal::SIGUSR2);
+    let successor = successor_pid(&server);
+    server.wait_for_log("not ready after 1.0s; stopping it", Duration::from_secs(10));
+    let line = server.wait_for_log("abandoned new master", Duration::from_secs(10));
+    assert!(line.contains("did not stop; killing it"), "{line}");
+    let line = server.wait_for_log(
+        &format!("abandoned new master (pid {successor})"),
+        Duration::from_secs(10),
+    );
+    eventually(Duration::from_secs(5), "the new master is gone", || {
+        (!alive(successor)).then_some(())
+    });
+    assert!(
+        server.logs().contains("killed by SIGKILL") || line.contains("SIGKILL"),
+        "{}",
+        server.logs()
+    );
+    assert_eq!(get(server.addr, "/").unwrap().status, 200, "the old master serves on");
+    server.wait_for_workers(1, Duration::from_secs(5));
+    std::fs::remove_file(&script).unwrap();
+}
+
+#[test]
+fn a_stop_during_an_upgrade_stops_the_new_master_too() {
+    let script = stuck_successor_script("orphan");
+    let binary = script.to_str().unwrap();
+    let mut server = Server::start(&[
+        "--workers",
+        "1",
+        "--upgrade-binary",
+        binary,
+        "--upgrade-timeout",
+        "60s",
+        "--graceful-timeout",
+        "1s",
+    ]);
+    server.signal(Signal::SIGUSR2);
+    let successor = successor_pid(&server);
+    assert!(alive(successor));
+    server.signal(Signal::SIGTERM);
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !alive(successor),
+        "the new master was stopped (here: killed, it ignores TERM) and reaped before the old one exited"
+    );
+    let logs = server.logs();
+    assert!(logs.contains("stopping during an upgrade"), "{logs}");
+    std::fs::remove_file(&script).unwrap();
 }
 
 #[test]
