@@ -298,7 +298,7 @@ struct Settings {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     reload_batch: Option<u16>,
 
-    /// On HUP, a new worker not ready within this aborts the reload [default: 30s]
+    /// A worker not ready within this is a boot failure; on HUP it aborts the reload [default: 30s]
     #[arg(long, value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     ready_timeout: Option<Duration>,
@@ -324,7 +324,7 @@ struct Settings {
     #[arg(long, value_name = "J")]
     max_requests_jitter: Option<u64>,
 
-    /// Kill and replace a worker whose event loop has been stuck this long (0: never) [default: 30s]
+    /// Kill and replace a ready worker whose event loop has been stuck this long (0: never) [default: 30s]
     #[arg(long, value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     timeout: Option<Duration>,

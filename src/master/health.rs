@@ -85,6 +85,10 @@ impl Master<'_> {
     }
 
     fn check_heartbeat(&mut self, slot: usize, pid: Pid, record: usize, now: Instant) {
+        // Booting: `--ready-timeout` bounds it (`Pool::late_boots`), not the heartbeat.
+        if !self.pool.is_ready(pid) {
+            return;
+        }
         let timeout = self.config.timeout;
         let now_ms = monotonic_ms();
         let silent_ms = now_ms.saturating_sub(self.scoreboard.record(record).heartbeat_ms.load(Relaxed));

@@ -255,9 +255,17 @@ impl Master<'_> {
     }
 
     pub(super) fn kill_overdue(&mut self) {
-        for (slot, pid) in self.pool.overdue(Instant::now()) {
+        let now = Instant::now();
+        for (slot, pid) in self.pool.overdue(now) {
             warn!("worker {slot} (pid {pid}) still running at its deadline; sending SIGKILL");
             process::signal(pid, Sig::SIGKILL);
+        }
+        for (slot, pid) in self.pool.late_boots(now) {
+            let limit = human(self.config.ready_timeout);
+            let cause = format!("worker {slot} (pid {pid}): not ready within {limit} (--ready-timeout)");
+            error!("{cause}: a boot failure; sending SIGKILL");
+            process::signal(pid, Sig::SIGKILL);
+            self.boot_error = Some(cause);
         }
     }
 

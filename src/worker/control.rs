@@ -67,6 +67,15 @@ impl Control {
         }
     }
 
+    /// Waits for a stop, ignoring anything else; says what asked for it.
+    pub async fn stopped(&mut self) -> &'static str {
+        loop {
+            if let Event::Stop(_, why) = self.next().await {
+                return why;
+            }
+        }
+    }
+
     /// Waits for the next event. Cancel-safe: used in `select!` loops.
     pub async fn next(&mut self) -> Event {
         loop {

@@ -88,7 +88,11 @@ where
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
-            Ok(parts) => parts,
+            Ok(Booted::Serving(listener, service, control)) => (listener, service, control),
+            Ok(Booted::Stopped(why)) => {
+                info!("{name}: {why} before it was ready: exiting");
+                return exit_code::OK;
+            }
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
         child_record.set_state(State::Ready);
@@ -135,6 +139,13 @@ impl From<String> for BootError {
     }
 }
 
+/// What a boot ended with, short of a failure.
+enum Booted<S> {
+    Serving(tokio::net::TcpListener, S, Control),
+    /// Told to stop (TERM, INT, QUIT) during the setup: nothing to drain.
+    Stopped(&'static str),
+}
+
 /// Boots inside the runtime: signal handlers, then unblock, then the listener and
 /// the service. Any error here is a boot failure.
 async fn boot<F, Fut, S, E>(
@@ -142,13 +153,13 @@ async fn boot<F, Fut, S, E>(
     setup: &F,
     config: &Config,
     record: &'static Record,
-) -> Result<(tokio::net::TcpListener, S, Control), BootError>
+) -> Result<Booted<S>, BootError>
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<S, E>>,
     E: Display,
 {
-    let control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
+    let mut control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     // The master set O_NONBLOCK on the shared open file; tokio requires it.
     let accepting = listener
@@ -174,14 +185,21 @@ where
             tokio::time::sleep(serve::TICK).await;
         }
     });
-    let made = tokio::time::timeout(config.ready_timeout, unwinding(made)).await;
+    // A stop meanwhile ends it: a worker that serves nothing has nothing to drain.
+    let made = tokio::select! {
+        made = tokio::time::timeout(config.ready_timeout, unwinding(made)) => made,
+        why = control.stopped() => {
+            heartbeat.abort();
+            return Ok(Booted::Stopped(why));
+        }
+    };
     heartbeat.abort();
     let limit = crate::process::human(config.ready_timeout);
     let made = made.map_err(|_| format!("the per-worker setup did not finish within {limit} (--ready-timeout)"))?;
     let service = made
         .map_err(panicked)?
         .map_err(|err| format!("cannot make the service: {err}"))?;
-    Ok((accepting, service, control))
+    Ok(Booted::Serving(accepting, service, control))
 }
 
 /// Polls `future` to its end, catching a panic in it as an `Err`.

@@ -40,3 +40,53 @@ fn an_async_setup_that_never_finishes_is_a_boot_failure_at_the_ready_timeout() {
         "{err}"
     );
 }
+
+/// A setup that blocks the worker's thread (so no heartbeat) is judged by
+/// --ready-timeout, not by --timeout: killed once, as a boot failure, and the
+/// first generation failing halts the master with the cause. It is not killed
+/// and respawned every --timeout.
+#[test]
+fn a_blocking_setup_is_a_boot_failure_at_the_ready_timeout_not_a_hung_worker() {
+    let marker = std::env::temp_dir().join(format!("prefork-test-{}-blocking-boot", std::process::id()));
+    std::fs::write(&marker, "").unwrap();
+    let mut command = command(
+        example_binary(),
+        &["--workers", "1", "--timeout", "1s", "--ready-timeout", "2s"],
+    );
+    command.env("FIXTURE_SLOW_BOOT_IF_EXISTS", &marker);
+    let (status, _, err) = run_to_exit(command, Duration::from_secs(20));
+    std::fs::remove_file(&marker).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        !err.contains("timed out after"),
+        "--timeout judged a booting worker:\n{err}"
+    );
+    assert_eq!(
+        err.matches(" spawned").count(),
+        1,
+        "one boot, not a kill-and-respawn loop:\n{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("every worker failed to boot; worker 0 (pid ")
+            && last.ends_with("not ready within 2.0s (--ready-timeout)"),
+        "{err}"
+    );
+}
+
+/// TERM while a worker's setup runs: the worker exits at once (it serves
+/// nothing, so there is nothing to drain), and so does the master.
+#[test]
+fn a_stop_during_the_setup_ends_it_at_once() {
+    let mut server = Server::start_unready(with_setup("hang", &["--workers", "2", "--ready-timeout", "60s"]));
+    server.wait_for_log_count(" spawned", 2, Duration::from_secs(10));
+    let stopped = std::time::Instant::now();
+    server.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    assert!(stopped.elapsed() < Duration::from_secs(5), "{:?}", stopped.elapsed());
+    assert!(
+        server.logs().contains("SIGTERM before it was ready: exiting"),
+        "{}",
+        server.logs()
+    );
+}

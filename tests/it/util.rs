@@ -83,7 +83,30 @@ impl Server {
         Server::start_command(command(example_binary(), args))
     }
 
-    pub fn start_command(mut command: Command) -> Server {
+    pub fn start_command(command: Command) -> Server {
+        let (mut server, ready) = Server::launch(command);
+        let deadline = Instant::now() + READY_WITHIN;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match ready.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(addr) = parse_ready_line(&line) {
+                        server.addr = addr;
+                        return server;
+                    }
+                }
+                Err(_) => panic!("no ready line within {READY_WITHIN:?}; logs:\n{}", server.logs()),
+            }
+        }
+    }
+
+    /// Starts `command` without waiting for its ready line (`addr` is unknown).
+    pub fn start_unready(command: Command) -> Server {
+        Server::launch(command).0
+    }
+
+    /// Spawns the server; its stdout lines also arrive on the receiver.
+    fn launch(mut command: Command) -> (Server, mpsc::Receiver<String>) {
         let mut child = command.spawn().expect("spawn the server");
         let master = Pid::from_raw(child.id() as i32);
         let logs = collect_lines(child.stderr.take().expect("stderr is piped"));
@@ -97,7 +120,7 @@ impl Server {
                 let _ = ready_tx.send(line);
             }
         });
-        let mut server = Server {
+        let server = Server {
             child,
             addr: "0.0.0.0:0".parse().unwrap(),
             master,
@@ -105,19 +128,7 @@ impl Server {
             out,
             exited: None,
         };
-        let deadline = Instant::now() + READY_WITHIN;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match ready_rx.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(addr) = parse_ready_line(&line) {
-                        server.addr = addr;
-                        return server;
-                    }
-                }
-                Err(_) => panic!("no ready line within {READY_WITHIN:?}; logs:\n{}", server.logs()),
-            }
-        }
+        (server, ready_rx)
     }
 
     pub fn logs(&self) -> String {

@@ -19,6 +19,10 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A worker up this long clears its slot's failure count.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+/// A worker filling a slot that is not ready this long after `--ready-timeout`
+/// is killed (its exit is a boot failure). The margin lets a worker that can
+/// time its own setup (an async one) fail first, with its cause.
+const LATE_BOOT_MARGIN: Duration = Duration::from_secs(1);
 
 /// The worker pool. A worker's identity is its slot number `0..N`, not its pid: a
 /// respawned worker takes its slot (and the slot's socket).
@@ -81,6 +85,8 @@ struct Worker {
     spawned_at: Instant,
     ready_at: Option<Instant>,
     generation: u32,
+    /// Killed for booting too long (see [`Pool::late_boots`]).
+    late: bool,
 }
 
 #[derive(Debug)]
@@ -191,6 +197,7 @@ impl Pool {
             spawned_at: now,
             ready_at: None,
             generation: self.generation,
+            late: false,
         });
         match spawn {
             Spawn::Fill => self.slots[slot].worker = worker,
@@ -267,6 +274,32 @@ impl Pool {
             was_ready,
             respawn_in: (!stopping).then_some(delay),
         }
+    }
+
+    /// Workers filling their slot that are not ready `--ready-timeout` (plus a
+    /// margin) after their spawn; each is returned once. The caller kills them:
+    /// their exits are boot failures (backoff, and a halt if the whole first
+    /// generation fails). A setup that blocks never beats the heartbeat, so
+    /// `--timeout` does not judge a worker before it is ready; this does.
+    pub fn late_boots(&mut self, now: Instant) -> Vec<(usize, Pid)> {
+        let limit = self.timeouts.ready + LATE_BOOT_MARGIN;
+        let mut late = Vec::new();
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(worker) = slot.worker.as_mut() {
+                if worker.ready_at.is_none() && !worker.late && worker.spawned_at + limit <= now {
+                    worker.late = true;
+                    late.push((index, worker.pid));
+                }
+            }
+        }
+        late
+    }
+
+    /// Whether `pid` fills a slot and has reported ready.
+    pub fn is_ready(&self, pid: Pid) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.worker.is_some_and(|w| w.pid == pid && w.ready_at.is_some()))
     }
 
     /// True when no worker has ever been ready and every slot has seen one exit
@@ -443,9 +476,17 @@ impl Pool {
         let respawns = self.slots.iter().filter(empty).map(|s| s.not_before);
         let kills = self.retiring.iter().filter(|r| !r.killed).map(|r| r.kill_at);
         let ready_deadlines = self.replacement_deadlines();
+        let limit = self.timeouts.ready + LATE_BOOT_MARGIN;
+        let booting = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.worker)
+            .filter(|w| w.ready_at.is_none() && !w.late);
+        let boot_deadlines = booting.map(|w| w.spawned_at + limit);
         respawns
             .chain(kills)
             .chain(ready_deadlines)
+            .chain(boot_deadlines)
             .min()
             .map(|at| at.saturating_duration_since(now))
     }
