@@ -54,14 +54,28 @@ fn connections_queued_on_a_dead_worker_are_served_by_its_replacement() {
     }
 }
 
+/// The newest worker of `slot`, from the spawn lines.
+fn newest_worker_of(server: &Server, slot: usize) -> Option<nix::unistd::Pid> {
+    let prefix = format!("worker {slot} (pid ");
+    let logs = server.logs();
+    let line = logs
+        .lines()
+        .rev()
+        .find(|line| line.contains(&prefix) && line.ends_with(") spawned"))?;
+    let pid = line.split(&prefix).nth(1)?.split(')').next()?.parse().ok()?;
+    Some(nix::unistd::Pid::from_raw(pid))
+}
+
+/// Slot 0's workers die young while slot 1's serves: slot 0 backs off,
+/// doubling, and recovers.
 #[test]
 fn a_slot_whose_workers_die_young_backs_off_then_recovers() {
-    let server = Server::start(&["--workers", "1"]);
-    let mut victim = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let server = Server::start(&["--workers", "2"]);
+    let mut victim = newest_worker_of(&server, 0).expect("slot 0 has a worker");
     for _ in 0..3 {
         kill(victim, Signal::SIGKILL).unwrap();
-        victim = eventually(Duration::from_secs(10), "the next worker", || {
-            server.workers().into_iter().find(|pid| *pid != victim)
+        victim = eventually(Duration::from_secs(10), "slot 0's next worker", || {
+            newest_worker_of(&server, 0).filter(|pid| *pid != victim)
         });
     }
     let delays: Vec<u64> = server
@@ -79,11 +93,36 @@ fn a_slot_whose_workers_die_young_backs_off_then_recovers() {
         "delays must double: {delays:?}"
     );
     assert!(server.logs().contains("(backing off)"));
-    // The slot recovers: the last worker answers.
-    let pid = eventually(Duration::from_secs(10), "the slot answers again", || {
-        try_worker_pid(server.addr)
+    // The slot recovers: both workers serve again.
+    server.wait_for_workers(2, Duration::from_secs(10));
+    assert!(server.workers().contains(&victim));
+}
+
+/// A kill storm takes every worker down again and again, each young: backoff
+/// must not leave the service with no worker. The last slot with a ready
+/// worker is respawned at once, so the server answers right after the storm
+/// (with every slot backing off, the last respawn would be 10 s away).
+#[test]
+fn a_kill_storm_never_leaves_the_service_without_a_worker() {
+    let server = Server::start(&["--workers", "2"]);
+    let mut rounds_without_a_worker = 0;
+    for _ in 0..40 {
+        let workers = server.workers();
+        rounds_without_a_worker += usize::from(workers.is_empty());
+        for pid in workers {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(50)); // the storm's pace
+    }
+    assert_eq!(
+        rounds_without_a_worker,
+        0,
+        "50 ms after each round of kills a worker was up again"
+    );
+    eventually(Duration::from_secs(2), "an answer right after the storm", || {
+        get(server.addr, "/").ok().filter(|response| response.status == 200)
     });
-    assert_eq!(pid, victim);
+    assert!(server.logs().contains("respawning now"), "{}", server.logs());
 }
 
 #[test]

@@ -251,6 +251,13 @@ impl Pool {
             return Departure::Unknown;
         };
         let stopping = self.stopping;
+        // Backoff protects the machine from a crash loop; it must not take the
+        // whole service down when deaths come from outside (a kill storm, the
+        // OOM killer): the last ready worker's slot is respawned at once, as
+        // nginx respawns every worker. (Workers that die before they are ready
+        // still back off in full: that is the crash loop, and the first
+        // generation halts.)
+        let others_ready = (0..self.slots.len()).any(|other| other != index && self.ready_pid(other).is_some());
         let slot = &mut self.slots[index];
         let worker = slot.worker.take().expect("slot_of found a worker");
         let uptime = now.saturating_duration_since(worker.spawned_at);
@@ -265,7 +272,10 @@ impl Pool {
             Duration::ZERO
         } else {
             slot.failures += 1;
-            backoff(slot.failures)
+            match was_ready && !others_ready {
+                true => Duration::ZERO,
+                false => backoff(slot.failures),
+            }
         };
         slot.not_before = now + delay;
         Departure::Died {

@@ -49,14 +49,15 @@ fn a_worker_that_lived_a_while_is_respawned_at_once() {
 #[test]
 fn young_deaths_back_off_doubling_to_ten_seconds() {
     let mut now = Instant::now();
-    let mut pool = ready_pool(1, now);
+    // Slot 1 keeps a ready worker: slot 0 is not the last one serving.
+    let mut pool = ready_pool(2, now);
     let mut delays = Vec::new();
     for n in 0..10 {
         now += 50 * MS;
         let Departure::Died {
             respawn_in: Some(delay),
             ..
-        } = pool.on_exit(pid(100 + n), now)
+        } = pool.on_exit(if n == 0 { pid(100) } else { pid(199 + n) }, now)
         else {
             panic!("expected a death")
         };
@@ -64,16 +65,72 @@ fn young_deaths_back_off_doubling_to_ten_seconds() {
         assert!(pool.due(now + delay - MS).is_empty(), "not due before the backoff");
         now += delay;
         assert_eq!(pool.due(now), [(0, Spawn::Fill)]);
-        pool.on_spawned(0, Spawn::Fill, pid(101 + n), now);
-        pool.on_ready(pid(101 + n), now);
+        pool.on_spawned(0, Spawn::Fill, pid(200 + n), now);
+        pool.on_ready(pid(200 + n), now);
     }
     assert_eq!(delays, [100, 200, 400, 800, 1600, 3200, 6400, 10000, 10000, 10000]);
+}
+
+/// A kill storm: young deaths of ready workers in every slot. The last slot with
+/// a ready worker is respawned at once, so the service is never down for long;
+/// the others back off as usual.
+#[test]
+fn the_last_ready_workers_slot_is_respawned_at_once() {
+    let mut now = Instant::now();
+    let mut pool = ready_pool(2, now);
+    let mut next = 200;
+    let mut delays = Vec::new();
+    for _ in 0..6 {
+        for slot in 0..2 {
+            now += 50 * MS;
+            let Some(victim) = pool.ready_pid(slot) else { continue };
+            let Departure::Died {
+                respawn_in: Some(delay),
+                ..
+            } = pool.on_exit(victim, now)
+            else {
+                panic!("expected a death")
+            };
+            delays.push((slot, delay.as_millis()));
+            let others_ready = pool.ready_pid(1 - slot).is_some();
+            if !others_ready {
+                assert_eq!(delay, Duration::ZERO, "the last one serving waits");
+            }
+            for (due, spawn) in pool.due(now + delay) {
+                pool.on_spawned(due, spawn, pid(next), now + delay);
+                pool.on_ready(pid(next), now + delay);
+                next += 1;
+            }
+        }
+    }
+    assert!(
+        delays.iter().any(|(_, delay)| *delay > 100),
+        "the other slot backs off in full: {delays:?}"
+    );
+    // Deaths before ready (a crash loop) still back off in full, last or not.
+    let mut pool = Pool::new(1, now);
+    let mut delays = Vec::new();
+    for n in 0..4 {
+        pool.on_spawned(0, Spawn::Fill, pid(900 + n), now);
+        now += 10 * MS;
+        let Departure::Died {
+            respawn_in: Some(delay),
+            ..
+        } = pool.on_exit(pid(900 + n), now)
+        else {
+            panic!("expected a death")
+        };
+        delays.push(delay.as_millis());
+        now += delay;
+    }
+    assert_eq!(delays, [100, 200, 400, 800]);
 }
 
 #[test]
 fn thirty_seconds_up_resets_the_backoff() {
     let mut now = Instant::now();
-    let mut pool = ready_pool(1, now);
+    // Slot 1 keeps a ready worker: slot 0 is not the last one serving.
+    let mut pool = ready_pool(2, now);
     now += 10 * MS;
     pool.on_exit(pid(100), now); // 100 ms
     now += Duration::from_secs(1);
