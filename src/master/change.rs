@@ -116,9 +116,12 @@ impl Master<'_> {
         if workers == self.pool.len() {
             return info!("master: {why}: already {workers} workers (the minimum is 1)");
         }
+        let slots = match slots_for(self.pool.slot_count(), workers) {
+            Ok(slots) => slots,
+            Err(err) => return error!("master: {why} refused: {err}"),
+        };
         if self.listeners.balance() == Balance::Reuseport {
-            let sockets = self.pool.slot_count().max(workers);
-            if let Err(err) = self.listeners.ensure_slots(sockets) {
+            if let Err(err) = self.listeners.ensure_slots(slots) {
                 return error!("master: {why} refused: {err}");
             }
         }
@@ -131,6 +134,19 @@ impl Master<'_> {
             info!("master: pid {pid} drains (its slot's socket stays open, served by a sibling)");
             process::signal(pid, Sig::SIGTERM);
         }
+    }
+}
+
+/// The slots a pool of `slots` needs for `workers` (parked slots are kept, and
+/// taken back first), within what the scoreboard has room for.
+fn slots_for(slots: usize, workers: usize) -> Result<usize, String> {
+    let needed = slots.max(workers);
+    match needed <= crate::scoreboard::SLOTS {
+        true => Ok(needed),
+        false => Err(format!(
+            "{workers} workers would need {needed} slots; the most is {}",
+            crate::scoreboard::SLOTS
+        )),
     }
 }
 
@@ -147,5 +163,21 @@ fn needs_new_sockets(bound: &Listeners, new: &Config) -> Option<&'static str> {
         Some("changing balance")
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slots_for;
+    use crate::scoreboard::SLOTS;
+
+    #[test]
+    fn growing_past_the_scoreboard_is_refused_and_parked_slots_are_reused() {
+        assert_eq!(slots_for(2, 3), Ok(3));
+        assert_eq!(slots_for(52, 3), Ok(52), "parked slots are kept");
+        assert_eq!(slots_for(SLOTS, SLOTS), Ok(SLOTS));
+        assert_eq!(slots_for(SLOTS, 5), Ok(SLOTS));
+        let refused = slots_for(SLOTS, SLOTS + 1).unwrap_err();
+        assert_eq!(refused, "4097 workers would need 4097 slots; the most is 4096");
     }
 }
