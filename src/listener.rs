@@ -29,10 +29,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds what `config` asks for: one SO_REUSEPORT socket per slot, or one
-    /// shared socket. With port 0 the first socket picks the port and the others
-    /// join it.
-    pub fn bind(config: &Config) -> Result<Listeners, Error> {
+    /// Binds the serving sockets `config` asks for: one SO_REUSEPORT socket per
+    /// slot, or one shared socket. With port 0 the first socket picks the port
+    /// and the others join it. No admin socket.
+    pub fn bind_serving(config: &Config) -> Result<Listeners, Error> {
         let fail = |addr| move |source| Error::Bind { addr, source };
         let count = match config.balance {
             Balance::Reuseport => config.workers.get(),
@@ -51,14 +51,28 @@ impl Listeners {
         for _ in 1..count {
             sockets.push(open(addr, reuseport, config.backlog).map_err(fail(addr))?);
         }
-        let admin = config.admin.map(bind_admin).transpose()?;
         Ok(Listeners {
             sockets,
             addr,
             balance: config.balance,
             backlog: config.backlog,
-            admin,
+            admin: None,
         })
+    }
+
+    /// [`Listeners::bind_serving`], and the admin socket `config` asks for.
+    pub fn bind(config: &Config) -> Result<Listeners, Error> {
+        let admin = config.admin.map(bind_admin).transpose()?;
+        let mut listeners = Listeners::bind_serving(config)?;
+        listeners.admin = admin;
+        Ok(listeners)
+    }
+
+    /// Replaces the admin socket (a reload that changes `--admin`); the old one
+    /// is returned, to be closed. Workers alive now keep accepting on their own
+    /// copy of it until they are replaced.
+    pub fn replace_admin(&mut self, admin: Option<TcpListener>) -> Option<TcpListener> {
+        std::mem::replace(&mut self.admin, admin)
     }
 
     /// Binds more SO_REUSEPORT sockets on the same address until there are `count`

@@ -8,7 +8,7 @@ use tracing::{error, info};
 use super::pool::Timeouts;
 use super::{Master, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
-use crate::listener::Listeners;
+use crate::listener::{bind_admin, Listeners};
 use crate::process::{self, human};
 
 impl Master<'_> {
@@ -50,9 +50,16 @@ impl Master<'_> {
     pub(super) fn reload(&mut self) {
         self.notifier.reloading();
         self.reload_pending = true;
-        let new = match self.config.reload() {
+        let mut new = match self.config.reload() {
             Ok(new) => new,
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),
+        };
+        // A new admin address is bound before anything changes: if it cannot be,
+        // nothing does.
+        let admin = match (new.admin != self.config.admin).then(|| new.admin.map(bind_admin).transpose()) {
+            None => None,
+            Some(Ok(admin)) => Some(admin),
+            Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
         };
         if let Some(change) = needs_new_sockets(&self.listeners, &new) {
             if let Err(err) = self.move_to_new_sockets(&new, change) {
@@ -63,6 +70,18 @@ impl Master<'_> {
             if let Err(err) = self.listeners.set_backlog(new.backlog) {
                 return error!("master: reload refused: cannot change the backlog: {err}; the current config stays");
             }
+        }
+        if let Some(admin) = admin {
+            match admin.as_ref().and_then(|admin| admin.local_addr().ok()) {
+                Some(addr) => info!("master: reload: admin on {addr} (the workers of this reload serve it)"),
+                None => info!("master: reload: admin off (the workers of this reload do not serve it)"),
+            }
+            self.listeners.replace_admin(admin);
+        }
+        // Before the first ready line the pid file is not written yet: the new
+        // path is simply the one written then.
+        if new.pid_file != self.config.pid_file && self.announced_addr.is_some() {
+            new.pid_file = self.move_pid_file(new.pid_file.as_deref());
         }
         if new.log_level != self.config.log_level {
             error!("master: log_level changes need a restart; the other settings are applied");
@@ -85,7 +104,11 @@ impl Master<'_> {
     /// The old ones stay open until every worker alive now has exited (the rolling
     /// reload that follows replaces them all), then close.
     fn move_to_new_sockets(&mut self, new: &Config, change: &str) -> Result<(), crate::error::Error> {
-        let fresh = Listeners::bind(new)?;
+        let mut fresh = Listeners::bind_serving(new)?;
+        // The admin socket is not part of the move (a change of it is applied on
+        // its own): it goes to the new set, the old set closes without it.
+        let old_admin = self.listeners.replace_admin(None);
+        fresh.replace_admin(old_admin);
         let old = std::mem::replace(&mut self.listeners, fresh);
         let (addr, balance) = (self.listeners.addr(), self.listeners.balance().as_str());
         info!(
@@ -98,6 +121,28 @@ impl Master<'_> {
             self.listeners.ensure_slots(self.pool.slot_count())?;
         }
         Ok(())
+    }
+
+    /// A reload named another pid file (or none): this master's pid is written
+    /// there, and the old file removed. If the new one cannot be written, the
+    /// old one stays. Returns the path in force.
+    fn move_pid_file(&self, to: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+        let from = self.config.pid_file.clone();
+        if let Some(path) = to {
+            if let Err(err) = crate::pidfile::write(path, std::process::id()) {
+                let kept = from.as_ref().map_or("none".into(), |from| from.display().to_string());
+                error!(
+                    "master: reload: cannot write the pid file {}: {err}; it stays {kept}",
+                    path.display()
+                );
+                return from;
+            }
+            info!("master: reload: the pid file is {} now", path.display());
+        }
+        if let Some(old) = &from {
+            crate::pidfile::remove_if_ours(old, std::process::id());
+        }
+        to.map(ToOwned::to_owned)
     }
 
     /// How long a replacement (reload or recycle) may take, from the config.

@@ -101,6 +101,8 @@ struct Master<'a> {
     old_listeners: Vec<(Listeners, Vec<Pid>)>,
     /// The address of the last ready line (a reload may change it).
     announced_addr: Option<std::net::SocketAddr>,
+    /// The admin address of the last ready line (a reload may change it too).
+    announced_admin: Option<std::net::SocketAddr>,
     scoreboard: &'static Scoreboard,
     /// The scoreboard record of each live worker.
     records: Vec<(Pid, usize)>,
@@ -154,6 +156,7 @@ pub(crate) fn run(
         upgrade: Upgrade::Idle,
         old_listeners: Vec::new(),
         announced_addr: None,
+        announced_admin: None,
         scoreboard,
         records: Vec::new(),
         health: health::Health::new(now),
@@ -289,13 +292,16 @@ impl Master<'_> {
     /// has moved the server to a new address.
     fn announce_when_ready(&mut self) {
         let addr = self.listeners.addr();
+        let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
         // During a reload the slots may still be on the old sockets.
         let serving = self.pool.all_ready() && !self.pool.reloading();
-        if self.announced_addr == Some(addr) || self.stop.is_some() || !serving {
+        let announced = self.announced_addr == Some(addr) && self.announced_admin == admin;
+        if announced || self.stop.is_some() || !serving {
             return;
         }
         let first = self.announced_addr.is_none();
         self.announced_addr = Some(addr);
+        self.announced_admin = admin;
         let (workers, balance) = (self.pool.len(), self.listeners.balance().as_str());
         if first {
             info!("master (pid {}): ready", getpid());
@@ -307,7 +313,6 @@ impl Master<'_> {
             }
         }
         // Contract: tests and scripts wait for this exact line on stdout.
-        let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
         println!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}");
         let _ = std::io::Write::flush(&mut std::io::stdout());

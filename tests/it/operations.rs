@@ -418,3 +418,62 @@ fn a_reload_that_lowers_the_worker_count_completes() {
     assert!(before.iter().all(|pid| !now.contains(pid)), "{before:?} → {now:?}");
     let _ = std::fs::remove_file(&path);
 }
+
+/// A reload that names another admin address and another pid file applies
+/// both: the new admin listener answers (and the ready line says so), the new
+/// pid file names the master and the old one is gone. A new admin address that
+/// cannot be bound refuses the reload as a whole.
+#[test]
+fn a_reload_moves_the_admin_listener_and_the_pid_file() {
+    let dir = std::env::temp_dir();
+    let (first_pid, second_pid) = (
+        dir.join(format!("prefork-test-{}-first.pid", std::process::id())),
+        dir.join(format!("prefork-test-{}-second.pid", std::process::id())),
+    );
+    let path = dir.join(format!("prefork-test-{}-admin.toml", std::process::id()));
+    let config = |admin: &str, pid: &std::path::Path| {
+        format!("workers = 1\nadmin = \"{admin}\"\npid_file = \"{}\"\n", pid.display())
+    };
+    std::fs::write(&path, config("127.0.0.1:0", &first_pid)).unwrap();
+    let server = Server::start(&["--config", path.to_str().unwrap()]);
+    let first_admin = server.admin_addr();
+    assert_eq!(
+        std::fs::read_to_string(&first_pid).unwrap().trim(),
+        server.master.to_string()
+    );
+
+    // The first admin's port is taken: refused, nothing changes.
+    std::fs::write(
+        &path,
+        config(&first_admin.to_string().replace("127.0.0.1", "0.0.0.0"), &second_pid),
+    )
+    .unwrap();
+    server.signal(Signal::SIGHUP);
+    let line = server.wait_for_log("reload refused", Duration::from_secs(10));
+    assert!(line.contains("the current config stays"), "{line}");
+    assert!(!second_pid.exists(), "a refused reload writes no pid file");
+
+    std::fs::write(&path, config("127.0.0.2:0", &second_pid)).unwrap();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("reload complete", Duration::from_secs(20));
+    server.wait_for_stdout("admin on 127.0.0.2:", Duration::from_secs(10));
+    let line = server.wait_for_log("admin on 127.0.0.2:", Duration::from_secs(1));
+    let new_admin: std::net::SocketAddr = line
+        .split("admin on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the log line names the new admin address");
+    let status = eventually(Duration::from_secs(10), "the new admin listener answers", || {
+        get(new_admin, "/status").ok().filter(|response| response.status == 200)
+    });
+    assert!(status.body.contains("\"slots\""), "{}", status.body);
+    assert_eq!(
+        std::fs::read_to_string(&second_pid).unwrap().trim(),
+        server.master.to_string()
+    );
+    assert!(!first_pid.exists(), "the old pid file is removed");
+    let _ = std::fs::remove_file(&path);
+    drop(server);
+    let _ = std::fs::remove_file(&second_pid);
+}

@@ -115,8 +115,7 @@ fn a_kill_storm_never_leaves_the_service_without_a_worker() {
         std::thread::sleep(Duration::from_millis(50)); // the storm's pace
     }
     assert_eq!(
-        rounds_without_a_worker,
-        0,
+        rounds_without_a_worker, 0,
         "50 ms after each round of kills a worker was up again"
     );
     eventually(Duration::from_secs(2), "an answer right after the storm", || {
