@@ -477,3 +477,37 @@ fn a_reload_moves_the_admin_listener_and_the_pid_file() {
     drop(server);
     let _ = std::fs::remove_file(&second_pid);
 }
+
+/// 2 -> 52 -> 2 workers by TTIN and TTOU: the 50 parked slots' sockets are
+/// spread over the two workers, so new connections still split about evenly
+/// (one worker took 98% when one sibling adopted them all).
+#[test]
+fn scaling_up_and_back_down_keeps_the_split_even() {
+    let server = Server::start(&["--workers", "2"]);
+    for (signal, name) in [(Signal::SIGTTIN, "TTIN"), (Signal::SIGTTOU, "TTOU")] {
+        for step in 1..=50 {
+            let workers = if signal == Signal::SIGTTIN { 2 + step } else { 52 - step };
+            server.signal(signal);
+            // One at a time: signals of one kind that arrive together are one.
+            server.wait_for_log(&format!("{name}: {workers} workers"), Duration::from_secs(20));
+        }
+    }
+    let split = || {
+        let mut answers = std::collections::HashMap::new();
+        for _ in 0..600 {
+            let pid = get(server.addr, "/").unwrap().worker_pid().unwrap();
+            *answers.entry(pid).or_insert(0) += 1;
+        }
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert!(
+            answers.values().all(|n| (240..=360).contains(n)),
+            "each worker takes 40-60% of 600 new connections: {answers:?}"
+        );
+    };
+    server.wait_for_workers(2, Duration::from_secs(30));
+    split();
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("reload complete", Duration::from_secs(20));
+    server.wait_for_workers(2, Duration::from_secs(30));
+    split();
+}

@@ -325,4 +325,29 @@ mod tests {
         assert_eq!(added, [3], "parked slots come back first, then new ones");
         assert_eq!(pool.due(now), [(1, Spawn::Fill), (2, Spawn::Fill), (3, Spawn::Fill)]);
     }
+
+    /// 2 -> 52 -> 2 workers: the 50 parked sockets are spread over the two
+    /// workers (25 each), not all adopted by one, so each takes half of the new
+    /// connections the kernel spreads over the 52 sockets.
+    #[test]
+    fn parked_sockets_are_spread_evenly_over_the_ready_workers() {
+        let now = Instant::now();
+        let mut pool = ready_pool(52, now);
+        pool.resize(2, now, now + SECOND);
+        let adoptions = pool.adoptions();
+        assert_eq!(adoptions.len(), 50);
+        let by = |worker| adoptions.iter().filter(|(_, pid)| *pid == worker).count();
+        assert_eq!((by(pid(100)), by(pid(101))), (25, 25), "{adoptions:?}");
+        // A third worker (TTIN) takes a parked slot back: its adopter releases
+        // it, and the later adoptions keep counting what each worker holds.
+        pool.resize(3, now, now);
+        let slot = pool.due(now)[0].0;
+        pool.on_spawned(slot, Spawn::Fill, pid(300), now);
+        pool.on_ready(pid(300), now);
+        assert_eq!(pool.releases().len(), 1);
+        assert!(
+            pool.adoptions().is_empty(),
+            "every other parked socket keeps its adopter"
+        );
+    }
 }

@@ -394,25 +394,47 @@ impl Pool {
     }
 
     /// Gives every slot that has no ready worker (backing off, booting, or parked)
-    /// an adopter: the ready worker of the nearest following slot. Connections the
-    /// kernel hashes to its socket would otherwise wait in its queue. Returns
-    /// `(slot, adopter)` for each new adoption; none while stopping.
+    /// an adopter: a ready worker of another slot. Connections the kernel hashes
+    /// to its socket would otherwise wait in its queue. The adopter is the ready
+    /// worker with the fewest sockets so far (its own and those it adopted), the
+    /// nearest following slot's among equals: the kernel spreads new connections
+    /// evenly over the sockets, so the workers' shares stay even however many
+    /// slots are parked. Returns `(slot, adopter)` for each new adoption; none
+    /// while stopping.
     pub fn adoptions(&mut self) -> Vec<(usize, Pid)> {
         if self.stopping {
             return Vec::new();
         }
         let n = self.slots.len();
+        // Sockets per ready worker: its own, and those it adopted already.
+        let mut sockets: Vec<(Pid, usize)> = (0..n)
+            .filter_map(|slot| self.ready_pid(slot))
+            .map(|pid| (pid, 1))
+            .collect();
+        for slot in &self.slots {
+            if let Some(entry) = sockets.iter_mut().find(|(pid, _)| Some(*pid) == slot.adopter) {
+                entry.1 += 1;
+            }
+        }
         let mut adopted = Vec::new();
         for index in 0..n {
             if self.slots[index].adopter.is_some() || self.ready_pid(index).is_some() {
                 continue;
             }
             let refused = &self.slots[index].refused_by;
-            let sibling = (1..n)
+            let candidates = (1..n)
                 .map(|step| (index + step) % n)
-                .filter_map(|other| self.ready_pid(other))
-                .find(|pid| !refused.contains(pid));
-            if let Some(pid) = sibling {
+                .filter_map(|other| self.ready_pid(other));
+            let least = candidates.filter(|pid| !refused.contains(pid)).min_by_key(|pid| {
+                sockets
+                    .iter()
+                    .find(|(ready, _)| ready == pid)
+                    .map_or(usize::MAX, |(_, count)| *count)
+            });
+            if let Some(pid) = least {
+                if let Some(entry) = sockets.iter_mut().find(|(ready, _)| *ready == pid) {
+                    entry.1 += 1;
+                }
                 self.slots[index].adopter = Some(pid);
                 adopted.push((index, pid));
             }
