@@ -22,7 +22,7 @@
 //! - `signals`  the signal table; record-only handlers and the self-pipe
 //! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
 //! - `scoreboard` shared memory: one record of atomics per worker (heartbeat, requests)
-//! - `ipc`      the master ↔ worker channel (ready, boot errors, master-gone EOF)
+//! - `channel`  the master ↔ worker channel (ready, boot errors, master-gone EOF)
 //! - `upgrade`  hot upgrade: handing the sockets to a new master (USR2)
 //! - `notify`   systemd's sd_notify protocol (READY, RELOADING, STOPPING, WATCHDOG, MAINPID)
 //! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
@@ -33,10 +33,10 @@
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
+mod channel;
 mod config;
 mod error;
 mod http;
-mod ipc;
 mod listener;
 mod master;
 mod metrics;
@@ -135,7 +135,7 @@ where
                 inherited.from
             );
             origin.handover = Some(inherited.ready);
-            listener::Listeners::adopt(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
+            listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
         }
         None => match upgrade::activated().map_err(Error::Activation)? {
             Some(sockets) => {
@@ -150,7 +150,7 @@ where
                     balance.as_str()
                 );
                 let admin = config.admin.map(listener::bind_admin).transpose()?;
-                listener::Listeners::adopt(sockets, admin, balance, config.backlog)?
+                listener::Listeners::inherit(sockets, admin, balance, config.backlog)?
             }
             None => listener::Listeners::bind(&config)?,
         },

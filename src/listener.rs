@@ -100,7 +100,7 @@ impl Listeners {
 
     /// Takes over sockets handed down by an old master (hot upgrade): the same
     /// socket objects, so nothing queued on them is lost.
-    pub fn adopt(
+    pub fn inherit(
         sockets: Vec<TcpListener>,
         admin: Option<TcpListener>,
         balance: Balance,

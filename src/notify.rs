@@ -54,7 +54,7 @@ impl Notifier {
     pub fn send(&self, state: &str) {
         let Some((socket, addr)) = &self.target else { return };
         if let Err(err) = socket.send_to_addr(state.as_bytes(), addr) {
-            warn!("master: cannot notify systemd ({state:?}): {err}");
+            warn!("master: cannot notify systemd ({}): {err}", state.replace('\n', ", "));
         }
     }
 

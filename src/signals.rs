@@ -101,6 +101,32 @@ fn stray() -> impl Iterator<Item = i32> {
     named.into_iter().chain(libc::SIGRTMIN()..=libc::SIGRTMAX())
 }
 
+/// The signal's name, as `kill -l` and the logs say it (`SIGHUP`, `SIGRTMIN+3`).
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let raw = match self {
+            Signal::Terminate => SIGTERM,
+            Signal::Interrupt => SIGINT,
+            Signal::Quit => SIGQUIT,
+            Signal::Child => SIGCHLD,
+            Signal::Reload => SIGHUP,
+            Signal::AddWorker => SIGTTIN,
+            Signal::RemoveWorker => SIGTTOU,
+            Signal::Upgrade => SIGUSR2,
+            Signal::Ignored(raw) => *raw,
+        };
+        f.write_str(&name(raw))
+    }
+}
+
+/// `SIGALRM`, or `SIGRTMIN+3` for a real-time signal nix has no name for.
+pub fn name(raw: i32) -> String {
+    match nix::sys::signal::Signal::try_from(raw) {
+        Ok(signal) => signal.as_str().to_owned(),
+        Err(_) => format!("SIGRTMIN+{}", raw - libc::SIGRTMIN()),
+    }
+}
+
 impl Signal {
     fn from_raw(raw: i32) -> Signal {
         match raw {

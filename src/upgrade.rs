@@ -12,7 +12,7 @@
 //! | `PREFORK_ADMIN_FD` | the `--admin` socket, if there is one |
 //! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
 //!
-//! The new master adopts the very same socket objects. Nothing is closed or
+//! The new master inherits the very same socket objects. Nothing is closed or
 //! re-bound, so no accept queue is reset and no SO_REUSEPORT group changes. Once
 //! it reports ready the old master drains its workers and exits. If it dies, or is
 //! not ready within `--upgrade-timeout`, the old master keeps serving (rollback).
@@ -132,9 +132,9 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
-    let sockets = adopt_listeners(count)?;
-    let ready = File::from(adopt(ready_fd)?);
-    let admin = admin_fd.map(adopt).transpose()?.map(TcpListener::from);
+    let sockets = inherit_listeners(count)?;
+    let ready = File::from(claim_fd(ready_fd)?);
+    let admin = admin_fd.map(claim_fd).transpose()?.map(TcpListener::from);
     Ok(Some(Inherited {
         sockets,
         balance,
@@ -161,14 +161,14 @@ pub fn activated() -> io::Result<Option<Vec<TcpListener>>> {
     let count: RawFd = count
         .parse()
         .map_err(|_| io::Error::other(format!("LISTEN_FDS={count} is not a number")))?;
-    adopt_listeners(count).map(Some)
+    inherit_listeners(count).map(Some)
 }
 
-/// Adopts fds 3..3+count, each checked to be a listening TCP socket.
-fn adopt_listeners(count: RawFd) -> io::Result<Vec<TcpListener>> {
+/// Takes fds 3..3+count, each checked to be a listening TCP socket.
+fn inherit_listeners(count: RawFd) -> io::Result<Vec<TcpListener>> {
     let mut sockets = Vec::new();
     for fd in FIRST_FD..FIRST_FD + count {
-        let owned = adopt(fd)?;
+        let owned = claim_fd(fd)?;
         let socket = SockRef::from(&owned);
         if !(socket.is_listener()? && socket.r#type()? == Type::STREAM) {
             let message = format!("fd {fd} is not a listening TCP socket");
@@ -180,7 +180,7 @@ fn adopt_listeners(count: RawFd) -> io::Result<Vec<TcpListener>> {
 }
 
 /// Takes ownership of an inherited fd and marks it close-on-exec.
-fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
+fn claim_fd(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fcntl on a plain integer touches no memory; it fails with EBADF if
     // `fd` is not open, which is how a missing fd is caught before owning it.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
@@ -190,7 +190,7 @@ fn adopt(fd: RawFd) -> io::Result<OwnedFd> {
         )));
     }
     // SAFETY: the old master put this fd here for us (the protocol above), it is
-    // open (checked just above), and each fd is adopted exactly once.
+    // open (checked just above), and each fd is claimed exactly once.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -117,7 +117,8 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
         "/healthz" => match unready_slots(view.scoreboard) {
             missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n"),
             missing => {
-                let text = format!("not ready: slots {missing:?} have no ready worker\n");
+                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+                let text = format!("not ready: slots {} have no ready worker\n", missing.join(", "));
                 respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
             }
         },

@@ -29,13 +29,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
 use tracing::{error, info, warn};
 
+use crate::channel::Channel;
 use crate::config::{Balance, Config};
 use crate::error::Error;
-use crate::ipc::Link;
 use crate::listener::Listeners;
 use crate::notify::Notifier;
 use crate::scoreboard::Scoreboard;
@@ -43,14 +42,6 @@ use crate::signals::{Signal, Signals};
 use crate::worker::Child;
 use pool::Pool;
 use upgrade::Upgrade;
-
-/// `SIGALRM`, or `SIGRTMIN+3` for a real-time signal nix has no name for.
-fn signal_name(raw: i32) -> String {
-    match Sig::try_from(raw) {
-        Ok(signal) => signal.as_str().to_owned(),
-        Err(_) => format!("SIGRTMIN+{}", raw - libc::SIGRTMIN()),
-    }
-}
 
 /// What a forked worker runs; returns its exit code.
 pub(crate) type WorkerMain<'a> = dyn Fn(Child<'_>) -> i32 + 'a;
@@ -87,7 +78,7 @@ struct Master<'a> {
     signals: Signals,
     pool: Pool,
     /// The channel to each live worker, by pid.
-    links: Vec<(Pid, Link)>,
+    channels: Vec<(Pid, Channel)>,
     /// The most recent reason a worker gave for not booting (for the halt message).
     boot_error: Option<String>,
     stop: Option<Stop>,
@@ -148,7 +139,7 @@ pub(crate) fn run(
         listeners,
         worker_main,
         signals,
-        links: Vec::new(),
+        channels: Vec::new(),
         boot_error: None,
         stop: None,
         halt: None,
@@ -180,7 +171,7 @@ impl Master<'_> {
             for signal in self.signals.take() {
                 self.handle(signal);
             }
-            self.read_links();
+            self.read_channels();
             self.watch_upgrade(Instant::now());
             self.reap();
             self.kill_overdue();
@@ -203,7 +194,7 @@ impl Master<'_> {
             self.announce_when_ready();
             // Last: it acts on everything above (a new ready line, a retired
             // worker, a parked slot) before the next, possibly long, sleep.
-            self.hand_over_sockets();
+            self.arrange_adoptions();
             // After every write of this wake-up: the admin views re-render.
             self.scoreboard
                 .header()
@@ -226,9 +217,9 @@ impl Master<'_> {
         };
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         fds.extend(
-            self.links
+            self.channels
                 .iter()
-                .map(|(_, link)| PollFd::new(link.stream().as_fd(), PollFlags::POLLIN)),
+                .map(|(_, channel)| PollFd::new(channel.stream().as_fd(), PollFlags::POLLIN)),
         );
         fds.extend(self.upgrade.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
@@ -243,7 +234,7 @@ impl Master<'_> {
             (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
             (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker | Signal::Upgrade, Some(_)) => {
-                info!("master: ignoring {signal:?}: stopping");
+                info!("master: ignoring {signal}: stopping");
             }
             (Signal::Upgrade, None) => self.upgrade(),
             (Signal::Reload, None) => self.reload(),
@@ -252,7 +243,7 @@ impl Master<'_> {
             (Signal::Ignored(raw), _) if raw == libc::SIGUSR1 => {
                 info!("master: ignoring SIGUSR1: not implemented yet");
             }
-            (Signal::Ignored(raw), _) => info!("master: ignoring {}: not in the signal table", signal_name(raw)),
+            (Signal::Ignored(_), _) => info!("master: ignoring {signal}: not in the signal table"),
         }
     }
 

@@ -10,9 +10,9 @@ use tracing::{debug, error, info, warn};
 
 use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
+use crate::channel::{self, Channel, Command, Message};
 use crate::config::Balance;
 use crate::error::Error;
-use crate::ipc::{self, Command, Link, Message};
 use crate::process::{self, human, Exit};
 use crate::worker::Child;
 
@@ -75,8 +75,8 @@ impl Master<'_> {
     }
 
     fn fork_worker(&mut self, slot: usize, spawn: Spawn, record: usize) -> Result<Pid, Error> {
-        let (master_end, worker_end) = ipc::pair().map_err(Error::Channel)?;
-        let link = Link::new(master_end).map_err(Error::Channel)?;
+        let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
+        let channel = Channel::new(master_end).map_err(Error::Channel)?;
         let listener = self.listeners.for_slot(slot);
         let old_sockets = self.old_listeners.iter().flat_map(|(old, _)| old.raw_fds());
         let close: Vec<RawFd> = (self
@@ -84,8 +84,8 @@ impl Master<'_> {
             .raw_fds()
             .chain(old_sockets)
             .filter(|fd| *fd != listener.as_raw_fd()))
-        .chain(self.links.iter().map(|(_, link)| link.stream().as_raw_fd()))
-        .chain([link.stream().as_raw_fd()])
+        .chain(self.channels.iter().map(|(_, channel)| channel.stream().as_raw_fd()))
+        .chain([channel.stream().as_raw_fd()])
         .collect();
         let (signals, worker_main, config, scoreboard) =
             (&self.signals, self.worker_main, &self.config, self.scoreboard);
@@ -113,17 +113,17 @@ impl Master<'_> {
             .record(record)
             .pid
             .store(pid.as_raw() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.links.push((pid, link));
+        self.channels.push((pid, channel));
         self.pool.on_spawned(slot, spawn, pid, Instant::now());
         Ok(pid)
     }
 
-    pub(super) fn read_links(&mut self) {
+    pub(super) fn read_channels(&mut self) {
         let now = Instant::now();
         let mut closed = Vec::new();
         let mut ready = Vec::new();
-        for (pid, link) in &mut self.links {
-            let received = link.receive();
+        for (pid, channel) in &mut self.channels {
+            let received = channel.receive();
             for message in received.messages {
                 match message {
                     Message::Ready => ready.push(*pid),
@@ -151,9 +151,9 @@ impl Master<'_> {
                 closed.push(*pid);
             }
         }
-        // A closed link would make every poll return at once: drop it now; the
+        // A closed channel would make every poll return at once: drop it now; the
         // exit itself is handled when the pid is reaped.
-        self.links.retain(|(pid, _)| !closed.contains(pid));
+        self.channels.retain(|(pid, _)| !closed.contains(pid));
         for pid in ready {
             match self.pool.on_ready(pid, now) {
                 Some(Ready::Serving { slot }) => info!("worker {slot} (pid {pid}) ready"),
@@ -182,7 +182,7 @@ impl Master<'_> {
             if let Some(at) = self.records.iter().position(|(worker, _)| *worker == pid) {
                 self.scoreboard.release(self.records.swap_remove(at).1);
             }
-            self.links.retain(|(linked, _)| *linked != pid);
+            self.channels.retain(|(linked, _)| *linked != pid);
             let departure = self.pool.on_exit(pid, Instant::now());
             log_departure(pid, exit, departure, self.replacing());
             self.record_departure(exit, departure);
@@ -272,7 +272,7 @@ impl Master<'_> {
     /// Gives the socket of each slot without a ready worker to a ready sibling, and
     /// takes it back once the slot serves again (reuseport only: a shared socket is
     /// accepted on by every worker anyway).
-    pub(super) fn hand_over_sockets(&mut self) {
+    pub(super) fn arrange_adoptions(&mut self) {
         // Before the first ready line every slot is booting at once: nobody to hand to.
         if self.listeners.balance() != Balance::Reuseport || self.announced_addr.is_none() {
             return;
@@ -287,15 +287,15 @@ impl Master<'_> {
     }
 
     fn command(&self, pid: Pid, command: Command) {
-        let Some((_, link)) = self.links.iter().find(|(linked, _)| *linked == pid) else {
+        let Some((_, channel)) = self.channels.iter().find(|(linked, _)| *linked == pid) else {
             return; // exiting: its departure clears the adoption
         };
         let socket = match command {
             Command::Adopt(slot) => Some(self.listeners.for_slot(slot).as_fd()),
             Command::Release(_) => None,
         };
-        if let Err(err) = link.send(command, socket) {
-            warn!("master: cannot send {command:?} to pid {pid}: {err}");
+        if let Err(err) = channel.send(command, socket) {
+            warn!("master: cannot tell pid {pid} to {command}: {err}");
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::warn;
 
-use crate::ipc::{self, Command, Message};
+use crate::channel::{self, Command, Message};
 
 /// How a worker stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +63,7 @@ impl Control {
     pub fn tell_master(&self, message: &Message) {
         let Some(master) = &self.master else { return };
         if let Err(err) = master.try_write(message.encode().as_bytes()) {
-            warn!("cannot tell the master {message:?}: {err}");
+            warn!("cannot tell the master \"{message}\": {err}");
         }
     }
 
@@ -114,7 +114,7 @@ async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Opti
     };
     loop {
         stream.readable().await?;
-        match stream.try_io(Interest::READABLE, || ipc::receive_command(stream.as_fd())) {
+        match stream.try_io(Interest::READABLE, || channel::receive_command(stream.as_fd())) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             received => return received,
         }

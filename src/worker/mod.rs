@@ -25,8 +25,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use nix::unistd::{getpid, getppid, Pid};
 use tracing::{error, info};
 
+use crate::channel::{self, Message};
 use crate::config::Config;
-use crate::ipc::{self, Message};
 use crate::process::{self, exit_code};
 use crate::scoreboard::{Record, Scoreboard, State};
 use crate::service::WorkerApp;
@@ -96,7 +96,7 @@ where
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
         child_record.set_state(State::Ready);
-        if ipc::send(&mut channel, &Message::Ready).is_err() {
+        if channel::send(&mut channel, &Message::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
             return exit_code::OK;
         }
@@ -223,7 +223,7 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -> i32 {
     error!("{name}: {reason}");
     // The master may already be gone; the exit code says the same thing.
-    let _ = ipc::send(&mut channel, &Message::BootError(reason));
+    let _ = channel::send(&mut channel, &Message::BootError(reason));
     code
 }
 
@@ -239,9 +239,7 @@ fn name_process(name: &str) {
 /// already (the request only covers deaths after it is made). The channel EOF
 /// covers what PDEATHSIG misses.
 fn die_with_master(master: Pid) -> Result<(), &'static str> {
-    // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and touches no memory.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
-    if rc != 0 {
+    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).is_err() {
         return Err("cannot set PR_SET_PDEATHSIG");
     }
     if getppid() != master {

@@ -24,8 +24,8 @@ use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, LocalExec,
 use super::control::{Control, Event, Stop};
 use super::io::Counted;
 use super::park::{Idle, Parking};
+use crate::channel::Message;
 use crate::config::Config;
-use crate::ipc::Message;
 use crate::scoreboard::{Record, State};
 use crate::service::{Made, WorkerApp};
 

@@ -63,6 +63,18 @@ impl Message {
     }
 }
 
+/// As the logs say it: what the message asks or tells.
+impl std::fmt::Display for Message {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Message::Ready => f.write_str("ready"),
+            Message::Recycle => f.write_str("please replace me (--max-requests)"),
+            Message::Refused(slot) => write!(f, "cannot take slot {slot}'s socket"),
+            Message::BootError(text) => write!(f, "cannot boot: {text}"),
+        }
+    }
+}
+
 /// A command from the master.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -70,6 +82,16 @@ pub enum Command {
     Adopt(usize),
     /// Stop accepting on this slot's socket: it has its own worker again.
     Release(usize),
+}
+
+/// As the logs say it.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Adopt(slot) => write!(f, "accept on slot {slot}'s socket too"),
+            Command::Release(slot) => write!(f, "release slot {slot}'s socket"),
+        }
+    }
 }
 
 impl Command {
@@ -140,7 +162,7 @@ pub fn send(channel: &mut UnixStream, message: &Message) -> io::Result<()> {
 
 /// Master side: the channel to one worker, non-blocking, with its partial line.
 #[derive(Debug)]
-pub struct Link {
+pub struct Channel {
     stream: UnixStream,
     pending: Vec<u8>,
 }
@@ -153,10 +175,10 @@ pub struct Received {
     pub closed: bool,
 }
 
-impl Link {
-    pub fn new(stream: UnixStream) -> io::Result<Link> {
+impl Channel {
+    pub fn new(stream: UnixStream) -> io::Result<Channel> {
         stream.set_nonblocking(true)?;
-        Ok(Link {
+        Ok(Channel {
             stream,
             pending: Vec::new(),
         })
@@ -219,7 +241,7 @@ mod tests {
     fn commands_carry_their_fd_and_eof_is_none() {
         use std::os::fd::AsFd;
         let (master, worker) = pair().unwrap();
-        let link = Link::new(master).unwrap();
+        let link = Channel::new(master).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         link.send(Command::Release(2), None).unwrap();
         link.send(Command::Adopt(1), Some(listener.as_fd())).unwrap();
@@ -236,7 +258,7 @@ mod tests {
     #[test]
     fn messages_cross_the_channel_and_eof_is_seen() {
         let (master, mut worker) = pair().unwrap();
-        let mut link = Link::new(master).unwrap();
+        let mut link = Channel::new(master).unwrap();
         send(&mut worker, &Message::Ready).unwrap();
         send(&mut worker, &Message::BootError("cannot open\ndatabase".into())).unwrap();
         let received = link.receive();
