@@ -3,18 +3,20 @@
 //! `Connection: close`. Bounded in time; every failure is recorded.
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::util::{read_response, send_request};
+use crate::util::{eventually, read_response, send_request};
 
 /// The load never runs longer than this, whatever the test does.
 const LIMIT: Duration = Duration::from_secs(120);
 
 pub struct Load {
     stop: Arc<AtomicBool>,
+    /// Requests answered so far, by every client of this load.
+    progress: Arc<AtomicU64>,
     clients: Vec<JoinHandle<Tally>>,
 }
 
@@ -37,13 +39,26 @@ impl Load {
 
     fn spawn(addr: SocketAddr, connections: usize, reconnect: bool) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
         let clients = (0..connections)
             .map(|_| {
-                let stop = Arc::clone(&stop);
-                thread::spawn(move || client(addr, &stop, reconnect))
+                let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
+                thread::spawn(move || client(addr, &stop, &progress, reconnect))
             })
             .collect();
-        Load { stop, clients }
+        Load {
+            stop,
+            progress,
+            clients,
+        }
+    }
+
+    /// Waits until this load has had `more` requests answered from now.
+    pub fn wait_for_traffic(&self, more: u64) {
+        let start = self.progress.load(Ordering::SeqCst);
+        eventually(Duration::from_secs(10), "the load makes progress", || {
+            (self.progress.load(Ordering::SeqCst) >= start + more).then_some(())
+        });
     }
 
     /// Stops every client and adds up what they saw.
@@ -60,10 +75,7 @@ impl Load {
     }
 }
 
-/// Shared by the clients: how many requests succeeded so far (to wait for traffic).
-pub static PROGRESS: Mutex<u64> = Mutex::new(0);
-
-fn client(addr: SocketAddr, stop: &AtomicBool, reconnect: bool) -> Tally {
+fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, reconnect: bool) -> Tally {
     let mut tally = Tally::default();
     let mut stream: Option<TcpStream> = None;
     let started = Instant::now();
@@ -86,7 +98,7 @@ fn client(addr: SocketAddr, stop: &AtomicBool, reconnect: bool) -> Tally {
         match result {
             Ok(response) if response.status == 200 => {
                 tally.ok += 1;
-                *PROGRESS.lock().unwrap() += 1;
+                progress.fetch_add(1, Ordering::SeqCst);
                 if response.header("connection") == Some("close") {
                     tally.closes += 1; // the server asked: reconnect, or stop
                     if !reconnect {

@@ -10,6 +10,7 @@ mod health;
 mod http2;
 mod load;
 mod operations;
+mod readme;
 mod requests;
 mod serving;
 mod setup;

@@ -6,37 +6,30 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::load::{Load, PROGRESS};
+use crate::load::Load;
 use crate::util::*;
-
-fn wait_for_traffic(more: u64) {
-    let start = *PROGRESS.lock().unwrap();
-    eventually(Duration::from_secs(10), "the load makes progress", || {
-        (*PROGRESS.lock().unwrap() >= start + more).then_some(())
-    });
-}
 
 #[test]
 fn reloads_scaling_and_an_upgrade_under_keep_alive_load_lose_nothing() {
     let mut server = Server::start(&["--workers", "2", "--graceful-timeout", "10s"]);
     let first: HashSet<_> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
     let load = Load::start(server.addr, 32);
-    wait_for_traffic(500);
+    load.wait_for_traffic(500);
     for n in 1..=5 {
         server.signal(Signal::SIGHUP);
         server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
-        wait_for_traffic(200);
+        load.wait_for_traffic(200);
     }
     server.signal(Signal::SIGTTIN);
     server.wait_for_workers(3, Duration::from_secs(10));
-    wait_for_traffic(200);
+    load.wait_for_traffic(200);
     server.signal(Signal::SIGTTOU);
     server.wait_for_workers(2, Duration::from_secs(15));
-    wait_for_traffic(200);
+    load.wait_for_traffic(200);
     let old_master = server.master;
     server.signal(Signal::SIGUSR2);
     let new_master = server.follow_upgrade(Duration::from_secs(30));
-    wait_for_traffic(500);
+    load.wait_for_traffic(500);
     let tally = load.finish();
     assert_ne!(old_master, new_master, "the master pid changed");
 
@@ -280,22 +273,40 @@ fn max_requests_recycles_workers_one_at_a_time_without_failures() {
         served.iter().all(|n| (100..=120).contains(n)),
         "quota is 100 + 0..=20: {served:?}"
     );
-    // Each replacement was ready before the worker it replaced started to drain.
-    for line in logs.lines().filter(|line| line.contains("replaced: draining")) {
+    // Each replacement was ready before the worker it replaced started to
+    // drain: the last spawn-or-ready line of that slot before its "replaced:
+    // draining" is the replacement's "ready". And one at a time: between a
+    // replacement's spawn and its ready line, no other replacement is spawned.
+    let lines: Vec<&str> = logs.lines().collect();
+    let replacement = |line: &str| line.contains(" spawned (generation ") || line.contains(" ready (generation ");
+    let mut drained = 0;
+    for (at, line) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| line.contains("replaced: draining"))
+    {
         let slot = line
             .split("worker ")
             .nth(1)
             .and_then(|rest| rest.split(' ').next())
             .unwrap();
-        let at = logs.find(line).unwrap();
-        let ready = format!("worker {slot} (pid");
+        let of_slot = format!("worker {slot} (pid");
+        let last = lines[..at]
+            .iter()
+            .rev()
+            .find(|l| l.contains(&of_slot) && replacement(l))
+            .expect("a replacement was spawned");
         assert!(
-            logs[..at]
-                .lines()
-                .rev()
-                .any(|l| l.contains(&ready) && l.contains("ready")),
-            "{line}"
+            last.contains(" ready (generation "),
+            "ready before the drain:\n{last}\n{line}"
         );
+        drained += 1;
+    }
+    assert!(drained >= 2, "both first workers were replaced:\n{logs}");
+    let mut booting = 0;
+    for line in lines.iter().filter(|line| replacement(line)) {
+        booting += if line.contains(" spawned (") { 1 } else { -1 };
+        assert!((0..=1).contains(&booting), "one replacement at a time:\n{logs}");
     }
     let now = server.wait_for_workers(2, Duration::from_secs(10));
     assert!(
@@ -324,7 +335,7 @@ fn a_reload_that_changes_the_address_binds_the_new_one_first_then_closes_the_old
     // Keep-alive clients of the old address that do not reconnect: each is served
     // until its old worker drains, then told `Connection: close`; none is reset.
     let load = Load::start_without_reconnecting(old_addr, 8);
-    wait_for_traffic(200);
+    load.wait_for_traffic(200);
     std::fs::write(&path, "host = \"127.0.0.2\"\nport = 0\nworkers = 2\n").unwrap();
     server.signal(Signal::SIGHUP);
     let line = server.wait_for_log("changing host: listening on 127.0.0.2:", Duration::from_secs(10));

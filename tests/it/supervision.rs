@@ -192,6 +192,11 @@ fn other_signals_are_logged_and_ignored() {
     for worker in &workers {
         kill(*worker, Signal::SIGHUP).unwrap();
         kill(*worker, Signal::SIGUSR2).unwrap();
+        // Delivered (no longer pending) before anything is checked: a worker
+        // that died of it would be gone by then.
+        eventually(Duration::from_secs(5), "the signals delivered", || {
+            (!signals_pending(*worker, &[Signal::SIGHUP, Signal::SIGUSR2])).then_some(())
+        });
     }
     assert_eq!(get(server.addr, "/").unwrap().status, 200);
     assert!(workers.iter().all(|pid| alive(*pid)));
@@ -252,7 +257,8 @@ fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
     std::fs::remove_file(&marker).unwrap();
     let after = server.wait_for_workers(2, Duration::from_secs(15));
     assert!(after.contains(&workers[1]) && !after.contains(&workers[0]));
-    server.wait_for_log("ready", Duration::from_secs(5));
+    let recovered = after.iter().find(|pid| **pid != workers[1]).unwrap();
+    server.wait_for_log(&format!("worker 0 (pid {recovered}) ready"), Duration::from_secs(5));
 }
 
 #[test]

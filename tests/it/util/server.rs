@@ -1,8 +1,8 @@
 //! The harness: start the real binary on 127.0.0.1 port 0, wait for its ready
 //! line, and always reap it (and its workers), even when the test fails.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-/// Debug builds boot slowly on a loaded 2-core machine: be generous.
+use super::eventually;
+use super::procfs::{alive, children};
+
 pub const READY_WITHIN: Duration = Duration::from_secs(20);
 
 pub fn server_binary() -> PathBuf {
@@ -109,7 +111,7 @@ impl Server {
     fn launch(mut command: Command) -> (Server, mpsc::Receiver<String>) {
         let mut child = command.spawn().expect("spawn the server");
         let master = Pid::from_raw(child.id() as i32);
-        let logs = collect_lines(child.stderr.take().expect("stderr is piped"));
+        let (logs, _) = collect_lines(child.stderr.take().expect("stderr is piped"));
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         let out = Arc::new(Mutex::new(Vec::new()));
@@ -272,22 +274,23 @@ fn parse_ready_line(line: &str) -> Option<SocketAddr> {
     rest.split(' ').next()?.parse().ok()
 }
 
-fn collect_lines(stream: impl Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
+/// Collects the lines of `stream` in a thread, which ends at EOF.
+fn collect_lines(stream: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, thread::JoinHandle<()>) {
     let lines = Arc::new(Mutex::new(Vec::new()));
     let sink = Arc::clone(&lines);
-    thread::spawn(move || {
+    let reader = thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             sink.lock().unwrap().push(line);
         }
     });
-    lines
+    (lines, reader)
 }
 
 /// Runs `command` to completion (at most `within`): exit status, stdout, stderr.
 pub fn run_to_exit(mut command: Command, within: Duration) -> (ExitStatus, String, String) {
     let mut child = command.spawn().expect("spawn");
-    let out = collect_lines(child.stdout.take().expect("stdout is piped"));
-    let err = collect_lines(child.stderr.take().expect("stderr is piped"));
+    let (out, out_reader) = collect_lines(child.stdout.take().expect("stdout is piped"));
+    let (err, err_reader) = collect_lines(child.stderr.take().expect("stderr is piped"));
     let deadline = Instant::now() + within;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
@@ -303,158 +306,13 @@ pub fn run_to_exit(mut command: Command, within: Duration) -> (ExitStatus, Strin
         }
         thread::sleep(Duration::from_millis(20));
     };
-    // The reader threads finish at EOF, shortly after the exit.
-    thread::sleep(Duration::from_millis(50));
+    // Every line is read once both pipes are at EOF (the workers, which hold
+    // them too, follow the master within moments).
+    eventually(
+        deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(5),
+        "EOF on stdout and stderr",
+        || (out_reader.is_finished() && err_reader.is_finished()).then_some(()),
+    );
     let (out, err) = (out.lock().unwrap().join("\n"), err.lock().unwrap().join("\n"));
     (status, out, err)
-}
-
-/// Polls `probe` every 20 ms until it yields `Some`, or panics after `within`
-/// naming what it waited for. Use instead of bare sleeps.
-pub fn eventually<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe() {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// `(pid, state)` of every process whose parent is `parent`, from /proc.
-pub fn children(parent: Pid) -> Vec<(Pid, char)> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let (state, ppid) = stat(Pid::from_raw(pid))?;
-            (ppid == parent.as_raw()).then_some((Pid::from_raw(pid), state))
-        })
-        .collect()
-}
-
-/// True while `pid` exists and is not a zombie.
-pub fn alive(pid: Pid) -> bool {
-    stat(pid).is_some_and(|(state, _)| state != 'Z')
-}
-
-/// State and parent pid from /proc/<pid>/stat (parsed after the last ')', since
-/// the command name may contain spaces).
-fn stat(pid: Pid) -> Option<(char, i32)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-pub fn thread_count(pid: Pid) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .expect("Threads: line");
-    line.trim().parse().expect("a number")
-}
-
-/// A parsed HTTP/1.1 response.
-#[derive(Debug)]
-pub struct Response {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: String,
-}
-
-impl Response {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The pid that ends the body: `Hello from worker <pid>` (the default app), or
-    /// `... in worker <pid>` (the example).
-    pub fn worker_pid(&self) -> Option<Pid> {
-        let (words, pid) = self.body.trim_end().rsplit_once(' ')?;
-        words.ends_with("worker").then_some(())?;
-        pid.parse().ok().map(Pid::from_raw)
-    }
-}
-
-/// `GET path` on a fresh connection (`Connection: close`), read to EOF.
-pub fn get(addr: SocketAddr, path: &str) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    send_request(&mut stream, "GET", path, false)?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw)?;
-    parse_response(&raw)
-}
-
-/// The pid of the worker that answers `GET /`, if one answers.
-pub fn try_worker_pid(addr: SocketAddr) -> Option<Pid> {
-    get(addr, "/").ok()?.worker_pid()
-}
-
-pub fn send_request(stream: &mut TcpStream, method: &str, path: &str, keep_alive: bool) -> std::io::Result<()> {
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: {connection}\r\n\r\n"
-    )
-}
-
-/// Reads exactly one response (with Content-Length) from a keep-alive stream.
-pub fn read_response(stream: &mut TcpStream) -> std::io::Result<Response> {
-    let mut reader = BufReader::new(stream);
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut line = Vec::new();
-        if reader.read_until(b'\n', &mut line)? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        head.extend(line);
-    }
-    let mut response = parse_response(&head)?;
-    let length: usize = response
-        .header("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body)?;
-    response.body = String::from_utf8_lossy(&body).into_owned();
-    Ok(response)
-}
-
-fn parse_response(raw: &[u8]) -> std::io::Result<Response> {
-    let text = String::from_utf8_lossy(raw);
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("not an HTTP response: {text:?}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Ok(Response {
-        status,
-        headers,
-        body: body.to_owned(),
-    })
 }

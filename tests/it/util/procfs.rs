@@ -1,0 +1,56 @@
+//! What /proc says about processes: children, liveness, threads, pending signals.
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+/// `(pid, state)` of every process whose parent is `parent`, from /proc.
+pub fn children(parent: Pid) -> Vec<(Pid, char)> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (state, ppid) = stat(Pid::from_raw(pid))?;
+            (ppid == parent.as_raw()).then_some((Pid::from_raw(pid), state))
+        })
+        .collect()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: Pid) -> bool {
+    stat(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+/// State and parent pid from /proc/<pid>/stat (parsed after the last ')', since
+/// the command name may contain spaces).
+fn stat(pid: Pid) -> Option<(char, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+pub fn thread_count(pid: Pid) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .expect("Threads: line");
+    line.trim().parse().expect("a number")
+}
+
+/// True if any of `signals` is pending for `pid` (queued, not yet delivered),
+/// from the `ShdPnd`/`SigPnd` masks of /proc/<pid>/status.
+pub fn signals_pending(pid: Pid, signals: &[Signal]) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let mask = status
+        .lines()
+        .filter(|line| line.starts_with("ShdPnd:") || line.starts_with("SigPnd:"))
+        .filter_map(|line| u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok())
+        .fold(0, |all, mask| all | mask);
+    signals.iter().any(|signal| mask & (1 << (*signal as i32 - 1)) != 0)
+}
