@@ -1,24 +1,22 @@
 //! Changing the whole fleet: stop, reload (HUP), resize (TTIN / TTOU).
 
-use std::time::Instant;
-
 use nix::sys::signal::Signal as Sig;
 use tracing::{error, info};
 
 use super::pool::Timeouts;
-use super::{Master, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
+use super::{Master, Phase, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
 use crate::listener::{bind_admin, Listeners};
 use crate::process::{self, human};
 
 impl Master<'_> {
     pub(super) fn begin_stop(&mut self, stop: Stop) {
-        let now = Instant::now();
+        let now = self.now;
         let (signal, kill_at) = match stop {
             Stop::Graceful => (Sig::SIGTERM, now + self.config.graceful_timeout + KILL_MARGIN),
             Stop::Fast => (Sig::SIGQUIT, now + FAST_STOP_DEADLINE),
         };
-        let pids = self.pool.retire_all(kill_at);
+        let pids = self.fleet.pool.retire_all(kill_at);
         match stop {
             Stop::Graceful => {
                 let timeout = human(self.config.graceful_timeout);
@@ -29,27 +27,32 @@ impl Master<'_> {
             }
             Stop::Fast => info!("master: fast stop: {} workers exit now", pids.len()),
         }
-        self.notifier.send("STOPPING=1");
+        self.systemd.send("STOPPING=1");
         for pid in pids {
             process::signal(pid, signal);
         }
         self.abandon_upgrade_for_stop(signal, kill_at);
-        if self.stop.is_none() {
+        if self.phase.is_running() {
             // The workers take what is queued and close their copies; with these
             // closed too, new connections are refused at once.
             info!("master: closing the listening sockets: new connections are refused from now on");
-            self.listeners.close_for_stop();
-            self.old_listeners.clear();
+            self.sockets.close_for_stop();
         }
-        self.stop = Some(stop);
+        self.phase = std::mem::replace(&mut self.phase, Phase::Running).with_stop(stop);
+    }
+
+    /// Stops because the master cannot go on: exit 1 with `error` once every
+    /// worker is gone.
+    pub(super) fn halt(&mut self, error: crate::error::Error, stop: Stop) {
+        self.begin_stop(stop);
+        self.phase = std::mem::replace(&mut self.phase, Phase::Running).halt(stop, error);
     }
 
     /// HUP: re-reads the config file and replaces every worker, slot by slot, each
     /// new worker ready before the old one drains. A config that cannot be applied
     /// is refused as a whole; the running one stays.
     pub(super) fn reload(&mut self) {
-        self.notifier.reloading();
-        self.reload_pending = true;
+        self.systemd.reloading();
         let mut new = match self.config.reload() {
             Ok(new) => new,
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),
@@ -61,13 +64,13 @@ impl Master<'_> {
             Some(Ok(admin)) => Some(admin),
             Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
         };
-        if let Some(change) = needs_new_sockets(&self.listeners, &new) {
+        if let Some(change) = needs_new_sockets(&self.sockets.listeners, &new) {
             if let Err(err) = self.move_to_new_sockets(&new, change) {
                 return error!("master: reload refused: {change}: {err}; the current config stays");
             }
         }
         if new.backlog != self.config.backlog {
-            if let Err(err) = self.listeners.set_backlog(new.backlog) {
+            if let Err(err) = self.sockets.listeners.set_backlog(new.backlog) {
                 return error!("master: reload refused: cannot change the backlog: {err}; the current config stays");
             }
         }
@@ -76,11 +79,11 @@ impl Master<'_> {
                 Some(addr) => info!("master: reload: admin on {addr} (the workers of this reload serve it)"),
                 None => info!("master: reload: admin off (the workers of this reload do not serve it)"),
             }
-            self.listeners.replace_admin(admin);
+            self.sockets.listeners.replace_admin(admin);
         }
         // Before the first ready line the pid file is not written yet: the new
         // path is simply the one written then.
-        if new.pid_file != self.config.pid_file && self.announced_addr.is_some() {
+        if new.pid_file != self.config.pid_file && self.sockets.announced_once() {
             new.pid_file = self.move_pid_file(new.pid_file.as_deref());
         }
         if new.log_level != self.config.log_level {
@@ -88,14 +91,16 @@ impl Master<'_> {
         }
         let workers = new.workers.get();
         self.config = new;
-        self.pool.begin_reload(self.config.reload_batch.get(), self.timeouts());
-        let (generation, batch) = (self.pool.generation(), self.config.reload_batch);
+        self.fleet
+            .pool
+            .begin_reload(self.config.reload_batch.get(), self.timeouts());
+        let (generation, batch) = (self.fleet.pool.generation(), self.config.reload_batch);
         info!(
             "master: reload (generation {generation}): replacing {} workers, {batch} at a time",
-            self.pool.len()
+            self.fleet.pool.len()
         );
         self.publish_pool();
-        if workers != self.pool.len() {
+        if workers != self.fleet.pool.len() {
             self.resize(workers, "reload");
         }
     }
@@ -107,18 +112,18 @@ impl Master<'_> {
         let mut fresh = Listeners::bind_serving(new)?;
         // The admin socket is not part of the move (a change of it is applied on
         // its own): it goes to the new set, the old set closes without it.
-        let old_admin = self.listeners.replace_admin(None);
+        let old_admin = self.sockets.listeners.replace_admin(None);
         fresh.replace_admin(old_admin);
-        let old = std::mem::replace(&mut self.listeners, fresh);
-        let (addr, balance) = (self.listeners.addr(), self.listeners.balance().as_str());
+        let old = std::mem::replace(&mut self.sockets.listeners, fresh);
+        let (addr, balance) = (self.sockets.listeners.addr(), self.sockets.listeners.balance().as_str());
         info!(
             "master: reload: {change}: listening on {addr} ({balance}); {} closes once its workers have exited",
             old.addr()
         );
-        self.old_listeners.push((old, self.pool.pids()));
-        self.pool.drop_parked();
-        if self.listeners.balance() == Balance::Reuseport {
-            self.listeners.ensure_slots(self.pool.slot_count())?;
+        self.sockets.keep_old(old, self.fleet.pool.pids());
+        self.fleet.pool.drop_parked();
+        if self.sockets.listeners.balance() == Balance::Reuseport {
+            self.sockets.listeners.ensure_slots(self.fleet.pool.slot_count())?;
         }
         Ok(())
     }
@@ -158,21 +163,21 @@ impl Master<'_> {
     /// queued on it is reset; a later TTIN takes the slot back first.
     pub(super) fn resize(&mut self, workers: usize, why: &str) {
         let workers = workers.max(1);
-        if workers == self.pool.len() {
+        if workers == self.fleet.pool.len() {
             return info!("master: {why}: already {workers} workers (the minimum is 1)");
         }
-        let slots = match slots_for(self.pool.slot_count(), workers) {
+        let slots = match slots_for(self.fleet.pool.slot_count(), workers) {
             Ok(slots) => slots,
             Err(err) => return error!("master: {why} refused: {err}"),
         };
-        if self.listeners.balance() == Balance::Reuseport {
-            if let Err(err) = self.listeners.ensure_slots(slots) {
+        if self.sockets.listeners.balance() == Balance::Reuseport {
+            if let Err(err) = self.sockets.listeners.ensure_slots(slots) {
                 return error!("master: {why} refused: {err}");
             }
         }
-        let now = Instant::now();
+        let now = self.now;
         let kill_at = now + self.config.graceful_timeout + KILL_MARGIN;
-        let (_, retired) = self.pool.resize(workers, now, kill_at);
+        let (_, retired) = self.fleet.pool.resize(workers, now, kill_at);
         info!("master: {why}: {workers} workers");
         self.publish_pool();
         for pid in retired {

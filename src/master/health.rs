@@ -56,8 +56,8 @@ impl Master<'_> {
 
     pub(super) fn check_health(&mut self) {
         let Some(interval) = self.check_interval() else { return };
-        let now = Instant::now();
-        if now < self.health.next || self.stop.is_some() {
+        let now = self.now;
+        if now < self.health.next || !self.phase.is_running() {
             return;
         }
         let late = now.saturating_duration_since(self.health.last);
@@ -74,9 +74,9 @@ impl Master<'_> {
         self.health.last = now;
         self.health.next = now + interval;
         let serving: Vec<(usize, Pid, usize)> = self
-            .records
-            .iter()
-            .filter_map(|(pid, record)| Some((self.pool.slot_of(*pid)?, *pid, *record)))
+            .fleet
+            .records()
+            .filter_map(|(pid, record)| Some((self.fleet.pool.slot_of(pid)?, pid, record)))
             .collect();
         for (slot, pid, record) in serving {
             self.check_heartbeat(slot, pid, record, now);
@@ -86,7 +86,7 @@ impl Master<'_> {
 
     fn check_heartbeat(&mut self, slot: usize, pid: Pid, record: usize, now: Instant) {
         // Booting: `--ready-timeout` bounds it (`Pool::late_boots`), not the heartbeat.
-        if !self.pool.is_ready(pid) {
+        if !self.fleet.pool.is_ready(pid) {
             return;
         }
         let timeout = self.config.timeout;
@@ -101,7 +101,7 @@ impl Master<'_> {
         );
         process::signal(pid, Sig::SIGABRT);
         self.scoreboard.slot(slot).timed_out.fetch_add(1, Relaxed);
-        self.pool.retire_hung(pid, now, now + ABORT_GRACE);
+        self.fleet.pool.retire_hung(pid, now, now + ABORT_GRACE);
     }
 
     fn check_memory(&mut self, slot: usize, pid: Pid, record: usize) {
@@ -111,7 +111,7 @@ impl Master<'_> {
         let served = self.scoreboard.record(record).requests.load(Relaxed);
         if rss > limit && served == 0 {
             let warned = &mut self.health.too_big_at_boot;
-            warned.retain(|warned| self.records.iter().any(|(live, _)| live == warned));
+            warned.retain(|warned| self.fleet.is_live(*warned));
             if !warned.contains(&pid) {
                 warned.push(pid);
                 let (rss, limit) = (rss >> 20, limit >> 20);
@@ -122,7 +122,7 @@ impl Master<'_> {
             }
             return;
         }
-        if rss > limit && self.pool.recycle(pid).is_some() {
+        if rss > limit && self.fleet.pool.recycle(pid).is_some() {
             self.scoreboard.slot(slot).recycled.fetch_add(1, Relaxed);
             let (rss, limit) = (rss >> 20, limit >> 20);
             info!("worker {slot} (pid {pid}) uses {rss} MiB, over --max-worker-memory {limit} MiB: recycling it");

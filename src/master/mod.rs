@@ -10,29 +10,37 @@
 //! then act on recorded signals, read worker messages, reap every exited child,
 //! kill overdue ones, hand sockets over, and spawn what is due.
 //!
-//! - `workers.rs`: spawn, worker messages, reaping, socket hand-over.
+//! The state is in components, each owning its part: `fleet.rs` (the pool and
+//! the live workers' channels and records), `sockets.rs` (the listeners, the old
+//! ones, what was announced), `upgrade.rs` (a hot upgrade's state), `health.rs`,
+//! `systemd.rs` (what systemd is told, and when) and `phase.rs` (running,
+//! stopping, halting). What the master does with them:
+//!
+//! - `workers.rs`: spawn, worker messages, reaping, adoptions.
 //! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
 //! - `upgrade.rs`: hot binary upgrade (USR2), the old master's side.
 //! - `health.rs`: hung workers (`--timeout`) and memory (`--max-worker-memory`).
 //! - `pool/`: the bookkeeping all of them consult (pure).
 
 mod change;
+mod fleet;
 mod health;
+mod phase;
 mod pool;
+mod sockets;
+mod systemd;
 mod upgrade;
 mod workers;
 
 use std::ffi::OsString;
 use std::fs::File;
-use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::unistd::{getpid, Pid};
+use nix::unistd::getpid;
 use tracing::{error, info, warn};
 
-use crate::channel::Channel;
 use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::listener::Listeners;
@@ -40,7 +48,11 @@ use crate::notify::Notifier;
 use crate::scoreboard::Scoreboard;
 use crate::signals::{Signal, Signals};
 use crate::worker::Child;
+use fleet::Fleet;
+use phase::{Phase, Stop};
 use pool::Pool;
+use sockets::{Announcement, Sockets};
+use systemd::Systemd;
 use upgrade::Upgrade;
 
 /// What a forked worker runs; returns its exit code.
@@ -52,11 +64,6 @@ const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// A fast stop (QUIT, second TERM) kills whatever is left after this.
 const FAST_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    Graceful,
-    Fast,
-}
 
 /// How this master was started: what USR2 needs to start the next one, and the
 /// old master to tell once ready (if this one is the product of an upgrade).
@@ -73,36 +80,26 @@ pub(crate) struct Origin {
 struct Master<'a> {
     /// The config in force (a reload replaces it); workers are forked with it.
     config: Config,
-    listeners: Listeners,
+    /// The listeners, the old ones a reload moved away from, what was announced.
+    sockets: Sockets,
     worker_main: &'a WorkerMain<'a>,
     signals: Signals,
-    pool: Pool,
-    /// The channel to each live worker, by pid.
-    channels: Vec<(Pid, Channel)>,
+    /// The slots, and each live worker's channel and scoreboard record.
+    fleet: Fleet,
     /// The most recent reason a worker gave for not booting (for the halt message).
     boot_error: Option<String>,
-    stop: Option<Stop>,
-    /// Set when the master must exit 1 once every worker is gone.
-    halt: Option<Error>,
+    /// Running, stopping, or halting on an error (exit 1 once every worker is gone).
+    phase: Phase,
+    /// This wakeup's clock: read once after each sleep, so that every decision
+    /// of a wakeup sees the same time.
+    now: Instant,
     origin: Origin,
     /// A hot upgrade (USR2) and its new master, which is this master's child.
     upgrade: Upgrade,
-    /// Sockets replaced by a reload that changed the address, with the workers
-    /// that may still use them: each closes when the last of those is reaped.
-    old_listeners: Vec<(Listeners, Vec<Pid>)>,
-    /// The address of the last ready line (a reload may change it).
-    announced_addr: Option<std::net::SocketAddr>,
-    /// The admin address of the last ready line (a reload may change it too).
-    announced_admin: Option<std::net::SocketAddr>,
     scoreboard: &'static Scoreboard,
-    /// The scoreboard record of each live worker.
-    records: Vec<(Pid, usize)>,
     health: health::Health,
-    notifier: Notifier,
-    /// When the next `WATCHDOG=1` is due.
-    watchdog_next: Instant,
-    /// A HUP was taken: systemd gets `READY=1` once no reload runs any more.
-    reload_pending: bool,
+    /// What systemd is told (readiness, reloads, the watchdog), and when.
+    systemd: Systemd,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -134,28 +131,21 @@ pub(crate) fn run(
     let mut pool = Pool::new(slots, now);
     pool.resize(workers, now, now); // parks the extra ones; there is no worker yet
     let mut master = Master {
-        pool,
+        fleet: Fleet::new(pool),
         config,
-        listeners,
+        sockets: Sockets::new(listeners),
         worker_main,
         signals,
-        channels: Vec::new(),
         boot_error: None,
-        stop: None,
-        halt: None,
+        phase: Phase::Running,
+        now,
         origin,
         upgrade: Upgrade::Idle,
-        old_listeners: Vec::new(),
-        announced_addr: None,
-        announced_admin: None,
         scoreboard,
-        records: Vec::new(),
         health: health::Health::new(now),
-        notifier: Notifier::from_env(),
-        watchdog_next: now,
-        reload_pending: false,
+        systemd: Systemd::new(Notifier::from_env(), now),
     };
-    master.pool.set_timeouts(master.timeouts());
+    master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
     let result = master.supervise();
     master.remove_pid_file();
@@ -168,28 +158,28 @@ impl Master<'_> {
             self.spawn_due();
             self.settle_reload();
             self.wait()?;
+            self.now = Instant::now();
             for signal in self.signals.take() {
                 self.handle(signal);
             }
             self.read_channels();
-            self.watch_upgrade(Instant::now());
+            self.watch_upgrade();
             self.reap();
             self.kill_overdue();
             self.check_health();
             self.keep_systemd_informed();
             self.abort_late_reload();
-            if self.stop.is_none() && self.pool.first_generation_failed() {
+            if self.phase.is_running() && self.fleet.pool.first_generation_failed() {
                 let cause = self
                     .boot_error
                     .take()
                     .unwrap_or_else(|| "see the worker errors above".into());
                 error!("master: every worker failed to boot; halting");
-                self.halt = Some(Error::BootFailed { cause });
-                self.begin_stop(Stop::Fast);
+                self.halt(Error::BootFailed { cause }, Stop::Fast);
             }
-            if self.stop.is_some() && self.pool.is_empty() && self.upgrade.settled() {
+            if !self.phase.is_running() && self.fleet.pool.is_empty() && self.upgrade.settled() {
                 info!("master (pid {}): every worker has exited; bye", getpid());
-                return self.halt.take().map_or(Ok(()), Err);
+                return std::mem::replace(&mut self.phase, Phase::Running).into_result();
             }
             self.announce_when_ready();
             // Last: it acts on everything above (a new ready line, a retired
@@ -203,24 +193,22 @@ impl Master<'_> {
         }
     }
 
-    /// Sleeps until a signal, a worker message, or the pool's next deadline.
+    /// Sleeps until a signal, a worker message, or the earliest deadline of the
+    /// pool, the upgrade, the health checks and systemd's watchdog. (Its own
+    /// clock read: the time since the wakeup's, spent forking say, is not slept.)
     fn wait(&mut self) -> Result<(), Error> {
         let now = Instant::now();
-        let watchdog = self.notifier.watchdog.map(|_| self.watchdog_next);
+        let watchdog = self.systemd.next_deadline();
         let deadlines = self.upgrade.deadline().into_iter();
         let deadlines = deadlines.chain(self.next_health_check()).chain(watchdog);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
-        let timeout = match self.pool.next_wakeup(now).into_iter().chain(others).min() {
+        let timeout = match self.fleet.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
             Some(wait) => PollTimeout::try_from(wait + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-        fds.extend(
-            self.channels
-                .iter()
-                .map(|(_, channel)| PollFd::new(channel.stream().as_fd(), PollFlags::POLLIN)),
-        );
+        fds.extend(self.fleet.channel_fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         fds.extend(self.upgrade.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
@@ -229,7 +217,7 @@ impl Master<'_> {
     }
 
     fn handle(&mut self, signal: Signal) {
-        match (signal, self.stop) {
+        match (signal, self.phase.stop()) {
             (Signal::Terminate | Signal::Interrupt, None) => self.begin_stop(Stop::Graceful),
             (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
@@ -238,8 +226,8 @@ impl Master<'_> {
             }
             (Signal::Upgrade, None) => self.upgrade(),
             (Signal::Reload, None) => self.reload(),
-            (Signal::AddWorker, None) => self.resize(self.pool.len() + 1, "TTIN"),
-            (Signal::RemoveWorker, None) => self.resize(self.pool.len().saturating_sub(1), "TTOU"),
+            (Signal::AddWorker, None) => self.resize(self.fleet.pool.len() + 1, "TTIN"),
+            (Signal::RemoveWorker, None) => self.resize(self.fleet.pool.len().saturating_sub(1), "TTOU"),
             (Signal::Ignored(raw), _) if raw == libc::SIGUSR1 => {
                 info!("master: ignoring SIGUSR1: not implemented yet");
             }
@@ -247,25 +235,13 @@ impl Master<'_> {
         }
     }
 
-    /// The watchdog keep-alive, and `READY=1` once a reload (HUP) is over, however
-    /// it ended (done, aborted, refused).
+    /// The watchdog keep-alive, and `READY=1` once a reload (HUP) is over.
     fn keep_systemd_informed(&mut self) {
-        let now = Instant::now();
-        if let Some(interval) = self.notifier.watchdog {
-            if now >= self.watchdog_next {
-                self.notifier.send("WATCHDOG=1");
-                self.watchdog_next = now + interval;
-            }
-        }
-        if self.reload_pending && !self.pool.reloading() && self.stop.is_none() {
-            self.reload_pending = false;
-            let status = format!(
-                "STATUS={} workers, generation {}",
-                self.pool.len(),
-                self.pool.generation()
-            );
-            self.notifier.send(&format!("READY=1\n{status}"));
-        }
+        let now = self.now;
+        let reload_over = !self.fleet.pool.reloading() && self.phase.is_running();
+        let pool = &self.fleet.pool;
+        let status = || format!("{} workers, generation {}", pool.len(), pool.generation());
+        self.systemd.tell(now, reload_over, status);
     }
 
     /// Writes what the status views show about the pool into the scoreboard.
@@ -273,27 +249,25 @@ impl Master<'_> {
         let header = self.scoreboard.header();
         header
             .workers
-            .store(self.pool.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        header
-            .generation
-            .store(self.pool.generation().into(), std::sync::atomic::Ordering::Relaxed);
+            .store(self.fleet.pool.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        header.generation.store(
+            self.fleet.pool.generation().into(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// Prints the ready line once every slot serves, and again whenever a reload
     /// has moved the server to a new address.
     fn announce_when_ready(&mut self) {
-        let addr = self.listeners.addr();
-        let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
         // During a reload the slots may still be on the old sockets.
-        let serving = self.pool.all_ready() && !self.pool.reloading();
-        let announced = self.announced_addr == Some(addr) && self.announced_admin == admin;
-        if announced || self.stop.is_some() || !serving {
+        let serving = self.fleet.pool.all_ready() && !self.fleet.pool.reloading();
+        if !self.phase.is_running() || !serving {
             return;
         }
-        let first = self.announced_addr.is_none();
-        self.announced_addr = Some(addr);
-        self.announced_admin = admin;
-        let (workers, balance) = (self.pool.len(), self.listeners.balance().as_str());
+        let Some(Announcement { first, addr, admin }) = self.sockets.announcement() else {
+            return;
+        };
+        let (workers, balance) = (self.fleet.pool.len(), self.sockets.listeners.balance().as_str());
         if first {
             info!("master (pid {}): ready", getpid());
             // Before the ready line: whoever waits for it may read the file next.
@@ -309,9 +283,9 @@ impl Master<'_> {
         let _ = std::io::Write::flush(&mut std::io::stdout());
         let status = format!("STATUS={workers} workers serving on {addr}");
         if !first {
-            return self.notifier.send(&status);
+            return self.systemd.send(&status);
         }
-        self.notifier.send(&format!("READY=1\n{status}"));
+        self.systemd.send(&format!("READY=1\n{status}"));
         if let Some(old_master) = self.origin.handover.take() {
             crate::upgrade::report_ready(old_master);
         }

@@ -92,7 +92,7 @@ impl Master<'_> {
         else {
             return error!("master: upgrade refused: the path of this binary is unknown; set --upgrade-binary");
         };
-        match upgrade::spawn_successor(&binary, &self.origin.args, &self.listeners) {
+        match upgrade::spawn_successor(&binary, &self.origin.args, &self.sockets.listeners) {
             Ok(successor) => {
                 let timeout = human(self.config.upgrade_timeout);
                 info!(
@@ -102,7 +102,7 @@ impl Master<'_> {
                 );
                 self.upgrade = Upgrade::Waiting {
                     successor,
-                    deadline: Instant::now() + self.config.upgrade_timeout,
+                    deadline: self.now + self.config.upgrade_timeout,
                     closed: false,
                 };
             }
@@ -115,7 +115,8 @@ impl Master<'_> {
 
     /// After each wakeup: has the new master said ready, or run out of time? Is
     /// an abandoned one due to be killed?
-    pub(super) fn watch_upgrade(&mut self, now: Instant) {
+    pub(super) fn watch_upgrade(&mut self) {
+        let now = self.now;
         match &mut self.upgrade {
             Upgrade::Idle | Upgrade::HandedOver(_) => {}
             Upgrade::Abandoning { pid, kill_at } => {
@@ -136,7 +137,7 @@ impl Master<'_> {
                     Ok(n) if said[..n].starts_with(b"ready") => {
                         info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
                         // Still the main pid systemd knows: tell it who is main now.
-                        self.notifier
+                        self.systemd
                             .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
                         self.upgrade = Upgrade::HandedOver(pid);
                         return self.begin_stop(Stop::Graceful);

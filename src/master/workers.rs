@@ -2,7 +2,7 @@
 //! they say, reaping them, and handing them sockets.
 
 use std::os::fd::{AsFd, AsRawFd, RawFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
@@ -20,13 +20,13 @@ impl Master<'_> {
     /// Logs the end of a reload that ended without a last promotion (its last
     /// queued slots were parked by a lower `workers`).
     pub(super) fn settle_reload(&mut self) {
-        if self.pool.reload_settled() {
+        if self.fleet.pool.reload_settled() {
             self.reload_complete();
         }
     }
 
     fn reload_complete(&self) {
-        let generation = self.pool.generation();
+        let generation = self.fleet.pool.generation();
         info!("master: reload complete: every worker is of generation {generation}");
         self.scoreboard
             .header()
@@ -35,10 +35,10 @@ impl Master<'_> {
     }
 
     pub(super) fn spawn_due(&mut self) {
-        for (slot, spawn) in self.pool.due(Instant::now()) {
+        for (slot, spawn) in self.fleet.pool.due(self.now) {
             match self.spawn(slot, spawn) {
                 Ok(pid) => {
-                    let generation = self.pool.generation();
+                    let generation = self.fleet.pool.generation();
                     match spawn {
                         Spawn::Fill => info!("worker {slot} (pid {pid}) spawned"),
                         Spawn::Replace => info!("worker {slot} (pid {pid}) spawned (generation {generation})"),
@@ -46,15 +46,14 @@ impl Master<'_> {
                 }
                 Err(err @ (Error::Multithreaded { .. } | Error::ThreadCount(_))) => {
                     error!("master: {err}; halting");
-                    self.halt = Some(err);
-                    return self.begin_stop(Stop::Graceful);
+                    return self.halt(err, Stop::Graceful);
                 }
                 Err(err) if spawn == Spawn::Replace => {
                     error!("master: reload aborted: worker {slot}: {err}; the old workers keep serving");
                     self.abort_reload();
                 }
                 Err(err) => {
-                    let delay = self.pool.on_spawn_failed(slot, Instant::now());
+                    let delay = self.fleet.pool.on_spawn_failed(slot, self.now);
                     error!("worker {slot}: {err}; retrying in {}", human(delay));
                 }
             }
@@ -64,32 +63,38 @@ impl Master<'_> {
     /// Forks a worker for `slot`. The child closes every fd of the master's except
     /// its own listener and its end of the channel, then runs `worker_main`.
     fn spawn(&mut self, slot: usize, spawn: Spawn) -> Result<Pid, Error> {
-        let generation = self.pool.generation();
+        let generation = self.fleet.pool.generation();
         let record = self.scoreboard.claim(slot, generation).ok_or(Error::ScoreboardFull)?;
-        let pid = self.fork_worker(slot, spawn, record);
-        match &pid {
-            Ok(pid) => self.records.push((*pid, record)),
-            Err(_) => self.scoreboard.release(record),
+        match self.fork_worker(slot, record) {
+            Ok((pid, channel)) => {
+                self.fleet.add(pid, channel, record);
+                self.fleet.pool.on_spawned(slot, spawn, pid, self.now);
+                Ok(pid)
+            }
+            Err(err) => {
+                self.scoreboard.release(record);
+                Err(err)
+            }
         }
-        pid
     }
 
-    fn fork_worker(&mut self, slot: usize, spawn: Spawn, record: usize) -> Result<Pid, Error> {
+    fn fork_worker(&self, slot: usize, record: usize) -> Result<(Pid, Channel), Error> {
         let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
         let channel = Channel::new(master_end).map_err(Error::Channel)?;
-        let listener = self.listeners.for_slot(slot);
-        let old_sockets = self.old_listeners.iter().flat_map(|(old, _)| old.raw_fds());
+        let listener = self.sockets.listeners.for_slot(slot);
+        let old_sockets = self.sockets.old_raw_fds();
         let close: Vec<RawFd> = (self
+            .sockets
             .listeners
             .raw_fds()
             .chain(old_sockets)
             .filter(|fd| *fd != listener.as_raw_fd()))
-        .chain(self.channels.iter().map(|(_, channel)| channel.stream().as_raw_fd()))
+        .chain(self.fleet.channel_raw_fds())
         .chain([channel.stream().as_raw_fd()])
         .collect();
         let (signals, worker_main, config, scoreboard) =
             (&self.signals, self.worker_main, &self.config, self.scoreboard);
-        let listeners = &self.listeners;
+        let listeners = &self.sockets.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
             signals.forget_in_child();
@@ -113,22 +118,24 @@ impl Master<'_> {
             .record(record)
             .pid
             .store(pid.as_raw() as u64, std::sync::atomic::Ordering::Relaxed);
-        self.channels.push((pid, channel));
-        self.pool.on_spawned(slot, spawn, pid, Instant::now());
-        Ok(pid)
+        Ok((pid, channel))
     }
 
     pub(super) fn read_channels(&mut self) {
-        let now = Instant::now();
+        let now = self.now;
         let mut closed = Vec::new();
         let mut ready = Vec::new();
-        for (pid, channel) in &mut self.channels {
-            let received = channel.receive();
+        let received: Vec<_> = self
+            .fleet
+            .channels_mut()
+            .map(|(pid, channel)| (pid, channel.receive()))
+            .collect();
+        for (pid, received) in received {
             for message in received.messages {
                 match message {
-                    Message::Ready => ready.push(*pid),
+                    Message::Ready => ready.push(pid),
                     Message::Recycle => {
-                        if let Some(slot) = self.pool.recycle(*pid) {
+                        if let Some(slot) = self.fleet.pool.recycle(pid) {
                             self.scoreboard
                                 .slot(slot)
                                 .recycled
@@ -137,28 +144,29 @@ impl Master<'_> {
                         }
                     }
                     Message::Refused(slot) => {
-                        if self.pool.adoption_refused(slot, *pid) {
+                        if self.fleet.pool.adoption_refused(slot, pid) {
                             warn!("master: pid {pid} could not take slot {slot}'s socket; offering it to another worker, if any");
                         }
                     }
                     Message::BootError(text) => {
-                        let slot = self.pool.slot_of(*pid).map_or("?".into(), |s| s.to_string());
+                        let slot = self.fleet.pool.slot_of(pid).map_or("?".into(), |s| s.to_string());
                         self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
                     }
                 }
             }
             if received.closed {
-                closed.push(*pid);
+                closed.push(pid);
             }
         }
-        // A closed channel would make every poll return at once: drop it now; the
-        // exit itself is handled when the pid is reaped.
-        self.channels.retain(|(pid, _)| !closed.contains(pid));
+        // The exit itself is handled when the pid is reaped.
+        for pid in closed {
+            self.fleet.close_channel(pid);
+        }
         for pid in ready {
-            match self.pool.on_ready(pid, now) {
+            match self.fleet.pool.on_ready(pid, now) {
                 Some(Ready::Serving { slot }) => info!("worker {slot} (pid {pid}) ready"),
                 Some(Ready::Replaced { slot, old, reload_done }) => {
-                    let generation = self.pool.generation();
+                    let generation = self.fleet.pool.generation();
                     info!("worker {slot} (pid {pid}) ready (generation {generation})");
                     if let Some(old) = old {
                         info!("worker {slot} (pid {old}) replaced: draining");
@@ -178,33 +186,17 @@ impl Master<'_> {
             if self.reap_successor(pid, exit) {
                 continue;
             }
-            self.close_unused_old_listeners(pid);
-            if let Some(at) = self.records.iter().position(|(worker, _)| *worker == pid) {
-                self.scoreboard.release(self.records.swap_remove(at).1);
+            self.sockets.worker_gone(pid);
+            if let Some(record) = self.fleet.remove(pid) {
+                self.scoreboard.release(record);
             }
-            self.channels.retain(|(linked, _)| *linked != pid);
-            let departure = self.pool.on_exit(pid, Instant::now());
+            let departure = self.fleet.pool.on_exit(pid, self.now);
             log_departure(pid, exit, departure, self.replacing());
             self.record_departure(exit, departure);
             if let Departure::ReplacementFailed { .. } = departure {
                 self.abort_reload();
             }
         }
-    }
-
-    /// Closes the old sockets (from before an address change) that no live worker
-    /// can use any more, now that `reaped` is gone.
-    fn close_unused_old_listeners(&mut self, reaped: Pid) {
-        for (listeners, users) in &mut self.old_listeners {
-            users.retain(|pid| *pid != reaped);
-            if users.is_empty() {
-                info!(
-                    "master: closing the old sockets on {}: their last worker has exited",
-                    listeners.addr()
-                );
-            }
-        }
-        self.old_listeners.retain(|(_, users)| !users.is_empty());
     }
 
     /// Keeps the per-slot counters of the scoreboard (for the status views).
@@ -231,14 +223,14 @@ impl Master<'_> {
     /// Stops a reload whose replacement failed: the remaining old workers keep
     /// serving; replacements still booting are killed (they never served).
     pub(super) fn abort_reload(&mut self) {
-        for pid in self.pool.abort_reload(Instant::now() + FAST_STOP_DEADLINE) {
+        for pid in self.fleet.pool.abort_reload(self.now + FAST_STOP_DEADLINE) {
             process::signal(pid, Sig::SIGKILL);
         }
     }
 
     /// What a replacement in progress is part of, for the logs.
     fn replacing(&self) -> &'static str {
-        if self.pool.reloading() {
+        if self.fleet.pool.reloading() {
             "reload"
         } else {
             "recycling"
@@ -246,7 +238,7 @@ impl Master<'_> {
     }
 
     pub(super) fn abort_late_reload(&mut self) {
-        if let Some((slot, pid)) = self.pool.late_replacement(Instant::now()) {
+        if let Some((slot, pid)) = self.fleet.pool.late_replacement(self.now) {
             let limit = human(self.config.ready_timeout);
             let replacing = self.replacing();
             error!("master: {replacing} aborted: worker {slot} (pid {pid}) not ready within {limit}; the old workers keep serving");
@@ -255,12 +247,12 @@ impl Master<'_> {
     }
 
     pub(super) fn kill_overdue(&mut self) {
-        let now = Instant::now();
-        for (slot, pid) in self.pool.overdue(now) {
+        let now = self.now;
+        for (slot, pid) in self.fleet.pool.overdue(now) {
             warn!("worker {slot} (pid {pid}) still running at its deadline; sending SIGKILL");
             process::signal(pid, Sig::SIGKILL);
         }
-        for (slot, pid) in self.pool.late_boots(now) {
+        for (slot, pid) in self.fleet.pool.late_boots(now) {
             let limit = human(self.config.ready_timeout);
             let cause = format!("worker {slot} (pid {pid}): not ready within {limit} (--ready-timeout)");
             error!("{cause}: a boot failure; sending SIGKILL");
@@ -274,24 +266,24 @@ impl Master<'_> {
     /// accepted on by every worker anyway).
     pub(super) fn arrange_adoptions(&mut self) {
         // Before the first ready line every slot is booting at once: nobody to hand to.
-        if self.listeners.balance() != Balance::Reuseport || self.announced_addr.is_none() {
+        if self.sockets.listeners.balance() != Balance::Reuseport || !self.sockets.announced_once() {
             return;
         }
-        for (slot, pid) in self.pool.releases() {
+        for (slot, pid) in self.fleet.pool.releases() {
             self.command(pid, Command::Release(slot));
         }
-        for (slot, pid) in self.pool.adoptions() {
+        for (slot, pid) in self.fleet.pool.adoptions() {
             info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
             self.command(pid, Command::Adopt(slot));
         }
     }
 
     fn command(&self, pid: Pid, command: Command) {
-        let Some((_, channel)) = self.channels.iter().find(|(linked, _)| *linked == pid) else {
+        let Some(channel) = self.fleet.channel(pid) else {
             return; // exiting: its departure clears the adoption
         };
         let socket = match command {
-            Command::Adopt(slot) => Some(self.listeners.for_slot(slot).as_fd()),
+            Command::Adopt(slot) => Some(self.sockets.listeners.for_slot(slot).as_fd()),
             Command::Release(_) => None,
         };
         if let Err(err) = channel.send(command, socket) {

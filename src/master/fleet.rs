@@ -1,0 +1,84 @@
+//! The fleet: the pool's slots, and what the master holds of each live worker
+//! (its channel and its scoreboard record) in one table by pid, so that a
+//! worker is added and forgotten in one place.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+
+use nix::unistd::Pid;
+
+use super::pool::Pool;
+use crate::channel::Channel;
+
+pub(super) struct Fleet {
+    pub pool: Pool,
+    live: Vec<Live>,
+}
+
+/// A forked worker, until it is reaped.
+struct Live {
+    pid: Pid,
+    /// `None` once it hit end of file (the worker is exiting; its reap follows):
+    /// a closed channel would make every poll return at once.
+    channel: Option<Channel>,
+    /// Its record in the scoreboard, released when it is reaped.
+    record: usize,
+}
+
+impl Fleet {
+    pub fn new(pool: Pool) -> Fleet {
+        Fleet { pool, live: Vec::new() }
+    }
+
+    pub fn add(&mut self, pid: Pid, channel: Channel, record: usize) {
+        self.live.push(Live {
+            pid,
+            channel: Some(channel),
+            record,
+        });
+    }
+
+    /// Forgets a reaped worker; returns its scoreboard record, to release.
+    pub fn remove(&mut self, pid: Pid) -> Option<usize> {
+        let at = self.live.iter().position(|live| live.pid == pid)?;
+        Some(self.live.swap_remove(at).record)
+    }
+
+    pub fn channel(&self, pid: Pid) -> Option<&Channel> {
+        self.live.iter().find(|live| live.pid == pid)?.channel.as_ref()
+    }
+
+    /// Every open channel, with its worker's pid.
+    pub fn channels_mut(&mut self) -> impl Iterator<Item = (Pid, &mut Channel)> {
+        self.live
+            .iter_mut()
+            .filter_map(|live| Some((live.pid, live.channel.as_mut()?)))
+    }
+
+    /// A channel hit end of file: stop polling it.
+    pub fn close_channel(&mut self, pid: Pid) {
+        if let Some(live) = self.live.iter_mut().find(|live| live.pid == pid) {
+            live.channel = None;
+        }
+    }
+
+    /// The open channels, for the master's poll.
+    pub fn channel_fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.live
+            .iter()
+            .filter_map(|live| Some(live.channel.as_ref()?.stream().as_fd()))
+    }
+
+    /// The open channels' fds, which a new worker closes.
+    pub fn channel_raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.channel_fds().map(|fd| fd.as_raw_fd())
+    }
+
+    /// `(pid, record)` of every live worker.
+    pub fn records(&self) -> impl Iterator<Item = (Pid, usize)> + '_ {
+        self.live.iter().map(|live| (live.pid, live.record))
+    }
+
+    pub fn is_live(&self, pid: Pid) -> bool {
+        self.live.iter().any(|live| live.pid == pid)
+    }
+}
