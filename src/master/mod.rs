@@ -64,7 +64,6 @@ const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// A fast stop (QUIT, second TERM) kills whatever is left after this.
 const FAST_STOP_DEADLINE: Duration = Duration::from_secs(2);
 
-
 /// How this master was started: what USR2 needs to start the next one, and the
 /// old master to tell once ready (if this one is the product of an upgrade).
 pub(crate) struct Origin {

@@ -30,7 +30,7 @@ impl Pool {
     pub fn begin_reload(&mut self, batch: usize, timeouts: Timeouts) {
         self.generation += 1;
         self.timeouts = timeouts;
-        let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].parked).collect();
+        let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].is_parked()).collect();
         self.reload = Some(Reload {
             queue,
             batch: batch.max(1),
@@ -45,7 +45,7 @@ impl Pool {
     /// queued for a replacement. Returns the slot, unless it is already queued.
     pub fn recycle(&mut self, pid: Pid) -> Option<usize> {
         let slot = self.slot_of(pid)?;
-        let replacing = self.slots[slot].incoming.is_some();
+        let replacing = self.slots[slot].incoming().is_some();
         (!replacing && !self.recycling.contains(&slot)).then(|| {
             self.recycling.push_back(slot);
             slot
@@ -60,13 +60,13 @@ impl Pool {
     /// one recycled slot at a time, so recycling never takes several slots at once.
     /// A slot with no ready worker is skipped (its next worker is new anyway).
     pub(super) fn replacements_due(&mut self) -> Vec<usize> {
-        let mut booting = self.slots.iter().filter(|slot| slot.incoming.is_some()).count();
+        let mut booting = self.slots.iter().filter(|slot| slot.incoming().is_some()).count();
         let generation = self.generation;
         let replaceable = |slot: &Slot, older_only: bool| {
             let serving = slot
-                .worker
-                .is_some_and(|w| w.ready_at.is_some() && (!older_only || w.generation < generation));
-            serving && !slot.parked && slot.incoming.is_none()
+                .worker()
+                .is_some_and(|w| w.is_ready() && (!older_only || w.generation < generation));
+            serving && slot.incoming().is_none()
         };
         let (queue, batch, older_only) = match &mut self.reload {
             Some(reload) => (&mut reload.queue, reload.batch, true),
@@ -88,13 +88,13 @@ impl Pool {
         let timeout = self.timeouts.ready;
         self.slots
             .iter()
-            .filter_map(move |slot| Some(slot.incoming?.spawned_at + timeout))
+            .filter_map(move |slot| Some(slot.incoming()?.spawned_at + timeout))
     }
 
     /// A replacement that missed `--ready-timeout`, if any.
     pub fn late_replacement(&self, now: Instant) -> Option<(usize, Pid)> {
         let timeout = self.timeouts.ready;
-        let late = |slot: &Slot| slot.incoming.filter(|w| w.spawned_at + timeout <= now);
+        let late = |slot: &Slot| slot.incoming().filter(|w| w.spawned_at + timeout <= now);
         self.slots
             .iter()
             .enumerate()
@@ -104,12 +104,7 @@ impl Pool {
     /// The replacement of `slot` is ready: it takes the slot; the old worker retires.
     pub(super) fn promote(&mut self, slot: usize, now: Instant) -> Ready {
         let drain_for = self.timeouts.drain;
-        let mut incoming = self.slots[slot]
-            .incoming
-            .take()
-            .expect("promote is called for a replacement");
-        incoming.ready_at = Some(now);
-        let old = self.slots[slot].worker.replace(incoming);
+        let old = self.slots[slot].promote(now);
         if let Some(old) = old {
             self.retire(slot, old, now + drain_for);
         }
@@ -127,7 +122,7 @@ impl Pool {
     pub fn reload_settled(&mut self) -> bool {
         // Slots are walked only while a reload's queue is empty.
         let done = self.reload.as_ref().is_some_and(|reload| reload.queue.is_empty())
-            && !self.slots.iter().any(|slot| slot.incoming.is_some());
+            && !self.slots.iter().any(|slot| slot.incoming().is_some());
         if done {
             self.reload = None;
         }
@@ -142,7 +137,7 @@ impl Pool {
         self.recycling.clear();
         let mut stopped = Vec::new();
         for index in 0..self.slots.len() {
-            if let Some(incoming) = self.slots[index].incoming.take() {
+            if let Some(incoming) = self.slots[index].take_incoming() {
                 stopped.push(incoming.pid);
                 self.retire(index, incoming, kill_at);
             }
@@ -157,11 +152,8 @@ impl Pool {
     pub fn resize(&mut self, workers: usize, now: Instant, kill_at: Instant) -> (Vec<usize>, Vec<Pid>) {
         let (mut added, mut retired) = (Vec::new(), Vec::new());
         while self.len() < workers {
-            match self.slots.iter().position(|slot| slot.parked) {
-                Some(index) => {
-                    let slot = &mut self.slots[index];
-                    (slot.parked, slot.not_before, slot.failures) = (false, now, 0);
-                }
+            match self.slots.iter().position(Slot::is_parked) {
+                Some(index) => self.slots[index].unpark(now),
                 None => {
                     self.slots.push(Slot::empty(now));
                     added.push(self.slots.len() - 1);
@@ -172,10 +164,10 @@ impl Pool {
             let index = self
                 .slots
                 .iter()
-                .rposition(|slot| !slot.parked)
+                .rposition(|slot| !slot.is_parked())
                 .expect("more than one active slot");
-            self.slots[index].parked = true;
             retired.extend(self.retire_slot(index, kill_at));
+            self.slots[index].park();
         }
         (added, retired)
     }

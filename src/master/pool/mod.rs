@@ -3,8 +3,10 @@
 //! tests need no sleeps. Reloads and resizing are in `change.rs`.
 
 mod change;
+mod slot;
 
 pub use change::Timeouts;
+use slot::{Slot, Worker};
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -40,53 +42,6 @@ pub struct Pool {
     /// Slots whose workers asked to be replaced (`--max-requests`), in order.
     recycling: VecDeque<usize>,
     timeouts: Timeouts,
-}
-
-#[derive(Debug)]
-struct Slot {
-    worker: Option<Worker>,
-    /// During a reload: this slot's replacement, booting next to `worker`.
-    incoming: Option<Worker>,
-    /// Scaled away: no worker; its socket stays open in the master and is adopted
-    /// by a sibling, because closing it would reset what is queued on it.
-    parked: bool,
-    /// An empty slot is spawned no earlier than this.
-    not_before: Instant,
-    /// Consecutive young deaths, for the backoff.
-    failures: u32,
-    /// Workers of this slot that exited before they were ready.
-    boot_failures: u32,
-    /// A ready worker of another slot accepting on this slot's socket while this
-    /// slot has no ready worker (reuseport only; see `adoptions`).
-    adopter: Option<Pid>,
-    /// Workers that could not take this slot's socket, not asked again until the
-    /// slot has a ready worker of its own.
-    refused_by: Vec<Pid>,
-}
-
-impl Slot {
-    fn empty(now: Instant) -> Slot {
-        Slot {
-            worker: None,
-            incoming: None,
-            parked: false,
-            not_before: now,
-            failures: 0,
-            boot_failures: 0,
-            adopter: None,
-            refused_by: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Worker {
-    pid: Pid,
-    spawned_at: Instant,
-    ready_at: Option<Instant>,
-    generation: u32,
-    /// Killed for booting too long (see [`Pool::late_boots`]).
-    late: bool,
 }
 
 #[derive(Debug)]
@@ -160,7 +115,7 @@ impl Pool {
 
     /// Active (not parked) slots.
     pub fn len(&self) -> usize {
-        self.slots.iter().filter(|slot| !slot.parked).count()
+        self.slots.iter().filter(|slot| !slot.is_parked()).count()
     }
 
     /// Every slot, parked ones too: the number of sockets a reuseport pool uses.
@@ -178,8 +133,7 @@ impl Pool {
         if self.stopping {
             return Vec::new();
         }
-        let fill =
-            |slot: &Slot| !slot.parked && slot.worker.is_none() && slot.incoming.is_none() && slot.not_before <= now;
+        let fill = |slot: &Slot| slot.is_empty() && slot.not_before <= now;
         let mut due: Vec<(usize, Spawn)> = self
             .slots
             .iter()
@@ -192,16 +146,10 @@ impl Pool {
     }
 
     pub fn on_spawned(&mut self, slot: usize, spawn: Spawn, pid: Pid, now: Instant) {
-        let worker = Some(Worker {
-            pid,
-            spawned_at: now,
-            ready_at: None,
-            generation: self.generation,
-            late: false,
-        });
+        let worker = Worker::new(pid, now, self.generation);
         match spawn {
-            Spawn::Fill => self.slots[slot].worker = worker,
-            Spawn::Replace => self.slots[slot].incoming = worker,
+            Spawn::Fill => self.slots[slot].fill(worker),
+            Spawn::Replace => self.slots[slot].begin_replacing(worker),
         }
     }
 
@@ -217,11 +165,15 @@ impl Pool {
     /// The worker reported ready. A reload's replacement takes over its slot here.
     pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<Ready> {
         self.ever_ready = true;
-        if let Some(slot) = self.slots.iter().position(|s| s.incoming.is_some_and(|w| w.pid == pid)) {
+        if let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.incoming().is_some_and(|w| w.pid == pid))
+        {
             return Some(self.promote(slot, now));
         }
         let slot = self.slot_of(pid)?;
-        let worker = self.slots[slot].worker.as_mut().expect("slot_of found a worker");
+        let worker = self.slots[slot].worker_mut().expect("slot_of found a worker");
         worker.ready_at.get_or_insert(now);
         Some(Ready::Serving { slot })
     }
@@ -240,8 +192,12 @@ impl Pool {
                 uptime: now.saturating_duration_since(retired.spawned_at),
             };
         }
-        if let Some(slot) = self.slots.iter().position(|s| s.incoming.is_some_and(|w| w.pid == pid)) {
-            let incoming = self.slots[slot].incoming.take().expect("found above");
+        if let Some(slot) = self
+            .slots
+            .iter()
+            .position(|s| s.incoming().is_some_and(|w| w.pid == pid))
+        {
+            let incoming = self.slots[slot].take_incoming().expect("found above");
             return Departure::ReplacementFailed {
                 slot,
                 uptime: now.saturating_duration_since(incoming.spawned_at),
@@ -259,7 +215,7 @@ impl Pool {
         // generation halts.)
         let others_ready = (0..self.slots.len()).any(|other| other != index && self.ready_pid(other).is_some());
         let slot = &mut self.slots[index];
-        let worker = slot.worker.take().expect("slot_of found a worker");
+        let worker = slot.take_worker().expect("slot_of found a worker");
         let uptime = now.saturating_duration_since(worker.spawned_at);
         let was_ready = worker.ready_at.is_some();
         if !was_ready {
@@ -295,7 +251,7 @@ impl Pool {
         let limit = self.timeouts.ready + LATE_BOOT_MARGIN;
         let mut late = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
-            if let Some(worker) = slot.worker.as_mut() {
+            if let Some(worker) = slot.worker_mut() {
                 if worker.ready_at.is_none() && !worker.late && worker.spawned_at + limit <= now {
                     worker.late = true;
                     late.push((index, worker.pid));
@@ -307,9 +263,7 @@ impl Pool {
 
     /// Whether `pid` fills a slot and has reported ready.
     pub fn is_ready(&self, pid: Pid) -> bool {
-        self.slots
-            .iter()
-            .any(|slot| slot.worker.is_some_and(|w| w.pid == pid && w.ready_at.is_some()))
+        self.slots.iter().any(|slot| slot.ready_pid() == Some(pid))
     }
 
     /// True when no worker has ever been ready and every slot has seen one exit
@@ -320,8 +274,7 @@ impl Pool {
 
     /// True when every slot has a ready worker.
     pub fn all_ready(&self) -> bool {
-        self.active()
-            .all(|slot| matches!(slot.worker, Some(Worker { ready_at: Some(_), .. })))
+        self.active().all(|slot| slot.ready_pid().is_some())
     }
 
     /// Stops spawning and retires every live worker: returns their pids, to be
@@ -344,7 +297,7 @@ impl Pool {
     /// `kill_at`) and the slot is respawned now. Returns the slot.
     pub fn retire_hung(&mut self, pid: Pid, now: Instant, kill_at: Instant) -> Option<usize> {
         let slot = self.slot_of(pid)?;
-        let worker = self.slots[slot].worker.take()?;
+        let worker = self.slots[slot].take_worker()?;
         self.retire(slot, worker, kill_at);
         self.slots[slot].not_before = now;
         Some(slot)
@@ -353,7 +306,7 @@ impl Pool {
     /// Retires the worker of `slot` and its replacement, if any; returns their pids.
     fn retire_slot(&mut self, slot: usize, kill_at: Instant) -> Vec<Pid> {
         let current = &mut self.slots[slot];
-        let workers: Vec<Worker> = [current.worker.take(), current.incoming.take()]
+        let workers: Vec<Worker> = [current.take_worker(), current.take_incoming()]
             .into_iter()
             .flatten()
             .collect();
@@ -471,40 +424,31 @@ impl Pool {
     }
 
     fn ready_pid(&self, slot: usize) -> Option<Pid> {
-        self.slots[slot].worker.filter(|w| w.ready_at.is_some()).map(|w| w.pid)
+        self.slots[slot].ready_pid()
     }
 
     /// Every live worker: serving, booting as a replacement, or retiring.
     pub fn pids(&self) -> Vec<Pid> {
-        let slots = self
-            .slots
-            .iter()
-            .flat_map(|slot| [slot.worker, slot.incoming])
-            .flatten()
-            .map(|w| w.pid);
+        let slots = self.slots.iter().flat_map(Slot::workers).map(|w| w.pid);
         slots.chain(self.retiring.iter().map(|r| r.pid)).collect()
     }
 
     /// Forgets the parked slots (always the highest ones): their sockets are going
     /// away with the old listeners after a change of address.
     pub fn drop_parked(&mut self) {
-        while self.slots.last().is_some_and(|slot| slot.parked) {
+        while self.slots.last().is_some_and(Slot::is_parked) {
             self.slots.pop();
         }
     }
 
     /// No worker is alive (all reaped).
     pub fn is_empty(&self) -> bool {
-        self.retiring.is_empty()
-            && self
-                .slots
-                .iter()
-                .all(|slot| slot.worker.is_none() && slot.incoming.is_none())
+        self.retiring.is_empty() && self.slots.iter().all(Slot::has_no_worker)
     }
 
     /// How long the master may sleep before something is due: a respawn or a kill.
     pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
-        let empty = |s: &&Slot| !s.parked && s.worker.is_none() && s.incoming.is_none() && !self.stopping;
+        let empty = |s: &&Slot| s.is_empty() && !self.stopping;
         let respawns = self.slots.iter().filter(empty).map(|s| s.not_before);
         let kills = self.retiring.iter().filter(|r| !r.killed).map(|r| r.kill_at);
         let ready_deadlines = self.replacement_deadlines();
@@ -512,7 +456,7 @@ impl Pool {
         let booting = self
             .slots
             .iter()
-            .filter_map(|slot| slot.worker)
+            .filter_map(Slot::worker)
             .filter(|w| w.ready_at.is_none() && !w.late);
         let boot_deadlines = booting.map(|w| w.spawned_at + limit);
         respawns
@@ -524,13 +468,13 @@ impl Pool {
     }
 
     fn active(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|slot| !slot.parked)
+        self.slots.iter().filter(|slot| !slot.is_parked())
     }
 
     pub fn slot_of(&self, pid: Pid) -> Option<usize> {
         self.slots
             .iter()
-            .position(|slot| slot.worker.is_some_and(|w| w.pid == pid))
+            .position(|slot| slot.worker().is_some_and(|w| w.pid == pid))
     }
 }
 
