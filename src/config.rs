@@ -229,7 +229,7 @@ pub struct ServerFlags {
 
 /// A command line with the server's flags and nothing else (`Config::from_args`).
 #[derive(Debug, Parser)]
-#[command(version, after_help = crate::signals::HELP_TABLE)]
+#[command(version, after_help = crate::sys::signals::HELP_TABLE)]
 struct OnlyServerFlags {
     #[command(flatten)]
     flags: ServerFlags,

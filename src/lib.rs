@@ -18,38 +18,32 @@
 //! # Layout
 //!
 //! - `config`   flags → validated [`Config`]
-//! - `listener` every socket option; bound in the master before any fork
-//! - `signals`  the signal table; record-only handlers and the self-pipe
-//! - `process`  mechanism: fork, kill, reap → `Exit`; worker exit codes
-//! - `scoreboard` shared memory: one record of atomics per worker (heartbeat, requests)
-//! - `channel`  the master ↔ worker channel (ready, boot errors, master-gone EOF)
-//! - `upgrade`  hot upgrade: handing the sockets to a new master (USR2)
-//! - `notify`   systemd's sd_notify protocol (READY, RELOADING, STOPPING, WATCHDOG, MAINPID)
-//! - `master`   policy: the supervision loop; `master/pool.rs` slots, backoff, deadlines
-//! - `worker`   after-fork entry, the accept loop, connections and the drain
+//! - `sys/`     mechanism, no policy: fork/kill/reap and exit codes, the signal
+//!   table and self-pipe, the master ↔ worker channel, socket options, the
+//!   scoreboard (shared memory), sockets handed in (USR2, `LISTEN_FDS`),
+//!   sd_notify, the pid file
+//! - `master/`  policy: the supervision loop and its components (fleet, sockets,
+//!   upgrade, health, systemd, phase); `master/pool/` slots, backoff, deadlines
+//! - `worker/`  everything after the fork: the child's hygiene, the runtime, the
+//!   accept loops, connections, parking and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
 //! - `admin`    `/status`, `/metrics` and `/healthz` on `--admin`, served by the workers
 //! - `metrics`  the scoreboard in the Prometheus text format
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
-mod channel;
 mod config;
 mod error;
 mod http;
-mod listener;
 mod master;
 mod metrics;
-mod notify;
-mod pidfile;
-mod process;
-mod scoreboard;
 mod service;
-mod signals;
-mod upgrade;
+mod sys;
 mod worker;
 
 use std::fmt::Display;
+
+use sys::{listener, process, scoreboard, signals, upgrade};
 
 pub use config::{Balance, Config, ConfigError, ServerFlags};
 pub use error::Error;

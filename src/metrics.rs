@@ -9,7 +9,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::scoreboard::{monotonic_ms, Scoreboard};
+use crate::sys::scoreboard::{monotonic_ms, Scoreboard};
 
 type Labels = Vec<(String, String)>;
 

@@ -17,8 +17,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::process::Exit;
-use crate::scoreboard::{monotonic_ms, Record, Scoreboard, State};
+use crate::sys::process::Exit;
+use crate::sys::scoreboard::{monotonic_ms, Record, Scoreboard, State};
 
 /// The page at `/`: a table of the workers that polls `/status` every second.
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::process::resident_bytes;
+use crate::sys::process::resident_bytes;
 
 /// How long a reading stays good.
 const FRESH_FOR: Duration = Duration::from_secs(1);

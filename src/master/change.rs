@@ -6,8 +6,8 @@ use tracing::{error, info};
 use super::pool::Timeouts;
 use super::{Master, Phase, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
-use crate::listener::{bind_admin, Listeners};
-use crate::process::{self, human};
+use crate::sys::listener::{bind_admin, Listeners};
+use crate::sys::process::{self, human};
 
 impl Master<'_> {
     pub(super) fn begin_stop(&mut self, stop: Stop) {
@@ -134,7 +134,7 @@ impl Master<'_> {
     fn move_pid_file(&self, to: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
         let from = self.config.pid_file.clone();
         if let Some(path) = to {
-            if let Err(err) = crate::pidfile::write(path, std::process::id()) {
+            if let Err(err) = crate::sys::pidfile::write(path, std::process::id()) {
                 let kept = from.as_ref().map_or("none".into(), |from| from.display().to_string());
                 error!(
                     "master: reload: cannot write the pid file {}: {err}; it stays {kept}",
@@ -145,7 +145,7 @@ impl Master<'_> {
             info!("master: reload: the pid file is {} now", path.display());
         }
         if let Some(old) = &from {
-            crate::pidfile::remove_if_ours(old, std::process::id());
+            crate::sys::pidfile::remove_if_ours(old, std::process::id());
         }
         to.map(ToOwned::to_owned)
     }
@@ -191,11 +191,11 @@ impl Master<'_> {
 /// taken back first), within what the scoreboard has room for.
 fn slots_for(slots: usize, workers: usize) -> Result<usize, String> {
     let needed = slots.max(workers);
-    match needed <= crate::scoreboard::SLOTS {
+    match needed <= crate::sys::scoreboard::SLOTS {
         true => Ok(needed),
         false => Err(format!(
             "{workers} workers would need {needed} slots; the most is {}",
-            crate::scoreboard::SLOTS
+            crate::sys::scoreboard::SLOTS
         )),
     }
 }
@@ -219,7 +219,7 @@ fn needs_new_sockets(bound: &Listeners, new: &Config) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::slots_for;
-    use crate::scoreboard::SLOTS;
+    use crate::sys::scoreboard::SLOTS;
 
     #[test]
     fn growing_past_the_scoreboard_is_refused_and_parked_slots_are_reused() {

@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use nix::unistd::Pid;
 
 use super::pool::Pool;
-use crate::channel::Channel;
+use crate::sys::channel::Channel;
 
 pub(super) struct Fleet {
     pub pool: Pool,

@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use tracing::{info, warn};
 
 use super::Master;
-use crate::process::{self, human};
-use crate::scoreboard::monotonic_ms;
+use crate::sys::process::{self, human};
+use crate::sys::scoreboard::monotonic_ms;
 
 /// A hung worker gets SIGABRT (a core dump shows where it was stuck), then
 /// SIGKILL this much later.

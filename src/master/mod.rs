@@ -43,10 +43,10 @@ use tracing::{error, info, warn};
 
 use crate::config::{Balance, Config};
 use crate::error::Error;
-use crate::listener::Listeners;
-use crate::notify::Notifier;
-use crate::scoreboard::Scoreboard;
-use crate::signals::{Signal, Signals};
+use crate::sys::listener::Listeners;
+use crate::sys::notify::Notifier;
+use crate::sys::scoreboard::Scoreboard;
+use crate::sys::signals::{Signal, Signals};
 use crate::worker::Child;
 use fleet::Fleet;
 use phase::{Phase, Stop};
@@ -271,7 +271,7 @@ impl Master<'_> {
             info!("master (pid {}): ready", getpid());
             // Before the ready line: whoever waits for it may read the file next.
             if let Some(path) = &self.config.pid_file {
-                if let Err(err) = crate::pidfile::write(path, std::process::id()) {
+                if let Err(err) = crate::sys::pidfile::write(path, std::process::id()) {
                     warn!("master: cannot write the pid file {}: {err}", path.display());
                 }
             }
@@ -286,7 +286,7 @@ impl Master<'_> {
         }
         self.systemd.send(&format!("READY=1\n{status}"));
         if let Some(old_master) = self.origin.handover.take() {
-            crate::upgrade::report_ready(old_master);
+            crate::sys::upgrade::report_ready(old_master);
         }
     }
 
@@ -294,7 +294,7 @@ impl Master<'_> {
     /// one this master handed over to).
     fn remove_pid_file(&self) {
         if let Some(path) = &self.config.pid_file {
-            crate::pidfile::remove_if_ours(path, std::process::id());
+            crate::sys::pidfile::remove_if_ours(path, std::process::id());
         }
     }
 }

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use nix::unistd::Pid;
 use tracing::info;
 
-use crate::listener::Listeners;
+use crate::sys::listener::Listeners;
 
 pub(super) struct Sockets {
     /// What new workers get.

@@ -1,6 +1,6 @@
 //! USR2 on the old master's side: start the new master, wait for its "ready",
 //! then drain and exit; roll back if it dies or is late. The mechanism (fds,
-//! environment, pipe) is in `crate::upgrade`.
+//! environment, pipe) is in `crate::sys::upgrade`.
 //!
 //! A new master that is abandoned (late, or this master is told to stop first)
 //! is stopped, killed if it does not go, and reaped before this master exits:
@@ -16,8 +16,8 @@ use nix::unistd::Pid;
 use tracing::{error, info, warn};
 
 use super::{Master, Stop};
-use crate::process::{self, human, Exit};
-use crate::upgrade::{self, Successor};
+use crate::sys::process::{self, human, Exit};
+use crate::sys::upgrade::{self, Successor};
 
 /// A new master abandoned at `--upgrade-timeout` is killed this long after its TERM.
 const ABANDON_GRACE: Duration = Duration::from_secs(5);

@@ -10,10 +10,10 @@ use tracing::{debug, error, info, warn};
 
 use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
-use crate::channel::{self, Channel, Command, Message};
 use crate::config::Balance;
 use crate::error::Error;
-use crate::process::{self, human, Exit};
+use crate::sys::channel::{self, Channel, Command, Message};
+use crate::sys::process::{self, human, Exit};
 use crate::worker::Child;
 
 impl Master<'_> {
@@ -97,11 +97,7 @@ impl Master<'_> {
         let listeners = &self.sockets.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
-            signals.forget_in_child();
-            for fd in close {
-                // Owned by master structures that are never dropped in this process.
-                let _ = nix::unistd::close(fd);
-            }
+            crate::worker::forget_the_master(signals, &close);
             let (record, admin) = (scoreboard.record(record), listeners.admin());
             worker_main(Child {
                 slot,

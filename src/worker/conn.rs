@@ -34,8 +34,8 @@ use tokio::sync::Notify;
 use super::io::{Clock, Counted, Io, OpenCount, Stamps};
 use super::protocol::Protocol;
 use super::respond::Tracked;
-use crate::scoreboard::Record;
 use crate::service::WorkerService;
+use crate::sys::scoreboard::Record;
 use std::sync::atomic::Ordering::Relaxed;
 
 /// What every response of this worker looks at: has the drain started (then it

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing::warn;
 
-use crate::channel::{self, Command, Message};
+use crate::sys::channel::{self, Command, Message};
 
 /// How a worker stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

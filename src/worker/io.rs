@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::scoreboard::Record;
+use crate::sys::scoreboard::Record;
 
 /// "Not waiting", for the blocked stamps. The clock skips it.
 const NONE: u32 = u32::MAX;

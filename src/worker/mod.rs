@@ -7,6 +7,7 @@
 //! signals (a TERM that arrived in between is delivered to the new handler, not
 //! lost), make the service, report ready and serve.
 
+mod child;
 mod conn;
 mod control;
 mod io;
@@ -22,14 +23,15 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use nix::unistd::{getpid, getppid, Pid};
+use nix::unistd::{getpid, Pid};
 use tracing::{error, info};
 
-use crate::channel::{self, Message};
 use crate::config::Config;
-use crate::process::{self, exit_code};
-use crate::scoreboard::{Record, Scoreboard, State};
 use crate::service::WorkerApp;
+use crate::sys::channel::{self, Message};
+use crate::sys::process::{self, exit_code};
+use crate::sys::scoreboard::{Record, Scoreboard, State};
+pub(crate) use child::forget_the_master;
 use control::Control;
 use serve::serve;
 
@@ -65,7 +67,7 @@ where
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
     name_process(PROCESS_NAME);
-    if let Err(err) = die_with_master(child.master_pid) {
+    if let Err(err) = child::die_with_master(child.master_pid) {
         info!("{name}: {err}; exiting");
         return exit_code::OK;
     }
@@ -194,7 +196,7 @@ where
         }
     };
     heartbeat.abort();
-    let limit = crate::process::human(config.ready_timeout);
+    let limit = crate::sys::process::human(config.ready_timeout);
     let made = made.map_err(|_| format!("the per-worker setup did not finish within {limit} (--ready-timeout)"))?;
     let service = made
         .map_err(panicked)?
@@ -233,17 +235,4 @@ fn name_process(name: &str) {
     if let Err(err) = nix::sys::prctl::set_name(&name) {
         tracing::debug!("cannot set the process name: {err}");
     }
-}
-
-/// Asks the kernel for SIGTERM when the master dies, then checks it is not dead
-/// already (the request only covers deaths after it is made). The channel EOF
-/// covers what PDEATHSIG misses.
-fn die_with_master(master: Pid) -> Result<(), &'static str> {
-    if nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).is_err() {
-        return Err("cannot set PR_SET_PDEATHSIG");
-    }
-    if getppid() != master {
-        return Err("the master died before this worker started");
-    }
-    Ok(())
 }

@@ -24,10 +24,10 @@ use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, LocalExec,
 use super::control::{Control, Event, Stop};
 use super::io::Counted;
 use super::park::{Idle, Parking};
-use crate::channel::Message;
 use crate::config::Config;
-use crate::scoreboard::{Record, State};
 use crate::service::{Made, WorkerApp};
+use crate::sys::channel::Message;
+use crate::sys::scoreboard::{Record, State};
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
 /// retrying at once would spin, since the connection is still queued.

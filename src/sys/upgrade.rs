@@ -31,7 +31,7 @@ use nix::unistd::Pid;
 use socket2::{SockRef, Type};
 
 use crate::config::Balance;
-use crate::listener::Listeners;
+use crate::sys::listener::Listeners;
 
 const FDS: &str = "PREFORK_LISTEN_FDS";
 const BALANCE: &str = "PREFORK_BALANCE";

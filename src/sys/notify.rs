@@ -60,7 +60,7 @@ impl Notifier {
 
     /// `RELOADING=1` with the `CLOCK_MONOTONIC` timestamp systemd requires.
     pub fn reloading(&self) {
-        let usec = crate::scoreboard::monotonic_ms() * 1000;
+        let usec = crate::sys::scoreboard::monotonic_ms() * 1000;
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 }

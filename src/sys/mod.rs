@@ -1,0 +1,22 @@
+//! The mechanism: what talks to the kernel and to other programs, with no
+//! policy of its own. The master decides (`master/`), the worker serves
+//! (`worker/`); both act through these.
+//!
+//! - `process`    fork (with the single-thread check), reap → `Exit`, kill, exit
+//!   codes, the file limit, `/proc` reads
+//! - `signals`    the signal table, record-only handlers, the self-pipe
+//! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF
+//! - `listener`   every socket option; bound before any fork
+//! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
+//! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
+//! - `notify`     sd_notify
+//! - `pidfile`    the pid file: atomic, 0644, never through a symlink
+
+pub(crate) mod channel;
+pub(crate) mod listener;
+pub(crate) mod notify;
+pub(crate) mod pidfile;
+pub(crate) mod process;
+pub(crate) mod scoreboard;
+pub(crate) mod signals;
+pub(crate) mod upgrade;
