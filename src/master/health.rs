@@ -39,6 +39,34 @@ impl Health {
     }
 }
 
+impl Health {
+    /// Starts the check due at `now` (`now_ms` on the workers' monotonic clock),
+    /// if it is due: false if not. If the master itself did not run for a while
+    /// (more than two intervals and a second late: SIGSTOP, a frozen VM), the
+    /// workers may have been stopped too, their beats stale through no fault of
+    /// theirs: every worker gets a full `timeout` before it is judged. Returns
+    /// how long the master was away then.
+    fn begin(&mut self, now: Instant, now_ms: u64, interval: Duration, timeout: Duration) -> Option<Option<Duration>> {
+        if now < self.next {
+            return None;
+        }
+        let late = now.saturating_duration_since(self.last);
+        let away = (late > interval * 2 + Duration::from_secs(1)).then_some(late);
+        if away.is_some() {
+            self.grace_until_ms = now_ms + timeout.as_millis() as u64;
+        }
+        self.last = now;
+        self.next = now + interval;
+        Some(away)
+    }
+
+    /// Whether a ready worker whose last beat was `beat_ms` is hung as of `now_ms`.
+    fn is_hung(&self, now_ms: u64, beat_ms: u64, timeout: Duration) -> bool {
+        let silent_ms = now_ms.saturating_sub(beat_ms);
+        !timeout.is_zero() && now_ms >= self.grace_until_ms && silent_ms >= timeout.as_millis() as u64
+    }
+}
+
 impl Master<'_> {
     fn check_interval(&self) -> Option<Duration> {
         let timeout = self.config.timeout;
@@ -57,22 +85,18 @@ impl Master<'_> {
     pub(super) fn check_health(&mut self) {
         let Some(interval) = self.check_interval() else { return };
         let now = self.now;
-        if now < self.health.next || !self.phase.is_running() {
+        if !self.phase.is_running() {
             return;
         }
-        let late = now.saturating_duration_since(self.health.last);
-        if late > interval * 2 + Duration::from_secs(1) {
-            // The master was not running (SIGSTOP, a frozen VM...): the workers may
-            // have been stopped too, so their beats are stale through no fault of
-            // theirs. Judge nobody until they have had a full timeout.
+        let Some(away) = self.health.begin(now, monotonic_ms(), interval, self.config.timeout) else {
+            return;
+        };
+        if let Some(away) = away {
             info!(
                 "master: did not run for {}; giving every worker a fresh timeout",
-                human(late)
+                human(away)
             );
-            self.health.grace_until_ms = monotonic_ms() + self.config.timeout.as_millis() as u64;
         }
-        self.health.last = now;
-        self.health.next = now + interval;
         let serving: Vec<(usize, Pid, usize)> = self
             .fleet
             .records()
@@ -90,9 +114,8 @@ impl Master<'_> {
             return;
         }
         let timeout = self.config.timeout;
-        let now_ms = monotonic_ms();
-        let silent_ms = now_ms.saturating_sub(self.scoreboard.record(record).heartbeat_ms.load(Relaxed));
-        if timeout.is_zero() || now_ms < self.health.grace_until_ms || silent_ms < timeout.as_millis() as u64 {
+        let beat_ms = self.scoreboard.record(record).heartbeat_ms.load(Relaxed);
+        if !self.health.is_hung(monotonic_ms(), beat_ms, timeout) {
             return;
         }
         warn!(
@@ -127,5 +150,39 @@ impl Master<'_> {
             let (rss, limit) = (rss >> 20, limit >> 20);
             info!("worker {slot} (pid {pid}) uses {rss} MiB, over --max-worker-memory {limit} MiB: recycling it");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_master_that_did_not_run_judges_nobody_for_a_full_timeout() {
+        let start = Instant::now();
+        let (interval, timeout) = (Duration::from_millis(500), Duration::from_secs(2));
+        let mut health = Health::new(start);
+        assert_eq!(health.begin(start, 10_000, interval, timeout), Some(None));
+        assert_eq!(
+            health.begin(start + interval / 2, 10_250, interval, timeout),
+            None,
+            "not due"
+        );
+        // On time: a worker silent for the timeout is hung.
+        assert_eq!(health.begin(start + interval, 10_500, interval, timeout), Some(None));
+        assert!(health.is_hung(10_500, 8_500, timeout));
+        assert!(!health.is_hung(10_500, 9_000, timeout));
+        // The master was stopped for 10 s: the stale beats are not held against anyone...
+        let back = start + Duration::from_secs(11);
+        let away = health.begin(back, 21_000, interval, timeout).expect("due");
+        assert_eq!(away, Some(Duration::from_millis(10_500)));
+        assert!(!health.is_hung(21_000, 10_500, timeout));
+        assert!(!health.is_hung(22_999, 10_500, timeout));
+        // ...until they have had a full timeout to beat again.
+        assert!(health.is_hung(23_000, 10_500, timeout));
+        assert!(
+            !health.is_hung(23_000, 10_500, Duration::ZERO),
+            "--timeout 0 judges nobody"
+        );
     }
 }

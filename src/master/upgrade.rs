@@ -67,6 +67,38 @@ impl Upgrade {
     pub(super) fn settled(&self) -> bool {
         !matches!(self, Upgrade::Abandoning { .. })
     }
+
+    /// What is due as of `now`, and done as far as the state goes: a new master
+    /// late past its deadline is abandoned (stopped now, killed `ABANDON_GRACE`
+    /// later); an abandoned one still there at its deadline is killed, once.
+    fn overdue(&mut self, now: Instant) -> Option<Overdue> {
+        match self {
+            Upgrade::Waiting {
+                successor, deadline, ..
+            } if now >= *deadline => {
+                let pid = successor.pid;
+                *self = Upgrade::Abandoning {
+                    pid,
+                    kill_at: Some(now + ABANDON_GRACE),
+                };
+                Some(Overdue::Abandon(pid))
+            }
+            Upgrade::Abandoning { pid, kill_at } if kill_at.is_some_and(|at| now >= at) => {
+                *kill_at = None;
+                Some(Overdue::Kill(*pid))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// What [`Upgrade::overdue`] found due.
+#[derive(Debug, PartialEq, Eq)]
+enum Overdue {
+    /// Stop the late new master (TERM).
+    Abandon(Pid),
+    /// Kill the abandoned one, still there at its deadline.
+    Kill(Pid),
 }
 
 impl Master<'_> {
@@ -116,45 +148,33 @@ impl Master<'_> {
     /// After each wakeup: has the new master said ready, or run out of time? Is
     /// an abandoned one due to be killed?
     pub(super) fn watch_upgrade(&mut self) {
-        let now = self.now;
-        match &mut self.upgrade {
-            Upgrade::Idle | Upgrade::HandedOver(_) => {}
-            Upgrade::Abandoning { pid, kill_at } => {
-                if kill_at.is_some_and(|at| now >= at) {
-                    warn!("master: the abandoned new master (pid {pid}) did not stop; killing it");
-                    process::signal(*pid, Sig::SIGKILL);
-                    *kill_at = None;
+        if let Upgrade::Waiting { successor, closed, .. } = &mut self.upgrade {
+            let pid = successor.pid;
+            let mut said = [0u8; 16];
+            match successor.ready.read(&mut said) {
+                Ok(n) if said[..n].starts_with(b"ready") => {
+                    info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
+                    // Still the main pid systemd knows: tell it who is main now.
+                    self.systemd
+                        .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
+                    self.upgrade = Upgrade::HandedOver(pid);
+                    return self.begin_stop(Stop::Graceful);
                 }
+                Ok(0) => *closed = true,
+                _ => {}
             }
-            Upgrade::Waiting {
-                successor,
-                deadline,
-                closed,
-            } => {
-                let pid = successor.pid;
-                let mut said = [0u8; 16];
-                match successor.ready.read(&mut said) {
-                    Ok(n) if said[..n].starts_with(b"ready") => {
-                        info!("master: upgrade: the new master (pid {pid}) is ready; this master drains and exits");
-                        // Still the main pid systemd knows: tell it who is main now.
-                        self.systemd
-                            .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
-                        self.upgrade = Upgrade::HandedOver(pid);
-                        return self.begin_stop(Stop::Graceful);
-                    }
-                    Ok(0) => *closed = true,
-                    _ => {}
-                }
-                if now >= *deadline {
-                    let (timeout, grace) = (human(self.config.upgrade_timeout), human(ABANDON_GRACE));
-                    error!("master: upgrade failed: the new master (pid {pid}) is not ready after {timeout}; stopping it (killed after {grace} if it stays), this master keeps serving");
-                    process::signal(pid, Sig::SIGTERM);
-                    self.upgrade = Upgrade::Abandoning {
-                        pid,
-                        kill_at: Some(now + ABANDON_GRACE),
-                    };
-                }
+        }
+        match self.upgrade.overdue(self.now) {
+            Some(Overdue::Abandon(pid)) => {
+                let (timeout, grace) = (human(self.config.upgrade_timeout), human(ABANDON_GRACE));
+                error!("master: upgrade failed: the new master (pid {pid}) is not ready after {timeout}; stopping it (killed after {grace} if it stays), this master keeps serving");
+                process::signal(pid, Sig::SIGTERM);
             }
+            Some(Overdue::Kill(pid)) => {
+                warn!("master: the abandoned new master (pid {pid}) did not stop; killing it");
+                process::signal(pid, Sig::SIGKILL);
+            }
+            None => {}
         }
     }
 
@@ -191,6 +211,54 @@ impl Master<'_> {
             }
             Upgrade::HandedOver(successor) => *successor == pid,
             _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(pid: i32, deadline: Instant) -> Upgrade {
+        let (read, _write) = nix::unistd::pipe().unwrap();
+        Upgrade::Waiting {
+            successor: Successor {
+                pid: Pid::from_raw(pid),
+                ready: std::fs::File::from(read),
+            },
+            deadline,
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn a_late_new_master_is_stopped_at_its_deadline_then_killed_once_after_the_grace() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut upgrade = waiting(42, start + 60 * second);
+        assert_eq!(upgrade.overdue(start), None);
+        assert_eq!(upgrade.deadline(), Some(start + 60 * second));
+        let late = start + 60 * second;
+        assert_eq!(upgrade.overdue(late), Some(Overdue::Abandon(Pid::from_raw(42))));
+        assert!(!upgrade.settled(), "the master waits for it to be reaped");
+        assert_eq!(upgrade.deadline(), Some(late + ABANDON_GRACE));
+        assert_eq!(upgrade.overdue(late + ABANDON_GRACE / 2), None);
+        assert_eq!(
+            upgrade.overdue(late + ABANDON_GRACE),
+            Some(Overdue::Kill(Pid::from_raw(42)))
+        );
+        assert_eq!(upgrade.overdue(late + ABANDON_GRACE * 2), None, "killed once");
+        assert_eq!(upgrade.deadline(), None);
+        assert!(!upgrade.settled());
+    }
+
+    #[test]
+    fn nothing_is_due_when_idle_or_handed_over() {
+        let now = Instant::now();
+        for mut upgrade in [Upgrade::Idle, Upgrade::HandedOver(Pid::from_raw(7))] {
+            assert_eq!(upgrade.overdue(now + Duration::from_secs(3600)), None);
+            assert!(upgrade.settled());
+            assert_eq!(upgrade.deadline(), None);
         }
     }
 }
