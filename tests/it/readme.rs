@@ -1,8 +1,8 @@
-//! The README's tables say what the program does. The flags come from one
-//! source, the program's own argument list (clap): every flag is in `--help`
-//! and in the README's flags table, and the table has no other. The signals
-//! named in `--help`'s signal table and in the README's are the same.
-
+//! The README's tables say what the program does, checked against one source
+//! each: the flags (names, and defaults where `--help` gives one word) against
+//! the program's own argument list (clap); the signal table against `--help`'s;
+//! the sd_notify table against what the master's code sends; the layout
+//! against the files under `src/`.
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -99,4 +99,141 @@ fn the_signal_tables_of_help_and_the_readme_name_the_same_signals() {
         "{in_help:?}"
     );
     assert_eq!(in_help, in_readme, "--help's signal table and the README's differ");
+}
+
+/// Each flag's default, where `--help` states it as one word (`30s`, `1024`),
+/// is the one the README's flags table gives.
+#[test]
+fn the_readme_flags_table_gives_the_defaults_help_gives() {
+    let command = prefork_server::ServerFlags::augment_args(clap::Command::new("prefork-server"));
+    let readme = readme();
+    let rows = section(&readme, "## Flags");
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
+            continue;
+        };
+        let help = help.to_string();
+        let Some(default) = help.split("[default: ").nth(1).and_then(|rest| rest.split(']').next()) else {
+            continue;
+        };
+        if default.contains(' ') {
+            continue; // a phrase ("the path this one was started from"), not a value
+        }
+        let row = rows
+            .iter()
+            .find(|row| row.starts_with(&format!("| `--{long}")))
+            .unwrap_or_else(|| panic!("no row for --{long}"));
+        let cell = row.split('|').nth(2).unwrap_or_default();
+        assert!(
+            cell.contains(&format!("`{default}`")) || cell.trim() == default,
+            "--{long}: help says {default}, the README {cell}"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 10, "only {checked} defaults checked");
+}
+
+/// The sd_notify messages the master sends (found in the code) are the ones
+/// the README's systemd table lists, and no other.
+#[test]
+fn the_readme_lists_every_sd_notify_message_the_master_sends() {
+    const NAMES: [&str; 8] = [
+        "READY",
+        "RELOADING",
+        "STOPPING",
+        "WATCHDOG",
+        "MAINPID",
+        "STATUS",
+        "MONOTONIC_USEC",
+        "EXTEND_TIMEOUT_USEC",
+    ];
+    let mut sent = BTreeSet::new();
+    for file in [
+        "src/sys/notify.rs",
+        "src/master/mod.rs",
+        "src/master/change.rs",
+        "src/master/upgrade.rs",
+        "src/master/systemd.rs",
+    ] {
+        let code = std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let code = code.split("#[cfg(test)]").next().unwrap_or_default();
+        for name in NAMES {
+            // As the code writes them: in a string, followed by '='.
+            if code.contains(&format!("\"{name}=")) || code.contains(&format!("\\n{name}=")) {
+                sent.insert(name);
+            }
+        }
+    }
+    let readme = readme();
+    let table = section(&readme, "## systemd").join("\n");
+    let listed: BTreeSet<&str> = NAMES
+        .into_iter()
+        .filter(|name| table.contains(&format!("`{name}=")))
+        .collect();
+    assert!(sent.len() >= 6, "{sent:?}");
+    assert_eq!(
+        sent, listed,
+        "what the master sends and what the README's systemd table lists differ"
+    );
+}
+
+/// Every source file is in the README's layout, and every path the layout
+/// names exists.
+#[test]
+fn the_readme_layout_names_every_source_file_and_only_existing_ones() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let readme = readme();
+    let layout: Vec<&str> = section(&readme, "## Layout")
+        .into_iter()
+        .filter(|line| !line.starts_with("```") && !line.trim().is_empty())
+        .collect();
+    // Paths: "src/x.rs" at the start, or an indented "name.rs" under the last folder.
+    let mut folder = String::new();
+    let mut named = BTreeSet::new();
+    for line in &layout {
+        let first = line.split_whitespace().next().unwrap_or_default();
+        if !line.starts_with(' ') {
+            if first.ends_with('/') {
+                folder = first.to_owned();
+            } else {
+                folder.clear();
+            }
+            named.insert(first.trim_end_matches('/').to_owned());
+        } else if first.ends_with(".rs") || first.ends_with('/') {
+            named.insert(format!("{folder}{}", first.trim_end_matches('/')));
+        }
+    }
+    for path in &named {
+        assert!(
+            std::path::Path::new(root).join(path).exists(),
+            "the layout names {path}, which does not exist"
+        );
+    }
+    let mut sources = Vec::new();
+    let mut dirs = vec![std::path::PathBuf::from(root).join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                sources.push(path.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    // A folder listed without its files covers them (src/admin/, src/master/pool/).
+    let files: Vec<&String> = named.iter().filter(|path| path.ends_with(".rs")).collect();
+    let whole_folders: Vec<&String> = named
+        .iter()
+        .filter(|path| !path.ends_with(".rs"))
+        .filter(|folder| !files.iter().any(|file| file.starts_with(&format!("{folder}/"))))
+        .collect();
+    for source in sources {
+        let covered = named.contains(&source)
+            || whole_folders
+                .iter()
+                .any(|folder| source.starts_with(&format!("{folder}/")));
+        assert!(covered, "{source} is not in the README's layout");
+    }
 }
