@@ -49,6 +49,9 @@ pub struct Config {
     pub backlog: u32,
     /// How long a draining worker may take before it is killed.
     pub graceful_timeout: Duration,
+    /// On TERM/INT, how long readiness (`/readyz`) fails while everything keeps
+    /// serving, before the drain: the time a load balancer takes to notice.
+    pub shutdown_delay: Duration,
     /// The header read timeout: a client must send a full request head within it,
     /// and a keep-alive connection may stay idle for at most this long (enforced by
     /// the worker's housekeeping sweep, to within its 250 ms tick).
@@ -85,7 +88,7 @@ pub struct Config {
     pub timeout: Duration,
     /// A worker whose resident memory exceeds this many bytes is recycled.
     pub max_worker_memory: Option<u64>,
-    /// Where the workers serve `/status` and `/healthz` (off when `None`).
+    /// Where the workers serve `/status`, `/metrics` and the health checks (off when `None`).
     pub admin: Option<SocketAddr>,
     /// The config file, re-read on HUP. Without one, a HUP re-applies this
     /// config as it is (and still replaces every worker).
@@ -160,6 +163,7 @@ impl Config {
             balance: Some(self.balance),
             backlog: Some(self.backlog),
             graceful_timeout: Some(self.graceful_timeout),
+            shutdown_delay: Some(self.shutdown_delay),
             header_read_timeout: Some(self.header_read_timeout),
             body_read_timeout: Some(self.body_read_timeout),
             send_timeout: Some(self.send_timeout),
@@ -265,6 +269,11 @@ struct Settings {
     #[serde(default, deserialize_with = "duration")]
     graceful_timeout: Option<Duration>,
 
+    /// On TERM/INT, fail /readyz and keep serving this long before the drain, so a load balancer takes the server out first (a second TERM skips it) [default: 0]
+    #[arg(long, value_parser = parse_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    shutdown_delay: Option<Duration>,
+
     /// Time a client has to send a request head; also the keep-alive idle limit [default: 30s]
     #[arg(long, value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
@@ -334,7 +343,7 @@ struct Settings {
     #[serde(default, deserialize_with = "size")]
     max_worker_memory: Option<u64>,
 
-    /// Serve /status (JSON) and /healthz on this address, from the workers (e.g. 127.0.0.1:9100) [default: off]
+    /// Serve /status (JSON), /metrics, /readyz, /livez and /healthz on this address, from the workers (e.g. 127.0.0.1:9100) [default: off]
     #[arg(long, value_name = "ADDR")]
     #[serde(default, deserialize_with = "parsed")]
     admin: Option<SocketAddr>,
@@ -349,7 +358,7 @@ struct Settings {
 macro_rules! with_setting_fields {
     ($callback:ident!($($args:tt)*)) => {
         $callback!(
-            $($args)* host, port, workers, balance, backlog, graceful_timeout, header_read_timeout,
+            $($args)* host, port, workers, balance, backlog, graceful_timeout, shutdown_delay, header_read_timeout,
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
             log_level, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
             max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote
@@ -441,6 +450,7 @@ impl Settings {
             balance: self.balance.unwrap_or(Balance::Reuseport),
             backlog,
             graceful_timeout: self.graceful_timeout.unwrap_or(Duration::from_secs(30)),
+            shutdown_delay: self.shutdown_delay.unwrap_or(Duration::ZERO),
             header_read_timeout: positive("header_read_timeout", self.header_read_timeout)?,
             body_read_timeout: positive("body_read_timeout", self.body_read_timeout)?,
             send_timeout: positive("send_timeout", self.send_timeout)?,

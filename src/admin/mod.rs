@@ -1,4 +1,5 @@
-//! The admin listener (`--admin`): a dashboard at `/`, `/status` (JSON), `/metrics` and `/healthz`, served by the
+//! The admin listener (`--admin`): a dashboard at `/`, `/status` (JSON), `/metrics`,
+//! and the health checks `/readyz`, `/livez` and `/healthz`, served by the
 //! workers from the scoreboard, so the master stays HTTP-free. Every worker
 //! accepts on the one admin socket; any of them can answer for all.
 
@@ -114,18 +115,13 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
                 crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid))
             }),
         ),
-        "/healthz" => match unready_slots(view.scoreboard) {
-            missing if missing.is_empty() => respond(StatusCode::OK, "text/plain", "ok\n"),
-            missing => {
-                let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
-                let text = format!("not ready: slots {} have no ready worker\n", missing.join(", "));
-                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", text)
-            }
-        },
+        "/healthz" => health(readiness(view.scoreboard, false)),
+        "/readyz" => health(readiness(view.scoreboard, true)),
+        "/livez" => health(liveness(view.scoreboard)),
         _ => respond(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /, /status, /metrics or /healthz\n",
+            "not found: try /, /status, /metrics, /readyz, /livez or /healthz\n",
         ),
     }
 }
@@ -153,6 +149,46 @@ fn respond(status: StatusCode, kind: &'static str, body: impl Into<Bytes>) -> Re
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     response
+}
+
+/// 200 `ok`, or 503 with the reason.
+fn health(judged: Result<(), String>) -> Response<Full<Bytes>> {
+    match judged {
+        Ok(()) => respond(StatusCode::OK, "text/plain", "ok\n"),
+        Err(why) => respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", why + "\n"),
+    }
+}
+
+/// Ready for traffic: every active slot has a ready worker, and (for
+/// `/readyz`, `stop_fails`) no stop has begun, the shutdown delay included.
+fn readiness(scoreboard: &Scoreboard, stop_fails: bool) -> Result<(), String> {
+    if stop_fails && scoreboard.header().stopping.load(Relaxed) != 0 {
+        return Err("stopping".into());
+    }
+    match unready_slots(scoreboard) {
+        missing if missing.is_empty() => Ok(()),
+        missing => {
+            let missing: Vec<String> = missing.iter().map(ToString::to_string).collect();
+            Err(format!("not ready: slots {} have no ready worker", missing.join(", ")))
+        }
+    }
+}
+
+/// Alive: the master's loop ran within the last few beats, and at least one
+/// worker serves (ready, or draining during a stop: a stop is no reason for an
+/// orchestrator to restart the server).
+fn liveness(scoreboard: &Scoreboard) -> Result<(), String> {
+    let header = scoreboard.header();
+    let silent_ms = monotonic_ms().saturating_sub(header.master_beat_ms.load(Relaxed));
+    let limit_ms = 5 * crate::sys::scoreboard::MASTER_BEAT.as_millis() as u64;
+    if silent_ms > limit_ms {
+        return Err(format!("the master's loop has not run for {silent_ms} ms"));
+    }
+    let serving = [State::Ready as u64, State::Draining as u64];
+    match scoreboard.live().any(|r| serving.contains(&r.state.load(Relaxed))) {
+        true => Ok(()),
+        false => Err("no worker serves".into()),
+    }
 }
 
 /// Active slots without a ready worker.

@@ -10,6 +10,27 @@ use crate::sys::listener::{bind_admin, Listeners};
 use crate::sys::process::{self, human};
 
 impl Master<'_> {
+    /// TERM or INT: with `--shutdown-delay`, first leave the load balancers'
+    /// rotation (`/readyz` fails while everything keeps serving and accepting),
+    /// then drain; without one, drain now.
+    pub(super) fn leave_rotation(&mut self, signal: crate::sys::signals::Signal) {
+        let delay = self.config.shutdown_delay;
+        if delay.is_zero() {
+            return self.begin_stop(Stop::Graceful);
+        }
+        info!(
+            "master: {signal}: leaving rotation: /readyz fails, and everything keeps serving for {} (--shutdown-delay); \
+             then the workers drain (another TERM skips the wait)",
+            human(delay)
+        );
+        self.scoreboard
+            .header()
+            .stopping
+            .store(1, std::sync::atomic::Ordering::Relaxed);
+        self.systemd.send("STOPPING=1");
+        self.phase = Phase::Leaving(self.now + delay);
+    }
+
     pub(super) fn begin_stop(&mut self, stop: Stop) {
         let now = self.now;
         let (signal, kill_at) = match stop {
@@ -28,6 +49,10 @@ impl Master<'_> {
             Stop::Fast => info!("master: fast stop: {} workers exit now", pids.len()),
         }
         self.systemd.send("STOPPING=1");
+        self.scoreboard
+            .header()
+            .stopping
+            .store(1, std::sync::atomic::Ordering::Relaxed);
         for pid in pids {
             process::signal(pid, signal);
         }

@@ -45,7 +45,7 @@ use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::sys::listener::Listeners;
 use crate::sys::notify::Notifier;
-use crate::sys::scoreboard::Scoreboard;
+use crate::sys::scoreboard::{Scoreboard, MASTER_BEAT};
 use crate::sys::signals::{Signal, Signals};
 use crate::worker::Child;
 use fleet::Fleet;
@@ -158,6 +158,15 @@ impl Master<'_> {
             self.settle_reload();
             self.wait()?;
             self.now = Instant::now();
+            let header = self.scoreboard.header();
+            header.master_beat_ms.store(
+                crate::sys::scoreboard::monotonic_ms(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if self.phase.leaving_until().is_some_and(|until| self.now >= until) {
+                info!("master: the shutdown delay is over");
+                self.begin_stop(Stop::Graceful);
+            }
             for signal in self.signals.take() {
                 self.handle(signal);
             }
@@ -199,7 +208,12 @@ impl Master<'_> {
         let now = Instant::now();
         let watchdog = self.systemd.next_deadline();
         let deadlines = self.upgrade.deadline().into_iter();
-        let deadlines = deadlines.chain(self.next_health_check()).chain(watchdog);
+        let deadlines = deadlines
+            .chain(self.next_health_check())
+            .chain(watchdog)
+            .chain(self.phase.leaving_until())
+            // At least once a beat: `/livez` reads the master's last wake-up.
+            .chain([now + MASTER_BEAT]);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
         let timeout = match self.fleet.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
@@ -216,8 +230,14 @@ impl Master<'_> {
     }
 
     fn handle(&mut self, signal: Signal) {
+        let leaving = self.phase.leaving_until().is_some();
         match (signal, self.phase.stop()) {
-            (Signal::Terminate | Signal::Interrupt, None) => self.begin_stop(Stop::Graceful),
+            // A second TERM/INT while leaving rotation skips the rest of the delay.
+            (Signal::Terminate | Signal::Interrupt, None) if leaving => self.begin_stop(Stop::Graceful),
+            (Signal::Terminate | Signal::Interrupt, None) => self.leave_rotation(signal),
+            (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker | Signal::Upgrade, None) if leaving => {
+                info!("master: ignoring {signal}: stopping (leaving rotation)");
+            }
             (Signal::Terminate | Signal::Interrupt, Some(_)) | (Signal::Quit, _) => self.begin_stop(Stop::Fast),
             (Signal::Child, _) => {} // reaping runs on every wakeup
             (Signal::Reload | Signal::AddWorker | Signal::RemoveWorker | Signal::Upgrade, Some(_)) => {

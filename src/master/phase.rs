@@ -14,6 +14,9 @@ pub(super) enum Stop {
 
 pub(super) enum Phase {
     Running,
+    /// A stop with `--shutdown-delay`: readiness fails while everything keeps
+    /// serving, until this instant; then the workers drain.
+    Leaving(std::time::Instant),
     /// A stop has begun: once every worker is gone, exit 0.
     Stopping(Stop),
     /// A stop because the master cannot go on: once every worker is gone, exit 1
@@ -25,19 +28,28 @@ impl Phase {
     /// The stop under way, if any.
     pub(super) fn stop(&self) -> Option<Stop> {
         match self {
-            Phase::Running => None,
+            Phase::Running | Phase::Leaving(_) => None,
             Phase::Stopping(stop) | Phase::Halting(stop, _) => Some(*stop),
         }
     }
 
+    /// Serving as usual: no stop has begun (leaving rotation still serves).
     pub(super) fn is_running(&self) -> bool {
-        matches!(self, Phase::Running)
+        matches!(self, Phase::Running | Phase::Leaving(_))
+    }
+
+    /// The end of the shutdown delay, while leaving rotation.
+    pub(super) fn leaving_until(&self) -> Option<std::time::Instant> {
+        match self {
+            Phase::Leaving(until) => Some(*until),
+            _ => None,
+        }
     }
 
     /// The same phase with `stop` as its stop (a fast stop after a graceful one).
     pub(super) fn with_stop(self, stop: Stop) -> Phase {
         match self {
-            Phase::Running | Phase::Stopping(_) => Phase::Stopping(stop),
+            Phase::Running | Phase::Leaving(_) | Phase::Stopping(_) => Phase::Stopping(stop),
             Phase::Halting(_, error) => Phase::Halting(stop, error),
         }
     }
@@ -46,7 +58,7 @@ impl Phase {
     pub(super) fn halt(self, stop: Stop, error: Error) -> Phase {
         match self {
             Phase::Halting(old, first) => Phase::Halting(old, first),
-            Phase::Running | Phase::Stopping(_) => Phase::Halting(stop, error),
+            Phase::Running | Phase::Leaving(_) | Phase::Stopping(_) => Phase::Halting(stop, error),
         }
     }
 
@@ -54,7 +66,7 @@ impl Phase {
     pub(super) fn into_result(self) -> Result<(), Error> {
         match self {
             Phase::Halting(_, error) => Err(error),
-            Phase::Running | Phase::Stopping(_) => Ok(()),
+            Phase::Running | Phase::Leaving(_) | Phase::Stopping(_) => Ok(()),
         }
     }
 }

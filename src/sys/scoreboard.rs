@@ -38,7 +38,16 @@ pub struct Header {
     /// anything here (a spawn, an exit, a reload...): a view rendered under one
     /// value is stale once it moves.
     pub changes: AtomicU64,
+    /// 1 once a stop has begun (with `--shutdown-delay`, before the drain):
+    /// `/readyz` fails from then on.
+    pub stopping: AtomicU64,
+    /// The master's last wake-up, in [`monotonic_ms`]: it wakes at least every
+    /// [`MASTER_BEAT`], so an older one means its loop is stuck (`/livez`).
+    pub master_beat_ms: AtomicU64,
 }
+
+/// The master wakes at least this often, to stamp [`Header::master_beat_ms`].
+pub const MASTER_BEAT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the master writes about one slot.
 #[repr(C)]
@@ -117,6 +126,7 @@ impl Scoreboard {
         let board = Box::leak(Box::new(Scoreboard { board: memory.cast() }));
         board.header().master_pid.store(u64::from(std::process::id()), Relaxed);
         board.header().started_ms.store(monotonic_ms(), Relaxed);
+        board.header().master_beat_ms.store(monotonic_ms(), Relaxed);
         Ok(board)
     }
 

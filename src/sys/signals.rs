@@ -36,7 +36,8 @@ use signal_hook::SigId;
 /// The table above, as `--help` prints it.
 pub const HELP_TABLE: &str = "\
 Signals (send them to the master):
-  TERM, INT   graceful stop: workers stop accepting, finish in-flight requests and exit 0;
+  TERM, INT   graceful stop (after --shutdown-delay, if set, with /readyz failing):
+              workers stop accepting, finish in-flight requests and exit 0;
               at --graceful-timeout a worker closes what is left, and the master SIGKILLs
               any worker still alive 1 s later. A second TERM/INT is a fast stop.
   QUIT        fast stop: workers exit at once.

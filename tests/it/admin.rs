@@ -65,6 +65,13 @@ fn healthz_is_503_while_a_slot_has_no_ready_worker() {
         get(admin, "/healthz").ok().filter(|response| response.status == 503)
     });
     assert!(unhealthy.body.starts_with("not ready: slots "), "{}", unhealthy.body);
+    let unready = get(admin, "/readyz").unwrap();
+    assert_eq!(unready.status, 503, "/readyz too: {}", unready.body);
+    assert_eq!(
+        get(admin, "/livez").unwrap().status,
+        200,
+        "alive: the other worker serves"
+    );
     std::fs::remove_file(&marker).unwrap();
     eventually(Duration::from_secs(15), "/healthz is 200 again", || {
         get(admin, "/healthz").ok().filter(|response| response.status == 200)

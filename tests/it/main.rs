@@ -12,6 +12,7 @@ mod load;
 mod operations;
 mod readme;
 mod requests;
+mod rotation;
 mod serving;
 mod setup;
 mod stopping;
