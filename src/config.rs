@@ -119,7 +119,16 @@ impl Config {
     /// you want (a `main`). To embed the flags in your own command line, flatten
     /// [`ServerFlags`] into it and call [`Config::from_flags`].
     pub fn from_args() -> Config {
-        let flags = OnlyServerFlags::parse().flags;
+        let flags = OnlyServerFlags::try_parse()
+            .unwrap_or_else(|err| {
+                let note = ServerFlags::environment_note(&err);
+                let _ = err.print();
+                if let Some(note) = note {
+                    eprintln!("{note}");
+                }
+                std::process::exit(err.exit_code())
+            })
+            .flags;
         Config::from_flags(flags).unwrap_or_else(|err| {
             eprintln!("{}: {err}", program_name());
             std::process::exit(2)
@@ -136,9 +145,22 @@ impl Config {
         Ok(Config::from_flags(flags)?)
     }
 
-    /// The config the flags and their `--config` file describe.
+    /// The config the flags (or their `PREFORK_*` variables) and their
+    /// `--config` file describe. `PORT` and `WEB_CONCURRENCY`, as Heroku, Cloud
+    /// Run, gunicorn and Puma read them, stand for `--port` and `--workers`
+    /// where neither the flag nor its `PREFORK_` variable is given.
     pub fn from_flags(flags: ServerFlags) -> Result<Config, ConfigError> {
-        Config::load(flags.config, flags.settings)
+        let mut settings = flags.settings;
+        if settings.port.is_none() {
+            settings.port = from_env("PORT", |text| text.parse::<u16>().map_err(|err| err.to_string()))?;
+        }
+        if settings.workers.is_none() {
+            settings.workers = from_env("WEB_CONCURRENCY", |text| match text.parse::<u16>() {
+                Ok(workers @ 1..=4096) => Ok(workers),
+                _ => Err("not a number of workers from 1 to 4096".into()),
+            })?;
+        }
+        Config::load(flags.config, settings)
     }
 
     /// The config for a reload (HUP): the file re-read, under the same
@@ -201,6 +223,17 @@ impl Config {
     }
 }
 
+/// The environment variable `name`, parsed; an error names the variable.
+fn from_env<T>(name: &str, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Option<T>, ConfigError> {
+    let Some(text) = std::env::var_os(name) else {
+        return Ok(None);
+    };
+    let text = text.to_string_lossy();
+    parse(text.trim())
+        .map(Some)
+        .map_err(|why| ConfigError(format!("environment variable {name}='{text}': {why}")))
+}
+
 /// The name this program was started as, for messages.
 fn program_name() -> String {
     std::env::args_os()
@@ -224,11 +257,26 @@ impl Default for Config {
 pub struct ServerFlags {
     /// TOML file with any of the settings below (same names, with `_` for `-`);
     /// flags given on the command line override it. Re-read on HUP.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PREFORK_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
 
     #[command(flatten)]
     settings: Settings,
+}
+
+impl ServerFlags {
+    /// For a usage error about a value that came from a `PREFORK_*` variable
+    /// rather than the command line (clap names only the flag): a line that
+    /// says so, to print after the error.
+    pub fn environment_note(err: &clap::Error) -> Option<String> {
+        let arg = err.get(clap::error::ContextKind::InvalidArg)?.to_string();
+        let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
+        let variable = format!("PREFORK_{}", long.replace('-', "_").to_uppercase());
+        let on_command_line =
+            std::env::args().any(|given| given == format!("--{long}") || given.starts_with(&format!("--{long}=")));
+        (!on_command_line && std::env::var_os(&variable).is_some())
+            .then(|| format!("note: the value came from the environment variable {variable}"))
+    }
 }
 
 /// A command line with the server's flags and nothing else (`Config::from_args`).
@@ -244,112 +292,117 @@ struct OnlyServerFlags {
 #[serde(deny_unknown_fields)]
 struct Settings {
     /// Address to listen on, IPv4 or IPv6 (e.g. 127.0.0.1, ::1, ::) [default: 0.0.0.0]
-    #[arg(long, value_parser = parse_host)]
+    #[arg(long, env = "PREFORK_HOST", value_parser = parse_host)]
     #[serde(default, deserialize_with = "parsed")]
     host: Option<IpAddr>,
 
     /// TCP port; 0 picks a free one (the ready line says which) [default: 8000]
-    #[arg(long)]
+    #[arg(long, env = "PREFORK_PORT")]
     port: Option<u16>,
 
     /// Number of workers, 1 to 4096 [default: the number of CPUs this process may use]
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=4096))]
+    #[arg(long, env = "PREFORK_WORKERS", value_parser = clap::value_parser!(u16).range(1..=4096))]
     workers: Option<u16>,
 
     /// How the workers share the port [default: reuseport]
-    #[arg(long, value_enum)]
+    #[arg(long, env = "PREFORK_BALANCE", value_enum)]
     balance: Option<Balance>,
 
     /// listen(2) backlog of each socket (the kernel caps it at net.core.somaxconn) [default: 1024]
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = "PREFORK_BACKLOG", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     backlog: Option<u32>,
 
     /// On stop, how long workers may drain before they are killed (e.g. 30, 30s, 500ms, 2m) [default: 30s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "PREFORK_GRACEFUL_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     graceful_timeout: Option<Duration>,
 
     /// On TERM/INT, fail /readyz and keep serving this long before the drain, so a load balancer takes the server out first (a second TERM skips it) [default: 0]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "PREFORK_SHUTDOWN_DELAY", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     shutdown_delay: Option<Duration>,
 
     /// Time a client has to send a request head; also the keep-alive idle limit [default: 30s]
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFORK_HEADER_READ_TIMEOUT", value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     header_read_timeout: Option<Duration>,
 
     /// Time a request body may go without a byte arriving, while its handler waits for it [default: 30s]
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFORK_BODY_READ_TIMEOUT", value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     body_read_timeout: Option<Duration>,
 
     /// Time a response may go without a write making progress (a client that stopped reading) [default: 30s]
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFORK_SEND_TIMEOUT", value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     send_timeout: Option<Duration>,
 
     /// HTTP/2: streams a client may have open at once on one connection [default: 128]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    #[arg(long, env = "PREFORK_H2_MAX_CONCURRENT_STREAMS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..=65536))]
     h2_max_concurrent_streams: Option<u32>,
 
     /// HTTP/2: the largest header list a request may send (e.g. 64KiB) [default: 64KiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_header_list_size)]
+    #[arg(long, env = "PREFORK_H2_MAX_HEADER_LIST_SIZE", value_name = "SIZE", value_parser = parse_header_list_size)]
     #[serde(default, deserialize_with = "header_list_size")]
     h2_max_header_list_size: Option<u32>,
 
     /// Log level: error, warn, info, debug or trace [default: info]
-    #[arg(long)]
+    #[arg(long, env = "PREFORK_LOG_LEVEL")]
     #[serde(default, deserialize_with = "parsed")]
     log_level: Option<tracing::Level>,
 
     /// On HUP, how many slots are replaced at a time [default: 1]
-    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "PREFORK_RELOAD_BATCH", value_parser = clap::value_parser!(u16).range(1..))]
     reload_batch: Option<u16>,
 
     /// A worker not ready within this is a boot failure; on HUP it aborts the reload [default: 30s]
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFORK_READY_TIMEOUT", value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     ready_timeout: Option<Duration>,
 
     /// On USR2, the binary to start as the new master [default: the path this one was started from]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "PREFORK_UPGRADE_BINARY", value_name = "PATH")]
     upgrade_binary: Option<PathBuf>,
 
     /// On USR2, a new master not ready within this is stopped; this one keeps serving [default: 60s]
-    #[arg(long, value_parser = parse_positive_duration)]
+    #[arg(long, env = "PREFORK_UPGRADE_TIMEOUT", value_parser = parse_positive_duration)]
     #[serde(default, deserialize_with = "duration")]
     upgrade_timeout: Option<Duration>,
 
     /// Write the master's pid here once it is ready (and the new master's after an upgrade)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "PREFORK_PID_FILE", value_name = "FILE")]
     pid_file: Option<PathBuf>,
 
     /// Replace a worker after it has served this many requests (new one ready first) [default: 0 = never]
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "PREFORK_MAX_REQUESTS", value_name = "N")]
     max_requests: Option<u64>,
 
     /// Add a random 0..=J to each worker's --max-requests, so they are not replaced together [default: 0]
-    #[arg(long, value_name = "J")]
+    #[arg(long, env = "PREFORK_MAX_REQUESTS_JITTER", value_name = "J")]
     max_requests_jitter: Option<u64>,
 
     /// Kill and replace a ready worker whose event loop has been stuck this long (0: never) [default: 30s]
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, env = "PREFORK_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "duration")]
     timeout: Option<Duration>,
 
     /// Recycle a worker whose resident memory exceeds this (e.g. 512MiB, 2GiB, 100MB) [default: no limit]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, env = "PREFORK_MAX_WORKER_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     #[serde(default, deserialize_with = "size")]
     max_worker_memory: Option<u64>,
 
     /// Serve /status (JSON), /metrics, /readyz, /livez and /healthz on this address, from the workers (e.g. 127.0.0.1:9100) [default: off]
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "PREFORK_ADMIN", value_name = "ADDR")]
     #[serde(default, deserialize_with = "parsed")]
     admin: Option<SocketAddr>,
 
     /// Allow --admin on an address other hosts can reach (it is refused otherwise)
-    #[arg(long, num_args = 0, default_missing_value = "true")]
+    #[arg(
+        long,
+        env = "PREFORK_ADMIN_ALLOW_REMOTE",
+        num_args = 0,
+        default_missing_value = "true"
+    )]
     admin_allow_remote: Option<bool>,
 }
 
@@ -520,23 +573,15 @@ fn at_most_a_year(duration: Duration, text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// `30`, `30s`, `500ms`, `2m` (a bare number is seconds), at most a year.
+/// `30` (a bare number is seconds), or what humantime reads as users type it:
+/// `30s`, `500ms`, `1m30s`, `2h`, `1.5s`; at most a year.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
+    let duration = match text.parse::<f64>() {
+        Ok(seconds) => Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))?,
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|err| format!("'{text}' is not a duration ({err}; use e.g. 30, 30s, 500ms, 1m30s, 2h)"))?,
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a duration (use e.g. 30, 30s, 500ms, 2m)"))?;
-    let seconds = match unit {
-        "ms" => value / 1000.0,
-        "s" => value,
-        "m" => value * 60.0,
-        _ => return Err(format!("unknown unit '{unit}' in '{text}' (use ms, s or m)")),
-    };
-    let duration = Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))?;
     at_most_a_year(duration, text)
 }
 
@@ -547,32 +592,24 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// `512MiB`, `2GiB`, `100MB`, `64M`, `1048576` (bytes). K, M, G alone are binary.
+/// What bytesize reads as users type it (`512MiB`, `1.5GiB`, `100MB`, `512mb`,
+/// `1048576` bytes); a unit letter alone (`64K`, `8m`, `2G`) is binary, as in
+/// nginx (`client_max_body_size 1m` is 1 MiB).
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let at = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(at);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("'{text}' is not a size (use e.g. 512MiB, 2GiB, 100MB)"))?;
-    let unit_size: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "KiB" => 1 << 10,
-        "M" | "MiB" => 1 << 20,
-        "G" | "GiB" => 1 << 30,
-        "KB" => 1_000,
-        "MB" => 1_000_000,
-        "GB" => 1_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown unit '{other}' in '{text}' (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
-    };
-    match number.checked_mul(unit_size) {
-        Some(0) => Err("must be greater than 0".into()),
-        Some(bytes) => Ok(bytes),
-        None => Err(format!("'{text}' is too large")),
+    let binary = text
+        .strip_suffix(['k', 'K', 'm', 'M', 'g', 'G'])
+        .filter(|number| number.trim_end().parse::<f64>().is_ok())
+        .map(|number| format!("{number}{}iB", &text[number.len()..].to_ascii_uppercase()));
+    let bytes = binary
+        .as_deref()
+        .unwrap_or(text)
+        .parse::<bytesize::ByteSize>()
+        .map_err(|err| format!("'{text}' is not a size ({err}; use e.g. 512MiB, 1.5GiB, 100MB, 64K)"))?
+        .as_u64();
+    match bytes {
+        0 => Err("must be greater than 0".into()),
+        bytes => Ok(bytes),
     }
 }
 
@@ -701,11 +738,15 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert!(parse_duration("5h").is_err());
+        // As users type them.
+        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2 min").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_positive_duration("0").is_err());
         // Past what a deadline (`Instant + duration`) can hold: refused, not a panic on TERM.
-        assert!(parse_duration("365d").is_err());
+        assert!(parse_duration("366d").is_err());
         let err = parse(&["--graceful-timeout", "10000000000000000000"])
             .unwrap_err()
             .to_string();
@@ -746,8 +787,13 @@ mod tests {
         assert_eq!(parse_size("64M").unwrap(), 64 << 20);
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
-        assert!(parse_size("5TB").is_err());
         assert!(parse_size("0").is_err());
+        // As users type them; a unit letter alone is binary, as in nginx.
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("512mb").unwrap(), 512_000_000);
+        assert_eq!(parse_size("8m").unwrap(), 8 << 20);
+        assert_eq!(parse_size("64K").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1 GiB").unwrap(), 1 << 30);
     }
 
     #[test]

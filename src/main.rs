@@ -22,7 +22,14 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| {
+        let note = prefork_server::ServerFlags::environment_note(&err);
+        let _ = err.print();
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        std::process::exit(err.exit_code())
+    });
     if let Some(command) = cli.command {
         return ctl::run(command);
     }

@@ -4,6 +4,7 @@
 mod admin;
 mod apps;
 mod cli;
+mod environment;
 mod errors;
 mod grpc;
 mod health;

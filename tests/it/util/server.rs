@@ -57,6 +57,13 @@ pub fn example(name: &str) -> PathBuf {
 pub fn command(binary: PathBuf, args: &[&str]) -> Command {
     let mut command = Command::new(binary);
     command.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+    // The settings come from the test alone, not from the environment it runs in.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("PREFORK_") || name == "PORT" || name == "WEB_CONCURRENCY" {
+            command.env_remove(&*name);
+        }
+    }
     command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
