@@ -90,6 +90,14 @@ pub struct Config {
     pub max_worker_memory: Option<u64>,
     /// Where the workers serve `/status`, `/metrics` and the health checks (off when `None`).
     pub admin: Option<SocketAddr>,
+    /// Open connections per worker beyond which it stops accepting until one
+    /// closes (nginx's `worker_connections`); `None`: no limit.
+    pub max_connections: Option<NonZeroUsize>,
+    /// The user the workers run as (the master stays as it was started, to
+    /// bind on reload); `None`: the master's.
+    pub user: Option<String>,
+    /// The group the workers run as; `None`: the user's own group, or the master's.
+    pub group: Option<String>,
     /// The config file, re-read on HUP. Without one, a HUP re-applies this
     /// config as it is (and still replaces every worker).
     pub file: Option<PathBuf>,
@@ -203,6 +211,9 @@ impl Config {
             max_worker_memory: self.max_worker_memory,
             admin: self.admin,
             admin_allow_remote: self.admin.map(|admin| !admin.ip().is_loopback()),
+            max_connections: self.max_connections.and_then(|n| u32::try_from(n.get()).ok()),
+            user: self.user.clone(),
+            group: self.group.clone(),
         }
     }
 
@@ -404,6 +415,18 @@ struct Settings {
         default_missing_value = "true"
     )]
     admin_allow_remote: Option<bool>,
+
+    /// Open connections per worker beyond which it stops accepting until one closes; the rest wait in the kernel's queue (nginx's worker_connections)
+    #[arg(long, env = "PREFORK_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+
+    /// Run the workers as this user (the master, started as root to bind, stays root to bind on reload)
+    #[arg(long, env = "PREFORK_USER", value_name = "USER")]
+    user: Option<String>,
+
+    /// Run the workers in this group [default: the user's group]
+    #[arg(long, env = "PREFORK_GROUP", value_name = "GROUP")]
+    group: Option<String>,
 }
 
 /// Calls `$callback!(args..., every field of Settings)`: the one list of the
@@ -414,7 +437,8 @@ macro_rules! with_setting_fields {
             $($args)* host, port, workers, balance, backlog, graceful_timeout, shutdown_delay, header_read_timeout,
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
             log_level, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
-            max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote
+            max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote,
+            max_connections, user, group
         )
     };
 }
@@ -539,6 +563,9 @@ impl Settings {
                 other => other,
             },
             admin: self.admin,
+            max_connections: self.max_connections.and_then(|n| NonZeroUsize::new(n as usize)),
+            user: self.user,
+            group: self.group,
             file,
             flags,
             loaded: Settings::default(),

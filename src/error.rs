@@ -35,6 +35,8 @@ pub enum Error {
     Scoreboard(io::Error),
     /// Every scoreboard record is taken (more live workers than it holds).
     ScoreboardFull,
+    /// `--user` or `--group` cannot be used: unknown, or the master is not root.
+    RunAs { cause: String },
 }
 
 impl fmt::Display for Error {
@@ -59,6 +61,7 @@ impl fmt::Display for Error {
             Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
+            Error::RunAs { cause } => write!(f, "cannot run the workers as --user/--group asks: {cause}"),
             Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
             Error::Scoreboard(err) => write!(f, "cannot map the shared scoreboard: {err}"),
             Error::Activation(err) => write!(f, "cannot use the sockets systemd passed (LISTEN_FDS): {err}"),
@@ -74,7 +77,9 @@ impl std::error::Error for Error {
             Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
             Error::Activation(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
-            Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull => None,
+            Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull | Error::RunAs { .. } => {
+                None
+            }
         }
     }
 }

@@ -116,6 +116,9 @@ where
     if let Some((old, new)) = process::raise_file_limit() {
         tracing::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
     }
+    // Before anything is bound: an unknown user is a startup error.
+    let run_as = sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
+        .map_err(|cause| Error::RunAs { cause })?;
     let mut origin = master::Origin {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),
@@ -151,7 +154,7 @@ where
     };
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
     let worker_main = |child: worker::Child<'_>| worker::run(child, &setup);
-    master::run(config, listeners, origin, scoreboard, &worker_main)
+    master::run(config, run_as, listeners, origin, scoreboard, &worker_main)
 }
 
 /// Logs to stderr, written synchronously by the calling thread: a writer thread

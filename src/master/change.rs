@@ -89,6 +89,14 @@ impl Master<'_> {
             Some(Ok(admin)) => Some(admin),
             Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
         };
+        // New users and groups are looked up before anything changes, too.
+        let run_as = match (new.user != self.config.user || new.group != self.config.group)
+            .then(|| crate::sys::privileges::resolve(new.user.as_deref(), new.group.as_deref()))
+        {
+            None => self.run_as,
+            Some(Ok(run_as)) => run_as,
+            Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
+        };
         if let Some(change) = needs_new_sockets(&self.sockets.listeners, &new) {
             if let Err(err) = self.move_to_new_sockets(&new, change) {
                 return error!("master: reload refused: {change}: {err}; the current config stays");
@@ -116,6 +124,7 @@ impl Master<'_> {
         }
         let workers = new.workers.get();
         self.config = new;
+        self.run_as = run_as;
         self.fleet
             .pool
             .begin_reload(self.config.reload_batch.get(), self.timeouts());

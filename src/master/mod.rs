@@ -45,6 +45,7 @@ use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::sys::listener::Listeners;
 use crate::sys::notify::Notifier;
+use crate::sys::privileges::RunAs;
 use crate::sys::scoreboard::{Scoreboard, MASTER_BEAT};
 use crate::sys::signals::{Signal, Signals};
 use crate::worker::Child;
@@ -79,6 +80,8 @@ pub(crate) struct Origin {
 struct Master<'a> {
     /// The config in force (a reload replaces it); workers are forked with it.
     config: Config,
+    /// Its `--user` and `--group`, resolved: what each new worker switches to.
+    run_as: Option<RunAs>,
     /// The listeners, the old ones a reload moved away from, what was announced.
     sockets: Sockets,
     worker_main: &'a WorkerMain<'a>,
@@ -105,6 +108,7 @@ struct Master<'a> {
 /// halts (Err, after every worker is gone).
 pub(crate) fn run(
     config: Config,
+    run_as: Option<RunAs>,
     mut listeners: Listeners,
     origin: Origin,
     scoreboard: &'static Scoreboard,
@@ -132,6 +136,7 @@ pub(crate) fn run(
     let mut master = Master {
         fleet: Fleet::new(pool),
         config,
+        run_as,
         sockets: Sockets::new(listeners),
         worker_main,
         signals,

@@ -92,8 +92,13 @@ impl Master<'_> {
         .chain(self.fleet.channel_raw_fds())
         .chain([channel.stream().as_raw_fd()])
         .collect();
-        let (signals, worker_main, config, scoreboard) =
-            (&self.signals, self.worker_main, &self.config, self.scoreboard);
+        let (signals, worker_main, config, scoreboard, run_as) = (
+            &self.signals,
+            self.worker_main,
+            &self.config,
+            self.scoreboard,
+            self.run_as,
+        );
         let listeners = &self.sockets.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
@@ -101,6 +106,7 @@ impl Master<'_> {
             let (record, admin) = (scoreboard.record(record), listeners.admin());
             worker_main(Child {
                 slot,
+                run_as,
                 master_pid,
                 listener,
                 channel: worker_end,

@@ -11,11 +11,13 @@
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
 //! - `notify`     sd_notify
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
+//! - `privileges` the user and group the workers run as (`--user`, `--group`)
 
 pub(crate) mod channel;
 pub(crate) mod listener;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
+pub(crate) mod privileges;
 pub(crate) mod process;
 pub(crate) mod scoreboard;
 pub(crate) mod signals;

@@ -197,10 +197,10 @@ pub struct Open {
 }
 
 impl Connections {
-    pub fn new(record: &'static Record) -> Connections {
+    pub fn new(record: &'static Record, limit: Option<std::num::NonZeroUsize>) -> Connections {
         Connections {
             table: RefCell::new(Slab::new()),
-            count: Arc::new(OpenCount::new(record)),
+            count: Arc::new(OpenCount::new(record, limit)),
         }
     }
 
@@ -239,6 +239,11 @@ impl Connections {
 
     pub async fn all_closed(&self) {
         self.count.all_closed().await;
+    }
+
+    /// Resolves once this worker may accept another connection (`--max-connections`).
+    pub async fn below_limit(&self) {
+        self.count.below_limit().await;
     }
 
     /// Asks every connection that has waited longer than `limits` allow (as of

@@ -104,20 +104,38 @@ impl Stamps {
     }
 }
 
-/// How many connections of this worker are open, upgraded ones included.
+/// How many connections of this worker are open, upgraded and parked ones
+/// included.
 pub struct OpenCount {
     open: AtomicUsize,
     closed: Notify,
+    /// `--max-connections`: the accept loops wait below it.
+    limit: usize,
+    /// Woken when a close brings the count back under the limit.
+    below_limit: Notify,
     /// Where the master and the status views see it.
     record: &'static Record,
 }
 
 impl OpenCount {
-    pub fn new(record: &'static Record) -> OpenCount {
+    pub fn new(record: &'static Record, limit: Option<std::num::NonZeroUsize>) -> OpenCount {
         OpenCount {
             open: AtomicUsize::new(0),
             closed: Notify::new(),
+            limit: limit.map_or(usize::MAX, std::num::NonZeroUsize::get),
+            below_limit: Notify::new(),
             record,
+        }
+    }
+
+    /// Resolves once fewer than `--max-connections` are open (at once, mostly).
+    pub async fn below_limit(&self) {
+        loop {
+            let freed = self.below_limit.notified();
+            if self.get() < self.limit {
+                return;
+            }
+            freed.await;
         }
     }
 
@@ -154,6 +172,9 @@ impl Drop for Counted {
         count.record.connections.store(open as u64, Relaxed);
         if open == 0 {
             count.closed.notify_waiters();
+        }
+        if open + 1 == count.limit {
+            count.below_limit.notify_waiters();
         }
     }
 }

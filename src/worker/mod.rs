@@ -43,6 +43,8 @@ pub(crate) const PROCESS_NAME: &str = "prefork-worker";
 /// What a freshly forked worker is handed by the master.
 pub(crate) struct Child<'a> {
     pub slot: usize,
+    /// `--user`/`--group`: the ids to switch to before anything else.
+    pub run_as: Option<crate::sys::privileges::RunAs>,
     pub master_pid: Pid,
     /// The slot's socket; the master keeps its own copy open.
     pub listener: &'a TcpListener,
@@ -67,6 +69,13 @@ where
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
     name_process(PROCESS_NAME);
+    // Before PDEATHSIG: a change of credentials clears it.
+    if let Some(run_as) = child.run_as {
+        if let Err(err) = crate::sys::privileges::switch(run_as) {
+            let reason = format!("cannot switch to uid {}, gid {}: {err}", run_as.uid, run_as.gid);
+            return boot_failed(&name, child.channel, exit_code::BOOT_FAILED, reason);
+        }
+    }
     if let Err(err) = child::die_with_master(child.master_pid) {
         info!("{name}: {err}; exiting");
         return exit_code::OK;

@@ -92,7 +92,7 @@ pub async fn serve<S: WorkerApp>(
         service,
         protocols,
         lifecycle: Rc::new(Lifecycle::new(quota(config), record)),
-        connections: Rc::new(Connections::new(record)),
+        connections: Rc::new(Connections::new(record, config.max_connections)),
         parking: Parking::new()
             .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))
             .ok(),
@@ -258,6 +258,9 @@ type Adopted = Vec<(usize, JoinHandle<()>, Rc<TcpListener>)>;
 
 async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>) {
     loop {
+        // At --max-connections, the next connections wait in the kernel's
+        // queue of this socket until one of this worker's closes.
+        shared.connections.below_limit().await;
         match listener.accept().await {
             Ok((stream, client)) => start_connection(stream, client, &shared),
             Err(err) if is_transient(&err) => {}

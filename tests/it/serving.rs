@@ -259,3 +259,100 @@ fn a_parked_connection_is_counted_and_closed_by_the_idle_rules() {
         "and the client sees it closed"
     );
 }
+
+/// At `--max-connections`, a worker stops accepting: the next connection waits
+/// in the kernel's queue, unanswered, and is served as soon as one closes.
+#[test]
+fn at_max_connections_the_next_connection_waits_until_one_closes() {
+    use std::io::Write;
+    let server = Server::start(&["--workers", "1", "--max-connections", "2"]);
+    let mut first = TcpStream::connect(server.addr).unwrap();
+    let mut second = TcpStream::connect(server.addr).unwrap();
+    for stream in [&mut first, &mut second] {
+        send_request(stream, "GET", "/", true).unwrap();
+        assert_eq!(read_response(stream).unwrap().status, 200);
+    }
+    let mut third = TcpStream::connect(server.addr).expect("the kernel queues it");
+    third
+        .write_all(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    third.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let mut byte = [0u8; 1];
+    let waited = third.read(&mut byte);
+    assert!(
+        matches!(&waited, Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)),
+        "not accepted while 2 are open: {waited:?}"
+    );
+    drop(first);
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    let _ = third.read_to_end(&mut rest);
+    let answer = [&byte[..0], &rest[..]].concat();
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "served once one closed: {}",
+        String::from_utf8_lossy(&answer)
+    );
+}
+
+/// `--user nobody`: the master stays root (to bind on a reload), every worker
+/// runs as nobody, with nobody's group alone, and serves. Needs root: the
+/// machines this runs on (CI included) are.
+#[test]
+fn workers_run_as_the_user_and_group_asked_for() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: --user needs root to test");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("the nobody user");
+    let server = Server::start(&["--workers", "2", "--user", "nobody"]);
+    let ids = |pid: nix::unistd::Pid, field: &str| -> Vec<u32> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|line| line.starts_with(field)).unwrap().to_owned();
+        line.split_whitespace().skip(1).map(|id| id.parse().unwrap()).collect()
+    };
+    assert_eq!(ids(server.master, "Uid:"), [0, 0, 0, 0], "the master stays root");
+    for worker in server.wait_for_workers(2, Duration::from_secs(5)) {
+        let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+        assert_eq!(ids(worker, "Uid:"), [uid; 4], "worker {worker}");
+        assert_eq!(ids(worker, "Gid:"), [gid; 4], "worker {worker}");
+        assert_eq!(
+            ids(worker, "Groups:"),
+            [gid],
+            "worker {worker}: no group of root's left"
+        );
+    }
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    // A worker killed is replaced as nobody too.
+    let victim = server.workers()[0];
+    nix::sys::signal::kill(victim, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let replacement = eventually(Duration::from_secs(5), "a replacement", || {
+        server
+            .workers()
+            .into_iter()
+            .find(|pid| *pid != victim && !ids(*pid, "Uid:").is_empty())
+    });
+    eventually(Duration::from_secs(5), "the replacement switched", || {
+        (ids(replacement, "Uid:") == [nobody.uid.as_raw(); 4]).then_some(())
+    });
+    // The switch did not clear PDEATHSIG (a change of credentials would): the
+    // workers go with the master.
+    let workers = server.workers();
+    nix::sys::signal::kill(server.master, nix::sys::signal::Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(5), "every worker gone with the master", || {
+        workers.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+}
+
+#[test]
+fn an_unknown_user_is_a_startup_error() {
+    let (status, _, err) = run_to_exit(
+        command(server_binary(), &["--user", "no-such-user-here"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("no such user 'no-such-user-here'"), "{err}");
+    assert!(!err.contains("spawned"), "nothing was started: {err}");
+}
