@@ -28,6 +28,26 @@ pub enum Balance {
     Shared,
 }
 
+/// How the access log writes a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    /// nginx's and Apache's `combined`, then the duration in µs and the worker's pid.
+    Combined,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How the server's own log writes a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `2026-11-22T23:59:01.123Z  INFO master: ...`
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`).
+    Json,
+}
+
 impl Balance {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -68,6 +88,14 @@ pub struct Config {
     /// HTTP/2: the largest header list a request may send, in bytes.
     pub h2_max_header_list_size: u32,
     pub log_level: tracing::Level,
+    /// `--log-format`.
+    pub log_format: LogFormat,
+    /// `--log-file`: the server's own log goes there instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// `--access-log`: one line per response; `-` is stderr; `None`: off.
+    pub access_log: Option<PathBuf>,
+    /// `--access-log-format`.
+    pub access_log_format: AccessLogFormat,
     /// Slots replaced at a time by a reload (HUP).
     pub reload_batch: NonZeroUsize,
     /// A new worker that is not ready within this aborts the reload.
@@ -200,6 +228,10 @@ impl Config {
             h2_max_concurrent_streams: Some(self.h2_max_concurrent_streams),
             h2_max_header_list_size: Some(self.h2_max_header_list_size),
             log_level: Some(self.log_level),
+            log_format: Some(self.log_format),
+            log_file: self.log_file.clone(),
+            access_log: self.access_log.clone(),
+            access_log_format: Some(self.access_log_format),
             reload_batch: u16::try_from(self.reload_batch.get()).ok(),
             ready_timeout: Some(self.ready_timeout),
             upgrade_binary: self.upgrade_binary.clone(),
@@ -362,6 +394,22 @@ struct Settings {
     #[serde(default, deserialize_with = "parsed")]
     log_level: Option<tracing::Level>,
 
+    /// The server's own log: text or json (one object per line) [default: text]
+    #[arg(long, env = "PREFORK_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+
+    /// Write the server's own log to this file instead of stderr (reopened on USR1)
+    #[arg(long, env = "PREFORK_LOG_FILE", value_name = "FILE")]
+    log_file: Option<PathBuf>,
+
+    /// Write one line per response to this file, or - for stderr (reopened on USR1) [default: off]
+    #[arg(long, env = "PREFORK_ACCESS_LOG", value_name = "FILE")]
+    access_log: Option<PathBuf>,
+
+    /// The access log's lines: combined (nginx's, plus duration in µs and pid) or json [default: combined]
+    #[arg(long, env = "PREFORK_ACCESS_LOG_FORMAT", value_enum)]
+    access_log_format: Option<AccessLogFormat>,
+
     /// On HUP, how many slots are replaced at a time [default: 1]
     #[arg(long, env = "PREFORK_RELOAD_BATCH", value_parser = clap::value_parser!(u16).range(1..))]
     reload_batch: Option<u16>,
@@ -436,7 +484,7 @@ macro_rules! with_setting_fields {
         $callback!(
             $($args)* host, port, workers, balance, backlog, graceful_timeout, shutdown_delay, header_read_timeout,
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
-            log_level, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
+            log_level, log_format, log_file, access_log, access_log_format, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
             max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote,
             max_connections, user, group
         )
@@ -537,6 +585,10 @@ impl Settings {
             },
             h2_max_header_list_size: self.h2_max_header_list_size.unwrap_or(64 << 10),
             log_level: self.log_level.unwrap_or(tracing::Level::INFO),
+            log_format: self.log_format.unwrap_or(LogFormat::Text),
+            log_file: self.log_file,
+            access_log: self.access_log,
+            access_log_format: self.access_log_format.unwrap_or(AccessLogFormat::Combined),
             reload_batch,
             ready_timeout: positive("ready_timeout", self.ready_timeout)?,
             upgrade_binary: self.upgrade_binary,

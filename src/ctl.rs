@@ -36,6 +36,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         pid_file: PathBuf,
     },
+    /// Reopen the log files (USR1) of the master and every worker, after logrotate renamed them
+    Reopen {
+        #[arg(long, value_name = "FILE")]
+        pid_file: PathBuf,
+    },
     /// Grow or shrink the running server to N workers (TTIN/TTOU, one at a time,
     /// each checked on its --admin listener)
     Scale {
@@ -55,6 +60,7 @@ pub fn run(command: Command) -> std::process::ExitCode {
         Command::Reload { pid_file } => signal(&pid_file, Signal::SIGHUP),
         Command::Stop { pid_file, fast } => signal(&pid_file, if fast { Signal::SIGQUIT } else { Signal::SIGTERM }),
         Command::Upgrade { pid_file } => signal(&pid_file, Signal::SIGUSR2),
+        Command::Reopen { pid_file } => signal(&pid_file, Signal::SIGUSR1),
         Command::Scale {
             workers,
             pid_file,

@@ -37,6 +37,11 @@ pub enum Error {
     ScoreboardFull,
     /// `--user` or `--group` cannot be used: unknown, or the master is not root.
     RunAs { cause: String },
+    /// `--log-file` cannot be opened.
+    LogFile {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -62,6 +67,7 @@ impl fmt::Display for Error {
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::RunAs { cause } => write!(f, "cannot run the workers as --user/--group asks: {cause}"),
+            Error::LogFile { path, source } => write!(f, "cannot open the log file {}: {source}", path.display()),
             Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
             Error::Scoreboard(err) => write!(f, "cannot map the shared scoreboard: {err}"),
             Error::Activation(err) => write!(f, "cannot use the sockets systemd passed (LISTEN_FDS): {err}"),
@@ -75,7 +81,7 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
             Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
-            Error::Activation(source) => Some(source),
+            Error::Activation(source) | Error::LogFile { source, .. } => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull | Error::RunAs { .. } => {
                 None

@@ -45,7 +45,7 @@ use std::fmt::Display;
 
 use sys::{listener, process, scoreboard, signals, upgrade};
 
-pub use config::{Balance, Config, ConfigError, ServerFlags};
+pub use config::{AccessLogFormat, Balance, Config, ConfigError, LogFormat, ServerFlags};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
@@ -112,7 +112,7 @@ where
         let made = setup();
         async move { made.await.map(IntoWorkerService::into_worker_service) }
     };
-    init_logging(config.log_level);
+    init_logging(&config)?;
     if let Some((old, new)) = process::raise_file_limit() {
         tracing::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
     }
@@ -157,14 +157,27 @@ where
     master::run(config, run_as, listeners, origin, scoreboard, &worker_main)
 }
 
-/// Logs to stderr, written synchronously by the calling thread: a writer thread
-/// would make the master multi-threaded. A subscriber the caller installed wins.
-fn init_logging(level: tracing::Level) {
+/// Logs to stderr or `--log-file`, as text or JSON, written synchronously by
+/// the calling thread: a writer thread would make the master multi-threaded. A
+/// subscriber the caller installed wins.
+fn init_logging(config: &Config) -> Result<(), Error> {
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let file = match &config.log_file {
+        Some(path) => Some(sys::logfile::open(path).map_err(|source| Error::LogFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.log_level)
+        .with_target(false);
+    let ansi = file.is_none() && std::io::stderr().is_terminal();
+    let _ = match (config.log_format, file) {
+        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).with_ansi(ansi).try_init(),
+        (LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).try_init(),
+        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).try_init(),
+        (LogFormat::Json, Some(file)) => builder.json().with_writer(file).try_init(),
+    };
+    Ok(())
 }

@@ -252,11 +252,25 @@ impl Master<'_> {
             (Signal::Reload, None) => self.reload(),
             (Signal::AddWorker, None) => self.resize(self.fleet.pool.len() + 1, "TTIN"),
             (Signal::RemoveWorker, None) => self.resize(self.fleet.pool.len().saturating_sub(1), "TTOU"),
-            (Signal::Ignored(raw), _) if raw == libc::SIGUSR1 => {
-                info!("master: ignoring SIGUSR1: not implemented yet");
-            }
+            (Signal::Reopen, _) => self.reopen_logs(),
             (Signal::Ignored(_), _) => info!("master: ignoring {signal}: not in the signal table"),
         }
+    }
+
+    /// USR1: the master's log file, then every worker's logs (they reopen their
+    /// own, each in its process).
+    fn reopen_logs(&mut self) {
+        if let Err(err) = crate::sys::logfile::reopen() {
+            error!("master: cannot reopen the log file: {err}; logging on to the old one");
+        }
+        let workers = self.fleet.pool.pids();
+        for pid in &workers {
+            crate::sys::process::signal(*pid, nix::sys::signal::Signal::SIGUSR1);
+        }
+        info!(
+            "master: SIGUSR1: log files reopened; {} workers told to reopen theirs",
+            workers.len()
+        );
     }
 
     /// The watchdog keep-alive, and `READY=1` once a reload (HUP) is over.

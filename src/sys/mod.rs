@@ -7,6 +7,7 @@
 //! - `signals`    the signal table, record-only handlers, the self-pipe
 //! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF
 //! - `listener`   every socket option; bound before any fork
+//! - `logfile`    `--log-file`, reopened on USR1
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
 //! - `notify`     sd_notify
@@ -15,6 +16,7 @@
 
 pub(crate) mod channel;
 pub(crate) mod listener;
+pub(crate) mod logfile;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod privileges;

@@ -8,7 +8,7 @@
 //! | TTIN, TTOU | one worker more / fewer (down to 1)                           | ignored             |
 //! | CHLD       | wake up and reap                                              | default             |
 //! | USR2       | hot upgrade: start the binary on disk with the sockets; drain once it is ready | ignored |
-//! | USR1       | logged and ignored (not implemented yet)                      | ignored             |
+//! | USR1       | reopen the log files, and tell every worker to                | reopen its logs     |
 //! | any other catchable signal (ALRM, IO, PROF, VTALRM, PWR, SYS, XCPU, XFSZ, STKFLT, TRAP, PIPE, real-time) | logged and ignored | ignored |
 //!
 //! ABRT and BUS keep their default action (a core dump is what an operator who
@@ -49,7 +49,8 @@ Signals (send them to the master):
   USR2        hot upgrade: start the binary on disk as a new master with the same sockets;
               once it is ready, this master drains and exits; if it is not, this one
               keeps serving.
-  USR1        logged and ignored for now (log reopen is planned).
+  USR1        reopen the log files (--log-file, --access-log) in the master and every
+              worker, after logrotate has renamed them: nothing is lost.
   others      ALRM, IO, PROF, VTALRM, PWR, SYS, XCPU, XFSZ, STKFLT, TRAP, PIPE and the
               real-time signals are logged and ignored (they would kill the master).
 TERM is graceful, as systemd, Kubernetes, gunicorn and Puma expect; nginx and unicorn
@@ -72,7 +73,9 @@ pub enum Signal {
     RemoveWorker,
     /// USR2.
     Upgrade,
-    /// Not in the table (or not implemented yet: USR1): recorded so that its
+    /// USR1: reopen the log files (after logrotate renamed them).
+    Reopen,
+    /// Not in the table: recorded so that its
     /// default action, which for most of them terminates the master, does not run.
     Ignored(i32),
 }
@@ -114,6 +117,7 @@ impl std::fmt::Display for Signal {
             Signal::AddWorker => SIGTTIN,
             Signal::RemoveWorker => SIGTTOU,
             Signal::Upgrade => SIGUSR2,
+            Signal::Reopen => SIGUSR1,
             Signal::Ignored(raw) => *raw,
         };
         f.write_str(&name(raw))
@@ -139,6 +143,7 @@ impl Signal {
             SIGTTIN => Signal::AddWorker,
             SIGTTOU => Signal::RemoveWorker,
             SIGUSR2 => Signal::Upgrade,
+            SIGUSR1 => Signal::Reopen,
             other => Signal::Ignored(other),
         }
     }

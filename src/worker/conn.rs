@@ -31,6 +31,7 @@ use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::access::AccessLog;
 use super::io::{Clock, Counted, Io, OpenCount, Stamps};
 use super::protocol::Protocol;
 use super::respond::Tracked;
@@ -51,10 +52,12 @@ pub struct Lifecycle {
     record: &'static Record,
     /// Housekeeping ticks since the worker started (shared with every socket).
     pub(super) clock: Arc<Clock>,
+    /// `--access-log`.
+    pub(super) access_log: Option<AccessLog>,
 }
 
 impl Lifecycle {
-    pub fn new(quota: u64, record: &'static Record) -> Lifecycle {
+    pub fn new(quota: u64, record: &'static Record, access_log: Option<AccessLog>) -> Lifecycle {
         Lifecycle {
             draining: Cell::new(false),
             served: Cell::new(0),
@@ -62,6 +65,7 @@ impl Lifecycle {
             quota_reached: Notify::new(),
             record,
             clock: Arc::new(Clock::default()),
+            access_log,
         }
     }
 
@@ -114,6 +118,8 @@ pub struct Entry {
     /// The socket, for the sweep's end-of-file probe. Valid while the entry is
     /// in the table: the connection closes it only just before it leaves.
     fd: RawFd,
+    /// The client's address (the access log's).
+    pub(super) client: std::net::SocketAddr,
     /// Set by the sweep.
     close: Cell<Close>,
     /// The connection task's waker, for the sweep to wake it.
@@ -208,11 +214,12 @@ impl Connections {
     /// place in the open count ([`Connections::count_one`]) is kept apart: it
     /// goes to the socket, so that an upgraded or a parked connection, out of
     /// the table, stays counted.
-    pub fn enter(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd) -> Open {
+    pub fn enter(self: &Rc<Self>, lifecycle: &Rc<Lifecycle>, fd: RawFd, client: std::net::SocketAddr) -> Open {
         let entry = Rc::new(Entry {
             in_flight: Cell::new(0),
             stamps: Arc::new(Stamps::new(Arc::clone(&lifecycle.clock))),
             fd,
+            client,
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             h2: Cell::new(false),

@@ -25,6 +25,8 @@ pub enum Stop {
 /// One thing the worker is told.
 pub enum Event {
     Stop(Stop, &'static str),
+    /// USR1: reopen the log files.
+    Reopen,
     /// Accept on this slot's socket too, until released.
     Adopt(usize, TcpListener),
     Release(usize),
@@ -34,6 +36,7 @@ pub struct Control {
     terminate: Signal,
     interrupt: Signal,
     quit: Signal,
+    reopen: Signal,
     /// `None` once EOF was seen (or the channel could not be watched).
     master: Option<tokio::net::UnixStream>,
 }
@@ -46,6 +49,7 @@ impl Control {
             terminate: signal(SignalKind::terminate())?,
             interrupt: signal(SignalKind::interrupt())?,
             quit: signal(SignalKind::quit())?,
+            reopen: signal(SignalKind::user_defined1())?,
             master: None,
         })
     }
@@ -83,6 +87,7 @@ impl Control {
                 _ = self.terminate.recv() => return Event::Stop(Stop::Graceful, "SIGTERM"),
                 _ = self.interrupt.recv() => return Event::Stop(Stop::Graceful, "SIGINT"),
                 _ = self.quit.recv() => return Event::Stop(Stop::Fast, "SIGQUIT"),
+                _ = self.reopen.recv() => return Event::Reopen,
                 received = from_master(&self.master) => received,
             };
             match received {

@@ -7,6 +7,7 @@
 //! signals (a TERM that arrived in between is delivered to the new handler, not
 //! lost), make the service, report ready and serve.
 
+mod access;
 mod child;
 mod conn;
 mod control;
@@ -31,6 +32,7 @@ use crate::service::WorkerApp;
 use crate::sys::channel::{self, Message};
 use crate::sys::process::{self, exit_code};
 use crate::sys::scoreboard::{Record, Scoreboard, State};
+use access::AccessLog;
 pub(crate) use child::forget_the_master;
 use control::Control;
 use serve::serve;
@@ -106,6 +108,28 @@ where
             }
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
+        // Opened as the worker's own user (`--user`): it must be able to write there.
+        let access_log = match config
+            .access_log
+            .as_deref()
+            .map(|path| AccessLog::open(path, config.access_log_format))
+        {
+            None => None,
+            Some(Ok(access_log)) => Some(access_log),
+            Some(Err(err)) => {
+                let path = config
+                    .access_log
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new("-"))
+                    .display();
+                return boot_failed(
+                    &name,
+                    channel,
+                    exit_code::BOOT_FAILED,
+                    format!("cannot open the access log {path}: {err}"),
+                );
+            }
+        };
         child_record.set_state(State::Ready);
         if channel::send(&mut channel, &Message::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
@@ -124,7 +148,7 @@ where
                 None
             }
         });
-        serve(listener, service, control, config, child_record, &name).await;
+        serve(listener, service, control, config, child_record, access_log, &name).await;
         admin.inspect(|task| task.abort());
         exit_code::OK
     });

@@ -29,6 +29,8 @@ pub struct Idle<S> {
     pub service: S,
     /// Its place in the open count: a parked connection is open.
     pub counted: Counted,
+    /// The client's address (the access log's).
+    pub client: std::net::SocketAddr,
     /// When it became idle, in housekeeping ticks: the idle limit counts from there.
     pub since: u32,
 }
@@ -69,7 +71,14 @@ impl<S> Parking<S> {
     /// Takes `stream` out of the runtime and parks it. An error closes it: it
     /// is idle, so nothing is lost but the connection (a client retries a
     /// request on a keep-alive connection that closes before answering).
-    pub fn park(&self, stream: TcpStream, service: S, counted: Counted, since: u32) -> io::Result<()> {
+    pub fn park(
+        &self,
+        stream: TcpStream,
+        service: S,
+        counted: Counted,
+        client: std::net::SocketAddr,
+        since: u32,
+    ) -> io::Result<()> {
         let stream = stream.into_std()?;
         let mut parked = self.parked.borrow_mut();
         let slot = parked.vacant_entry();
@@ -80,6 +89,7 @@ impl<S> Parking<S> {
             stream,
             service,
             counted,
+            client,
             since,
         });
         Ok(())

@@ -24,6 +24,7 @@ use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Version};
 use tracing::error;
 
+use super::access::Pending;
 use super::conn::Entry;
 use crate::service::{BoxError, WorkerService};
 
@@ -43,7 +44,10 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
     type Future = TrackedFuture<S::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::new(Rc::clone(&self.entry));
+        // Taken from the request only when there is an access log to write.
+        let pending =
+            (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
+        let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let inner = match bad_host(&request) {
             false => Some(self.inner.call(request)),
             true => None,
@@ -94,13 +98,21 @@ const HOST_BYTE: [bool; 256] = {
 };
 
 /// A request counted as in flight: dropping it (when the response body is done,
-/// or when the request is abandoned) ends that, and starts the idle clock.
-pub struct InFlight(Rc<Entry>);
+/// or when the request is abandoned) ends that, starts the idle clock, and
+/// writes the request's access log line, if there is an access log.
+pub struct InFlight(Rc<Entry>, Option<Box<Pending>>);
 
 impl InFlight {
-    fn new(entry: Rc<Entry>) -> InFlight {
+    fn new(entry: Rc<Entry>, pending: Option<Box<Pending>>) -> InFlight {
         entry.in_flight.set(entry.in_flight.get() + 1);
-        InFlight(entry)
+        InFlight(entry, pending)
+    }
+
+    /// The response's status, for the access log.
+    fn answered(&mut self, status: StatusCode) {
+        if let Some(pending) = &mut self.1 {
+            pending.status = status.as_u16();
+        }
     }
 }
 
@@ -109,6 +121,9 @@ impl Drop for InFlight {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
         entry.stamps.idle_now();
+        if let (Some(pending), Some(access_log)) = (&self.1, &entry.lifecycle.access_log) {
+            access_log.log(pending);
+        }
     }
 }
 
@@ -154,9 +169,12 @@ where
             }
         };
         // `in_flight` is always there on the first Ready, which is the last poll.
-        let Some(in_flight) = in_flight else {
+        let Some(mut in_flight) = in_flight else {
             return Poll::Pending;
         };
+        if let Ok(response) = &result {
+            in_flight.answered(response.status());
+        }
         let lifecycle = &in_flight.0.lifecycle;
         lifecycle.served_one();
         // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
@@ -178,9 +196,10 @@ where
 
 /// The worker's own answer (no body), after which the connection closes.
 fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
-    let Some(in_flight) = in_flight else {
+    let Some(mut in_flight) = in_flight else {
         unreachable!("a response future is polled to Ready once")
     };
+    in_flight.answered(status);
     in_flight.0.lifecycle.served_one();
     // On HTTP/2 only the stream ends, and `Connection` is not a header there.
     let h1 = !in_flight.0.h2.get();
@@ -214,9 +233,16 @@ where
     type Error = BoxError;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
-        let inner = self.project().inner;
+        let this = self.project();
+        let inner = this.inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
-            Ok(polled) => Poll::Ready(ready!(polled)),
+            Ok(polled) => {
+                let polled = ready!(polled);
+                if let (Some(pending), Some(Ok(frame))) = (&mut this.in_flight_guard.1, &polled) {
+                    pending.bytes += frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);
+                }
+                Poll::Ready(polled)
+            }
             Err(panic) => {
                 let message = super::panic_message(panic.as_ref()).to_owned();
                 error!("a response body panicked: {message}; closing its connection");

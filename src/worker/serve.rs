@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::access::AccessLog;
 use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, LocalExec, Open, Protocols, Start};
 use super::control::{Control, Event, Stop};
 use super::io::Counted;
@@ -66,6 +67,7 @@ pub async fn serve<S: WorkerApp>(
     control: Control,
     config: &Config,
     record: &'static Record,
+    access_log: Option<AccessLog>,
     name: &str,
 ) {
     let mut h1 = http1::Builder::new();
@@ -91,7 +93,7 @@ pub async fn serve<S: WorkerApp>(
     let shared = Rc::new(Shared {
         service,
         protocols,
-        lifecycle: Rc::new(Lifecycle::new(quota(config), record)),
+        lifecycle: Rc::new(Lifecycle::new(quota(config), record, access_log)),
         connections: Rc::new(Connections::new(record, config.max_connections)),
         parking: Parking::new()
             .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))
@@ -161,8 +163,10 @@ pub async fn serve<S: WorkerApp>(
                 return warn!("{name}: {open} connections still open at the graceful timeout; exiting");
             }
             // Another TERM/INT, or an adoption, changes nothing: already draining.
-            event = control.next() => if let Event::Stop(Stop::Fast, why) = event {
-                return info!("{name}: {why} while draining: exiting now");
+            event = control.next() => match event {
+                Event::Stop(Stop::Fast, why) => return info!("{name}: {why} while draining: exiting now"),
+                Event::Reopen => reopen_logs(&shared),
+                Event::Stop(Stop::Graceful, _) | Event::Adopt(..) | Event::Release(_) => {}
             },
         }
     }
@@ -191,6 +195,9 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
         lifecycle.tick();
         let limits = if lifecycle.is_draining() { draining } else { serving };
         parked_last_tick = shared.connections.sweep(lifecycle.now(), limits);
+        if let Some(access_log) = &lifecycle.access_log {
+            access_log.flush();
+        }
         if let Some(parking) = &shared.parking {
             parking.sweep(lifecycle.now(), limits.idle);
         }
@@ -236,6 +243,7 @@ async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (St
         };
         match event {
             Event::Stop(how, why) => return (how, why, control, adopted),
+            Event::Reopen => reopen_logs(&shared),
             Event::Adopt(slot, listener) => {
                 debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
                 let listener = Rc::new(listener);
@@ -277,7 +285,7 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
 }
 
 fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
-    let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd());
+    let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd(), client);
     let counted = shared.connections.count_one();
     let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
@@ -289,7 +297,7 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        serve_connection(stream, service, open, counted, Start::New, &shared).await;
+        serve_connection(stream, service, open, counted, client, Start::New, &shared).await;
     });
 }
 
@@ -299,6 +307,7 @@ async fn serve_connection<S: WorkerApp>(
     service: S::Service,
     open: Open,
     counted: Counted,
+    client: SocketAddr,
     start: Start,
     shared: &Shared<S>,
 ) {
@@ -315,7 +324,7 @@ async fn serve_connection<S: WorkerApp>(
     else {
         return;
     };
-    match parking.park(stream, service, counted, since) {
+    match parking.park(stream, service, counted, client, since) {
         Ok(()) => debug!("an idle keep-alive connection is parked: its buffers and task are freed"),
         Err(err) => debug!("{}: cannot park an idle connection: {err}; closing it", shared.name),
     }
@@ -329,6 +338,7 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
             stream,
             service,
             counted,
+            client,
             ..
         } in parking.woken().await
         {
@@ -342,10 +352,10 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
                     continue;
                 }
             };
-            let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd());
+            let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd(), client);
             let shared = Rc::clone(&shared);
             tokio::task::spawn_local(async move {
-                serve_connection(stream, service, open, counted, Start::Unparked, &shared).await;
+                serve_connection(stream, service, open, counted, client, Start::Unparked, &shared).await;
             });
         }
     }
@@ -369,6 +379,22 @@ async fn accept_queued<S: WorkerApp>(listener: &TcpListener, shared: &Rc<Shared<
             Some(Err(_)) | None => return taken,
         }
     }
+}
+
+/// USR1: this worker's log file and access log are opened again.
+fn reopen_logs<S: WorkerApp>(shared: &Shared<S>) {
+    if let Err(err) = crate::sys::logfile::reopen() {
+        warn!("{}: cannot reopen the log file: {err}", shared.name);
+    }
+    if let Some(access_log) = &shared.lifecycle.access_log {
+        if let Err(err) = access_log.reopen() {
+            return warn!(
+                "{}: cannot reopen the access log: {err}; its lines go to the old file",
+                shared.name
+            );
+        }
+    }
+    info!("{}: SIGUSR1: log files reopened", shared.name);
 }
 
 /// Errors about one connection that failed before we accepted it.

@@ -10,6 +10,7 @@ mod grpc;
 mod health;
 mod http2;
 mod load;
+mod logs;
 mod operations;
 mod readme;
 mod requests;

@@ -1,0 +1,219 @@
+//! The access log (`--access-log`): one line per response, when its body is
+//! done (or dropped): the client's address, the time, the method, the target,
+//! the protocol, the status, the body bytes sent, the duration in µs and the
+//! worker's pid. Each worker keeps its lines in its own buffer and writes them
+//! with one `write(2)` at every housekeeping tick (250 ms), when the buffer
+//! passes 64 KiB, and at exit; a write to a local file does not hold the event
+//! loop for long. USR1 reopens the file (after logrotate renamed it); what was
+//! buffered goes to the old file first, so no line is lost.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hyper::header::{REFERER, USER_AGENT};
+use hyper::{Method, Request, Version};
+
+use crate::config::AccessLogFormat;
+
+/// Buffered lines past this size are written at once, not at the next tick.
+const FLUSH_AT: usize = 64 << 10;
+
+pub struct AccessLog {
+    /// `None`: stderr.
+    path: Option<PathBuf>,
+    file: RefCell<Option<File>>,
+    format: AccessLogFormat,
+    buffer: RefCell<Vec<u8>>,
+    pid: u32,
+}
+
+/// What a response's line needs from its request, taken when the request comes in.
+pub struct Pending {
+    started: Instant,
+    at: SystemTime,
+    client: SocketAddr,
+    method: Method,
+    target: String,
+    version: Version,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    /// Set when the response head is known.
+    pub status: u16,
+    /// Counted as the body's frames go out.
+    pub bytes: u64,
+}
+
+impl Pending {
+    pub fn new<B>(request: &Request<B>, client: SocketAddr) -> Pending {
+        let header = |name| {
+            request
+                .headers()
+                .get(name)
+                .map(|value: &hyper::header::HeaderValue| String::from_utf8_lossy(value.as_bytes()).into_owned())
+        };
+        Pending {
+            started: Instant::now(),
+            at: SystemTime::now(),
+            client,
+            method: request.method().clone(),
+            target: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| request.uri().to_string(), |target| target.as_str().to_owned()),
+            version: request.version(),
+            referer: header(REFERER),
+            user_agent: header(USER_AGENT),
+            status: 0,
+            bytes: 0,
+        }
+    }
+}
+
+impl AccessLog {
+    /// `-` is stderr; any other path is opened for appending.
+    pub fn open(path: &Path, format: AccessLogFormat) -> io::Result<AccessLog> {
+        let path = (path != Path::new("-")).then(|| path.to_owned());
+        let file = path.as_deref().map(append).transpose()?;
+        Ok(AccessLog {
+            path,
+            file: RefCell::new(file),
+            format,
+            buffer: RefCell::new(Vec::with_capacity(FLUSH_AT)),
+            pid: std::process::id(),
+        })
+    }
+
+    /// The line of a finished response.
+    pub fn log(&self, done: &Pending) {
+        let mut buffer = self.buffer.borrow_mut();
+        let micros = done.started.elapsed().as_micros();
+        match self.format {
+            AccessLogFormat::Combined => {
+                let _ = writeln!(
+                    buffer,
+                    "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" {micros} {}",
+                    done.client.ip(),
+                    clf_time(done.at),
+                    done.method,
+                    done.target,
+                    done.version,
+                    done.status,
+                    done.bytes,
+                    done.referer.as_deref().unwrap_or("-").replace('"', "\\\""),
+                    done.user_agent.as_deref().unwrap_or("-").replace('"', "\\\""),
+                    self.pid,
+                );
+            }
+            AccessLogFormat::Json => {
+                let line = serde_json::json!({
+                    "time": humantime::format_rfc3339_millis(done.at).to_string(),
+                    "client": done.client.to_string(),
+                    "method": done.method.as_str(),
+                    "target": done.target,
+                    "protocol": format!("{:?}", done.version),
+                    "status": done.status,
+                    "bytes": done.bytes,
+                    "duration_us": micros as u64,
+                    "referer": done.referer,
+                    "user_agent": done.user_agent,
+                    "pid": self.pid,
+                });
+                let _ = serde_json::to_writer(&mut *buffer, &line);
+                buffer.push(b'\n');
+            }
+        }
+        if buffer.len() >= FLUSH_AT {
+            drop(buffer);
+            self.flush();
+        }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        let mut buffer = self.buffer.borrow_mut();
+        if buffer.is_empty() {
+            return;
+        }
+        let written = match self.file.borrow_mut().as_mut() {
+            Some(file) => file.write_all(&buffer),
+            None => io::stderr().write_all(&buffer),
+        };
+        if let Err(err) = written {
+            tracing::warn!("cannot write the access log: {err}; {} bytes of it lost", buffer.len());
+        }
+        buffer.clear();
+    }
+
+    /// USR1: what is buffered goes to the current file, then the path is opened
+    /// again (the file now there, after a rotation).
+    pub fn reopen(&self) -> io::Result<()> {
+        self.flush();
+        if let Some(path) = &self.path {
+            *self.file.borrow_mut() = Some(append(path)?);
+        }
+        Ok(())
+    }
+}
+
+/// At the worker's exit (its runtime and connections dropped): the last lines.
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+fn append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// `22/Nov/2026:23:59:01 +0000`, the common log format's time, in UTC.
+fn clf_time(at: SystemTime) -> String {
+    let seconds = at.duration_since(UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    format!(
+        "{day:02}/{}/{year}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(month - 1) as usize],
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// Year, month (1-12) and day of the `days`-th day since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_common_log_format_time_is_utc() {
+        assert_eq!(clf_time(UNIX_EPOCH), "01/Jan/1970:00:00:00 +0000");
+        // 2026-11-22T23:59:01Z
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(1_795_391_941);
+        assert_eq!(clf_time(at), "22/Nov/2026:23:59:01 +0000");
+        // A leap day.
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
+        assert_eq!(clf_time(at), "29/Feb/2000:00:00:00 +0000");
+    }
+}
