@@ -121,6 +121,8 @@ pub struct Config {
     /// Open connections per worker beyond which it stops accepting until one
     /// closes (nginx's `worker_connections`); `None`: no limit.
     pub max_connections: Option<NonZeroUsize>,
+    /// A request declaring a larger body gets 413 without reaching the service.
+    pub max_body_size: Option<u64>,
     /// The user the workers run as (the master stays as it was started, to
     /// bind on reload); `None`: the master's.
     pub user: Option<String>,
@@ -244,6 +246,7 @@ impl Config {
             admin: self.admin,
             admin_allow_remote: self.admin.map(|admin| !admin.ip().is_loopback()),
             max_connections: self.max_connections.and_then(|n| u32::try_from(n.get()).ok()),
+            max_body_size: self.max_body_size,
             user: self.user.clone(),
             group: self.group.clone(),
         }
@@ -468,6 +471,11 @@ struct Settings {
     #[arg(long, env = "PREFORK_MAX_CONNECTIONS", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
 
+    /// A request declaring a body larger than this (Content-Length: 1m, 10MiB...) gets 413 without reaching the service [default: no limit]
+    #[arg(long, env = "PREFORK_MAX_BODY_SIZE", value_name = "SIZE", value_parser = parse_size)]
+    #[serde(default, deserialize_with = "size")]
+    max_body_size: Option<u64>,
+
     /// Run the workers as this user (the master, started as root to bind, stays root to bind on reload)
     #[arg(long, env = "PREFORK_USER", value_name = "USER")]
     user: Option<String>,
@@ -486,7 +494,7 @@ macro_rules! with_setting_fields {
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
             log_level, log_format, log_file, access_log, access_log_format, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
             max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote,
-            max_connections, user, group
+            max_connections, max_body_size, user, group
         )
     };
 }
@@ -616,6 +624,7 @@ impl Settings {
             },
             admin: self.admin,
             max_connections: self.max_connections.and_then(|n| NonZeroUsize::new(n as usize)),
+            max_body_size: self.max_body_size,
             user: self.user,
             group: self.group,
             file,

@@ -54,10 +54,12 @@ pub struct Lifecycle {
     pub(super) clock: Arc<Clock>,
     /// `--access-log`.
     pub(super) access_log: Option<AccessLog>,
+    /// `--max-body-size`, or `u64::MAX`.
+    pub(super) max_body: u64,
 }
 
 impl Lifecycle {
-    pub fn new(quota: u64, record: &'static Record, access_log: Option<AccessLog>) -> Lifecycle {
+    pub fn new(quota: u64, record: &'static Record, access_log: Option<AccessLog>, max_body: Option<u64>) -> Lifecycle {
         Lifecycle {
             draining: Cell::new(false),
             served: Cell::new(0),
@@ -66,6 +68,7 @@ impl Lifecycle {
             record,
             clock: Arc::new(Clock::default()),
             access_log,
+            max_body: max_body.unwrap_or(u64::MAX),
         }
     }
 

@@ -5,7 +5,8 @@
 //!   connection with a response still streaming (SSE, a slow download) for idle.
 //! - It answers `400 Bad Request` itself, without calling the service, to an
 //!   HTTP/1.1 request with no `Host`, and to any request with two `Host` fields or
-//!   one that is not a valid host (RFC 9112 §3.2).
+//!   one that is not a valid host (RFC 9112 §3.2); and `413 Content Too Large`
+//!   to a request whose `Content-Length` is over `--max-body-size`.
 //! - A panic in the service's future answers `500 Internal Server Error` (a panic
 //!   in a response body, once its head is out, aborts that connection); either way
 //!   the connection is closed and the worker goes on serving the others.
@@ -48,12 +49,21 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         let pending =
             (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
-        let inner = match bad_host(&request) {
-            false => Some(self.inner.call(request)),
-            true => None,
+        let refused = if bad_host(&request) {
+            Some(StatusCode::BAD_REQUEST)
+        } else if request.body().size_hint().lower() > self.entry.lifecycle.max_body {
+            // Its Content-Length says it is too large: 413 without reading it.
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        } else {
+            None
+        };
+        let inner = match refused {
+            None => Some(self.inner.call(request)),
+            Some(_) => None,
         };
         TrackedFuture {
             inner,
+            refused: refused.unwrap_or(StatusCode::BAD_REQUEST),
             in_flight: Some(in_flight),
         }
     }
@@ -130,9 +140,10 @@ impl Drop for InFlight {
 pin_project_lite::pin_project! {
     /// The response future of [`Tracked`], without a box per request.
     pub struct TrackedFuture<F> {
-        // `None`: refused before the service was called (a bad `Host`).
+        // `None`: refused before the service was called, with `refused`.
         #[pin]
         inner: Option<F>,
+        refused: StatusCode,
         in_flight: Option<InFlight>,
     }
 }
@@ -148,7 +159,7 @@ where
         let this = self.project();
         let Some(inner) = this.inner.as_pin_mut() else {
             let in_flight = this.in_flight.take();
-            return Poll::Ready(Ok(refuse(StatusCode::BAD_REQUEST, in_flight)));
+            return Poll::Ready(Ok(refuse(*this.refused, in_flight)));
         };
         // The service is the user's code: a panic in it must cost this request,
         // not every connection of the worker.

@@ -93,7 +93,7 @@ pub async fn serve<S: WorkerApp>(
     let shared = Rc::new(Shared {
         service,
         protocols,
-        lifecycle: Rc::new(Lifecycle::new(quota(config), record, access_log)),
+        lifecycle: Rc::new(Lifecycle::new(quota(config), record, access_log, config.max_body_size)),
         connections: Rc::new(Connections::new(record, config.max_connections)),
         parking: Parking::new()
             .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))

@@ -88,3 +88,27 @@ fn a_service_made_per_connection_knows_both_addresses() {
         "{answer}"
     );
 }
+
+/// `--max-body-size`: a request whose Content-Length is over it gets 413 and
+/// `Connection: close`, and never reaches the service; a smaller one does.
+#[test]
+fn a_declared_body_over_max_body_size_gets_413_without_reaching_the_service() {
+    let server = Server::start_example(&["--workers", "1", "--max-body-size", "1KiB"]);
+    // The head alone: the answer comes before any of the body is sent.
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 2048\r\n\r\n")
+        .unwrap();
+    let response = read_response(&mut stream).expect("an answer to the head");
+    assert_eq!(response.status, 413);
+    assert_eq!(response.header("connection"), Some("close"));
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: test\r\nContent-Length: 512\r\n\r\n{}",
+        "x".repeat(512)
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let response = read_response(&mut stream).unwrap();
+    assert_eq!(response.status, 200, "under the limit: served");
+    assert_eq!(response.body.len(), 512, "echoed by the service");
+}
