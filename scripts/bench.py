@@ -179,6 +179,9 @@ class Nginx(Server):
     def extra(self):
         return ""
 
+    def access_log(self):
+        return "access_log off;"
+
     def command(self):
         prefix = os.path.join(TMP, f"nginx-{self.port}")
         os.makedirs(prefix, exist_ok=True)
@@ -192,7 +195,7 @@ error_log {prefix}/error.log;
 {self.limits()}
 events {{ worker_connections {self.connections}; }}
 http {{
-    access_log off;
+    {self.access_log()}
     client_body_temp_path {prefix}/body;
     proxy_temp_path {prefix}/proxy;
     fastcgi_temp_path {prefix}/fastcgi;
@@ -228,6 +231,23 @@ class NginxH2(Nginx):
         # not reconnect: its streams would count as failed. prefork-server has no
         # such limit; lift nginx's for the comparison.
         return "keepalive_requests 100000000;"
+
+
+class PreforkAccessLog(Prefork):
+    """prefork-server writing its combined access log to a file."""
+    name = "prefork-server, access log on"
+
+    def command(self):
+        return super().command() + ["--access-log", os.path.join(TMP, f"access-{self.port}.log")]
+
+
+class NginxAccessLog(Nginx):
+    """nginx writing its combined access log to a file (buffered, as
+    prefork-server's is, and flushed as often)."""
+    name = "nginx, access log on"
+
+    def access_log(self):
+        return f"access_log {TMP}/nginx-access-{self.port}.log combined buffer=64k flush=250ms;"
 
 
 class NginxMany(Nginx):
@@ -760,7 +780,7 @@ def main():
                    help="idle keep-alive connections for the connection-memory phase (default 10000)")
     p.add_argument("--layouts", default="pinned,close,unpinned")
     p.add_argument("--skip", default="",
-                   help="phases to skip: h2,latency,syscalls,instructions,memory,connections,respawn,split")
+                   help="phases to skip: h2,latency,syscalls,instructions,accesslog,memory,connections,respawn,split")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     p.add_argument("--instructions", nargs="+", metavar="BINARY",
                    help="only count instructions per request of these prefork-server builds (A/B)")
@@ -781,6 +801,8 @@ def main():
     lat = latency(args.rate, args.seconds) if "latency" not in skip else None
     calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
     instr = instructions() if "instructions" not in skip else None
+    if instr is not None and "accesslog" not in skip:
+        instr.update(instructions((PreforkAccessLog, NginxAccessLog)))
     mem = memory() if "memory" not in skip else None
     idle = idle_connections(args.connections) if "connections" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None

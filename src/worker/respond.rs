@@ -58,12 +58,13 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             None
         };
         let inner = match refused {
-            None => Some(self.inner.call(request)),
-            Some(_) => None,
+            None => Inner::Service {
+                future: self.inner.call(request),
+            },
+            Some(status) => Inner::Refused { status },
         };
         TrackedFuture {
             inner,
-            refused: refused.unwrap_or(StatusCode::BAD_REQUEST),
             in_flight: Some(in_flight),
         }
     }
@@ -140,11 +141,20 @@ impl Drop for InFlight {
 pin_project_lite::pin_project! {
     /// The response future of [`Tracked`], without a box per request.
     pub struct TrackedFuture<F> {
-        // `None`: refused before the service was called, with `refused`.
         #[pin]
-        inner: Option<F>,
-        refused: StatusCode,
+        inner: Inner<F>,
         in_flight: Option<InFlight>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's future, or the worker's own answer to a request it refused
+    /// before calling the service. (One enum, not an `Option` and a status: the
+    /// future stays as small as it can, since hyper moves it.)
+    #[project = InnerProjection]
+    enum Inner<F> {
+        Service { #[pin] future: F },
+        Refused { status: StatusCode },
     }
 }
 
@@ -157,9 +167,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            let in_flight = this.in_flight.take();
-            return Poll::Ready(Ok(refuse(*this.refused, in_flight)));
+        let inner = match this.inner.project() {
+            InnerProjection::Service { future } => future,
+            InnerProjection::Refused { status } => {
+                let in_flight = this.in_flight.take();
+                return Poll::Ready(Ok(refuse(*status, in_flight)));
+            }
         };
         // The service is the user's code: a panic in it must cost this request,
         // not every connection of the worker.
