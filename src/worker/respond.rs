@@ -57,6 +57,18 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         } else {
             None
         };
+        // A body of unknown length (chunked) is counted at the socket as it
+        // arrives (HTTP/1.1: one request in flight per connection).
+        let body = request.body();
+        let watched = self.entry.lifecycle.max_body != u64::MAX
+            && !self.entry.h2.get()
+            && !body.is_end_stream()
+            && body.size_hint().upper().is_none();
+        self.entry.body_watch.set(if watched && refused.is_none() {
+            self.entry.bytes_received()
+        } else {
+            None
+        });
         let inner = match refused {
             None => Inner::Service {
                 future: self.inner.call(request),
@@ -174,6 +186,10 @@ where
                 return Poll::Ready(Ok(refuse(*status, in_flight)));
             }
         };
+        if over_max_body(this.in_flight.as_ref()) {
+            let in_flight = this.in_flight.take();
+            return Poll::Ready(Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, in_flight)));
+        }
         // The service is the user's code: a panic in it must cost this request,
         // not every connection of the worker.
         let polled = catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
@@ -216,6 +232,26 @@ where
             response
         }))
     }
+}
+
+/// Whether a chunked request body being read has passed `--max-body-size`, as
+/// counted at the socket since its head (chunk framing included, so a body is
+/// refused a little before its payload reaches the limit). Then the service's
+/// future is dropped and the client gets 413 and the connection closes.
+fn over_max_body(in_flight: Option<&InFlight>) -> bool {
+    let Some(entry) = in_flight.map(|in_flight| &in_flight.0) else {
+        return false;
+    };
+    let Some(since) = entry.body_watch.get() else {
+        return false;
+    };
+    let over = entry
+        .bytes_received()
+        .is_some_and(|now| now.saturating_sub(since) > entry.lifecycle.max_body);
+    if over {
+        entry.body_watch.set(None);
+    }
+    over
 }
 
 /// The worker's own answer (no body), after which the connection closes.

@@ -112,3 +112,34 @@ fn a_declared_body_over_max_body_size_gets_413_without_reaching_the_service() {
     assert_eq!(response.status, 200, "under the limit: served");
     assert_eq!(response.body.len(), 512, "echoed by the service");
 }
+
+/// A chunked body has no length to check up front: it is counted at the
+/// socket as it arrives, and once past `--max-body-size` the service's future
+/// is dropped and the client gets 413 and a closed connection. A smaller one
+/// is served.
+#[test]
+fn a_chunked_body_over_max_body_size_gets_413_as_it_streams() {
+    let server = Server::start_example(&["--workers", "1", "--max-body-size", "4KiB"]);
+    let chunked = |chunks: usize| {
+        let mut stream = TcpStream::connect(server.addr).unwrap();
+        stream
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        for _ in 0..chunks {
+            let chunk = format!("400\r\n{}\r\n", "y".repeat(1024));
+            if stream.write_all(chunk.as_bytes()).is_err() {
+                break; // refused and closed while still sending
+            }
+            std::thread::sleep(Duration::from_millis(20)); // the client's pace
+        }
+        let _ = stream.write_all(b"0\r\n\r\n");
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        read_response(&mut stream)
+    };
+    let big = chunked(16).expect("an answer before the connection closes");
+    assert_eq!(big.status, 413, "16 KiB chunked over a 4 KiB limit");
+    assert_eq!(big.header("connection"), Some("close"));
+    let small = chunked(2).unwrap();
+    assert_eq!(small.status, 200, "2 KiB chunked: served");
+    assert_eq!(small.body.len(), 2048, "and echoed by the service");
+}
