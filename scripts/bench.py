@@ -327,11 +327,12 @@ def throughput_run(cls, layout, seconds):
     )
 
 
-def throughput(layouts, runs, seconds):
-    results = {layout: {cls.name: [] for cls in SERVERS} for layout in layouts}
+def throughput(layouts, runs, seconds, servers=None):
+    servers = servers or SERVERS
+    results = {layout: {cls.name: [] for cls in servers} for layout in layouts}
     for layout in layouts:
         for round_ in range(runs):
-            order = SERVERS[round_ % len(SERVERS):] + SERVERS[:round_ % len(SERVERS)]
+            order = servers[round_ % len(servers):] + servers[:round_ % len(servers)]
             for cls in order:
                 r = throughput_run(cls, layout, seconds)
                 results[layout][cls.name].append(r)
@@ -796,6 +797,10 @@ def main():
         p.error("the pinned layouts need 2 CPUs (server on CPU 1, client on CPU 0)")
 
     tput = throughput(layouts, args.runs, args.seconds)
+    if "pinned" in tput and "accesslog" not in skip:
+        # The same pinned keep-alive load with each server writing its access log.
+        logged = throughput(["pinned"], args.runs, args.seconds, [PreforkAccessLog, NginxAccessLog])
+        tput["pinned"].update(logged["pinned"])
     h2 = http2(args.runs, args.seconds) if "h2" not in skip else None
     split = request_split(args.seconds) if "split" not in skip else None
     lat = latency(args.rate, args.seconds) if "latency" not in skip else None
