@@ -14,6 +14,7 @@
 set -eu
 
 cd "$(dirname "$0")/.."
+. scripts/wrk-result.sh
 if ! command -v wrk >/dev/null || ! [ -x /usr/sbin/nginx ]; then
     echo "chaos: installing wrk and nginx-light"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light >/dev/null
@@ -43,11 +44,8 @@ measure() {
     sleep 1
     "$@"
     wait "$wrk"
-    requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$tmp/wrk")
-    errors=$(sed -n 's/.*Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\).*/\1 \2 \3 \4/p' "$tmp/wrk" |
-        awk '{ print $1 + $2 + $3 + $4 }')
-    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: \([0-9]*\).*/\1/p' "$tmp/wrk")
-    printf '| %-28s | %9s | %13s | %7s |\n' "$name" "$requests" "${errors:-0}" "${non2xx:-0}"
+    wrk_result "$tmp/wrk"
+    printf '| %-28s | %9s | %13s | %7s |\n' "$name" "$requests" "$socket" "$non2xx"
 }
 
 nothing() { :; }

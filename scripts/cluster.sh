@@ -24,6 +24,7 @@
 set -eu
 
 cd "$(dirname "$0")/.."
+. scripts/wrk-result.sh
 [ "$(id -u)" -eq 0 ] || { echo "cluster: needs root (ip netns)" >&2; exit 2; }
 missing=""
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
@@ -132,12 +133,9 @@ measure() {
     sleep 1
     "$@"
     wait "$wrk"
-    requests=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' "$tmp/wrk")
-    socket=$(sed -n 's/.*Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\).*/\1 \2 \3 \4/p' "$tmp/wrk" |
-        awk '{ print $1 + $2 + $3 + $4 }')
-    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: \([0-9]*\).*/\1/p' "$tmp/wrk")
-    errors=$(( ${socket:-0} + ${non2xx:-0} ))
-    printf '| %-46s | %9s | %13s | %7s |\n' "$name" "$requests" "${socket:-0}" "${non2xx:-0}"
+    wrk_result "$tmp/wrk"
+    errors=$((socket + non2xx))
+    printf '| %-46s | %9s | %13s | %7s |\n' "$name" "$requests" "$socket" "$non2xx"
 }
 
 rolling_restart() {
