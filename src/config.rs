@@ -158,14 +158,7 @@ impl Config {
     /// [`ServerFlags`] into it and call [`Config::from_flags`].
     pub fn from_args() -> Config {
         let flags = OnlyServerFlags::try_parse()
-            .unwrap_or_else(|err| {
-                let note = ServerFlags::environment_note(&err);
-                let _ = err.print();
-                if let Some(note) = note {
-                    eprintln!("{note}");
-                }
-                std::process::exit(err.exit_code())
-            })
+            .unwrap_or_else(|err| ServerFlags::exit_on(err))
             .flags;
         Config::from_flags(flags).unwrap_or_else(|err| {
             eprintln!("{}: {err}", program_name());
@@ -311,10 +304,20 @@ pub struct ServerFlags {
 }
 
 impl ServerFlags {
-    /// For a usage error about a value that came from a `PREFORK_*` variable
-    /// rather than the command line (clap names only the flag): a line that
-    /// says so, to print after the error.
-    pub fn environment_note(err: &clap::Error) -> Option<String> {
+    /// Prints a usage error from parsing a command line that holds these flags,
+    /// followed, for a value that came from a `PREFORK_*` variable rather than
+    /// the command line (clap names only the flag), by a line that says so; then
+    /// exits with clap's code (2).
+    pub fn exit_on(err: clap::Error) -> ! {
+        let note = ServerFlags::environment_note(&err);
+        let _ = err.print();
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        std::process::exit(err.exit_code())
+    }
+
+    fn environment_note(err: &clap::Error) -> Option<String> {
         let arg = err.get(clap::error::ContextKind::InvalidArg)?.to_string();
         let long = arg.strip_prefix("--")?.split([' ', '=']).next()?;
         let variable = format!("PREFORK_{}", long.replace('-', "_").to_uppercase());

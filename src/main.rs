@@ -22,14 +22,7 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|err| {
-        let note = prefork_server::ServerFlags::environment_note(&err);
-        let _ = err.print();
-        if let Some(note) = note {
-            eprintln!("{note}");
-        }
-        std::process::exit(err.exit_code())
-    });
+    let cli = Cli::try_parse().unwrap_or_else(|err| prefork_server::ServerFlags::exit_on(err));
     if let Some(command) = cli.command {
         return ctl::run(command);
     }

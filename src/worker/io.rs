@@ -130,7 +130,9 @@ impl OpenCount {
 
     /// Resolves once fewer than `--max-connections` are open (at once, mostly).
     pub async fn below_limit(&self) {
-        loop {
+        // The accept loops ask before every accept: below the limit (always,
+        // without one) it costs one load.
+        while self.get() >= self.limit {
             let freed = self.below_limit.notified();
             if self.get() < self.limit {
                 return;

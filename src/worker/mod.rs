@@ -109,26 +109,15 @@ where
             Err(BootError { code, reason }) => return boot_failed(&name, channel, code, reason),
         };
         // Opened as the worker's own user (`--user`): it must be able to write there.
-        let access_log = match config
-            .access_log
-            .as_deref()
-            .map(|path| AccessLog::open(path, config.access_log_format))
-        {
+        let access_log = match &config.access_log {
             None => None,
-            Some(Ok(access_log)) => Some(access_log),
-            Some(Err(err)) => {
-                let path = config
-                    .access_log
-                    .as_deref()
-                    .unwrap_or(std::path::Path::new("-"))
-                    .display();
-                return boot_failed(
-                    &name,
-                    channel,
-                    exit_code::BOOT_FAILED,
-                    format!("cannot open the access log {path}: {err}"),
-                );
-            }
+            Some(path) => match AccessLog::open(path, config.access_log_format) {
+                Ok(access_log) => Some(access_log),
+                Err(err) => {
+                    let reason = format!("cannot open the access log {}: {err}", path.display());
+                    return boot_failed(&name, channel, exit_code::BOOT_FAILED, reason);
+                }
+            },
         };
         child_record.set_state(State::Ready);
         if channel::send(&mut channel, &Message::Ready).is_err() {

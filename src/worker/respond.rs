@@ -49,26 +49,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         let pending =
             (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
-        let refused = if bad_host(&request) {
-            Some(StatusCode::BAD_REQUEST)
-        } else if request.body().size_hint().lower() > self.entry.lifecycle.max_body {
-            // Its Content-Length says it is too large: 413 without reading it.
-            Some(StatusCode::PAYLOAD_TOO_LARGE)
-        } else {
-            None
-        };
-        // A body of unknown length (chunked) is counted at the socket as it
-        // arrives (HTTP/1.1: one request in flight per connection).
-        let body = request.body();
-        let watched = self.entry.lifecycle.max_body != u64::MAX
-            && !self.entry.h2.get()
-            && !body.is_end_stream()
-            && body.size_hint().upper().is_none();
-        self.entry.body_watch.set(if watched && refused.is_none() {
-            self.entry.bytes_received()
-        } else {
-            None
-        });
+        let refused = refusal(&request, &self.entry);
         let inner = match refused {
             None => Inner::Service {
                 future: self.inner.call(request),
@@ -80,6 +61,30 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             in_flight: Some(in_flight),
         }
     }
+}
+
+/// The worker's own answer to a request the service must not see: 400 for its
+/// `Host`, 413 for a `Content-Length` over `--max-body-size`. With that limit
+/// set, a body of unknown length (chunked) is watched instead: counted at the
+/// socket as it arrives (HTTP/1.1 has one request in flight per connection).
+fn refusal<B: Body>(request: &Request<B>, entry: &Entry) -> Option<StatusCode> {
+    if bad_host(request) {
+        return Some(StatusCode::BAD_REQUEST);
+    }
+    let max = entry.lifecycle.max_body;
+    if max == u64::MAX {
+        return None;
+    }
+    let body = request.body();
+    let hint = body.size_hint();
+    if hint.lower() > max {
+        return Some(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let chunked = hint.upper().is_none() && !body.is_end_stream() && !entry.h2.get();
+    entry
+        .body_watch
+        .set(if chunked { entry.bytes_received() } else { None });
+    None
 }
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a

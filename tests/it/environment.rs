@@ -2,7 +2,7 @@
 //! and `PORT` and `WEB_CONCURRENCY` are honoured as Heroku, Cloud Run, gunicorn
 //! and Puma do. Precedence: flags > environment > config file > defaults.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use crate::util::*;
@@ -12,19 +12,9 @@ use crate::util::*;
 fn with_env(args: &[&str], env: &[(&str, &str)], name: &str) -> (Command, std::path::PathBuf) {
     let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, "host = \"127.0.0.1\"\nport = 0\nworkers = 3\n").unwrap();
-    let mut command = Command::new(server_binary());
-    command.args(["--config", path.to_str().unwrap()]).args(args);
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if name.starts_with("PREFORK_") || name == "PORT" || name == "WEB_CONCURRENCY" {
-            command.env_remove(&*name);
-        }
-    }
+    let mut command = bare_command(server_binary(), &["--config", path.to_str().unwrap()]);
+    command.args(args);
     command.envs(env.iter().copied());
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
     (command, path)
 }
 

@@ -123,7 +123,7 @@ fn usr1_reopens_every_log_file_and_loses_no_line() {
     std::fs::rename(&access, &access_old).unwrap();
     std::fs::rename(&own, &own_old).unwrap();
     let (status, _, err) = run_to_exit(
-        command_without_defaults(&["reopen", "--pid-file", pid_file.to_str().unwrap()]),
+        bare_command(server_binary(), &["reopen", "--pid-file", pid_file.to_str().unwrap()]),
         Duration::from_secs(10),
     );
     assert!(status.success(), "{err}");
@@ -151,17 +151,6 @@ fn usr1_reopens_every_log_file_and_loses_no_line() {
     for path in [access, access_old, own, own_old, pid_file] {
         let _ = std::fs::remove_file(path);
     }
-}
-
-/// The binary with these arguments only (a control command).
-fn command_without_defaults(args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(server_binary());
-    command
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    command
 }
 
 #[test]

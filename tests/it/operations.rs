@@ -319,11 +319,7 @@ fn max_requests_recycles_workers_one_at_a_time_without_failures() {
 fn start_with_address_in_file(name: &str, host: &str) -> (Server, std::path::PathBuf) {
     let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.toml", std::process::id()));
     std::fs::write(&path, format!("host = \"{host}\"\nport = 0\nworkers = 2\n")).unwrap();
-    let mut command = std::process::Command::new(server_binary());
-    command.args(["--config", path.to_str().unwrap()]);
-    command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let command = bare_command(server_binary(), &["--config", path.to_str().unwrap()]);
     (Server::start_command(command), path)
 }
 

@@ -91,11 +91,7 @@ fn ipv6_loopback_serves_when_the_machine_has_it() {
         eprintln!("skipped: this machine has no ::1");
         return;
     }
-    let mut command = std::process::Command::new(server_binary());
-    command.args(["--host", "::1", "--port", "0", "--workers", "1"]);
-    command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    let command = bare_command(server_binary(), &["--host", "::1", "--port", "0", "--workers", "1"]);
     let server = Server::start_command(command);
     assert!(server.addr.is_ipv6());
     assert_eq!(get(server.addr, "/").unwrap().status, 200);

@@ -55,8 +55,16 @@ pub fn example(name: &str) -> PathBuf {
 
 /// A command for `binary` listening on 127.0.0.1:0, plus `args`.
 pub fn command(binary: PathBuf, args: &[&str]) -> Command {
+    let mut command = bare_command(binary, &["--host", "127.0.0.1", "--port", "0"]);
+    command.args(args);
+    command
+}
+
+/// A command for `binary` with `args` alone (a control command, or settings
+/// from a file), its output piped.
+pub fn bare_command(binary: PathBuf, args: &[&str]) -> Command {
     let mut command = Command::new(binary);
-    command.args(["--host", "127.0.0.1", "--port", "0"]).args(args);
+    command.args(args);
     // The settings come from the test alone, not from the environment it runs in.
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
