@@ -18,9 +18,9 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
+use prefork_server::RequestBody;
 
 fn main() -> std::process::ExitCode {
     let config = prefork_server::Config::from_args();
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-async fn handle(request: Request<Incoming>, served: Rc<Cell<u64>>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(request: Request<RequestBody>, served: Rc<Cell<u64>>) -> Result<Response<Full<Bytes>>, Infallible> {
     served.set(served.get() + 1);
     let pid = std::process::id();
     let body = match request.uri().path() {

@@ -30,9 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
+use prefork_server::RequestBody;
 
 fn main() -> std::process::ExitCode {
     let mut config = prefork_server::Config::from_args();
@@ -90,7 +91,7 @@ fn full(body: impl Into<Bytes>) -> Reply {
 }
 
 async fn handle(
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     addresses: prefork_server::Addresses,
     served: Rc<Cell<u64>>,
 ) -> Result<Reply, Infallible> {

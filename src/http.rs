@@ -15,10 +15,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE};
 use hyper::service::Service;
 use hyper::{Method, Request, Response, StatusCode};
+
+use crate::body::RequestBody;
 
 /// The hello service of one worker.
 #[derive(Debug, Clone)]
@@ -39,12 +40,12 @@ impl Hello {
 /// The most of a request body the app reads to keep the connection: 1 MiB.
 const DISCARD_LIMIT: usize = 1 << 20;
 
-impl Service<Request<Incoming>> for Hello {
+impl Service<Request<RequestBody>> for Hello {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = Answer;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, request: Request<RequestBody>) -> Self::Future {
         let mut response = Response::new(Full::new(self.body.clone()));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
@@ -71,7 +72,7 @@ impl Service<Request<Incoming>> for Hello {
 }
 
 /// Reads and drops `body`, up to `limit` bytes; true if it ended within them.
-async fn discard(mut body: Incoming, limit: usize) -> bool {
+async fn discard(mut body: RequestBody, limit: usize) -> bool {
     let mut read = 0;
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else { return false };

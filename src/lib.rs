@@ -27,11 +27,13 @@
 //! - `worker/`  everything after the fork: the child's hygiene, the runtime, the
 //!   accept loops, connections, parking and the drain
 //! - `service`  [`WorkerService`]: what a worker can serve
+//! - `body`     [`RequestBody`]: a request's body, held to `--max-body-size`
 //! - `admin`    `/status`, `/metrics` and `/healthz` on `--admin`, served by the workers
 //! - `metrics`  the scoreboard in the Prometheus text format
 //! - `http`     the default app: `Hello from worker <pid>`
 
 mod admin;
+mod body;
 mod config;
 mod error;
 mod http;
@@ -45,6 +47,7 @@ use std::fmt::Display;
 
 use sys::{listener, process, scoreboard, signals, upgrade};
 
+pub use body::RequestBody;
 pub use config::{AccessLogFormat, Balance, Config, ConfigError, LogFormat, ServerFlags};
 pub use error::Error;
 pub use http::Hello;

@@ -1,5 +1,5 @@
 //! What a worker can serve: a hyper service or a tower service over
-//! `Request<Incoming>` that can be cloned per connection. Written once here
+//! `Request<RequestBody>` that can be cloned per connection. Written once here
 //! instead of as a bound list on every function between `run_with` and the
 //! connection.
 //!
@@ -15,28 +15,34 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use hyper::{Request, Response};
 use hyper_util::service::TowerToHyperService;
+
+use crate::body::RequestBody;
 
 /// Errors a service or its body may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A hyper service a worker can serve. Implemented for every
-/// `hyper::service::Service<Request<Incoming>, Response = Response<B>>` that is
+/// `hyper::service::Service<Request<RequestBody>, Response = Response<B>>` that is
 /// `Clone + 'static` with a `'static` body; there is nothing to implement by hand.
 /// Nothing needs to be `Send`: each worker runs one thread.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be served by a worker",
+    note = "a hyper service must take `Request<prefork_server::RequestBody>` (not `Request<Incoming>`), be `Clone + 'static`, and answer `Response<B>` with a `'static` body"
+)]
 pub trait WorkerService: Clone + 'static {
     type Body: Body<Error: Into<BoxError>> + 'static;
     type Error: Into<BoxError>;
     type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + 'static;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future;
+    fn call(&self, request: Request<RequestBody>) -> Self::Future;
 }
 
 impl<S, B> WorkerService for S
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: hyper::service::Service<Request<RequestBody>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
     B: Body<Error: Into<BoxError>> + 'static,
@@ -45,7 +51,7 @@ where
     type Error = S::Error;
     type Future = S::Future;
 
-    fn call(&self, request: Request<Incoming>) -> S::Future {
+    fn call(&self, request: Request<RequestBody>) -> S::Future {
         hyper::service::Service::call(self, request)
     }
 }
@@ -54,7 +60,7 @@ where
 /// request, `'static`, errors and body errors that box.
 pub trait TowerServable:
     tower_service::Service<
-        Request<Incoming>,
+        Request<RequestBody>,
         Response = Response<Self::ResponseBody>,
         Future: 'static,
         Error: Into<BoxError>,
@@ -66,7 +72,7 @@ pub trait TowerServable:
 
 impl<S, B> TowerServable for S
 where
-    S: tower_service::Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,
+    S: tower_service::Service<Request<RequestBody>, Response = Response<B>> + Clone + 'static,
     S::Future: 'static,
     S::Error: Into<BoxError>,
     B: Body<Error: Into<BoxError>> + 'static,
@@ -143,13 +149,14 @@ pub struct Addresses {
 ///
 /// ```no_run
 /// # use std::convert::Infallible;
-/// # use hyper::{Request, Response, body::Incoming};
+/// # use hyper::{Request, Response};
+/// # use prefork_server::RequestBody;
 /// # use http_body_util::Full;
 /// # use bytes::Bytes;
 /// let config = prefork_server::Config::from_args();
 /// prefork_server::run_with(config, || {
 ///     Ok::<_, Infallible>(prefork_server::per_connection(|addresses: prefork_server::Addresses| {
-///         hyper::service::service_fn(move |_request: Request<Incoming>| async move {
+///         hyper::service::service_fn(move |_request: Request<RequestBody>| async move {
 ///             let text = format!("you are {}\n", addresses.client);
 ///             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
 ///         })
@@ -201,6 +208,10 @@ where
 /// tower make service over the client's address (marker [`MakeTower`]). The
 /// marker is inferred; a type that is several of these must be wrapped by hand
 /// (`hyper_util::service::TowerToHyperService`).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a service a worker can serve",
+    note = "a worker serves a hyper or tower service over `Request<prefork_server::RequestBody>` (not `Request<Incoming>`), such as an axum `Router`, tonic's `Routes` or a `service_fn`; or a tower make service over the client's `SocketAddr`"
+)]
 pub trait IntoWorkerService<Marker> {
     type Service: WorkerApp;
 

@@ -123,10 +123,6 @@ pub struct Entry {
     fd: RawFd,
     /// The client's address (the access log's).
     pub(super) client: std::net::SocketAddr,
-    /// `--max-body-size` with an HTTP/1.1 body of unknown length (chunked) in
-    /// flight: the socket's received-bytes count when its head was read. One
-    /// request at a time is in flight on HTTP/1.1, so one per connection.
-    pub(super) body_watch: Cell<Option<u64>>,
     /// Set by the sweep.
     close: Cell<Close>,
     /// The connection task's waker, for the sweep to wake it.
@@ -227,7 +223,6 @@ impl Connections {
             stamps: Arc::new(Stamps::new(Arc::clone(&lifecycle.clock))),
             fd,
             client,
-            body_watch: Cell::new(None),
             close: Cell::new(Close::No),
             waker: RefCell::new(None),
             h2: Cell::new(false),
@@ -337,28 +332,6 @@ fn client_gone(fd: RawFd) -> bool {
             let err = io::Error::last_os_error();
             !matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
         }
-    }
-}
-
-impl Entry {
-    /// Bytes the kernel has received on this connection so far (`TCP_INFO`),
-    /// or `None` if it cannot say.
-    pub(super) fn bytes_received(&self) -> Option<u64> {
-        // SAFETY: `tcp_info` is plain integers, valid zeroed.
-        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-        // SAFETY: `fd` is this connection's open socket (see `fd`), and `info`
-        // and `len` describe a buffer of the right size for the kernel to fill.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                (&raw mut info).cast(),
-                &mut len,
-            )
-        };
-        (rc == 0).then_some(info.tcpi_bytes_received)
     }
 }
 

@@ -6,7 +6,9 @@
 //! - It answers `400 Bad Request` itself, without calling the service, to an
 //!   HTTP/1.1 request with no `Host`, and to any request with two `Host` fields or
 //!   one that is not a valid host (RFC 9112 §3.2); and `413 Content Too Large`
-//!   to a request whose `Content-Length` is over `--max-body-size`.
+//!   to a request whose `Content-Length` is over `--max-body-size`, or whose
+//!   body of unknown length passes it while the service reads it (see
+//!   [`RequestBody`]).
 //! - A panic in the service's future answers `500 Internal Server Error` (a panic
 //!   in a response body, once its head is out, aborts that connection); either way
 //!   the connection is closed and the worker goes on serving the others.
@@ -27,6 +29,7 @@ use tracing::error;
 
 use super::access::Pending;
 use super::conn::Entry;
+use crate::body::{Overflow, RequestBody};
 use crate::service::{BoxError, WorkerService};
 
 /// The body of every response: the service's, or the worker's own empty one.
@@ -49,12 +52,21 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         let pending =
             (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
-        let refused = refusal(&request, &self.entry);
-        let inner = match refused {
-            None => Inner::Service {
-                future: self.inner.call(request),
+        let max = self.entry.lifecycle.max_body;
+        let inner = match admit(&request, max) {
+            Admission::Whole => Inner::Service {
+                future: self.inner.call(request.map(RequestBody::whole)),
+                overflow: None,
             },
-            Some(status) => Inner::Refused { status },
+            Admission::Limited => {
+                let (parts, body) = request.into_parts();
+                let (body, overflow) = RequestBody::limited(body, max);
+                Inner::Service {
+                    future: self.inner.call(Request::from_parts(parts, body)),
+                    overflow: Some(overflow),
+                }
+            }
+            Admission::Refused(status) => Inner::Refused { status },
         };
         TrackedFuture {
             inner,
@@ -63,28 +75,36 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
     }
 }
 
-/// The worker's own answer to a request the service must not see: 400 for its
-/// `Host`, 413 for a `Content-Length` over `--max-body-size`. With that limit
-/// set, a body of unknown length (chunked) is watched instead: counted at the
-/// socket as it arrives (HTTP/1.1 has one request in flight per connection).
-fn refusal<B: Body>(request: &Request<B>, entry: &Entry) -> Option<StatusCode> {
+/// How a request reaches the service.
+enum Admission {
+    /// As it is.
+    Whole,
+    /// With `--max-body-size` set and a body of unknown length: counted as it
+    /// is read, with an [`Overflow`] to tell when it went over.
+    Limited,
+    /// Not at all: the worker answers itself, 400 for the `Host`, 413 for a
+    /// `Content-Length` over `--max-body-size` (`max`).
+    Refused(StatusCode),
+}
+
+/// Judged from the head alone; the request is moved only once, into the
+/// service (this runs on every request, and a request is a few hundred bytes).
+fn admit(request: &Request<Incoming>, max: u64) -> Admission {
     if bad_host(request) {
-        return Some(StatusCode::BAD_REQUEST);
+        return Admission::Refused(StatusCode::BAD_REQUEST);
     }
-    let max = entry.lifecycle.max_body;
     if max == u64::MAX {
-        return None;
+        return Admission::Whole;
     }
     let body = request.body();
     let hint = body.size_hint();
     if hint.lower() > max {
-        return Some(StatusCode::PAYLOAD_TOO_LARGE);
+        Admission::Refused(StatusCode::PAYLOAD_TOO_LARGE)
+    } else if hint.upper().is_some() || body.is_end_stream() {
+        Admission::Whole
+    } else {
+        Admission::Limited
     }
-    let chunked = hint.upper().is_none() && !body.is_end_stream() && !entry.h2.get();
-    entry
-        .body_watch
-        .set(if chunked { entry.bytes_received() } else { None });
-    None
 }
 
 /// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a
@@ -170,7 +190,7 @@ pin_project_lite::pin_project! {
     /// future stays as small as it can, since hyper moves it.)
     #[project = InnerProjection]
     enum Inner<F> {
-        Service { #[pin] future: F },
+        Service { #[pin] future: F, overflow: Option<Overflow> },
         Refused { status: StatusCode },
     }
 }
@@ -184,21 +204,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let inner = match this.inner.project() {
-            InnerProjection::Service { future } => future,
+        let (inner, overflow) = match this.inner.project() {
+            InnerProjection::Service { future, overflow } => (future, overflow),
             InnerProjection::Refused { status } => {
                 let in_flight = this.in_flight.take();
                 return Poll::Ready(Ok(refuse(*status, in_flight)));
             }
         };
-        if over_max_body(this.in_flight.as_ref()) {
-            let in_flight = this.in_flight.take();
-            return Poll::Ready(Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, in_flight)));
-        }
         // The service is the user's code: a panic in it must cost this request,
         // not every connection of the worker.
         let polled = catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
         let in_flight = this.in_flight.take();
+        // A body that went over `--max-body-size` is answered 413 whatever the
+        // service made of it (an error, a 400, or still waiting).
+        if polled.is_ok() && overflow.as_ref().is_some_and(Overflow::happened) {
+            return Poll::Ready(Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, in_flight)));
+        }
         let result = match polled {
             Ok(Poll::Pending) => {
                 *this.in_flight = in_flight;
@@ -237,26 +258,6 @@ where
             response
         }))
     }
-}
-
-/// Whether a chunked request body being read has passed `--max-body-size`, as
-/// counted at the socket since its head (chunk framing included, so a body is
-/// refused a little before its payload reaches the limit). Then the service's
-/// future is dropped and the client gets 413 and the connection closes.
-fn over_max_body(in_flight: Option<&InFlight>) -> bool {
-    let Some(entry) = in_flight.map(|in_flight| &in_flight.0) else {
-        return false;
-    };
-    let Some(since) = entry.body_watch.get() else {
-        return false;
-    };
-    let over = entry
-        .bytes_received()
-        .is_some_and(|now| now.saturating_sub(since) > entry.lifecycle.max_body);
-    if over {
-        entry.body_watch.set(None);
-    }
-    over
 }
 
 /// The worker's own answer (no body), after which the connection closes.

@@ -188,3 +188,54 @@ fn five_reloads_under_http2_load_fail_no_stream() {
         "HTTP/2 load across 5 reloads: {ok} streams answered, 0 failed, {retried} refused by a GOAWAY and sent again"
     );
 }
+
+/// `--max-body-size` holds each HTTP/2 stream on its own, also one without
+/// `content-length` (its length is not known until it ends): over the limit,
+/// 413, and the service never gets the bytes past it; a smaller stream on the
+/// same connection is served. Both a hyper service (which answers 400 to the
+/// body error; the worker makes it 413) and an axum app (which answers 413
+/// itself, from the error the worker gives it).
+#[test]
+fn max_body_size_holds_http2_streams_of_unknown_length() {
+    for app in ["fixture", "axum_app"] {
+        let server = Server::start_command(command(example(app), &["--workers", "1", "--max-body-size", "4KiB"]));
+        let statuses = streamed_posts(server.addr, &[16, 2]);
+        assert_eq!(statuses[0], (413, 0), "{app}: 16 KiB streamed over 4 KiB");
+        assert_eq!(statuses[1], (200, 2048), "{app}: 2 KiB streamed, echoed");
+    }
+}
+
+/// `POST /echo` over one h2c connection for each size (KiB), sent as a stream
+/// of 1 KiB frames with no `content-length`: (status, body length) of each.
+fn streamed_posts(addr: std::net::SocketAddr, sizes_kib: &[usize]) -> Vec<(u16, usize)> {
+    use futures_util::stream;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::{Body, Frame};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    type Chunks = StreamBody<stream::Iter<std::vec::IntoIter<Result<Frame<bytes::Bytes>, std::convert::Infallible>>>>;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Chunks>();
+        let mut answers = Vec::new();
+        for &kib in sizes_kib {
+            let frames = (0..kib).map(|_| Ok(Frame::data(bytes::Bytes::from(vec![b'y'; 1024]))));
+            let body = StreamBody::new(stream::iter(frames.collect::<Vec<_>>()));
+            assert_eq!(body.size_hint().upper(), None, "no content-length is sent");
+            let request = hyper::Request::post(format!("http://{addr}/echo")).body(body).unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+                .await
+                .expect("an answer within 10 s")
+                .expect("an answer, not a reset");
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            answers.push((status, body.len()));
+        }
+        answers
+    })
+}

@@ -113,10 +113,10 @@ fn a_declared_body_over_max_body_size_gets_413_without_reaching_the_service() {
     assert_eq!(response.body.len(), 512, "echoed by the service");
 }
 
-/// A chunked body has no length to check up front: it is counted at the
-/// socket as it arrives, and once past `--max-body-size` the service's future
-/// is dropped and the client gets 413 and a closed connection. A smaller one
-/// is served.
+/// A chunked body has no length to check up front: it is counted as the
+/// service reads it, and once past `--max-body-size` the service gets an error
+/// instead of the rest, and the client gets 413 (not the service's 400) and a
+/// closed connection. A smaller one is served.
 #[test]
 fn a_chunked_body_over_max_body_size_gets_413_as_it_streams() {
     let server = Server::start_example(&["--workers", "1", "--max-body-size", "4KiB"]);
