@@ -48,6 +48,68 @@ pub enum LogFormat {
     Json,
 }
 
+/// Exec mode: when a worker running the command counts as ready (a reload
+/// waits for it before the old worker drains).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecReady {
+    /// At `READY=1` over `NOTIFY_SOCKET`, or once the program (or a process it
+    /// started) waits for connections on its socket, whichever comes first.
+    Accepting,
+    /// At `READY=1` only: for programs that announce it after warming up.
+    Notify,
+    /// As soon as the command has been executed.
+    Exec,
+}
+
+/// Exec mode: the signal that asks a worker running the command to stop
+/// gracefully (it is killed at `--graceful-timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopSignal(nix::sys::signal::Signal);
+
+impl StopSignal {
+    /// The signals a program may be asked to stop with.
+    const ALLOWED: [nix::sys::signal::Signal; 7] = {
+        use nix::sys::signal::Signal::*;
+        [SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1, SIGUSR2, SIGWINCH]
+    };
+
+    /// Its number, as `kill(2)` takes it.
+    pub fn number(self) -> i32 {
+        self.0 as i32
+    }
+
+    /// Its name, `SIGTERM`.
+    pub fn name(self) -> &'static str {
+        self.0.as_str()
+    }
+
+    pub(crate) fn signal(self) -> nix::sys::signal::Signal {
+        self.0
+    }
+}
+
+impl Default for StopSignal {
+    fn default() -> StopSignal {
+        StopSignal(nix::sys::signal::Signal::SIGTERM)
+    }
+}
+
+impl FromStr for StopSignal {
+    type Err = String;
+
+    /// `TERM`, `SIGTERM` or `term`.
+    fn from_str(text: &str) -> Result<StopSignal, String> {
+        let upper = text.trim().to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        StopSignal::ALLOWED
+            .into_iter()
+            .find(|signal| signal.as_str() == name)
+            .map(StopSignal)
+            .ok_or_else(|| format!("'{text}' is not a stop signal (use TERM, INT, QUIT, HUP, USR1, USR2 or WINCH)"))
+    }
+}
+
 impl Balance {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -128,6 +190,13 @@ pub struct Config {
     pub user: Option<String>,
     /// The group the workers run as; `None`: the user's own group, or the master's.
     pub group: Option<String>,
+    /// Exec mode: the program and its arguments every slot runs, its socket as
+    /// fd 3; `None`: the workers serve the Rust app. Never empty.
+    pub command: Option<Vec<String>>,
+    /// Exec mode: when a worker counts as ready.
+    pub exec_ready: ExecReady,
+    /// Exec mode: what asks a worker to stop gracefully.
+    pub stop_signal: StopSignal,
     /// The config file, re-read on HUP. Without one, a HUP re-applies this
     /// config as it is (and still replaces every worker).
     pub file: Option<PathBuf>,
@@ -242,6 +311,9 @@ impl Config {
             max_body_size: self.max_body_size,
             user: self.user.clone(),
             group: self.group.clone(),
+            exec_ready: Some(self.exec_ready),
+            stop_signal: Some(self.stop_signal),
+            command: self.command.clone(),
         }
     }
 
@@ -486,6 +558,19 @@ struct Settings {
     /// Run the workers in this group [default: the user's group]
     #[arg(long, env = "PREFORK_GROUP", value_name = "GROUP")]
     group: Option<String>,
+
+    /// Exec mode: when a worker counts as ready: accepting (READY=1, or once it waits on its socket), notify (READY=1 only) or exec (at once) [default: accepting]
+    #[arg(long, env = "PREFORK_EXEC_READY", value_enum)]
+    exec_ready: Option<ExecReady>,
+
+    /// Exec mode: the signal that asks a worker to stop gracefully: TERM, INT, QUIT, HUP, USR1, USR2 or WINCH [default: TERM]
+    #[arg(long, env = "PREFORK_STOP_SIGNAL", value_name = "SIGNAL")]
+    #[serde(default, deserialize_with = "parsed")]
+    stop_signal: Option<StopSignal>,
+
+    /// Exec mode: every slot runs this command, its socket as fd 3 with LISTEN_FDS=1, as systemd's socket activation passes it (e.g. -- python3 app.py)
+    #[arg(last = true, value_name = "COMMAND")]
+    command: Option<Vec<String>>,
 }
 
 /// Calls `$callback!(args..., every field of Settings)`: the one list of the
@@ -497,7 +582,7 @@ macro_rules! with_setting_fields {
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
             log_level, log_format, log_file, access_log, access_log_format, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
             max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote,
-            max_connections, max_body_size, user, group
+            max_connections, max_body_size, user, group, exec_ready, stop_signal, command
         )
     };
 }
@@ -630,6 +715,14 @@ impl Settings {
             max_body_size: self.max_body_size,
             user: self.user,
             group: self.group,
+            command: match self.command {
+                Some(command) if command.first().is_none_or(|program| program.is_empty()) => {
+                    return Err(bad("command", "names no program"));
+                }
+                other => other,
+            },
+            exec_ready: self.exec_ready.unwrap_or(ExecReady::Accepting),
+            stop_signal: self.stop_signal.unwrap_or_default(),
             file,
             flags,
             loaded: Settings::default(),

@@ -37,6 +37,10 @@ pub enum Error {
     ScoreboardFull,
     /// `--user` or `--group` cannot be used: unknown, or the master is not root.
     RunAs { cause: String },
+    /// Exec mode: the command cannot be run (not found, not executable).
+    Command { cause: String },
+    /// Exec mode: the master's notify socket cannot be bound.
+    NotifySocket(io::Error),
     /// `--log-file` cannot be opened.
     LogFile {
         path: std::path::PathBuf,
@@ -65,6 +69,8 @@ impl fmt::Display for Error {
             Error::Fork(err) => write!(f, "cannot fork a worker: {err}"),
             Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
+            Error::Command { cause } => write!(f, "cannot run the command: {cause}"),
+            Error::NotifySocket(err) => write!(f, "cannot bind the notify socket for the command: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::RunAs { cause } => write!(f, "cannot run the workers as --user/--group asks: {cause}"),
             Error::LogFile { path, source } => write!(f, "cannot open the log file {}: {source}", path.display()),
@@ -81,11 +87,12 @@ impl std::error::Error for Error {
         match self {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
             Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
-            Error::Activation(source) | Error::LogFile { source, .. } => Some(source),
+            Error::Activation(source) | Error::LogFile { source, .. } | Error::NotifySocket(source) => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull | Error::RunAs { .. } => {
                 None
             }
+            Error::Command { .. } => None,
         }
     }
 }

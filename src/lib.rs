@@ -119,7 +119,11 @@ where
     if let Some((old, new)) = process::raise_file_limit() {
         tracing::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
     }
-    // Before anything is bound: an unknown user is a startup error.
+    // Before anything is bound: a command that cannot run, or an unknown user,
+    // is a startup error.
+    if let Some(program) = config.command.as_ref().and_then(|command| command.first()) {
+        sys::exec::find(program).map_err(|cause| Error::Command { cause })?;
+    }
     let run_as = sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
         .map_err(|cause| Error::RunAs { cause })?;
     let mut origin = master::Origin {

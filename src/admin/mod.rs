@@ -45,6 +45,32 @@ struct View {
     summary: serde_json::Value,
 }
 
+/// Exec mode: the admin process, which serves the admin listener on its own
+/// (the commands do not): until the master kills it, or dies (PDEATHSIG).
+/// Returns its exit code.
+pub fn serve_alone(listener: &StdListener, scoreboard: &'static Scoreboard, config: &Config) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            tracing::error!("admin process: cannot build its runtime: {err}");
+            return crate::sys::process::exit_code::BOOT_FAILED;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async {
+        match start(listener, scoreboard, config) {
+            Ok(server) => {
+                server.await;
+                crate::sys::process::exit_code::OK
+            }
+            Err(err) => {
+                tracing::error!("admin process: cannot serve --admin: {err}");
+                crate::sys::process::exit_code::BOOT_FAILED
+            }
+        }
+    })
+}
+
 /// Prepares the admin server of this worker: a future that accepts admin
 /// connections until its task is aborted (at drain). It owns what it needs.
 pub fn start(
@@ -60,6 +86,7 @@ pub fn start(
         "timeout_s": config.timeout.as_secs_f64(),
         "max_requests": config.max_requests,
         "max_worker_memory": config.max_worker_memory,
+        "command": config.command,
     });
     let view = Rc::new(View {
         scoreboard,
@@ -247,5 +274,7 @@ fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_j
             "recycled": stats.recycled.load(Relaxed),
         },
         "last_exit": Exit::decode(stats.last_exit.load(Relaxed)).map(|exit| exit.to_string()),
+        // Exec mode: the command's last `STATUS=`.
+        "status": Some(record.status()).filter(|text| !text.is_empty()),
     })
 }

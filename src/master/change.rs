@@ -4,10 +4,11 @@ use nix::sys::signal::Signal as Sig;
 use tracing::{error, info};
 
 use super::pool::Timeouts;
+use super::workers::Order;
 use super::{Master, Phase, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
 use crate::config::{Balance, Config};
 use crate::sys::listener::{bind_admin, Listeners};
-use crate::sys::process::{self, human};
+use crate::sys::process::human;
 
 impl Master<'_> {
     /// TERM or INT: with `--shutdown-delay`, first leave the load balancers'
@@ -53,8 +54,12 @@ impl Master<'_> {
             .header()
             .stopping
             .store(1, std::sync::atomic::Ordering::Relaxed);
+        let order = match stop {
+            Stop::Graceful => Order::Drain,
+            Stop::Fast => Order::Quit,
+        };
         for pid in pids {
-            process::signal(pid, signal);
+            self.order(pid, order);
         }
         self.abandon_upgrade_for_stop(signal, kill_at);
         if self.phase.is_running() {
@@ -82,6 +87,10 @@ impl Master<'_> {
             Ok(new) => new,
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),
         };
+        // A command that cannot run would replace every worker with a failing one.
+        if let Some(Err(cause)) = new.command.as_ref().and_then(|c| c.first()).map(|p| crate::sys::exec::find(p)) {
+            return error!("master: reload refused: cannot run the command: {cause}; the current config stays");
+        }
         // A new admin address is bound before anything changes: if it cannot be,
         // nothing does.
         let admin = match (new.admin != self.config.admin).then(|| new.admin.map(bind_admin).transpose()) {
@@ -216,7 +225,7 @@ impl Master<'_> {
         self.publish_pool();
         for pid in retired {
             info!("master: pid {pid} drains (its slot's socket stays open, served by a sibling)");
-            process::signal(pid, Sig::SIGTERM);
+            self.order(pid, Order::Drain);
         }
     }
 }

@@ -22,6 +22,27 @@ struct Live {
     channel: Option<Channel>,
     /// Its record in the scoreboard, released when it is reaped.
     record: usize,
+    /// What runs in it: the Rust app, or (exec mode) a command.
+    kind: Kind,
+}
+
+/// What a worker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// The Rust app: it reports over its channel and stamps its own record.
+    App,
+    /// A command (exec mode): the master reads what it says on the notify
+    /// socket and keeps its record.
+    Exec(Exec),
+}
+
+/// What the master knows of a worker running a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Exec {
+    /// The inode of its slot's socket, to see it accept (`--exec-ready accepting`).
+    pub socket: u64,
+    /// The command has been executed (its channel closed without an error).
+    pub executed: bool,
 }
 
 impl Fleet {
@@ -29,12 +50,31 @@ impl Fleet {
         Fleet { pool, live: Vec::new() }
     }
 
-    pub fn add(&mut self, pid: Pid, channel: Channel, record: usize) {
+    pub fn add(&mut self, pid: Pid, channel: Channel, record: usize, kind: Kind) {
         self.live.push(Live {
             pid,
             channel: Some(channel),
             record,
+            kind,
         });
+    }
+
+    /// What `pid` runs; `None` for a pid that is not a live worker.
+    pub fn kind(&self, pid: Pid) -> Option<Kind> {
+        Some(self.live.iter().find(|live| live.pid == pid)?.kind)
+    }
+
+    /// The workers running a command, as the master knows them.
+    pub fn execs_mut(&mut self) -> impl Iterator<Item = (Pid, usize, &mut Exec)> {
+        self.live.iter_mut().filter_map(|live| match &mut live.kind {
+            Kind::Exec(exec) => Some((live.pid, live.record, exec)),
+            Kind::App => None,
+        })
+    }
+
+    /// The scoreboard record of `pid`.
+    pub fn record(&self, pid: Pid) -> Option<usize> {
+        Some(self.live.iter().find(|live| live.pid == pid)?.record)
     }
 
     /// Forgets a reaped worker; returns its scoreboard record, to release.

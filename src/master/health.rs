@@ -4,7 +4,6 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal as Sig;
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
@@ -122,7 +121,7 @@ impl Master<'_> {
             "worker {slot} (pid {pid}) timed out after {}; sending SIGABRT, then SIGKILL",
             human(timeout)
         );
-        process::signal(pid, Sig::SIGABRT);
+        self.order(pid, super::workers::Order::Abort);
         self.scoreboard.slot(slot).timed_out.fetch_add(1, Relaxed);
         self.fleet.pool.retire_hung(pid, now, now + ABORT_GRACE);
     }

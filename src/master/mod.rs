@@ -22,7 +22,9 @@
 //! - `health.rs`: hung workers (`--timeout`) and memory (`--max-worker-memory`).
 //! - `pool/`: the bookkeeping all of them consult (pure).
 
+mod admin;
 mod change;
+mod exec;
 mod fleet;
 mod health;
 mod phase;
@@ -102,6 +104,11 @@ struct Master<'a> {
     health: health::Health,
     /// What systemd is told (readiness, reloads, the watchdog), and when.
     systemd: Systemd,
+    /// Exec mode: the `NOTIFY_SOCKET` the commands speak to, bound with the
+    /// first worker that runs one.
+    notices: Option<crate::sys::notices::Notices>,
+    /// Exec mode: the process that serves `--admin`.
+    admin_process: admin::AdminProcess,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -148,6 +155,8 @@ pub(crate) fn run(
         scoreboard,
         health: health::Health::new(now),
         systemd: Systemd::new(Notifier::from_env(), now),
+        notices: None,
+        admin_process: admin::AdminProcess::default(),
     };
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
@@ -160,6 +169,7 @@ impl Master<'_> {
     fn supervise(&mut self) -> Result<(), Error> {
         loop {
             self.spawn_due();
+            self.keep_admin_process();
             self.settle_reload();
             self.wait()?;
             self.now = Instant::now();
@@ -176,6 +186,9 @@ impl Master<'_> {
                 self.handle(signal);
             }
             self.read_channels();
+            for pid in self.read_notices().into_iter().chain(self.accepting_now()) {
+                self.worker_ready(pid);
+            }
             self.watch_upgrade();
             self.reap();
             self.kill_overdue();
@@ -191,6 +204,7 @@ impl Master<'_> {
                 self.halt(Error::BootFailed { cause }, Stop::Fast);
             }
             if !self.phase.is_running() && self.fleet.pool.is_empty() && self.upgrade.settled() {
+                self.stop_admin_process();
                 info!("master (pid {}): every worker has exited; bye", getpid());
                 return std::mem::replace(&mut self.phase, Phase::Running).into_result();
             }
@@ -217,8 +231,10 @@ impl Master<'_> {
             .chain(self.next_health_check())
             .chain(watchdog)
             .chain(self.phase.leaving_until())
+            .chain(self.admin_process.deadline())
             // At least once a beat: `/livez` reads the master's last wake-up.
-            .chain([now + MASTER_BEAT]);
+            .chain([now + MASTER_BEAT])
+            .chain(self.watching_for_accept().then_some(now + exec::ACCEPTING_CHECK));
         let others = deadlines.map(|at| at.saturating_duration_since(now));
         let timeout = match self.fleet.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
@@ -228,6 +244,7 @@ impl Master<'_> {
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         fds.extend(self.fleet.channel_fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         fds.extend(self.upgrade.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        fds.extend(self.notices_fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(errno) => Err(Error::Poll(errno.into())),
@@ -265,7 +282,7 @@ impl Master<'_> {
         }
         let workers = self.fleet.pool.pids();
         for pid in &workers {
-            crate::sys::process::signal(*pid, nix::sys::signal::Signal::SIGUSR1);
+            self.order(*pid, workers::Order::Reopen);
         }
         info!(
             "master: SIGUSR1: log files reopened; {} workers told to reopen theirs",

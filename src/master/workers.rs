@@ -8,6 +8,7 @@ use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
 use tracing::{debug, error, info, warn};
 
+use super::fleet::Kind;
 use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
 use crate::config::Balance;
@@ -64,10 +65,19 @@ impl Master<'_> {
     /// its own listener and its end of the channel, then runs `worker_main`.
     fn spawn(&mut self, slot: usize, spawn: Spawn) -> Result<Pid, Error> {
         let generation = self.fleet.pool.generation();
+        if self.config.command.is_some() {
+            self.ensure_notices()?;
+        }
         let record = self.scoreboard.claim(slot, generation).ok_or(Error::ScoreboardFull)?;
-        match self.fork_worker(slot, record) {
-            Ok((pid, channel)) => {
-                self.fleet.add(pid, channel, record);
+        let forked = match &self.config.command {
+            Some(command) => self.fork_exec(slot, record, command),
+            None => self
+                .fork_worker(slot, record)
+                .map(|(pid, channel)| (pid, channel, Kind::App)),
+        };
+        match forked {
+            Ok((pid, channel, kind)) => {
+                self.fleet.add(pid, channel, record, kind);
                 self.fleet.pool.on_spawned(slot, spawn, pid, self.now);
                 Ok(pid)
             }
@@ -124,7 +134,6 @@ impl Master<'_> {
     }
 
     pub(super) fn read_channels(&mut self) {
-        let now = self.now;
         let mut closed = Vec::new();
         let mut ready = Vec::new();
         let received: Vec<_> = self
@@ -133,6 +142,10 @@ impl Master<'_> {
             .map(|(pid, channel)| (pid, channel.receive()))
             .collect();
         for (pid, received) in received {
+            let failed = received
+                .messages
+                .iter()
+                .any(|message| matches!(message, Message::BootError(_)));
             for message in received.messages {
                 match message {
                     Message::Ready => ready.push(pid),
@@ -157,43 +170,64 @@ impl Master<'_> {
                 }
             }
             if received.closed {
-                closed.push(pid);
+                closed.push((pid, failed));
             }
         }
         // The exit itself is handled when the pid is reaped.
-        for pid in closed {
+        for (pid, failed) in closed {
+            if self.on_executed(pid, failed) {
+                ready.push(pid);
+            }
             self.fleet.close_channel(pid);
         }
         for pid in ready {
-            match self.fleet.pool.on_ready(pid, now) {
-                Some(Ready::Serving { slot }) => info!("worker {slot} (pid {pid}) ready"),
-                Some(Ready::Replaced { slot, old, reload_done }) => {
-                    let generation = self.fleet.pool.generation();
-                    info!("worker {slot} (pid {pid}) ready (generation {generation})");
-                    if let Some(old) = old {
-                        info!("worker {slot} (pid {old}) replaced: draining");
-                        process::signal(old, Sig::SIGTERM);
-                    }
-                    if reload_done {
-                        self.reload_complete();
-                    }
+            self.worker_ready(pid);
+        }
+    }
+
+    /// `pid` is ready: it serves its slot, and the worker it replaces drains.
+    pub(super) fn worker_ready(&mut self, pid: Pid) {
+        let Some(ready) = self.fleet.pool.on_ready(pid, self.now) else {
+            return; // already ready, or no longer wanted
+        };
+        self.exec_ready(pid);
+        match ready {
+            Ready::Serving { slot } => info!("worker {slot} (pid {pid}) ready"),
+            Ready::Replaced { slot, old, reload_done } => {
+                let generation = self.fleet.pool.generation();
+                info!("worker {slot} (pid {pid}) ready (generation {generation})");
+                if let Some(old) = old {
+                    info!("worker {slot} (pid {old}) replaced: draining");
+                    self.order(old, Order::Drain);
                 }
-                None => {}
+                if reload_done {
+                    self.reload_complete();
+                }
             }
         }
     }
 
     pub(super) fn reap(&mut self) {
         for (pid, exit) in process::reap_exited() {
-            if self.reap_successor(pid, exit) {
+            if self.reap_successor(pid, exit) || self.reap_admin(pid, exit) {
                 continue;
             }
             self.sockets.worker_gone(pid);
+            let exec = self.is_exec(pid);
             if let Some(record) = self.fleet.remove(pid) {
                 self.scoreboard.release(record);
             }
             let departure = self.fleet.pool.on_exit(pid, self.now);
             log_departure(pid, exit, departure, self.replacing());
+            if exec {
+                self.clear_group(pid);
+                if let Departure::Died { slot, was_ready: false, .. } = departure {
+                    // Its own words, if it said why; else how it ended.
+                    let command = self.config.command.as_deref().unwrap_or_default().join(" ");
+                    let cause = format!("worker {slot} (pid {pid}): `{command}` {exit} before it was ready");
+                    self.boot_error.get_or_insert(cause);
+                }
+            }
             self.record_departure(exit, departure);
             if let Departure::ReplacementFailed { .. } = departure {
                 self.abort_reload();
@@ -226,7 +260,7 @@ impl Master<'_> {
     /// serving; replacements still booting are killed (they never served).
     pub(super) fn abort_reload(&mut self) {
         for pid in self.fleet.pool.abort_reload(self.now + FAST_STOP_DEADLINE) {
-            process::signal(pid, Sig::SIGKILL);
+            self.order(pid, Order::Kill);
         }
     }
 
@@ -252,13 +286,13 @@ impl Master<'_> {
         let now = self.now;
         for (slot, pid) in self.fleet.pool.overdue(now) {
             warn!("worker {slot} (pid {pid}) still running at its deadline; sending SIGKILL");
-            process::signal(pid, Sig::SIGKILL);
+            self.order(pid, Order::Kill);
         }
         for (slot, pid) in self.fleet.pool.late_boots(now) {
             let limit = human(self.config.ready_timeout);
             let cause = format!("worker {slot} (pid {pid}): not ready within {limit} (--ready-timeout)");
             error!("{cause}: a boot failure; sending SIGKILL");
-            process::signal(pid, Sig::SIGKILL);
+            self.order(pid, Order::Kill);
             self.boot_error = Some(cause);
         }
     }
@@ -268,7 +302,11 @@ impl Master<'_> {
     /// accepted on by every worker anyway).
     pub(super) fn arrange_adoptions(&mut self) {
         // Before the first ready line every slot is booting at once: nobody to hand to.
-        if self.sockets.listeners.balance() != Balance::Reuseport || !self.sockets.announced_once() {
+        // A command cannot take another socket: its slot's queue waits for its respawn.
+        if self.sockets.listeners.balance() != Balance::Reuseport
+            || !self.sockets.announced_once()
+            || self.config.command.is_some()
+        {
             return;
         }
         for (slot, pid) in self.fleet.pool.releases() {
@@ -277,6 +315,28 @@ impl Master<'_> {
         for (slot, pid) in self.fleet.pool.adoptions() {
             info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
             self.command(pid, Command::Adopt(slot));
+        }
+    }
+
+    /// Asks `pid` for `order`, in the words of what it runs: the Rust app's
+    /// signal table, or, for a command, `--stop-signal` to stop and SIGKILL to
+    /// its whole process group.
+    pub(super) fn order(&self, pid: Pid, order: Order) {
+        let exec = matches!(self.fleet.kind(pid), Some(Kind::Exec(_)));
+        let stop = self.config.stop_signal.signal();
+        match (order, exec) {
+            (Order::Drain, false) => process::signal(pid, Sig::SIGTERM),
+            (Order::Quit, false) => process::signal(pid, Sig::SIGQUIT),
+            (Order::Drain | Order::Quit, true) => {
+                self.exec_draining(pid);
+                process::signal(pid, stop)
+            }
+            (Order::Kill, false) => process::signal(pid, Sig::SIGKILL),
+            (Order::Kill, true) => process::signal_group(pid, Sig::SIGKILL),
+            (Order::Abort, _) => process::signal(pid, Sig::SIGABRT),
+            (Order::Reopen, false) => process::signal(pid, Sig::SIGUSR1),
+            // A program keeps its own logs; USR1 might well stop it.
+            (Order::Reopen, true) => {}
         }
     }
 
@@ -292,6 +352,21 @@ impl Master<'_> {
             warn!("master: cannot tell pid {pid} to {command}: {err}");
         }
     }
+}
+
+/// What the master asks of a worker (see [`Master::order`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Order {
+    /// Finish what is in flight, then exit.
+    Drain,
+    /// Exit now (a fast stop).
+    Quit,
+    /// SIGKILL.
+    Kill,
+    /// SIGABRT: hung; a core dump shows where.
+    Abort,
+    /// Reopen the log files.
+    Reopen,
 }
 
 /// One line per exit: slot, pid, exit code or signal, uptime, respawn delay.

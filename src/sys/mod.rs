@@ -14,9 +14,12 @@
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
 //! - `privileges` the user and group the workers run as (`--user`, `--group`)
 
+pub(crate) mod accepting;
 pub(crate) mod channel;
+pub(crate) mod exec;
 pub(crate) mod listener;
 pub(crate) mod logfile;
+pub(crate) mod notices;
 pub(crate) mod notify;
 pub(crate) mod pidfile;
 pub(crate) mod privileges;

@@ -164,6 +164,20 @@ pub fn signal(pid: Pid, signal: Signal) {
     }
 }
 
+/// Sends `signal` to the process group `leader` leads (exec mode: a worker and
+/// the processes it started). A group that is gone is not an error. The
+/// leader's pid names the group until its last member exits, even once the
+/// leader itself is reaped: the kernel does not reuse it meanwhile.
+pub fn signal_group(leader: Pid, signal: Signal) {
+    match nix::sys::signal::killpg(leader, signal) {
+        Ok(()) | Err(Errno::ESRCH) => {}
+        Err(errno) => tracing::warn!(
+            "master: cannot send {} to process group {leader}: {errno}",
+            signal.as_str()
+        ),
+    }
+}
+
 /// Raises the soft limit on open files to the hard limit, as nginx's
 /// `worker_rlimit_nofile` and Go's runtime do: every connection is a file, and
 /// the usual soft limit (1,024) would cap a worker at about that many clients.

@@ -11,7 +11,7 @@
 use std::io;
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
 use nix::time::{clock_gettime, ClockId};
@@ -19,7 +19,7 @@ use nix::time::{clock_gettime, ClockId};
 /// The `--workers` limit.
 pub const SLOTS: usize = 4096;
 /// Enough for every slot with a replacement booting, and as many retiring.
-/// 64 bytes each; untouched pages cost nothing.
+/// 128 bytes each; untouched pages cost nothing.
 const RECORDS: usize = 4 * SLOTS;
 
 /// What the master writes about the whole server.
@@ -86,7 +86,20 @@ pub struct Record {
     pub connections: AtomicU64,
     /// When the worker was spawned, in [`monotonic_ms`].
     pub started_ms: AtomicU64,
+    /// Exec mode: the last `STATUS=` the command sent, up to [`STATUS_BYTES`]
+    /// bytes of UTF-8, zero-padded. Written by the master under `status_seq`
+    /// (odd while a write is under way), read by the admin views.
+    status: [AtomicU64; STATUS_WORDS],
+    status_seq: AtomicU64,
 }
+
+const STATUS_WORDS: usize = 7;
+/// The longest `STATUS=` text kept (longer ones are cut at a character boundary).
+pub const STATUS_BYTES: usize = STATUS_WORDS * 8;
+
+/// A heartbeat that is never stale: the record of a command that has not sent
+/// `WATCHDOG=1` (`--timeout` does not judge it).
+pub const NOT_WATCHED: u64 = u64::MAX;
 
 /// What a worker is doing, as written in its record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +185,7 @@ impl Scoreboard {
         record.requests.store(0, Relaxed);
         record.connections.store(0, Relaxed);
         record.started_ms.store(monotonic_ms(), Relaxed);
+        record.set_status("");
         Some(index)
     }
 
@@ -184,6 +198,39 @@ impl Scoreboard {
 impl Record {
     pub fn set_state(&self, state: State) {
         self.state.store(state as u64, Relaxed);
+    }
+
+    /// Keeps `text` as the worker's status (one writer: the master).
+    pub fn set_status(&self, text: &str) {
+        let mut end = text.len().min(STATUS_BYTES);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut bytes = [0u8; STATUS_BYTES];
+        bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+        self.status_seq.fetch_add(1, Ordering::AcqRel);
+        for (word, chunk) in self.status.iter().zip(bytes.chunks_exact(8)) {
+            let chunk: [u8; 8] = chunk.try_into().expect("chunks of 8");
+            word.store(u64::from_ne_bytes(chunk), Relaxed);
+        }
+        self.status_seq.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The worker's status text; empty if it has none.
+    pub fn status(&self) -> String {
+        loop {
+            let before = self.status_seq.load(Ordering::Acquire);
+            let mut bytes = Vec::with_capacity(STATUS_BYTES);
+            for word in &self.status {
+                bytes.extend_from_slice(&word.load(Relaxed).to_ne_bytes());
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            if before % 2 == 0 && self.status_seq.load(Relaxed) == before {
+                let end = bytes.iter().position(|byte| *byte == 0).unwrap_or(bytes.len());
+                return String::from_utf8_lossy(&bytes[..end]).into_owned();
+            }
+            std::hint::spin_loop();
+        }
     }
 
     pub fn beat(&self) {

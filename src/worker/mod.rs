@@ -252,7 +252,7 @@ fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -
 }
 
 /// Sets this process's `comm` (at most 15 bytes; longer is cut by the kernel).
-fn name_process(name: &str) {
+pub(crate) fn name_process(name: &str) {
     let Ok(name) = std::ffi::CString::new(name) else { return };
     if let Err(err) = nix::sys::prctl::set_name(&name) {
         tracing::debug!("cannot set the process name: {err}");

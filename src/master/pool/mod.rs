@@ -162,7 +162,8 @@ impl Pool {
         delay
     }
 
-    /// The worker reported ready. A reload's replacement takes over its slot here.
+    /// The worker reported ready (`None` if it had already, or is no worker).
+    /// A reload's replacement takes over its slot here.
     pub fn on_ready(&mut self, pid: Pid, now: Instant) -> Option<Ready> {
         self.ever_ready = true;
         if let Some(slot) = self
@@ -174,7 +175,11 @@ impl Pool {
         }
         let slot = self.slot_of(pid)?;
         let worker = self.slots[slot].worker_mut().expect("slot_of found a worker");
-        worker.ready_at.get_or_insert(now);
+        // Said twice (a command's READY=1 after it was seen accepting): once is news.
+        if worker.ready_at.is_some() {
+            return None;
+        }
+        worker.ready_at = Some(now);
         Some(Ready::Serving { slot })
     }
 

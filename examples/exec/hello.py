@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""A worker for prefork-server's exec mode, in Python's standard library only.
+
+    prefork-server --port 8000 --workers 4 -- python3 examples/exec/hello.py
+
+The listening socket is fd 3 (systemd's socket activation: LISTEN_FDS=1), so
+the program binds nothing. It tells the master it is ready, beats the
+watchdog and shows a status line over NOTIFY_SOCKET (sd_notify), and drains on
+SIGTERM: the request in flight is finished, then it exits.
+"""
+
+import http.server
+import os
+import signal
+import socket
+import socketserver
+import threading
+
+BODY = f"Hello from worker {os.getpid()}\n".encode()
+
+
+def notify(message):
+    """sd_notify(3): one datagram to $NOTIFY_SOCKET; nothing without it."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]  # the abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.sendto(message.encode(), address)
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(BODY)))
+        self.end_headers()
+        self.wfile.write(BODY)
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass  # no line per request
+
+
+class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self):
+        # The socket is already bound and listening: take it, do not bind.
+        super().__init__(None, Handler, bind_and_activate=False)
+        self.socket = socket.socket(fileno=3)
+        self.server_address = self.socket.getsockname()
+
+
+def main():
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
+        raise SystemExit("hello.py: run me under prefork-server (no socket on fd 3)")
+    server = Server()
+    # SIGTERM: stop accepting (the master keeps the socket), finish, exit.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+    if watchdog:
+        def beat():
+            notify("WATCHDOG=1")
+            timer = threading.Timer(watchdog / 2, beat)
+            timer.daemon = True
+            timer.start()
+        beat()
+    notify(f"READY=1\nSTATUS=serving on {server.server_address[0]}:{server.server_address[1]}")
+    server.serve_forever()
+    notify("STOPPING=1")
+
+
+if __name__ == "__main__":
+    main()

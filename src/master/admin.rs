@@ -1,0 +1,114 @@
+//! Exec mode: the admin process. With the Rust app every worker answers on
+//! the admin listener; commands do not, and the master stays HTTP-free, so one
+//! more child serves it: forked like a worker (the master's fds closed but the
+//! admin listener, the workers' user, death with the master), respawned a
+//! second after it dies, and stopped once the last worker has exited, so that
+//! `/readyz` and `/status` answer through the whole graceful stop.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal as Sig;
+use nix::sys::wait::waitpid;
+use nix::unistd::{getpid, Pid};
+use tracing::{error, info, warn};
+
+use super::Master;
+use crate::sys::process::{self, Exit};
+
+/// The wait before an admin process that died is started again.
+const RESPAWN_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+pub(super) struct AdminProcess {
+    pid: Option<Pid>,
+    /// Not before this (after a death).
+    next_start: Option<Instant>,
+}
+
+impl AdminProcess {
+    /// When the master must wake to start it again.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.next_start.filter(|_| self.pid.is_none())
+    }
+}
+
+impl Master<'_> {
+    /// Starts the admin process when exec mode needs one and it is not running;
+    /// stops it when nothing needs it (a reload back to the Rust app).
+    pub(super) fn keep_admin_process(&mut self) {
+        let wanted = self.config.command.is_some() && self.sockets.listeners.admin().is_some();
+        match (wanted, self.admin_process.pid) {
+            (false, Some(_)) => self.stop_admin_process(),
+            (true, None) if self.admin_process.next_start.is_none_or(|at| self.now >= at) => {
+                match self.fork_admin() {
+                    Ok(pid) => {
+                        info!("admin process (pid {pid}) serves --admin for the commands");
+                        self.admin_process = AdminProcess {
+                            pid: Some(pid),
+                            next_start: None,
+                        };
+                    }
+                    Err(err) => {
+                        error!("master: cannot start the admin process: {err}; retrying in 1s");
+                        self.admin_process.next_start = Some(self.now + RESPAWN_DELAY);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fork_admin(&self) -> Result<Pid, crate::error::Error> {
+        let Some(admin) = self.sockets.listeners.admin() else {
+            unreachable!("only started with an admin listener")
+        };
+        let admin_fd = admin.as_raw_fd();
+        let close: Vec<RawFd> = (self.sockets.listeners.raw_fds().chain(self.sockets.old_raw_fds()))
+            .chain(self.fleet.channel_raw_fds())
+            .chain(self.notices_fd().map(|fd| fd.as_raw_fd()))
+            .filter(|fd| *fd != admin_fd)
+            .collect();
+        let (signals, config, scoreboard, run_as, master) =
+            (&self.signals, &self.config, self.scoreboard, self.run_as, getpid());
+        process::fork(move || {
+            crate::worker::forget_the_master(signals, &close);
+            crate::worker::name_process("prefork-admin");
+            if let Some(run_as) = run_as {
+                if let Err(err) = crate::sys::privileges::switch(run_as) {
+                    error!("admin process: cannot switch to uid {}: {err}", run_as.uid);
+                    return process::exit_code::BOOT_FAILED;
+                }
+            }
+            // KILL: the master's handlers are gone, and TERM would be ignored.
+            if nix::sys::prctl::set_pdeathsig(Sig::SIGKILL).is_err() || nix::unistd::getppid() != master {
+                return process::exit_code::OK;
+            }
+            if process::unblock_all_signals().is_err() {
+                return process::exit_code::BOOT_FAILED;
+            }
+            crate::admin::serve_alone(admin, scoreboard, config)
+        })
+    }
+
+    /// Whether `pid` was the admin process (then it is reaped here).
+    pub(super) fn reap_admin(&mut self, pid: Pid, exit: Exit) -> bool {
+        if self.admin_process.pid != Some(pid) {
+            return false;
+        }
+        self.admin_process.pid = None;
+        if self.phase.is_running() {
+            warn!("admin process (pid {pid}) {exit}; starting another in 1s");
+            self.admin_process.next_start = Some(self.now + RESPAWN_DELAY);
+        }
+        true
+    }
+
+    /// Kills the admin process and waits for it (it holds nothing to drain).
+    pub(super) fn stop_admin_process(&mut self) {
+        if let Some(pid) = self.admin_process.pid.take() {
+            process::signal(pid, Sig::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+    }
+}

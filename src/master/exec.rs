@@ -1,0 +1,181 @@
+//! Exec mode, the master's side: forking a worker that runs the command, and
+//! knowing how it is doing without a channel to it: whether the command was
+//! executed (its channel closed without an error), what it says on the notify
+//! socket (`READY=1`, `WATCHDOG=1`, `STATUS=`, `STOPPING=1`), and whether it
+//! waits on its socket (`--exec-ready accepting`).
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use nix::unistd::{getpid, Pid};
+use tracing::info;
+
+use super::fleet::{Exec, Kind};
+use super::Master;
+use crate::config::ExecReady;
+use crate::error::Error;
+use crate::sys::channel::{self, Channel};
+use crate::sys::notices::{Notice, Notices};
+use crate::sys::process;
+use crate::sys::scoreboard::{monotonic_ms, State, NOT_WATCHED};
+
+/// How often a booting worker is looked at for accepting (`/proc` reads).
+pub(super) const ACCEPTING_CHECK: Duration = Duration::from_millis(20);
+
+impl Master<'_> {
+    /// Binds the notify socket the first time a worker will run a command.
+    pub(super) fn ensure_notices(&mut self) -> Result<(), Error> {
+        if self.notices.is_none() {
+            self.notices = Some(Notices::bind().map_err(Error::NotifySocket)?);
+        }
+        Ok(())
+    }
+
+    /// Forks a worker for `slot` that executes `command` (see `sys::exec`).
+    pub(super) fn fork_exec(&self, slot: usize, record: usize, command: &[String]) -> Result<(Pid, Channel, Kind), Error> {
+        let notices = self.notices.as_ref().map(|notices| notices.name().to_owned());
+        let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
+        let channel = Channel::new(master_end).map_err(Error::Channel)?;
+        let listener = self.sockets.listeners.for_slot(slot);
+        let socket = nix::sys::stat::fstat(listener)
+            .map(|stat| stat.st_ino)
+            .map_err(|errno| Error::Channel(errno.into()))?;
+        let mut env = vec![
+            ("PREFORK_SLOT".to_string(), slot.to_string()),
+            (
+                "PREFORK_GENERATION".to_string(),
+                self.fleet.pool.generation().to_string(),
+            ),
+        ];
+        env.extend(notices.map(|name| ("NOTIFY_SOCKET".to_string(), name)));
+        if !self.config.timeout.is_zero() {
+            // As systemd says it: a program that beats does so every half of it.
+            let usec = self.config.timeout.as_micros().to_string();
+            env.push(("WATCHDOG_USEC".to_string(), usec));
+        }
+        let (signals, run_as, master_pid) = (&self.signals, self.run_as, getpid());
+        let listener = listener.as_raw_fd();
+        let pid = process::fork(move || {
+            // The rest of the master's fds are closed by `exec` itself.
+            crate::worker::forget_the_master(signals, &[]);
+            crate::sys::exec::exec(crate::sys::exec::Launch {
+                command,
+                listener,
+                channel: worker_end,
+                env,
+                run_as,
+                master_pid,
+            })
+        })?;
+        let record = self.scoreboard.record(record);
+        record.pid.store(pid.as_raw() as u64, Relaxed);
+        // The master keeps the record: a command beats only if it sends WATCHDOG=1.
+        record.heartbeat_ms.store(NOT_WATCHED, Relaxed);
+        let exec = Exec {
+            socket,
+            executed: false,
+        };
+        Ok((pid, channel, Kind::Exec(exec)))
+    }
+
+    /// A worker's channel closed: for a command, that is the exec succeeding
+    /// (unless it said why it could not). Returns whether it is ready by that.
+    pub(super) fn on_executed(&mut self, pid: Pid, failed: bool) -> bool {
+        let Some((_, _, exec)) = self.fleet.execs_mut().find(|(live, ..)| *live == pid) else {
+            return false;
+        };
+        if failed {
+            return false;
+        }
+        exec.executed = true;
+        self.config.exec_ready == ExecReady::Exec
+    }
+
+    /// What the programs said on the notify socket; returns the pids now ready.
+    pub(super) fn read_notices(&mut self) -> Vec<Pid> {
+        let Some(notices) = &self.notices else {
+            return Vec::new();
+        };
+        let mut ready = Vec::new();
+        for (pid, notice) in notices.receive() {
+            // Only a worker speaks for itself (not its children, not a stranger).
+            let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) else {
+                continue;
+            };
+            let record = self.scoreboard.record(record);
+            match notice {
+                Notice::Ready => ready.push(pid),
+                Notice::Watchdog => record.heartbeat_ms.store(monotonic_ms(), Relaxed),
+                Notice::Status(text) => record.set_status(&text),
+                Notice::Stopping => info!("worker pid {pid} says it is stopping"),
+            }
+        }
+        ready
+    }
+
+    /// Booting commands that now wait on their socket (`--exec-ready accepting`).
+    pub(super) fn accepting_now(&mut self) -> Vec<Pid> {
+        if self.config.exec_ready != ExecReady::Accepting {
+            return Vec::new();
+        }
+        let booting: Vec<(Pid, u64)> = self
+            .fleet
+            .execs_mut()
+            .filter(|(_, _, exec)| exec.executed)
+            .map(|(pid, _, exec)| (pid, exec.socket))
+            .collect();
+        booting
+            .into_iter()
+            .filter(|(pid, _)| !self.fleet.pool.is_ready(*pid) && self.fleet.pool.slot_of(*pid).is_some())
+            .filter(|(pid, socket)| crate::sys::accepting::waits_on(*pid, *socket))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Whether some booting command is being watched for accepting: the
+    /// master then wakes every [`ACCEPTING_CHECK`].
+    pub(super) fn watching_for_accept(&mut self) -> bool {
+        if self.config.exec_ready != ExecReady::Accepting {
+            return false;
+        }
+        let booting: Vec<Pid> = self
+            .fleet
+            .execs_mut()
+            .filter(|(_, _, exec)| exec.executed)
+            .map(|(pid, ..)| pid)
+            .collect();
+        booting
+            .into_iter()
+            .any(|pid| !self.fleet.pool.is_ready(pid) && self.fleet.pool.slot_of(pid).is_some())
+    }
+
+    pub(super) fn is_exec(&self, pid: Pid) -> bool {
+        matches!(self.fleet.kind(pid), Some(Kind::Exec(_)))
+    }
+
+    /// A command is ready: its record says so (it cannot write it itself).
+    pub(super) fn exec_ready(&self, pid: Pid) {
+        if let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) {
+            self.scoreboard.record(record).set_state(State::Ready);
+        }
+    }
+
+    /// A command was asked to stop: its record says it drains.
+    pub(super) fn exec_draining(&self, pid: Pid) {
+        if let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) {
+            self.scoreboard.record(record).set_state(State::Draining);
+        }
+    }
+
+    /// After a command's exit: whatever it started and left behind in its
+    /// process group goes with it.
+    pub(super) fn clear_group(&self, pid: Pid) {
+        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+
+    /// The notify socket, for the master's poll.
+    pub(super) fn notices_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.notices.as_ref().map(Notices::fd)
+    }
+}

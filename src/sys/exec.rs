@@ -1,0 +1,227 @@
+//! Exec mode, the child's side: from the fork to `execve(2)` of the user's
+//! command, with the slot's socket as fd 3 and the environment of systemd's
+//! socket activation (`LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES=http`).
+//!
+//! Nothing else of the master's goes through: every other fd is closed, every
+//! signal disposition is reset to its default (exec keeps an ignored signal
+//! ignored, and the master ignores SIGPIPE) and the mask emptied. The program
+//! leads its own process group, so that the master can stop its children with
+//! it, and gets SIGKILL when the master dies (`PR_SET_PDEATHSIG`).
+//!
+//! If anything fails before the exec succeeds, the reason goes to the master
+//! over the channel (close-on-exec: a successful exec closes it, which is how
+//! the master knows) and the child exits 127, as a shell does for a command it
+//! cannot run.
+
+use std::ffi::{CString, OsString};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::net::UnixStream;
+
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::unistd::{getpid, getppid, setpgid, Pid};
+
+use super::channel::{self, Message};
+use super::privileges::RunAs;
+
+/// The child's exit code when the command could not be run.
+pub const CANNOT_EXEC: i32 = 127;
+
+/// The fd the program finds its socket on (`SD_LISTEN_FDS_START`).
+const LISTEN_FD: RawFd = 3;
+
+/// What the master hands an exec child.
+pub struct Launch<'a> {
+    /// The program and its arguments (the program is looked up in `PATH`).
+    pub command: &'a [String],
+    /// The slot's listening socket (the master keeps its own copy).
+    pub listener: RawFd,
+    /// The child's end of the channel (close-on-exec).
+    pub channel: UnixStream,
+    /// Added to (or replacing in) the master's environment: `PREFORK_SLOT`,
+    /// `NOTIFY_SOCKET`... (`LISTEN_PID` is added here: only the child knows it).
+    pub env: Vec<(String, String)>,
+    pub run_as: Option<RunAs>,
+    pub master_pid: Pid,
+}
+
+/// Runs `launch.command` in place of this process. Returns only if it could
+/// not (the exit code, after the reason was sent to the master).
+pub fn exec(launch: Launch<'_>) -> i32 {
+    let Launch {
+        command,
+        listener,
+        mut channel,
+        env,
+        run_as,
+        master_pid,
+    } = launch;
+    let program = command.first().map_or("", String::as_str);
+    match prepare(listener, &mut channel, run_as, master_pid).and_then(|()| run(command, env)) {
+        Ok(never) => match never {},
+        Err(why) => {
+            let reason = format!("cannot run `{program}`: {why}");
+            // The master may be gone too; then there is nobody to tell.
+            let _ = channel::send(&mut channel, &Message::BootError(reason));
+            CANNOT_EXEC
+        }
+    }
+}
+
+/// Everything but the exec: fds, process group, signals, credentials, and
+/// death with the master.
+fn prepare(listener: RawFd, channel: &mut UnixStream, run_as: Option<RunAs>, master: Pid) -> Result<(), String> {
+    place_fds(listener, channel)?;
+    setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|err| format!("cannot start a process group: {err}"))?;
+    reset_signal_dispositions();
+    if let Some(run_as) = run_as {
+        super::privileges::switch(run_as)
+            .map_err(|err| format!("cannot switch to uid {}, gid {}: {err}", run_as.uid, run_as.gid))?;
+    }
+    // After the switch, which clears it. KILL, not TERM: a program that drains
+    // on TERM (gunicorn's arbiter) would outlive the master by its own timeout.
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|err| format!("cannot set PR_SET_PDEATHSIG: {err}"))?;
+    if getppid() != master {
+        return Err("the master died before the command started".into());
+    }
+    Ok(())
+}
+
+/// The socket to fd 3 (inheritable), every other fd above 2 closed but the
+/// channel (close-on-exec), which `channel` refers to afterwards.
+fn place_fds(listener: RawFd, channel: &mut UnixStream) -> Result<(), String> {
+    // The channel may sit on fd 3 itself: copy it above 3 first.
+    // SAFETY: fcntl on an fd this process owns; F_DUPFD_CLOEXEC makes a new fd.
+    let copy = unsafe { libc::fcntl(channel.as_raw_fd(), libc::F_DUPFD_CLOEXEC, LISTEN_FD + 1) };
+    if copy < 0 {
+        return Err(format!("cannot keep the channel: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: `copy` is a new fd that nothing else owns.
+    let moved = unsafe { UnixStream::from_raw_fd(copy) };
+    // The old number is closed below (or taken by the socket): never by its owner.
+    std::mem::forget(std::mem::replace(channel, moved));
+    if listener != LISTEN_FD {
+        // SAFETY: dup2 onto fd 3, which holds nothing this process still needs
+        // (the channel was copied above it).
+        if unsafe { libc::dup2(listener, LISTEN_FD) } < 0 {
+            return Err(format!("cannot put the socket on fd 3: {}", std::io::Error::last_os_error()));
+        }
+    } else {
+        // SAFETY: clearing FD_CLOEXEC on an fd this process owns.
+        unsafe { libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) };
+    }
+    close_from(LISTEN_FD + 1, copy);
+    Ok(())
+}
+
+/// Closes every fd from `first` up, except `keep`.
+fn close_from(first: RawFd, keep: RawFd) {
+    let close_range = |low: RawFd, high: RawFd| {
+        if low > high {
+            return;
+        }
+        // SAFETY: close_range(2) only closes fds; none in the range is used again
+        // by this process (their owners are never dropped before the exec).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, low as libc::c_uint, high as libc::c_uint, 0) };
+        if rc != 0 {
+            // Before Linux 5.9: one by one, as listed in /proc.
+            for fd in open_fds().into_iter().filter(|fd| (low..=high).contains(fd)) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    };
+    close_range(first, keep - 1);
+    close_range(keep + 1, RawFd::MAX);
+}
+
+fn open_fds() -> Vec<RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Every signal back to its default action (exec resets caught ones, but an
+/// ignored one stays ignored). The mask is emptied in [`run`], just before
+/// the exec.
+fn reset_signal_dispositions() {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
+        // SAFETY: installing the default action runs no code of ours.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+}
+
+/// The exec itself: only returns its error.
+fn run(command: &[String], env: Vec<(String, String)>) -> Result<std::convert::Infallible, String> {
+    let argv = command
+        .iter()
+        .map(|arg| CString::new(arg.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| "an argument holds a NUL byte".to_string())?;
+    let program = argv.first().ok_or("no program")?;
+    let envp = environment(env)?;
+    // Last: from here a signal takes its default action, as in the program.
+    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let err = nix::unistd::execvpe(program, &argv, &envp).unwrap_err();
+    Err(err.desc().to_string())
+}
+
+/// The master's environment, without what systemd or a supervisor above the
+/// master set for the master itself, with `env` and the socket activation's.
+fn environment(env: Vec<(String, String)>) -> Result<Vec<CString>, String> {
+    const THE_MASTERS: [&str; 6] = [
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+    ];
+    let ours = [
+        ("LISTEN_FDS".to_string(), "1".to_string()),
+        ("LISTEN_PID".to_string(), getpid().to_string()),
+        ("LISTEN_FDNAMES".to_string(), "http".to_string()),
+    ];
+    let replaced: Vec<String> = env.iter().map(|(name, _)| name.clone()).collect();
+    let inherited = std::env::vars_os().filter(|(name, _)| {
+        let name = name.to_string_lossy();
+        !THE_MASTERS.contains(&name.as_ref()) && !replaced.iter().any(|ours| *ours == name)
+    });
+    let given = ours.into_iter().chain(env).map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    inherited
+        .chain(given)
+        .map(|(name, value)| {
+            let mut pair = name.into_vec();
+            pair.push(b'=');
+            pair.extend(value.into_vec());
+            CString::new(pair).map_err(|_| "an environment variable holds a NUL byte".to_string())
+        })
+        .collect()
+}
+
+/// Where `program` would be found by the exec (`PATH`, unless it names a
+/// path): checked before anything is bound, so that a typo stops the start
+/// with a clear error instead of a loop of failing workers.
+pub fn find(program: &str) -> Result<std::path::PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &std::path::Path| {
+        std::fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = std::path::PathBuf::from(program);
+        return match std::fs::metadata(&path) {
+            Err(err) => Err(format!("`{program}`: {err}")),
+            Ok(_) if !runnable(&path) => Err(format!("`{program}` is not an executable file")),
+            Ok(_) => Ok(path),
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| runnable(candidate))
+        .ok_or_else(|| format!("`{program}` is not found in PATH"))
+}
