@@ -101,7 +101,11 @@ impl FromStr for StopSignal {
     /// `TERM`, `SIGTERM` or `term`.
     fn from_str(text: &str) -> Result<StopSignal, String> {
         let upper = text.trim().to_ascii_uppercase();
-        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        let name = if upper.starts_with("SIG") {
+            upper
+        } else {
+            format!("SIG{upper}")
+        };
         StopSignal::ALLOWED
             .into_iter()
             .find(|signal| signal.as_str() == name)
@@ -716,7 +720,7 @@ impl Settings {
             user: self.user,
             group: self.group,
             command: match self.command {
-                Some(command) if command.first().is_none_or(|program| program.is_empty()) => {
+                Some(command) if command.first().map_or(true, |program| program.is_empty()) => {
                     return Err(bad("command", "names no program"));
                 }
                 other => other,

@@ -6,7 +6,9 @@
 The listening socket is fd 3 (systemd's socket activation: LISTEN_FDS=1), so
 the program binds nothing. It tells the master it is ready, beats the
 watchdog and shows a status line over NOTIFY_SOCKET (sd_notify), and drains on
-SIGTERM: the request in flight is finished, then it exits.
+SIGTERM: it stops accepting, answers each open connection's next request with
+`Connection: close` (a keep-alive client then reconnects, to another worker),
+and exits once they are all closed (idle ones close after 5 s).
 """
 
 import http.server
@@ -15,8 +17,12 @@ import signal
 import socket
 import socketserver
 import threading
+import time
 
 BODY = f"Hello from worker {os.getpid()}\n".encode()
+draining = threading.Event()
+connections_lock = threading.Lock()
+connections = 0
 
 
 def notify(message):
@@ -32,13 +38,31 @@ def notify(message):
 
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive
+    timeout = 5  # an idle keep-alive connection is closed after this
+    disable_nagle_algorithm = True  # headers and body are two writes
+
+    def setup(self):
+        global connections
+        with connections_lock:
+            connections += 1
+        super().setup()
+
+    def finish(self):
+        global connections
+        super().finish()
+        with connections_lock:
+            connections -= 1
 
     def do_GET(self):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(BODY)))
+        if draining.is_set():
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
-        self.wfile.write(BODY)
+        if self.command != "HEAD":
+            self.wfile.write(BODY)
 
     do_HEAD = do_GET
 
@@ -61,8 +85,11 @@ def main():
     if os.environ.get("LISTEN_PID") != str(os.getpid()) or os.environ.get("LISTEN_FDS") != "1":
         raise SystemExit("hello.py: run me under prefork-server (no socket on fd 3)")
     server = Server()
-    # SIGTERM: stop accepting (the master keeps the socket), finish, exit.
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    # SIGTERM: stop accepting (the master keeps the socket), drain, exit.
+    def drain(*_):
+        draining.set()
+        threading.Thread(target=server.shutdown).start()
+    signal.signal(signal.SIGTERM, drain)
     watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
     if watchdog:
         def beat():
@@ -74,6 +101,9 @@ def main():
     notify(f"READY=1\nSTATUS=serving on {server.server_address[0]}:{server.server_address[1]}")
     server.serve_forever()
     notify("STOPPING=1")
+    deadline = time.monotonic() + 30
+    while connections and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ impl Master<'_> {
         let wanted = self.config.command.is_some() && self.sockets.listeners.admin().is_some();
         match (wanted, self.admin_process.pid) {
             (false, Some(_)) => self.stop_admin_process(),
-            (true, None) if self.admin_process.next_start.is_none_or(|at| self.now >= at) => {
+            (true, None) if self.admin_process.next_start.map_or(true, |at| self.now >= at) => {
                 match self.fork_admin() {
                     Ok(pid) => {
                         info!("admin process (pid {pid}) serves --admin for the commands");

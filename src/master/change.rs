@@ -88,7 +88,12 @@ impl Master<'_> {
             Err(err) => return error!("master: reload refused: {err}; the current config stays"),
         };
         // A command that cannot run would replace every worker with a failing one.
-        if let Some(Err(cause)) = new.command.as_ref().and_then(|c| c.first()).map(|p| crate::sys::exec::find(p)) {
+        if let Some(Err(cause)) = new
+            .command
+            .as_ref()
+            .and_then(|c| c.first())
+            .map(|p| crate::sys::exec::find(p))
+        {
             return error!("master: reload refused: cannot run the command: {cause}; the current config stays");
         }
         // A new admin address is bound before anything changes: if it cannot be,

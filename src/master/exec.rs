@@ -33,7 +33,12 @@ impl Master<'_> {
     }
 
     /// Forks a worker for `slot` that executes `command` (see `sys::exec`).
-    pub(super) fn fork_exec(&self, slot: usize, record: usize, command: &[String]) -> Result<(Pid, Channel, Kind), Error> {
+    pub(super) fn fork_exec(
+        &self,
+        slot: usize,
+        record: usize,
+        command: &[String],
+    ) -> Result<(Pid, Channel, Kind), Error> {
         let notices = self.notices.as_ref().map(|notices| notices.name().to_owned());
         let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
         let channel = Channel::new(master_end).map_err(Error::Channel)?;
@@ -116,18 +121,9 @@ impl Master<'_> {
 
     /// Booting commands that now wait on their socket (`--exec-ready accepting`).
     pub(super) fn accepting_now(&mut self) -> Vec<Pid> {
-        if self.config.exec_ready != ExecReady::Accepting {
-            return Vec::new();
-        }
-        let booting: Vec<(Pid, u64)> = self
-            .fleet
-            .execs_mut()
-            .filter(|(_, _, exec)| exec.executed)
-            .map(|(pid, _, exec)| (pid, exec.socket))
-            .collect();
+        let booting = self.watched_for_accept();
         booting
             .into_iter()
-            .filter(|(pid, _)| !self.fleet.pool.is_ready(*pid) && self.fleet.pool.slot_of(*pid).is_some())
             .filter(|(pid, socket)| crate::sys::accepting::waits_on(*pid, *socket))
             .map(|(pid, _)| pid)
             .collect()
@@ -136,18 +132,25 @@ impl Master<'_> {
     /// Whether some booting command is being watched for accepting: the
     /// master then wakes every [`ACCEPTING_CHECK`].
     pub(super) fn watching_for_accept(&mut self) -> bool {
+        !self.watched_for_accept().is_empty()
+    }
+
+    /// With `--exec-ready accepting`: (pid, socket inode) of every command
+    /// executed and not ready yet.
+    fn watched_for_accept(&mut self) -> Vec<(Pid, u64)> {
         if self.config.exec_ready != ExecReady::Accepting {
-            return false;
+            return Vec::new();
         }
-        let booting: Vec<Pid> = self
+        let executed: Vec<(Pid, u64)> = self
             .fleet
             .execs_mut()
             .filter(|(_, _, exec)| exec.executed)
-            .map(|(pid, ..)| pid)
+            .map(|(pid, _, exec)| (pid, exec.socket))
             .collect();
-        booting
+        executed
             .into_iter()
-            .any(|pid| !self.fleet.pool.is_ready(pid) && self.fleet.pool.slot_of(pid).is_some())
+            .filter(|(pid, _)| self.fleet.pool.is_booting(*pid))
+            .collect()
     }
 
     pub(super) fn is_exec(&self, pid: Pid) -> bool {

@@ -221,7 +221,10 @@ impl Master<'_> {
             log_departure(pid, exit, departure, self.replacing());
             if exec {
                 self.clear_group(pid);
-                if let Departure::Died { slot, was_ready: false, .. } = departure {
+                if let Departure::Died {
+                    slot, was_ready: false, ..
+                } = departure
+                {
                     // Its own words, if it said why; else how it ended.
                     let command = self.config.command.as_deref().unwrap_or_default().join(" ");
                     let cause = format!("worker {slot} (pid {pid}): `{command}` {exit} before it was ready");

@@ -41,7 +41,12 @@ fn family(pid: Pid) -> Vec<Pid> {
             let Ok(children) = fs::read_to_string(format!("/proc/{parent}/task/{task}/children")) else {
                 continue;
             };
-            found.extend(children.split_whitespace().filter_map(|n| n.parse().ok()).map(Pid::from_raw));
+            found.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .map(Pid::from_raw),
+            );
         }
     }
     found.truncate(MOST_PROCESSES);
@@ -65,7 +70,9 @@ fn process_waits_on(pid: Pid, socket: u64) -> bool {
     let mut socket_fds = HashSet::new();
     let mut epolls = Vec::new();
     for entry in entries.flatten() {
-        let Ok(link) = fs::read_link(entry.path()) else { continue };
+        let Ok(link) = fs::read_link(entry.path()) else {
+            continue;
+        };
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };

@@ -104,7 +104,10 @@ fn place_fds(listener: RawFd, channel: &mut UnixStream) -> Result<(), String> {
         // SAFETY: dup2 onto fd 3, which holds nothing this process still needs
         // (the channel was copied above it).
         if unsafe { libc::dup2(listener, LISTEN_FD) } < 0 {
-            return Err(format!("cannot put the socket on fd 3: {}", std::io::Error::last_os_error()));
+            return Err(format!(
+                "cannot put the socket on fd 3: {}",
+                std::io::Error::last_os_error()
+            ));
         }
     } else {
         // SAFETY: clearing FD_CLOEXEC on an fd this process owns.
@@ -191,7 +194,10 @@ fn environment(env: Vec<(String, String)>) -> Result<Vec<CString>, String> {
         let name = name.to_string_lossy();
         !THE_MASTERS.contains(&name.as_ref()) && !replaced.iter().any(|ours| *ours == name)
     });
-    let given = ours.into_iter().chain(env).map(|(k, v)| (OsString::from(k), OsString::from(v)));
+    let given = ours
+        .into_iter()
+        .chain(env)
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
     inherited
         .chain(given)
         .map(|(name, value)| {

@@ -6,6 +6,7 @@ mod apps;
 mod cli;
 mod environment;
 mod errors;
+mod exec;
 mod grpc;
 mod health;
 mod http2;

@@ -271,6 +271,15 @@ impl Pool {
         self.slots.iter().any(|slot| slot.ready_pid() == Some(pid))
     }
 
+    /// True while `pid` is a slot's worker, or its replacement, not yet ready
+    /// (not one that retires).
+    pub fn is_booting(&self, pid: Pid) -> bool {
+        self.slots.iter().any(|slot| {
+            let booting = |worker: Option<Worker>| worker.is_some_and(|w| w.pid == pid && w.ready_at.is_none());
+            booting(slot.worker()) || booting(slot.incoming())
+        })
+    }
+
     /// True when no worker has ever been ready and every slot has seen one exit
     /// before it was ready: respawning is pointless, the master should halt.
     pub fn first_generation_failed(&self) -> bool {

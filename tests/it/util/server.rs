@@ -277,6 +277,8 @@ impl Drop for Server {
         let _ = self.child.wait();
         for pid in workers {
             let _ = kill(pid, Signal::SIGKILL);
+            // Exec mode: a command leads a process group of its own children.
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
         }
         if thread::panicking() {
             eprintln!("--- server logs ---\n{}", self.logs());

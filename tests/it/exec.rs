@@ -1,0 +1,299 @@
+//! Exec mode: the server supervises a program in another language, which finds
+//! its socket on fd 3 and speaks sd_notify to the master, with real programs
+//! (the Python and Node.js examples, gunicorn).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::load::Load;
+use crate::util::*;
+
+fn script(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/exec")
+        .join(name);
+    path.to_string_lossy().into_owned()
+}
+
+/// The server running `program script` in every slot, with `flags` before `--`.
+fn exec_server(flags: &[&str], program: &[&str]) -> Server {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.push("--");
+    args.extend(program);
+    Server::start(&args)
+}
+
+/// Distinct worker pids seen over `tries` fresh connections.
+fn pids_answering(server: &Server, tries: usize) -> HashSet<Pid> {
+    (0..tries).filter_map(|_| try_worker_pid(server.addr)).collect()
+}
+
+#[test]
+fn the_python_and_node_examples_serve_from_every_worker() {
+    for program in [vec!["python3", &script("hello.py")], vec!["node", &script("hello.js")]] {
+        let server = exec_server(&["--workers", "2"], &program);
+        let workers: HashSet<Pid> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
+        let seen = eventually(Duration::from_secs(10), "both workers answer", || {
+            let seen = pids_answering(&server, 20);
+            (seen.len() == 2).then_some(seen)
+        });
+        assert_eq!(
+            seen, workers,
+            "{program:?}: the answers come from the master's children"
+        );
+    }
+}
+
+/// sd_notify in a line of Python, for the programs the tests write inline.
+const NOTIFY: &str = "import os, socket, sys, time, signal\n\
+def notify(message):\n    \
+    address = os.environ['NOTIFY_SOCKET']\n    \
+    address = '\\0' + address[1:] if address.startswith('@') else address\n    \
+    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(message.encode(), address)\n";
+
+/// `python3 -c` of [`NOTIFY`] followed by `code`.
+fn python(code: &str) -> Vec<String> {
+    vec!["python3".into(), "-c".into(), format!("{NOTIFY}{code}")]
+}
+
+fn exec_server_owned(flags: &[&str], program: &[String]) -> Server {
+    let program: Vec<&str> = program.iter().map(String::as_str).collect();
+    exec_server(flags, &program)
+}
+
+#[test]
+fn a_killed_worker_is_replaced_by_a_new_one_that_serves() {
+    let server = exec_server(&["--workers", "2"], &["python3", &script("hello.py")]);
+    let before = server.wait_for_workers(2, Duration::from_secs(5));
+    nix::sys::signal::kill(before[0], Signal::SIGKILL).unwrap();
+    server.wait_for_log("killed by SIGKILL", Duration::from_secs(5));
+    let after: HashSet<Pid> = eventually(Duration::from_secs(10), "a replacement", || {
+        let now: HashSet<Pid> = server.workers().into_iter().collect();
+        (now.len() == 2 && !now.contains(&before[0]) && server.zombies().is_empty()).then_some(now)
+    });
+    let replacement = *after.iter().find(|pid| **pid != before[1]).unwrap();
+    eventually(Duration::from_secs(10), "the replacement answers", || {
+        pids_answering(&server, 10).contains(&replacement).then_some(())
+    });
+}
+
+/// Rolling reloads of commands under keep-alive load: each new worker is ready
+/// before the old one is told to stop, and the old one finishes what it was
+/// answering; no request fails, and every worker is replaced each time.
+#[test]
+fn five_reloads_of_commands_under_keep_alive_load_lose_nothing() {
+    for program in [vec!["python3", &script("hello.py")], vec!["node", &script("hello.js")]] {
+        let server = exec_server(&["--workers", "2", "--graceful-timeout", "10s"], &program);
+        let mut previous: HashSet<Pid> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
+        let load = Load::start(server.addr, 16);
+        load.wait_for_traffic(300);
+        for n in 1..=5 {
+            server.signal(Signal::SIGHUP);
+            server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+            load.wait_for_traffic(200);
+            let now: HashSet<Pid> = eventually(Duration::from_secs(15), "the old workers gone", || {
+                let now: HashSet<Pid> = server.workers().into_iter().collect();
+                (now.len() == 2 && server.zombies().is_empty()).then_some(now)
+            });
+            assert!(now.is_disjoint(&previous), "{program:?}: reload {n} replaced every pid");
+            previous = now;
+        }
+        let tally = load.finish();
+        assert!(
+            tally.failures.is_empty(),
+            "{program:?}: {} failed requests, e.g. {:?}",
+            tally.failures.len(),
+            &tally.failures[..3.min(tally.failures.len())]
+        );
+        assert!(tally.ok > 1000, "too little traffic to prove anything: {}", tally.ok);
+    }
+}
+
+/// `--timeout` holds a command to its `WATCHDOG=1` once it has sent one: one
+/// that stops beating is killed (SIGABRT, then SIGKILL) and replaced.
+#[test]
+fn a_command_that_stops_beating_is_killed_after_the_timeout() {
+    let program = python(
+        "assert int(os.environ['WATCHDOG_USEC']) == 2_000_000\n\
+         notify('READY=1')\n\
+         for _ in range(3):\n    notify('WATCHDOG=1'); time.sleep(0.5)\n\
+         signal.signal(signal.SIGABRT, signal.SIG_IGN)\n\
+         time.sleep(3600)\n",
+    );
+    let server = exec_server_owned(&["--workers", "1", "--timeout", "2s"], &program);
+    let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let line = server.wait_for_log("timed out after 2.0s", Duration::from_secs(10));
+    assert!(line.contains(&format!("(pid {first})")), "{line}");
+    server.wait_for_log(&format!("(pid {first}) killed by SIGKILL"), Duration::from_secs(5));
+    eventually(Duration::from_secs(10), "a replacement", || {
+        let now = server.workers();
+        (now.len() == 1 && now[0] != first).then_some(())
+    });
+}
+
+/// A command that never beats is never judged by `--timeout`: it did not ask.
+#[test]
+fn a_command_that_never_beats_is_not_timed_out() {
+    let program = python("notify('READY=1')\ntime.sleep(3600)\n");
+    let server = exec_server_owned(&["--workers", "1", "--timeout", "1s"], &program);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    // Three timeouts' worth, at the master's pace (checks every 250 ms).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(server.workers(), [worker], "{}", server.logs());
+    assert!(!server.logs().contains("timed out"));
+}
+
+#[test]
+fn a_command_that_does_not_exist_stops_the_start_with_exit_1() {
+    let (status, _, err) = run_to_exit(
+        command(server_binary(), &["--workers", "1", "--", "no-such-program-here", "x"]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot run the command: `no-such-program-here` is not found in PATH"),
+        "{err}"
+    );
+}
+
+/// A command that exits at once is a boot failure: backoff, then the first
+/// generation halts with its cause (exit 1).
+#[test]
+fn a_command_that_exits_at_once_halts_the_start_with_its_cause() {
+    let (status, _, err) = run_to_exit(
+        command(
+            server_binary(),
+            &["--workers", "1", "--", "python3", "-c", "raise SystemExit(4)"],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("every worker failed to boot")
+            && err.contains("`python3 -c raise SystemExit(4)` exited with code 4 before it was ready"),
+        "{err}"
+    );
+}
+
+/// `--exec-ready notify`: a command that never says `READY=1` is not ready at
+/// `--ready-timeout`, a boot failure.
+#[test]
+fn a_command_that_never_says_ready_is_a_boot_failure() {
+    let (status, _, err) = run_to_exit(
+        command(
+            server_binary(),
+            &[
+                "--workers",
+                "1",
+                "--exec-ready",
+                "notify",
+                "--ready-timeout",
+                "1s",
+                "--",
+                "sleep",
+                "60",
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not ready within 1.0s (--ready-timeout)"), "{err}");
+}
+
+/// PDEATHSIG: when the master is killed outright, every command goes with it.
+#[test]
+fn every_command_dies_with_a_killed_master() {
+    let server = exec_server(&["--workers", "3"], &["python3", &script("hello.py")]);
+    let workers = server.wait_for_workers(3, Duration::from_secs(5));
+    server.signal(Signal::SIGKILL);
+    eventually(Duration::from_secs(2), "every worker gone within 2 s", || {
+        workers.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+}
+
+/// What a command starts runs in its process group, which the master kills
+/// once the command has exited: a stop leaves nothing behind.
+#[test]
+fn a_commands_own_children_are_gone_after_a_stop() {
+    let marker = format!("{}.25", 3000 + std::process::id() % 1000);
+    let program = python(&format!(
+        "import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nnotify('READY=1')\n\
+         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(3600)\n"
+    ));
+    let mut server = exec_server_owned(&["--workers", "2"], &program);
+    let sleeps = || -> Vec<Pid> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|cmdline| cmdline == format!("sleep\0{marker}\0").as_bytes())
+            })
+            .map(Pid::from_raw)
+            .collect()
+    };
+    eventually(Duration::from_secs(5), "both grandchildren started", || {
+        (sleeps().len() == 2).then_some(())
+    });
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    eventually(Duration::from_secs(2), "no grandchild left", || {
+        sleeps().is_empty().then_some(())
+    });
+}
+
+/// `--stop-signal`: the signal a command is asked to stop with.
+#[test]
+fn the_stop_signal_is_the_one_asked_for() {
+    let program = python(
+        "notify('READY=1')\n\
+         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n\
+         time.sleep(3600)\n",
+    );
+    let mut server = exec_server_owned(&["--workers", "1", "--stop-signal", "INT"], &program);
+    server.wait_for_workers(1, Duration::from_secs(5));
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(5)).success());
+    assert!(server.logs().contains("exited with code 0"), "{}", server.logs());
+}
+
+/// The admin views in exec mode come from an admin process of the master's:
+/// each command's pid, state and `STATUS=` text, and readiness.
+#[test]
+fn the_admin_views_show_each_command() {
+    let server = exec_server(
+        &["--workers", "2", "--admin", "127.0.0.1:0"],
+        &["python3", &script("hello.py")],
+    );
+    let admin = server.admin_addr();
+    let status = eventually(
+        Duration::from_secs(10),
+        "/status lists 2 ready workers with a status",
+        || {
+            let body = get(admin, "/status").ok()?.body;
+            let status: serde_json::Value = serde_json::from_str(&body).ok()?;
+            let slots = status["slots"].as_array()?;
+            let ready = |w: &serde_json::Value| {
+                w["state"] == "ready" && w["status"].as_str().is_some_and(|text| text.starts_with("serving on"))
+            };
+            (slots.len() == 2 && slots.iter().all(ready)).then_some(status.clone())
+        },
+    );
+    let pids: HashSet<u64> = status["slots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["pid"].as_u64().unwrap())
+        .collect();
+    let answering: HashSet<u64> = pids_answering(&server, 20)
+        .into_iter()
+        .map(|p| p.as_raw() as u64)
+        .collect();
+    assert!(answering.is_subset(&pids), "{answering:?} {pids:?}");
+    assert_eq!(get(admin, "/readyz").unwrap().status, 200);
+}
