@@ -25,6 +25,10 @@ pub(super) struct Health {
     /// Workers found over the memory limit before they served anything: their
     /// boot footprint alone is over it, so recycling them would loop. Warned once.
     too_big_at_boot: Vec<Pid>,
+    /// Commands (exec mode) measured under the memory limit at least once. A
+    /// command does not count its requests, so "before it served anything" is
+    /// "before it was ever seen under the limit" for them.
+    under_limit_once: Vec<Pid>,
 }
 
 impl Health {
@@ -34,6 +38,7 @@ impl Health {
             last: now,
             grace_until_ms: 0,
             too_big_at_boot: Vec::new(),
+            under_limit_once: Vec::new(),
         }
     }
 }
@@ -130,7 +135,16 @@ impl Master<'_> {
         let (Some(limit), Some(rss)) = (self.config.max_worker_memory, process::resident_bytes(pid)) else {
             return;
         };
-        let served = self.scoreboard.record(record).requests.load(Relaxed);
+        let served = if self.is_exec(pid) {
+            let seen = &mut self.health.under_limit_once;
+            seen.retain(|seen| self.fleet.is_live(*seen));
+            if rss <= limit && !seen.contains(&pid) {
+                seen.push(pid);
+            }
+            u64::from(seen.contains(&pid))
+        } else {
+            self.scoreboard.record(record).requests.load(Relaxed)
+        };
         if rss > limit && served == 0 {
             let warned = &mut self.health.too_big_at_boot;
             warned.retain(|warned| self.fleet.is_live(*warned));

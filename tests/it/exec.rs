@@ -297,3 +297,75 @@ fn the_admin_views_show_each_command() {
     assert!(answering.is_subset(&pids), "{answering:?} {pids:?}");
     assert_eq!(get(admin, "/readyz").unwrap().status, 200);
 }
+
+/// A third-party server as the worker: gunicorn, which takes the socket from
+/// `LISTEN_FDS` and says `READY=1` itself, one gunicorn (arbiter and one
+/// worker) per slot, reloaded twice under load with no failed request.
+#[test]
+fn gunicorn_serves_under_the_master_and_reloads_under_load_losing_nothing() {
+    let installed = std::process::Command::new("gunicorn")
+        .arg("--version")
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !installed {
+        eprintln!("SKIPPED: gunicorn is not installed (pip install gunicorn; .ci/run installs it)");
+        return;
+    }
+    let chdir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exec");
+    let chdir = chdir.to_string_lossy();
+    let server = exec_server(
+        &["--workers", "2", "--graceful-timeout", "10s"],
+        &["gunicorn", "--workers", "1", "--chdir", &chdir, "wsgi_hello:app"],
+    );
+    let load = Load::start(server.addr, 8);
+    load.wait_for_traffic(300);
+    for n in 1..=2 {
+        server.signal(Signal::SIGHUP);
+        server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+        load.wait_for_traffic(200);
+    }
+    let tally = load.finish();
+    assert!(
+        tally.failures.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        tally.failures.len(),
+        &tally.failures[..3.min(tally.failures.len())]
+    );
+    assert!(tally.ok > 500, "too little traffic to prove anything: {}", tally.ok);
+}
+
+/// TTIN and TTOU add and remove commands like workers.
+#[test]
+fn ttin_and_ttou_scale_the_commands() {
+    let server = exec_server(&["--workers", "1"], &["python3", &script("hello.py")]);
+    server.wait_for_workers(1, Duration::from_secs(5));
+    server.signal(Signal::SIGTTIN);
+    server.wait_for_workers(2, Duration::from_secs(10));
+    let seen = eventually(Duration::from_secs(10), "both answer", || {
+        let seen = pids_answering(&server, 20);
+        (seen.len() == 2).then_some(seen)
+    });
+    server.signal(Signal::SIGTTOU);
+    let left = server.wait_for_workers(1, Duration::from_secs(10));
+    assert!(seen.contains(&left[0]));
+}
+
+/// `--max-worker-memory`: a command that grows past it is replaced (the new
+/// one ready first); one already over it at boot is left alone (a new one
+/// would be as big).
+#[test]
+fn a_command_over_the_memory_limit_is_recycled() {
+    let program = python(
+        "notify('READY=1')\n\
+         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n\
+         time.sleep(1.5)\n\
+         grown = bytearray(64 << 20)\n\
+         for i in range(0, len(grown), 4096): grown[i] = 1\n\
+         time.sleep(3600)\n",
+    );
+    let server = exec_server_owned(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
+    assert!(line.contains(&format!("(pid {first})")), "{line}");
+    server.wait_for_log(&format!("(pid {first}) exited with code 0"), Duration::from_secs(10));
+}
