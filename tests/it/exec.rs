@@ -369,3 +369,28 @@ fn a_command_over_the_memory_limit_is_recycled() {
     assert!(line.contains(&format!("(pid {first})")), "{line}");
     server.wait_for_log(&format!("(pid {first}) exited with code 0"), Duration::from_secs(10));
 }
+
+/// The command can come from the config file (`command = [...]`), and a HUP
+/// re-reads it: the next workers run the new one.
+#[test]
+fn a_reload_runs_the_command_the_config_file_names_now() {
+    let dir = std::env::temp_dir().join(format!("prefork-exec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("prefork.toml");
+    let write = |program: &str, script_name: &str| {
+        let text = format!("workers = 1\ncommand = [\"{program}\", \"{}\"]\n", script(script_name));
+        std::fs::write(&file, text).unwrap();
+    };
+    write("python3", "hello.py");
+    let server = Server::start(&["--config", file.to_str().unwrap()]);
+    let comm = |pid: Pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    assert!(comm(first).starts_with("python"), "{}", comm(first));
+    write("node", "hello.js");
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("reload complete", Duration::from_secs(30));
+    let now = server.wait_for_workers(1, Duration::from_secs(10))[0];
+    assert_eq!(comm(now).trim(), "node");
+    assert_eq!(try_worker_pid(server.addr), Some(now));
+    let _ = std::fs::remove_dir_all(&dir);
+}
