@@ -266,6 +266,14 @@ class NodeCluster(Server):
         return ["node", os.path.join(ROOT, "scripts/node-cluster.js"), str(self.port), str(self.workers)]
 
 
+class PreforkNode(Prefork):
+    """prefork-server's exec mode running the Node.js example in every slot."""
+    name = "prefork-server -- node hello.js"
+
+    def command(self):
+        return super().command() + ["--", "node", os.path.join(ROOT, "examples/exec/hello.js")]
+
+
 class TokioHyper(Server):
     name = "tokio hyper (1 process)"
 
@@ -581,10 +589,10 @@ def idle_connections(n):
     return out
 
 
-def respawn(kills):
+def respawn(kills, servers=None):
     """Milliseconds from SIGKILL of the only worker to a reply from its replacement."""
     out = {}
-    for cls in RESPAWNING:
+    for cls in servers or RESPAWNING:
         server = cls(1, None).start()
         times, lost = [], 0
         try:
@@ -615,6 +623,55 @@ def respawn(kills):
         out[cls.name] = dict(median=statistics.median(times), max=max(times), lost=lost)
         log(f"respawn {cls.name}: median {out[cls.name]['median']:.1f} ms of {len(times)}")
     return out
+
+
+def reload_losses(cls, reloads):
+    """Requests lost to `reloads` reloads (SIGHUP every 2 s) under `wrk -t2 -c64`, 2 workers."""
+    server = cls(2, None).start()
+    try:
+        seconds = 2 * reloads + 2
+        args = ["wrk", "-t2", "-c64", f"-d{seconds}s", f"http://127.0.0.1:{server.port}/"]
+        wrk = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        for _ in range(reloads):
+            os.kill(server.proc.pid, signal.SIGHUP)
+            time.sleep(2)
+        out = wrk.communicate(timeout=seconds + 30)[0]
+    finally:
+        server.stop()
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return dict(requests=requests, errors=errors + (int(non2xx.group(1)) if non2xx else 0))
+
+
+def exec_mode(runs, seconds, kills, reloads):
+    """The Node.js example under prefork-server (exec mode) against Node's own cluster:
+    throughput (unpinned, 2 workers), respawn, and requests lost to reloads."""
+    servers = [PreforkNode, NodeCluster]
+    tput = throughput(["unpinned"], runs, seconds, servers)["unpinned"]
+    resp = respawn(kills, servers)
+    lost = {}
+    for cls in servers:
+        lost[cls.name] = reload_losses(cls, reloads)
+        log(f"reloads {cls.name}: {lost[cls.name]['errors']} errors in {lost[cls.name]['requests']:,} requests")
+    return dict(tput=tput, resp=resp, lost=lost, reloads=reloads)
+
+
+def exec_table(ex):
+    med = statistics.median
+    rows = []
+    for name, runs in ex["tput"].items():
+        lost = ex["lost"][name]
+        rows.append([name, f"{med(r['rps'] for r in runs):,.0f}",
+                     f"{med(r['user_us'] + r['kernel_us'] for r in runs):.2f}",
+                     f"{ex['resp'][name]['median']:.1f}", f"{lost['errors']:,} in {lost['requests']:,}",
+                     f"{lost['errors'] / ex['reloads']:,.1f}"])
+    return table("Exec mode: the Node.js example (`examples/exec/hello.js`) under prefork-server against "
+                 "Node's cluster module (`scripts/node-cluster.js`, reloaded as `pm2 reload` does); 2 workers, "
+                 f"`wrk -t2 -c64`, unpinned; {ex['reloads']} reloads (HUP every 2 s) under the same load",
+                 ["server", "requests/s", "CPU µs/req", "respawn ms (median)", "errors across reloads",
+                  "errors per reload"], rows)
 
 
 def version(cmd):
@@ -691,7 +748,7 @@ def table(title, header, rows):
             "|---|" + "---:|" * (len(header) - 1), *("| " + " | ".join(map(str, row)) + " |" for row in rows), ""]
 
 
-def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None):
+def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, ex=None):
     med = statistics.median
     lines = ["# Benchmarks", "",
              f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
@@ -752,6 +809,8 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None):
                        ["server", "median ms", "vs nginx", "max ms", "attempts that hung 250 ms"],
                        [[name, f"{r['median']:.1f}", ratio(r["median"], resp["nginx"]["median"]), f"{r['max']:.1f}",
                          r["lost"]] for name, r in resp.items()])
+    if ex:
+        lines += exec_table(ex)
     return "\n".join(lines)
 
 
@@ -781,13 +840,19 @@ def main():
                    help="idle keep-alive connections for the connection-memory phase (default 10000)")
     p.add_argument("--layouts", default="pinned,close,unpinned")
     p.add_argument("--skip", default="",
-                   help="phases to skip: h2,latency,syscalls,instructions,accesslog,memory,connections,respawn,split")
+                   help="phases to skip: h2,latency,syscalls,instructions,accesslog,memory,connections,respawn,split,exec")
+    p.add_argument("--reloads", type=int, default=5, help="reloads for the exec-mode phase (default 5)")
+    p.add_argument("--exec-only", action="store_true",
+                   help="only the exec-mode phase: the Node.js example under prefork-server against Node's cluster")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     p.add_argument("--instructions", nargs="+", metavar="BINARY",
                    help="only count instructions per request of these prefork-server builds (A/B)")
     args = p.parse_args()
     if args.instructions:
         return compare_builds(args.instructions)
+    if args.exec_only:
+        print("\n".join(exec_table(exec_mode(args.runs, args.seconds, args.kills, args.reloads))))
+        return
     skip = set(filter(None, args.skip.split(",")))
     layouts = [layout for layout in args.layouts.split(",") if layout]
     for layout in layouts:
@@ -811,7 +876,8 @@ def main():
     mem = memory() if "memory" not in skip else None
     idle = idle_connections(args.connections) if "connections" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None
-    text = report(args, tput, split, lat, calls, instr, mem, resp, h2, idle)
+    ex = exec_mode(args.runs, args.seconds, args.kills, args.reloads) if "exec" not in skip else None
+    text = report(args, tput, split, lat, calls, instr, mem, resp, h2, idle, ex)
     print(text)
     if args.out != "-":
         with open(args.out, "w") as f:
