@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, setpgid, Pid};
 
 use super::channel::{self, Message};
@@ -148,13 +148,38 @@ fn open_fds() -> Vec<RawFd> {
 }
 
 /// Every signal back to its default action (exec resets caught ones, but an
-/// ignored one stays ignored). The mask is emptied in [`run`], just before
-/// the exec.
+/// ignored one stays ignored: the master ignores SIGPIPE, and whatever started
+/// the master may have ignored others, real-time ones included). The mask is
+/// emptied in [`run`], just before the exec.
 fn reset_signal_dispositions() {
-    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-    for signal in Signal::iterator().filter(|s| !matches!(s, Signal::SIGKILL | Signal::SIGSTOP)) {
-        // SAFETY: installing the default action runs no code of ours.
-        let _ = unsafe { sigaction(signal, &default) };
+    /// The kernel's `struct sigaction` for `rt_sigaction(2)` (x86_64, aarch64).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    // The system call, not libc's sigaction(), which refuses libc's own two
+    // real-time signals (32 and 33).
+    for signal in (1..=libc::SIGRTMAX()).filter(|s| ![libc::SIGKILL, libc::SIGSTOP].contains(s)) {
+        // SAFETY: installing the default action runs no code of ours; the
+        // struct is the kernel's layout and the size is its sigset's (8).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &raw const default,
+                std::ptr::null_mut::<KernelSigaction>(),
+                size_of::<u64>(),
+            )
+        };
     }
 }
 
@@ -167,8 +192,20 @@ fn run(command: &[String], env: Vec<(String, String)>) -> Result<std::convert::I
         .map_err(|_| "an argument holds a NUL byte".to_string())?;
     let program = argv.first().ok_or("no program")?;
     let envp = environment(env)?;
-    // Last: from here a signal takes its default action, as in the program.
-    let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    // Last: from here a signal takes its default action, as in the program. The
+    // system call itself, not libc's wrapper, which leaves libc's own two
+    // real-time signals (32 and 33) as they were: blocked, since the fork.
+    let empty: u64 = 0;
+    // SAFETY: rt_sigprocmask with a valid 8-byte set and no old set to write.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty,
+            std::ptr::null_mut::<u64>(),
+            size_of::<u64>(),
+        )
+    };
     let err = nix::unistd::execvpe(program, &argv, &envp).unwrap_err();
     Err(err.desc().to_string())
 }

@@ -222,7 +222,7 @@ fn a_commands_own_children_are_gone_after_a_stop() {
     let marker = format!("{}.25", 3000 + std::process::id() % 1000);
     let program = python(&format!(
         "import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nnotify('READY=1')\n\
-         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\ntime.sleep(3600)\n"
+         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), sys.exit(0)))\ntime.sleep(3600)\n"
     ));
     let mut server = exec_server_owned(&["--workers", "2"], &program);
     let sleeps = || -> Vec<Pid> {
@@ -393,4 +393,104 @@ fn a_reload_runs_the_command_the_config_file_names_now() {
     assert_eq!(comm(now).trim(), "node");
     assert_eq!(try_worker_pid(server.addr), Some(now));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// What a command gets, and nothing more: fds 0–3 (3 the slot's listening
+/// socket), an empty signal mask, no ignored signal, a process group of its
+/// own, systemd's socket-activation variables, and the workers' user.
+#[test]
+fn a_command_gets_its_socket_on_fd_3_and_nothing_else_of_the_master() {
+    let server = exec_server(
+        &["--workers", "1", "--exec-ready", "exec", "--user", "nobody"],
+        &["sleep", "60"],
+    );
+    let pid = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    // `sleep` may hold a file open for a moment as it starts (its locale).
+    let fds = || -> Vec<String> {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        fds.sort();
+        fds
+    };
+    eventually(Duration::from_secs(2), "fds 0 to 3 only", || {
+        (fds() == ["0", "1", "2", "3"]).then_some(())
+    });
+    let socket = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+    assert!(socket.to_string_lossy().starts_with("socket:["), "{socket:?}");
+    let inode = socket
+        .to_string_lossy()
+        .trim_start_matches("socket:[")
+        .trim_end_matches(']')
+        .to_owned();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap() + &std::fs::read_to_string("/proc/net/tcp6").unwrap();
+    let port = format!(":{:04X} ", server.addr.port());
+    assert!(
+        tcp.lines()
+            .any(|line| line.contains(&port) && line.split_whitespace().nth(9) == Some(inode.as_str())),
+        "fd 3 is the socket listening on {}",
+        server.addr
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("SigBlk:"), "0000000000000000");
+    assert_eq!(field("SigIgn:"), "0000000000000000");
+    assert!(field("Uid:").starts_with("65534"), "runs as nobody: {}", field("Uid:"));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let pgrp = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .to_owned();
+    assert_eq!(pgrp, pid.to_string(), "it leads its own process group");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ: Vec<String> = environ
+        .split(|byte| *byte == 0)
+        .map(|pair| String::from_utf8_lossy(pair).into_owned())
+        .collect();
+    for expected in [
+        "LISTEN_FDS=1".to_string(),
+        format!("LISTEN_PID={pid}"),
+        "LISTEN_FDNAMES=http".into(),
+        "PREFORK_SLOT=0".into(),
+        "PREFORK_GENERATION=1".into(),
+        format!("NOTIFY_SOCKET=@prefork-server/{}/notify", server.master),
+    ] {
+        assert!(environ.contains(&expected), "{expected} in {environ:?}");
+    }
+}
+
+/// The master believes only the worker itself (`SO_PASSCRED`): a `READY=1`
+/// from a process the command started does not make the worker ready.
+#[test]
+fn only_the_command_itself_can_say_it_is_ready() {
+    let program = python(
+        "if os.fork() == 0:\n    notify('READY=1')\n    os._exit(0)\n\
+         os.wait()\ntime.sleep(60)\n",
+    );
+    let mut args = vec![
+        "--workers".to_string(),
+        "1".into(),
+        "--exec-ready".into(),
+        "notify".into(),
+        "--ready-timeout".into(),
+        "1s".into(),
+        "--".into(),
+    ];
+    args.extend(program);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (status, _, err) = run_to_exit(command(server_binary(), &args), Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("not ready within 1.0s (--ready-timeout)"), "{err}");
 }
