@@ -27,6 +27,12 @@ fn exec_server(flags: &[&str], program: &[&str]) -> Server {
     Server::start(&args)
 }
 
+/// HUP, then waits until the `n`-th reload is complete.
+fn reload(server: &Server, n: usize) {
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+}
+
 /// Distinct worker pids seen over `tries` fresh connections.
 fn pids_answering(server: &Server, tries: usize) -> HashSet<Pid> {
     (0..tries).filter_map(|_| try_worker_pid(server.addr)).collect()
@@ -92,8 +98,7 @@ fn five_reloads_of_commands_under_keep_alive_load_lose_nothing() {
         let load = Load::start(server.addr, 16);
         load.wait_for_traffic(300);
         for n in 1..=5 {
-            server.signal(Signal::SIGHUP);
-            server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+            reload(&server, n);
             load.wait_for_traffic(200);
             let now: HashSet<Pid> = eventually(Duration::from_secs(15), "the old workers gone", || {
                 let now: HashSet<Pid> = server.workers().into_iter().collect();
@@ -102,14 +107,7 @@ fn five_reloads_of_commands_under_keep_alive_load_lose_nothing() {
             assert!(now.is_disjoint(&previous), "{program:?}: reload {n} replaced every pid");
             previous = now;
         }
-        let tally = load.finish();
-        assert!(
-            tally.failures.is_empty(),
-            "{program:?}: {} failed requests, e.g. {:?}",
-            tally.failures.len(),
-            &tally.failures[..3.min(tally.failures.len())]
-        );
-        assert!(tally.ok > 1000, "too little traffic to prove anything: {}", tally.ok);
+        load.finish().assert_clean(&format!("{program:?}"), 1000);
     }
 }
 
@@ -320,18 +318,10 @@ fn gunicorn_serves_under_the_master_and_reloads_under_load_losing_nothing() {
     let load = Load::start(server.addr, 8);
     load.wait_for_traffic(300);
     for n in 1..=2 {
-        server.signal(Signal::SIGHUP);
-        server.wait_for_log_count("reload complete", n, Duration::from_secs(30));
+        reload(&server, n);
         load.wait_for_traffic(200);
     }
-    let tally = load.finish();
-    assert!(
-        tally.failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        tally.failures.len(),
-        &tally.failures[..3.min(tally.failures.len())]
-    );
-    assert!(tally.ok > 500, "too little traffic to prove anything: {}", tally.ok);
+    load.finish().assert_clean("gunicorn", 500);
 }
 
 /// TTIN and TTOU add and remove commands like workers.
@@ -387,8 +377,7 @@ fn a_reload_runs_the_command_the_config_file_names_now() {
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     assert!(comm(first).starts_with("python"), "{}", comm(first));
     write("node", "hello.js");
-    server.signal(Signal::SIGHUP);
-    server.wait_for_log("reload complete", Duration::from_secs(30));
+    reload(&server, 1);
     let now = server.wait_for_workers(1, Duration::from_secs(10))[0];
     assert_eq!(comm(now).trim(), "node");
     assert_eq!(try_worker_pid(server.addr), Some(now));

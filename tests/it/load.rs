@@ -27,6 +27,23 @@ pub struct Tally {
     pub failures: Vec<String>,
 }
 
+impl Tally {
+    /// Panics unless every request was answered and there were at least
+    /// `at_least` of them (less traffic proves nothing). `what` names the run.
+    pub fn assert_clean(&self, what: &str, at_least: u64) {
+        assert!(
+            self.failures.is_empty(),
+            "{what}: {} failed requests, e.g. {:?}",
+            self.failures.len(),
+            &self.failures[..3.min(self.failures.len())]
+        );
+        assert!(
+            self.ok >= at_least,
+            "{what}: too little traffic to prove anything: {self:?}"
+        );
+    }
+}
+
 impl Load {
     pub fn start(addr: SocketAddr, connections: usize) -> Load {
         Load::spawn(addr, connections, true)

@@ -33,13 +33,7 @@ fn reloads_scaling_and_an_upgrade_under_keep_alive_load_lose_nothing() {
     let tally = load.finish();
     assert_ne!(old_master, new_master, "the master pid changed");
 
-    assert!(
-        tally.failures.is_empty(),
-        "{} failed requests, e.g. {:?}",
-        tally.failures.len(),
-        &tally.failures[..3.min(tally.failures.len())]
-    );
-    assert!(tally.ok >= 1000, "too little traffic to prove anything: {tally:?}");
+    tally.assert_clean("reloads, scaling and an upgrade", 1000);
     assert!(tally.closes > 0, "draining workers told clients to reconnect");
     let last: HashSet<_> = server
         .wait_for_workers(2, Duration::from_secs(10))
