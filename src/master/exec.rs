@@ -45,7 +45,9 @@ impl Master<'_> {
         let listener = self.sockets.listeners.for_slot(slot);
         let socket = nix::sys::stat::fstat(listener)
             .map(|stat| stat.st_ino)
-            .map_err(|errno| Error::Channel(errno.into()))?;
+            .map_err(|errno| Error::Command {
+                cause: format!("cannot stat slot {slot}'s socket: {errno}"),
+            })?;
         let mut env = vec![
             ("PREFORK_SLOT".to_string(), slot.to_string()),
             (

@@ -1,7 +1,9 @@
 //! The scoreboard: shared memory made before the first fork, one fixed-size
 //! record of atomics per live worker process. Workers write their own record (no
 //! locks: each field has one writer); the master reads them all, to find hung
-//! workers and, later, to serve status and metrics.
+//! workers, and the admin views render them. A worker running a command (exec
+//! mode) cannot write its record: the master writes it from what the command
+//! says on the notify socket.
 //!
 //! Records are per process, not per slot: during a reload a slot has two live
 //! workers. The master claims a free record for each spawn and clears it when the

@@ -54,12 +54,15 @@ fn the_python_and_node_examples_serve_from_every_worker() {
     }
 }
 
-/// sd_notify in a line of Python, for the programs the tests write inline.
-const NOTIFY: &str = "import os, socket, sys, time, signal\n\
+/// sd_notify in a few lines of Python, for the programs the tests write
+/// inline. (Their signal handlers leave with `os._exit`: a `SystemExit` raised
+/// by a handler that happens to run inside a finalizer is swallowed.)
+const NOTIFY: &str = "import os, socket, time, signal\n\
 def notify(message):\n    \
     address = os.environ['NOTIFY_SOCKET']\n    \
     address = '\\0' + address[1:] if address.startswith('@') else address\n    \
-    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(message.encode(), address)\n";
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:\n        \
+        sock.sendto(message.encode(), address)\n";
 
 /// `python3 -c` of [`NOTIFY`] followed by `code`.
 fn python(code: &str) -> Vec<String> {
@@ -219,8 +222,9 @@ fn every_command_dies_with_a_killed_master() {
 fn a_commands_own_children_are_gone_after_a_stop() {
     let marker = format!("{}.25", 3000 + std::process::id() % 1000);
     let program = python(&format!(
-        "import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\nnotify('READY=1')\n\
-         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), sys.exit(0)))\ntime.sleep(3600)\n"
+        "import subprocess\nsubprocess.Popen(['sleep', '{marker}'])\n\
+         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
+         time.sleep(3600)\n"
     ));
     let mut server = exec_server_owned(&["--workers", "2"], &program);
     let sleeps = || -> Vec<Pid> {
@@ -248,9 +252,9 @@ fn a_commands_own_children_are_gone_after_a_stop() {
 #[test]
 fn the_stop_signal_is_the_one_asked_for() {
     let program = python(
-        "notify('READY=1')\n\
-         signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
-         signal.signal(signal.SIGINT, lambda *_: sys.exit(0))\n\
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n\
+         signal.signal(signal.SIGINT, lambda *_: os._exit(0))\n\
+         notify('READY=1')\n\
          time.sleep(3600)\n",
     );
     let mut server = exec_server_owned(&["--workers", "1", "--stop-signal", "INT"], &program);
@@ -346,8 +350,8 @@ fn ttin_and_ttou_scale_the_commands() {
 #[test]
 fn a_command_over_the_memory_limit_is_recycled() {
     let program = python(
-        "notify('READY=1')\n\
-         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n\
+        "signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
+         notify('READY=1')\n\
          time.sleep(1.5)\n\
          grown = bytearray(64 << 20)\n\
          for i in range(0, len(grown), 4096): grown[i] = 1\n\
@@ -482,4 +486,43 @@ fn only_the_command_itself_can_say_it_is_ready() {
     let (status, _, err) = run_to_exit(command(server_binary(), &args), Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("not ready within 1.0s (--ready-timeout)"), "{err}");
+}
+
+/// A command that ignores the stop signal is killed, with its process group,
+/// at `--graceful-timeout`.
+#[test]
+fn a_command_that_ignores_the_stop_signal_is_killed_at_the_graceful_timeout() {
+    let program = python("signal.signal(signal.SIGTERM, signal.SIG_IGN)\nnotify('READY=1')\ntime.sleep(3600)\n");
+    let mut server = exec_server_owned(&["--workers", "1", "--graceful-timeout", "1s"], &program);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    assert!(
+        server.logs().contains(&format!("(pid {worker}) killed by SIGKILL")),
+        "{}",
+        server.logs()
+    );
+}
+
+/// A hot upgrade (USR2) starts the new master's commands on the same sockets,
+/// and the old master's commands stop.
+#[test]
+fn a_hot_upgrade_runs_the_command_under_the_new_master() {
+    let mut server = exec_server(&["--workers", "2"], &["python3", &script("hello.py")]);
+    let old: HashSet<Pid> = server.wait_for_workers(2, Duration::from_secs(5)).into_iter().collect();
+    server.signal(Signal::SIGUSR2);
+    server.follow_upgrade(Duration::from_secs(30));
+    let new: HashSet<Pid> = server
+        .wait_for_workers(2, Duration::from_secs(10))
+        .into_iter()
+        .collect();
+    assert!(new.is_disjoint(&old));
+    eventually(Duration::from_secs(10), "the old commands gone", || {
+        old.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    let answering = pids_answering(&server, 10);
+    assert!(
+        !answering.is_empty() && answering.is_subset(&new),
+        "{answering:?} {new:?}"
+    );
 }
