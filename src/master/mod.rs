@@ -20,6 +20,9 @@
 //! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
 //! - `upgrade.rs`: hot binary upgrade (USR2), the old master's side.
 //! - `health.rs`: hung workers (`--timeout`) and memory (`--max-worker-memory`).
+//! - `exec.rs`: exec mode: forking a command, what it says on the notify
+//!   socket, seeing it accept; `admin.rs`: the admin process that serves
+//!   `--admin` for the commands.
 //! - `pool/`: the bookkeeping all of them consult (pure).
 
 mod admin;

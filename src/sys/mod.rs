@@ -13,6 +13,9 @@
 //! - `notify`     sd_notify
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
 //! - `privileges` the user and group the workers run as (`--user`, `--group`)
+//! - `exec`       exec mode, the child: fd 3, `LISTEN_FDS`, signals reset, `execvpe`
+//! - `notices`    exec mode: the master's `NOTIFY_SOCKET`, senders told by the kernel
+//! - `accepting`  exec mode: whether a program waits on its socket (from `/proc`)
 
 pub(crate) mod accepting;
 pub(crate) mod channel;
