@@ -132,7 +132,17 @@ impl Master<'_> {
     }
 
     fn check_memory(&mut self, slot: usize, pid: Pid, record: usize) {
-        let (Some(limit), Some(rss)) = (self.config.max_worker_memory, process::resident_bytes(pid)) else {
+        // A command's own children count too (gunicorn's workers are its arbiter's).
+        let rss = match self.is_exec(pid) {
+            false => process::resident_bytes(pid),
+            true => Some(
+                process::family(pid, 64)
+                    .into_iter()
+                    .filter_map(process::resident_bytes)
+                    .sum(),
+            ),
+        };
+        let (Some(limit), Some(rss)) = (self.config.max_worker_memory, rss) else {
             return;
         };
         let served = if self.is_exec(pid) {

@@ -27,39 +27,9 @@ const MOST_PROCESSES: usize = 64;
 /// Whether `pid`, or a process it started, waits for connections on the
 /// socket whose inode is `socket`.
 pub fn waits_on(pid: Pid, socket: u64) -> bool {
-    family(pid).into_iter().any(|process| process_waits_on(process, socket))
-}
-
-/// `pid` and its descendants (`/proc/<pid>/task/<tid>/children`).
-fn family(pid: Pid) -> Vec<Pid> {
-    let mut found = vec![pid];
-    let mut next = 0;
-    while next < found.len() && found.len() < MOST_PROCESSES {
-        let parent = found[next];
-        next += 1;
-        for task in tasks(parent) {
-            let Ok(children) = fs::read_to_string(format!("/proc/{parent}/task/{task}/children")) else {
-                continue;
-            };
-            found.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .map(Pid::from_raw),
-            );
-        }
-    }
-    found.truncate(MOST_PROCESSES);
-    found
-}
-
-fn tasks(pid: Pid) -> Vec<String> {
-    let Ok(entries) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .collect()
+    super::process::family(pid, MOST_PROCESSES)
+        .into_iter()
+        .any(|process| process_waits_on(process, socket))
 }
 
 fn process_waits_on(pid: Pid, socket: u64) -> bool {
@@ -88,7 +58,9 @@ fn process_waits_on(pid: Pid, socket: u64) -> bool {
         return false;
     }
     epolls.iter().any(|epoll| watched_by_epoll(pid, *epoll, &socket_fds))
-        || tasks(pid).iter().any(|task| blocked_on(pid, task, &socket_fds))
+        || super::process::tasks(pid)
+            .iter()
+            .any(|task| blocked_on(pid, task, &socket_fds))
 }
 
 /// `tfd: N` lines of an epoll fd's `fdinfo`: the fds it watches.

@@ -84,6 +84,40 @@ pub fn resident_bytes(pid: Pid) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// `pid` and its descendants, at most `most` of them, from
+/// `/proc/<pid>/task/<tid>/children` (exec mode: a command and what it started).
+pub fn family(pid: Pid, most: usize) -> Vec<Pid> {
+    let mut found = vec![pid];
+    let mut next = 0;
+    while next < found.len() && found.len() < most {
+        let parent = found[next];
+        next += 1;
+        for task in tasks(parent) {
+            let Ok(children) = std::fs::read_to_string(format!("/proc/{parent}/task/{task}/children")) else {
+                continue;
+            };
+            found.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .map(Pid::from_raw),
+            );
+        }
+    }
+    found.truncate(most);
+    found
+}
+
+/// The thread ids of `pid` (`/proc/<pid>/task`).
+pub fn tasks(pid: Pid) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect()
+}
+
 /// Forks. In the parent, returns the child's pid. In the child, runs `child` and
 /// exits with the code it returns (70 if it panics): the child never returns into
 /// the caller's code.

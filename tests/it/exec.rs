@@ -526,3 +526,24 @@ fn a_hot_upgrade_runs_the_command_under_the_new_master() {
         "{answering:?} {new:?}"
     );
 }
+
+/// `--max-worker-memory` counts what a command started as well (gunicorn's
+/// workers are its arbiter's children): a child that grows past it gets the
+/// command recycled.
+#[test]
+fn a_commands_children_count_toward_the_memory_limit() {
+    let program = python(
+        "signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n\
+         if os.fork() == 0:\n    \
+             time.sleep(1.5)\n    \
+             grown = bytearray(64 << 20)\n    \
+             for i in range(0, len(grown), 4096): grown[i] = 1\n    \
+             time.sleep(3600)\n\
+         notify('READY=1')\n\
+         time.sleep(3600)\n",
+    );
+    let server = exec_server_owned(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
+    assert!(line.contains(&format!("(pid {first})")), "{line}");
+}
