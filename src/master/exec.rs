@@ -155,6 +155,21 @@ impl Master<'_> {
             .collect()
     }
 
+    /// What a command not ready in time failed to do, for the boot error
+    /// (empty for the Rust app).
+    pub(super) fn unready_hint(&self, pid: Pid) -> &'static str {
+        if !self.is_exec(pid) {
+            return "";
+        }
+        match self.config.exec_ready {
+            ExecReady::Accepting => {
+                ": it neither said READY=1 nor waited for connections on its socket, fd 3 (does it bind a port of its own?)"
+            }
+            ExecReady::Notify => ": it did not say READY=1 on NOTIFY_SOCKET (--exec-ready notify)",
+            ExecReady::Exec => "",
+        }
+    }
+
     pub(super) fn is_exec(&self, pid: Pid) -> bool {
         matches!(self.fleet.kind(pid), Some(Kind::Exec(_)))
     }

@@ -293,7 +293,8 @@ impl Master<'_> {
         }
         for (slot, pid) in self.fleet.pool.late_boots(now) {
             let limit = human(self.config.ready_timeout);
-            let cause = format!("worker {slot} (pid {pid}): not ready within {limit} (--ready-timeout)");
+            let hint = self.unready_hint(pid);
+            let cause = format!("worker {slot} (pid {pid}): not ready within {limit} (--ready-timeout){hint}");
             error!("{cause}: a boot failure; sending SIGKILL");
             self.order(pid, Order::Kill);
             self.boot_error = Some(cause);

@@ -202,7 +202,10 @@ fn a_command_that_never_says_ready_is_a_boot_failure() {
         Duration::from_secs(60),
     );
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("not ready within 1.0s (--ready-timeout)"), "{err}");
+    assert!(
+        err.contains("not ready within 1.0s (--ready-timeout): it did not say READY=1 on NOTIFY_SOCKET"),
+        "{err}"
+    );
 }
 
 /// PDEATHSIG: when the master is killed outright, every command goes with it.
@@ -546,4 +549,34 @@ fn a_commands_children_count_toward_the_memory_limit() {
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
+}
+
+/// A program that ignores fd 3 and binds a port of its own is never seen
+/// accepting: a boot failure that says what to look at.
+#[test]
+fn a_command_that_binds_its_own_port_is_told_to_use_fd_3() {
+    let (status, _, err) = run_to_exit(
+        command(
+            server_binary(),
+            &[
+                "--workers",
+                "1",
+                "--ready-timeout",
+                "1s",
+                "--",
+                "python3",
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                "0",
+            ],
+        ),
+        Duration::from_secs(60),
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("it neither said READY=1 nor waited for connections on its socket, fd 3"),
+        "{err}"
+    );
 }
