@@ -90,7 +90,7 @@ pub fn start(
     });
     let view = Rc::new(View {
         scoreboard,
-        resident: resident::Resident::default(),
+        resident: resident::Resident::new(config.command.is_some()),
         status: Rendered::default(),
         metrics: Rendered::default(),
         summary,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::sys::process::resident_bytes;
+use crate::sys::process::{family_resident_bytes, resident_bytes};
 
 /// How long a reading stays good.
 const FRESH_FOR: Duration = Duration::from_secs(1);
@@ -17,9 +17,20 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 pub struct Resident {
     /// (pid, when read, bytes); pids that are gone are dropped at the next refresh.
     readings: RefCell<Vec<(u64, Instant, Option<u64>)>>,
+    /// Exec mode: a worker's memory is its command's and that of the processes
+    /// it started, as `--max-worker-memory` counts it.
+    family: bool,
 }
 
 impl Resident {
+    /// Readings of each worker alone, or (`family`) with its descendants.
+    pub fn new(family: bool) -> Resident {
+        Resident {
+            readings: RefCell::default(),
+            family,
+        }
+    }
+
     /// The resident bytes of `pid`, at most a second old.
     pub fn of(&self, pid: u64) -> Option<u64> {
         let now = Instant::now();
@@ -33,7 +44,11 @@ impl Resident {
         readings.retain(|(known, at, _)| *known != pid && now.duration_since(*at) < FRESH_FOR * 10);
         let bytes = i32::try_from(pid)
             .ok()
-            .and_then(|pid| resident_bytes(Pid::from_raw(pid)));
+            .map(Pid::from_raw)
+            .and_then(|pid| match self.family {
+                false => resident_bytes(pid),
+                true => family_resident_bytes(pid),
+            });
         readings.push((pid, now, bytes));
         bytes
     }

@@ -135,12 +135,7 @@ impl Master<'_> {
         // A command's own children count too (gunicorn's workers are its arbiter's).
         let rss = match self.is_exec(pid) {
             false => process::resident_bytes(pid),
-            true => Some(
-                process::family(pid, 64)
-                    .into_iter()
-                    .filter_map(process::resident_bytes)
-                    .sum(),
-            ),
+            true => process::family_resident_bytes(pid),
         };
         let (Some(limit), Some(rss)) = (self.config.max_worker_memory, rss) else {
             return;

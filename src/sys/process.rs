@@ -84,6 +84,14 @@ pub fn resident_bytes(pid: Pid) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Resident set size of `pid` and of the processes it started (at most 64 in
+/// all): exec mode's measure of a worker. `None` if `pid` itself is gone.
+pub fn family_resident_bytes(pid: Pid) -> Option<u64> {
+    let own = resident_bytes(pid)?;
+    let started = family(pid, 64).into_iter().skip(1).filter_map(resident_bytes);
+    Some(own + started.sum::<u64>())
+}
+
 /// `pid` and its descendants, at most `most` of them, from
 /// `/proc/<pid>/task/<tid>/children` (exec mode: a command and what it started).
 pub fn family(pid: Pid, most: usize) -> Vec<Pid> {

@@ -580,3 +580,23 @@ fn a_command_that_binds_its_own_port_is_told_to_use_fd_3() {
         "{err}"
     );
 }
+
+/// `/status` shows a command's memory as `--max-worker-memory` counts it:
+/// with what it started.
+#[test]
+fn status_counts_a_commands_children_in_its_memory() {
+    let program = python(
+        "if os.fork() == 0:\n    \
+             grown = bytearray(64 << 20)\n    \
+             for i in range(0, len(grown), 4096): grown[i] = 1\n    \
+             time.sleep(3600)\n\
+         notify('READY=1')\n\
+         time.sleep(3600)\n",
+    );
+    let server = exec_server_owned(&["--workers", "1", "--admin", "127.0.0.1:0"], &program);
+    let admin = server.admin_addr();
+    eventually(Duration::from_secs(10), "/status shows over 64 MiB for the worker", || {
+        let status: serde_json::Value = serde_json::from_str(&get(admin, "/status").ok()?.body).ok()?;
+        (status["slots"][0]["rss_bytes"].as_u64()? > 64 << 20).then_some(())
+    });
+}
