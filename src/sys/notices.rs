@@ -33,6 +33,11 @@ pub struct Notices {
     name: String,
 }
 
+/// The most datagrams read per wakeup of the master: a program that sends
+/// without pause cannot keep the master in this loop (the rest wait for the
+/// next wakeup, which comes at once: the socket is still readable).
+const MOST_PER_WAKEUP: usize = 1024;
+
 /// The largest datagram read; systemd's own limit is about as much (a `STATUS=`
 /// longer than that is cut, not refused).
 const DATAGRAM: usize = 4096;
@@ -64,7 +69,7 @@ impl Notices {
     pub fn receive(&self) -> Vec<(Pid, Notice)> {
         let mut notices = Vec::new();
         let mut buffer = [0u8; DATAGRAM];
-        loop {
+        for _ in 0..MOST_PER_WAKEUP {
             let mut control = nix::cmsg_space!(libc::ucred);
             let mut iov = [IoSliceMut::new(&mut buffer)];
             let received = recvmsg::<()>(
@@ -88,6 +93,7 @@ impl Notices {
             let text = String::from_utf8_lossy(&buffer[..length]);
             notices.extend(parse(&text).into_iter().map(|notice| (sender, notice)));
         }
+        notices
     }
 }
 

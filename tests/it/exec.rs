@@ -595,8 +595,12 @@ fn status_counts_a_commands_children_in_its_memory() {
     );
     let server = exec_server_owned(&["--workers", "1", "--admin", "127.0.0.1:0"], &program);
     let admin = server.admin_addr();
-    eventually(Duration::from_secs(10), "/status shows over 64 MiB for the worker", || {
-        let status: serde_json::Value = serde_json::from_str(&get(admin, "/status").ok()?.body).ok()?;
-        (status["slots"][0]["rss_bytes"].as_u64()? > 64 << 20).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "/status shows over 64 MiB for the worker",
+        || {
+            let status: serde_json::Value = serde_json::from_str(&get(admin, "/status").ok()?.body).ok()?;
+            (status["slots"][0]["rss_bytes"].as_u64()? > 64 << 20).then_some(())
+        },
+    );
 }
