@@ -139,6 +139,7 @@ impl Master<'_> {
         let workers = new.workers.get();
         self.config = new;
         self.run_as = run_as;
+        self.warn_not_for_commands();
         self.fleet
             .pool
             .begin_reload(self.config.reload_batch.get(), self.timeouts());

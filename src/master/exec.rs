@@ -23,7 +23,29 @@ use crate::sys::scoreboard::{monotonic_ms, State, NOT_WATCHED};
 /// How often a booting worker is looked at for accepting (`/proc` reads).
 pub(super) const ACCEPTING_CHECK: Duration = Duration::from_millis(20);
 
+/// The settings of the Rust app's HTTP handling that a command, which serves
+/// HTTP itself, does not get: set with a command, each is named in a warning.
+pub(super) fn not_for_commands(config: &crate::config::Config) -> Vec<&'static str> {
+    let set = [
+        (config.max_requests > 0, "--max-requests"),
+        (config.access_log.is_some(), "--access-log"),
+        (config.max_body_size.is_some(), "--max-body-size"),
+        (config.max_connections.is_some(), "--max-connections"),
+    ];
+    match config.command {
+        Some(_) => set.into_iter().filter(|(on, _)| *on).map(|(_, flag)| flag).collect(),
+        None => Vec::new(),
+    }
+}
+
 impl Master<'_> {
+    /// Warns about settings that do nothing for commands (see [`not_for_commands`]).
+    pub(super) fn warn_not_for_commands(&self) {
+        for flag in not_for_commands(&self.config) {
+            tracing::warn!("master: {flag} does not apply to a command, which serves HTTP itself; ignored");
+        }
+    }
+
     /// Binds the notify socket the first time a worker will run a command.
     pub(super) fn ensure_notices(&mut self) -> Result<(), Error> {
         if self.notices.is_none() {

@@ -163,6 +163,7 @@ pub(crate) fn run(
     };
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
+    master.warn_not_for_commands();
     let result = master.supervise();
     master.remove_pid_file();
     result

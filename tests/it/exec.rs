@@ -604,3 +604,20 @@ fn status_counts_a_commands_children_in_its_memory() {
         },
     );
 }
+
+/// The Rust app's HTTP settings do nothing for a command, which serves HTTP
+/// itself: each one given is named in a warning, and the command still runs.
+#[test]
+fn http_settings_given_with_a_command_are_named_as_ignored() {
+    let server = exec_server(
+        &["--workers", "1", "--max-requests", "100", "--max-body-size", "1m"],
+        &["python3", &script("hello.py")],
+    );
+    for flag in ["--max-requests", "--max-body-size"] {
+        server.wait_for_log(
+            &format!("{flag} does not apply to a command, which serves HTTP itself; ignored"),
+            Duration::from_secs(5),
+        );
+    }
+    assert!(try_worker_pid(server.addr).is_some());
+}
