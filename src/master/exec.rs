@@ -111,7 +111,7 @@ impl Master<'_> {
     /// A worker's channel closed: for a command, that is the exec succeeding
     /// (unless it said why it could not). Returns whether it is ready by that.
     pub(super) fn on_executed(&mut self, pid: Pid, failed: bool) -> bool {
-        let Some((_, _, exec)) = self.fleet.execs_mut().find(|(live, ..)| *live == pid) else {
+        let Some(exec) = self.fleet.exec_mut(pid) else {
             return false;
         };
         if failed {
@@ -129,7 +129,7 @@ impl Master<'_> {
         let mut ready = Vec::new();
         for (pid, notice) in notices.receive() {
             // Only a worker speaks for itself (not its children, not a stranger).
-            let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) else {
+            let Some(record) = self.fleet.exec_record(pid) else {
                 continue;
             };
             let record = self.scoreboard.record(record);
@@ -144,9 +144,8 @@ impl Master<'_> {
     }
 
     /// Booting commands that now wait on their socket (`--exec-ready accepting`).
-    pub(super) fn accepting_now(&mut self) -> Vec<Pid> {
-        let booting = self.watched_for_accept();
-        booting
+    pub(super) fn accepting_now(&self) -> Vec<Pid> {
+        self.watched_for_accept()
             .into_iter()
             .filter(|(pid, socket)| crate::sys::accepting::waits_on(*pid, *socket))
             .map(|(pid, _)| pid)
@@ -155,25 +154,20 @@ impl Master<'_> {
 
     /// Whether some booting command is being watched for accepting: the
     /// master then wakes every [`ACCEPTING_CHECK`].
-    pub(super) fn watching_for_accept(&mut self) -> bool {
+    pub(super) fn watching_for_accept(&self) -> bool {
         !self.watched_for_accept().is_empty()
     }
 
     /// With `--exec-ready accepting`: (pid, socket inode) of every command
     /// executed and not ready yet.
-    fn watched_for_accept(&mut self) -> Vec<(Pid, u64)> {
+    fn watched_for_accept(&self) -> Vec<(Pid, u64)> {
         if self.config.exec_ready != ExecReady::Accepting {
             return Vec::new();
         }
-        let executed: Vec<(Pid, u64)> = self
-            .fleet
-            .execs_mut()
-            .filter(|(_, _, exec)| exec.executed)
-            .map(|(pid, _, exec)| (pid, exec.socket))
-            .collect();
-        executed
-            .into_iter()
-            .filter(|(pid, _)| self.fleet.pool.is_booting(*pid))
+        self.fleet
+            .execs()
+            .filter(|(pid, exec)| exec.executed && self.fleet.pool.is_booting(*pid))
+            .map(|(pid, exec)| (pid, exec.socket))
             .collect()
     }
 
@@ -198,14 +192,14 @@ impl Master<'_> {
 
     /// A command is ready: its record says so (it cannot write it itself).
     pub(super) fn exec_ready(&self, pid: Pid) {
-        if let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) {
+        if let Some(record) = self.fleet.exec_record(pid) {
             self.scoreboard.record(record).set_state(State::Ready);
         }
     }
 
     /// A command was asked to stop: its record says it drains.
     pub(super) fn exec_draining(&self, pid: Pid) {
-        if let Some(record) = self.fleet.record(pid).filter(|_| self.is_exec(pid)) {
+        if let Some(record) = self.fleet.exec_record(pid) {
             self.scoreboard.record(record).set_state(State::Draining);
         }
     }

@@ -64,17 +64,27 @@ impl Fleet {
         Some(self.live.iter().find(|live| live.pid == pid)?.kind)
     }
 
-    /// The workers running a command, as the master knows them.
-    pub fn execs_mut(&mut self) -> impl Iterator<Item = (Pid, usize, &mut Exec)> {
-        self.live.iter_mut().filter_map(|live| match &mut live.kind {
-            Kind::Exec(exec) => Some((live.pid, live.record, exec)),
+    /// `(pid, what the master knows)` of every worker running a command.
+    pub fn execs(&self) -> impl Iterator<Item = (Pid, Exec)> + '_ {
+        self.live.iter().filter_map(|live| match live.kind {
+            Kind::Exec(exec) => Some((live.pid, exec)),
             Kind::App => None,
         })
     }
 
-    /// The scoreboard record of `pid`.
-    pub fn record(&self, pid: Pid) -> Option<usize> {
-        Some(self.live.iter().find(|live| live.pid == pid)?.record)
+    /// What the master knows of `pid`, if it runs a command.
+    pub fn exec_mut(&mut self, pid: Pid) -> Option<&mut Exec> {
+        match &mut self.live.iter_mut().find(|live| live.pid == pid)?.kind {
+            Kind::Exec(exec) => Some(exec),
+            Kind::App => None,
+        }
+    }
+
+    /// The scoreboard record of `pid`, if it runs a command (whose record the
+    /// master keeps).
+    pub fn exec_record(&self, pid: Pid) -> Option<usize> {
+        let live = self.live.iter().find(|live| live.pid == pid)?;
+        matches!(live.kind, Kind::Exec(_)).then_some(live.record)
     }
 
     /// Forgets a reaped worker; returns its scoreboard record, to release.

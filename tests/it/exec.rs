@@ -19,12 +19,27 @@ fn script(name: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
-/// The server running `program script` in every slot, with `flags` before `--`.
-fn exec_server(flags: &[&str], program: &[&str]) -> Server {
-    let mut args: Vec<&str> = flags.to_vec();
+/// `flags`, `--`, then the command every slot runs.
+fn exec_args<'a>(flags: &[&'a str], program: &'a [impl AsRef<str>]) -> Vec<&'a str> {
+    let mut args = flags.to_vec();
     args.push("--");
-    args.extend(program);
-    Server::start(&args)
+    args.extend(program.iter().map(AsRef::as_ref));
+    args
+}
+
+/// The server running `program` in every slot, with `flags` before `--`.
+fn exec_server(flags: &[&str], program: &[impl AsRef<str>]) -> Server {
+    Server::start(&exec_args(flags, program))
+}
+
+/// Runs the server with `flags -- program` and checks that it does not start:
+/// exit 1, with `expected` in what it printed (returned, for more checks).
+fn start_fails(flags: &[&str], program: &[impl AsRef<str>], expected: &str) -> String {
+    let command = command(server_binary(), &exec_args(flags, program));
+    let (status, _, err) = run_to_exit(command, Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains(expected), "{err}");
+    err
 }
 
 /// HUP, then waits until the `n`-th reload is complete.
@@ -67,11 +82,6 @@ def notify(message):\n    \
 /// `python3 -c` of [`NOTIFY`] followed by `code`.
 fn python(code: &str) -> Vec<String> {
     vec!["python3".into(), "-c".into(), format!("{NOTIFY}{code}")]
-}
-
-fn exec_server_owned(flags: &[&str], program: &[String]) -> Server {
-    let program: Vec<&str> = program.iter().map(String::as_str).collect();
-    exec_server(flags, &program)
 }
 
 #[test]
@@ -125,7 +135,7 @@ fn a_command_that_stops_beating_is_killed_after_the_timeout() {
          signal.signal(signal.SIGABRT, signal.SIG_IGN)\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server_owned(&["--workers", "1", "--timeout", "2s"], &program);
+    let server = exec_server(&["--workers", "1", "--timeout", "2s"], &program);
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("timed out after 2.0s", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -140,7 +150,7 @@ fn a_command_that_stops_beating_is_killed_after_the_timeout() {
 #[test]
 fn a_command_that_never_beats_is_not_timed_out() {
     let program = python("notify('READY=1')\ntime.sleep(3600)\n");
-    let server = exec_server_owned(&["--workers", "1", "--timeout", "1s"], &program);
+    let server = exec_server(&["--workers", "1", "--timeout", "1s"], &program);
     let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
     // Three timeouts' worth, at the master's pace (checks every 250 ms).
     std::thread::sleep(Duration::from_secs(3));
@@ -150,14 +160,10 @@ fn a_command_that_never_beats_is_not_timed_out() {
 
 #[test]
 fn a_command_that_does_not_exist_stops_the_start_with_exit_1() {
-    let (status, _, err) = run_to_exit(
-        command(server_binary(), &["--workers", "1", "--", "no-such-program-here", "x"]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("cannot run the command: `no-such-program-here` is not found in PATH"),
-        "{err}"
+    start_fails(
+        &["--workers", "1"],
+        &["no-such-program-here", "x"],
+        "cannot run the command: `no-such-program-here` is not found in PATH",
     );
 }
 
@@ -165,17 +171,13 @@ fn a_command_that_does_not_exist_stops_the_start_with_exit_1() {
 /// generation halts with its cause (exit 1).
 #[test]
 fn a_command_that_exits_at_once_halts_the_start_with_its_cause() {
-    let (status, _, err) = run_to_exit(
-        command(
-            server_binary(),
-            &["--workers", "1", "--", "python3", "-c", "raise SystemExit(4)"],
-        ),
-        Duration::from_secs(60),
+    let err = start_fails(
+        &["--workers", "1"],
+        &["python3", "-c", "raise SystemExit(4)"],
+        "every worker failed to boot",
     );
-    assert_eq!(status.code(), Some(1), "{err}");
     assert!(
-        err.contains("every worker failed to boot")
-            && err.contains("`python3 -c raise SystemExit(4)` exited with code 4 before it was ready"),
+        err.contains("`python3 -c raise SystemExit(4)` exited with code 4 before it was ready"),
         "{err}"
     );
 }
@@ -184,27 +186,10 @@ fn a_command_that_exits_at_once_halts_the_start_with_its_cause() {
 /// `--ready-timeout`, a boot failure.
 #[test]
 fn a_command_that_never_says_ready_is_a_boot_failure() {
-    let (status, _, err) = run_to_exit(
-        command(
-            server_binary(),
-            &[
-                "--workers",
-                "1",
-                "--exec-ready",
-                "notify",
-                "--ready-timeout",
-                "1s",
-                "--",
-                "sleep",
-                "60",
-            ],
-        ),
-        Duration::from_secs(60),
-    );
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("not ready within 1.0s (--ready-timeout): it did not say READY=1 on NOTIFY_SOCKET"),
-        "{err}"
+    start_fails(
+        &["--workers", "1", "--exec-ready", "notify", "--ready-timeout", "1s"],
+        &["sleep", "60"],
+        "not ready within 1.0s (--ready-timeout): it did not say READY=1 on NOTIFY_SOCKET",
     );
 }
 
@@ -229,7 +214,7 @@ fn a_commands_own_children_are_gone_after_a_stop() {
          signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
          time.sleep(3600)\n"
     ));
-    let mut server = exec_server_owned(&["--workers", "2"], &program);
+    let mut server = exec_server(&["--workers", "2"], &program);
     let sleeps = || -> Vec<Pid> {
         std::fs::read_dir("/proc")
             .unwrap()
@@ -260,7 +245,7 @@ fn the_stop_signal_is_the_one_asked_for() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let mut server = exec_server_owned(&["--workers", "1", "--stop-signal", "INT"], &program);
+    let mut server = exec_server(&["--workers", "1", "--stop-signal", "INT"], &program);
     server.wait_for_workers(1, Duration::from_secs(5));
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(5)).success());
@@ -360,7 +345,7 @@ fn a_command_over_the_memory_limit_is_recycled() {
          for i in range(0, len(grown), 4096): grown[i] = 1\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server_owned(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let server = exec_server(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -475,20 +460,11 @@ fn only_the_command_itself_can_say_it_is_ready() {
         "if os.fork() == 0:\n    notify('READY=1')\n    os._exit(0)\n\
          os.wait()\ntime.sleep(60)\n",
     );
-    let mut args = vec![
-        "--workers".to_string(),
-        "1".into(),
-        "--exec-ready".into(),
-        "notify".into(),
-        "--ready-timeout".into(),
-        "1s".into(),
-        "--".into(),
-    ];
-    args.extend(program);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (status, _, err) = run_to_exit(command(server_binary(), &args), Duration::from_secs(60));
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(err.contains("not ready within 1.0s (--ready-timeout)"), "{err}");
+    start_fails(
+        &["--workers", "1", "--exec-ready", "notify", "--ready-timeout", "1s"],
+        &program,
+        "not ready within 1.0s (--ready-timeout)",
+    );
 }
 
 /// A command that ignores the stop signal is killed, with its process group,
@@ -496,7 +472,7 @@ fn only_the_command_itself_can_say_it_is_ready() {
 #[test]
 fn a_command_that_ignores_the_stop_signal_is_killed_at_the_graceful_timeout() {
     let program = python("signal.signal(signal.SIGTERM, signal.SIG_IGN)\nnotify('READY=1')\ntime.sleep(3600)\n");
-    let mut server = exec_server_owned(&["--workers", "1", "--graceful-timeout", "1s"], &program);
+    let mut server = exec_server(&["--workers", "1", "--graceful-timeout", "1s"], &program);
     let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(10)).success());
@@ -545,7 +521,7 @@ fn a_commands_children_count_toward_the_memory_limit() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server_owned(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let server = exec_server(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -555,29 +531,10 @@ fn a_commands_children_count_toward_the_memory_limit() {
 /// accepting: a boot failure that says what to look at.
 #[test]
 fn a_command_that_binds_its_own_port_is_told_to_use_fd_3() {
-    let (status, _, err) = run_to_exit(
-        command(
-            server_binary(),
-            &[
-                "--workers",
-                "1",
-                "--ready-timeout",
-                "1s",
-                "--",
-                "python3",
-                "-m",
-                "http.server",
-                "--bind",
-                "127.0.0.1",
-                "0",
-            ],
-        ),
-        Duration::from_secs(60),
-    );
-    assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("it neither said READY=1 nor waited for connections on its socket, fd 3"),
-        "{err}"
+    start_fails(
+        &["--workers", "1", "--ready-timeout", "1s"],
+        &["python3", "-m", "http.server", "--bind", "127.0.0.1", "0"],
+        "it neither said READY=1 nor waited for connections on its socket, fd 3",
     );
 }
 
@@ -593,7 +550,7 @@ fn status_counts_a_commands_children_in_its_memory() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server_owned(&["--workers", "1", "--admin", "127.0.0.1:0"], &program);
+    let server = exec_server(&["--workers", "1", "--admin", "127.0.0.1:0"], &program);
     let admin = server.admin_addr();
     eventually(
         Duration::from_secs(10),
