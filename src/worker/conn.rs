@@ -12,7 +12,16 @@
 //!   only for its body: hyper's half-close mode, see `serve`);
 //! - a response that could not be written for longer than the send timeout
 //!   (a client that stopped reading; one that reads slowly is served to the end);
-//! - a request in flight whose client has gone (end of file or reset).
+//! - a request in flight whose client has gone (end of file or reset);
+//! - HTTP/2: a response that has waited on flow control for longer than the
+//!   send timeout (its stream is reset, see `streams`), and a connection asked
+//!   to close that does not (its client does not acknowledge the `GOAWAY`):
+//!   closed, with a `GOAWAY` of the worker's own, once nothing is in flight.
+//!
+//! A connection is closed before its first request only by the header read
+//! timeout: clients that open connections ahead of need (a browser's
+//! preconnect, a pool) send on them seconds later. Parking is for connections
+//! that have served a request.
 //!
 //! One sweep a quarter second replaces a timer per request (hyper's own header
 //! timer costs a timer-wheel insert and removal and a clock read on every request).
@@ -32,9 +41,11 @@ use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 use super::access::AccessLog;
+use super::frames::NO_ERROR;
 use super::io::{Clock, Counted, Io, OpenCount, Stamps};
 use super::protocol::Protocol;
 use super::respond::Tracked;
+use super::streams::Streams;
 use crate::service::WorkerService;
 use crate::sys::scoreboard::Record;
 use std::sync::atomic::Ordering::Relaxed;
@@ -125,6 +136,12 @@ pub struct Entry {
     pub(super) client: std::net::SocketAddr,
     /// Set by the sweep.
     close: Cell<Close>,
+    /// When the sweep asked it to close, in ticks.
+    asked_at: Cell<u32>,
+    /// It has had a request (parking is for connections that have).
+    pub(super) served: Cell<bool>,
+    /// HTTP/2: the streams whose requests are in flight.
+    pub(super) streams: Rc<Streams>,
     /// The connection task's waker, for the sweep to wake it.
     waker: RefCell<Option<Waker>>,
     /// HTTP/2: streams read the socket all the time, so a waiting read says
@@ -149,6 +166,10 @@ pub struct Limits {
     pub send: u32,
     /// With nothing in flight, before an HTTP/1.1 connection is parked.
     pub park: u32,
+    /// HTTP/2: with nothing in flight and no `DATA` written, how long a
+    /// connection asked to close may stay open before it is closed (its client
+    /// has not acknowledged the `GOAWAY`'s `PING`).
+    pub closing: u32,
 }
 
 /// How the sweep closes a connection.
@@ -185,6 +206,7 @@ impl Entry {
 
     fn ask_to_close(&self, how: Close) {
         self.close.set(how);
+        self.asked_at.set(self.stamps.now());
         if let Some(waker) = self.waker.borrow().as_ref() {
             waker.wake_by_ref();
         }
@@ -224,6 +246,9 @@ impl Connections {
             fd,
             client,
             close: Cell::new(Close::No),
+            asked_at: Cell::new(0),
+            served: Cell::new(false),
+            streams: Rc::default(),
             waker: RefCell::new(None),
             h2: Cell::new(false),
             head_begun: Cell::new(false),
@@ -265,26 +290,43 @@ impl Connections {
         let mut parked = 0;
         let waited = |since: u32| now.wrapping_sub(since);
         for (_, entry) in self.table.borrow().iter() {
-            if entry.asked() {
-                continue;
-            }
             let in_flight = entry.in_flight.get() > 0;
             // HTTP/2 reads the socket all along (so hyper sees a client go), and
             // a read waiting says nothing of a body: the body rules are HTTP/1's.
-            let h1 = !entry.h2.get();
+            let h2 = entry.h2.get();
+            let h1 = !h2;
             let stamps = &entry.stamps;
+            match entry.close.get() {
+                Close::No => {}
+                Close::Graceful => {
+                    if let Some(how) = closing(entry, waited, limits) {
+                        entry.ask_to_close(how);
+                    }
+                    continue;
+                }
+                Close::Now | Close::Reset | Close::Park => continue,
+            }
+            if h2 && in_flight {
+                entry.streams.reset_stalled(now, stamps.data_sent(), limits.send);
+            }
             let how = match (stamps.write_blocked(), stamps.read_blocked()) {
                 (Some(since), _) if waited(since) > limits.send => Close::Reset,
                 (Some(_), _) => continue,
                 (None, Some(since)) if h1 && in_flight && waited(since) > limits.body => Close::Now,
                 (None, _) if h1 && in_flight && client_gone(entry.fd) => Close::Now,
+                // Not yet a request (still detecting its protocol, or its first
+                // head on the way), or idle keep-alive: the header read timeout.
                 (None, _) if !in_flight && waited(stamps.idle_since()) > limits.idle => match h1 {
                     true => limits.idle_close,
                     // GOAWAY, then close: the client knows not to retry on it.
                     false => Close::Graceful,
                 },
                 (None, _)
-                    if h1 && !in_flight && !entry.head_begun.get() && waited(stamps.idle_since()) > limits.park =>
+                    if h1
+                        && !in_flight
+                        && entry.served.get()
+                        && !entry.head_begun.get()
+                        && waited(stamps.idle_since()) > limits.park =>
                 {
                     Close::Park
                 }
@@ -316,6 +358,23 @@ impl Drop for Open {
     }
 }
 
+/// What the sweep does with a connection asked to close gracefully that is
+/// still open: a client that stopped reading is reset at the send timeout; an
+/// HTTP/2 connection with nothing left in flight and nothing written for
+/// `limits.closing` is closed (hyper would wait for the `PING` acknowledgement
+/// of its `GOAWAY` for ever). HTTP/1.1 closes by itself once idle.
+fn closing(entry: &Entry, waited: impl Fn(u32) -> u32, limits: Limits) -> Option<Close> {
+    let stamps = &entry.stamps;
+    match stamps.write_blocked() {
+        Some(since) if waited(since) > limits.send => return Some(Close::Reset),
+        Some(_) => return None,
+        None => {}
+    }
+    let quiet = waited(entry.asked_at.get()).min(waited(stamps.data_sent()));
+    let done = entry.h2.get() && entry.in_flight.get() == 0 && quiet > limits.closing;
+    done.then_some(Close::Now)
+}
+
 /// True if the client of a connection with a request in flight has closed it
 /// (end of file) or reset it. Only asked while a request is in flight: hyper does
 /// not read then (half-close mode), so nothing else would notice, and the
@@ -338,17 +397,7 @@ fn client_gone(fd: RawFd) -> bool {
 /// The HTTP/1.1 and HTTP/2 connection settings of this worker.
 pub struct Protocols {
     pub h1: http1::Builder,
-    pub h2: http2::Builder<LocalExec>,
-}
-
-/// Runs HTTP/2 streams as tasks of the worker's own thread: services need not be `Send`.
-#[derive(Clone, Copy, Debug)]
-pub struct LocalExec;
-
-impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
-    fn execute(&self, future: F) {
-        tokio::task::spawn_local(future);
-    }
+    pub h2: http2::Builder<super::streams::LocalExec>,
 }
 
 /// Where a connection starts.
@@ -386,7 +435,10 @@ pub async fn serve_connection<S: WorkerService>(
 ) -> Ended<S> {
     let entry = Rc::clone(&open.entry);
     let protocol = match start {
-        Start::Unparked => Protocol::Http1(bytes::Bytes::new()),
+        Start::Unparked => {
+            entry.served.set(true);
+            Protocol::Http1(bytes::Bytes::new())
+        }
         Start::New => {
             let asked = || entry.asked();
             let keep_waker = |waker: &Waker| entry.keep_waker(waker);
@@ -445,9 +497,15 @@ pub async fn serve_connection<S: WorkerService>(
                 // Taken from the queue during the drain: its GOAWAY is now.
                 entry.ask_to_close(Close::Graceful);
             }
-            let io = Io::new(stream, read, stamps, counted);
+            let io = Io::h2(stream, read, stamps, counted);
             let conn = protocols.h2.serve_connection(io, tracked);
-            Watched::new(Box::pin(conn), entry).await;
+            Watched::new(Box::pin(conn), Rc::clone(&entry)).await;
+            if entry.stamps.goaway() == Some(super::frames::ENHANCE_YOUR_CALM) {
+                tracing::info!(
+                    "{}: HTTP/2 flood (control frames past the connection's allowance): GOAWAY ENHANCE_YOUR_CALM, closed",
+                    entry.client
+                );
+            }
             Ended::Closed
         }
     }
@@ -475,7 +533,7 @@ impl<S: WorkerService> Served for http1::UpgradeableConnection<Io, Tracked<S>> {
     }
 }
 
-impl<S: WorkerService> Served for http2::Connection<Io, Tracked<S>, LocalExec> {
+impl<S: WorkerService> Served for http2::Connection<Io, Tracked<S>, super::streams::LocalExec> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
@@ -507,8 +565,13 @@ impl<C: Served> Future for Watched<C> {
         let this = &mut *self;
         match this.entry.close.get() {
             Close::No => {}
-            // Dropping the connection closes the socket.
-            Close::Now => return Poll::Ready(Outcome::Done),
+            // Dropping the connection closes the socket (HTTP/2: after a GOAWAY).
+            Close::Now => {
+                if this.entry.h2.get() {
+                    this.entry.stamps.goaway_on_close(NO_ERROR);
+                }
+                return Poll::Ready(Outcome::Done);
+            }
             Close::Park => return Poll::Ready(Outcome::Park),
             Close::Reset => {
                 // SAFETY: the connection, which owns this fd, is alive for this call.

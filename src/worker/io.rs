@@ -9,6 +9,12 @@
 //! The socket also holds the connection's place in the open count, so an
 //! upgraded connection counts as open (and keeps a drain waiting, up to
 //! `--graceful-timeout`) until the service drops it.
+//!
+//! An HTTP/2 connection's socket also reads the frames that pass (see
+//! `frames`): a client past its control-frame allowance is answered with
+//! `GOAWAY` and the connection ends; and when the worker itself ends the
+//! connection (the sweep's close), its last word is a `GOAWAY` naming the last
+//! stream it took.
 
 use std::io;
 use std::pin::Pin;
@@ -23,6 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use super::frames::{Frames, ENHANCE_YOUR_CALM};
 use crate::sys::scoreboard::Record;
 
 /// "Not waiting", for the blocked stamps. The clock skips it.
@@ -55,6 +62,11 @@ pub struct Stamps {
     /// When the connection last had nothing in flight: accepted, a response
     /// done, or a blocked write of the last response unblocked.
     idle_since: AtomicU32,
+    /// HTTP/2: when a `DATA` frame was last written (a response making progress).
+    data_sent: AtomicU32,
+    /// HTTP/2: the `GOAWAY` error code to send as the socket closes ([`NONE`]:
+    /// no `GOAWAY` of the worker's own; hyper's, if any, has been sent).
+    goaway: AtomicU32,
 }
 
 impl Stamps {
@@ -65,7 +77,30 @@ impl Stamps {
             read_blocked: AtomicU32::new(NONE),
             write_blocked: AtomicU32::new(NONE),
             idle_since: AtomicU32::new(now),
+            data_sent: AtomicU32::new(now),
+            goaway: AtomicU32::new(NONE),
         }
+    }
+
+    /// The housekeeping tick now.
+    pub fn now(&self) -> u32 {
+        self.clock.now()
+    }
+
+    /// HTTP/2: when a `DATA` frame was last written.
+    pub fn data_sent(&self) -> u32 {
+        self.data_sent.load(Relaxed)
+    }
+
+    /// HTTP/2: the connection is to end with a `GOAWAY` of `code` (the first
+    /// reason given wins).
+    pub fn goaway_on_close(&self, code: u32) {
+        let _ = self.goaway.compare_exchange(NONE, code, Relaxed, Relaxed);
+    }
+
+    /// The code of the `GOAWAY` the connection is to end with, if any.
+    pub fn goaway(&self) -> Option<u32> {
+        Some(self.goaway.load(Relaxed)).filter(|code| *code != NONE)
     }
 
     pub fn read_blocked(&self) -> Option<u32> {
@@ -186,6 +221,8 @@ impl Drop for Counted {
 /// for nothing. (An upgraded connection ends its own protocol, a WebSocket close
 /// frame for one, before it is dropped.)
 pub struct Io {
+    /// HTTP/2 only. Before `inner`: dropped while the socket is still open.
+    h2: Option<Box<H2>>,
     inner: TokioIo<TcpStream>,
     /// What the worker read to tell HTTP/2 from HTTP/1, given back first.
     prefix: Bytes,
@@ -196,11 +233,72 @@ pub struct Io {
 impl Io {
     pub fn new(stream: TcpStream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
         Io {
+            h2: None,
             inner: TokioIo::new(stream),
             prefix,
             stamps,
             counted,
         }
+    }
+
+    /// An HTTP/2 connection's socket, whose `prefix` starts with the preface.
+    pub fn h2(stream: TcpStream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
+        use std::os::fd::AsRawFd;
+        let h2 = H2 {
+            frames: Frames::new(stamps.now()),
+            fd: stream.as_raw_fd(),
+            stamps: Arc::clone(&stamps),
+        };
+        Io {
+            h2: Some(Box::new(h2)),
+            ..Io::new(stream, prefix, stamps, counted)
+        }
+    }
+}
+
+/// What an HTTP/2 connection's socket keeps of its frames.
+struct H2 {
+    frames: Frames,
+    /// The socket (owned by [`Io::inner`], which outlives this).
+    fd: std::os::fd::RawFd,
+    stamps: Arc<Stamps>,
+}
+
+impl H2 {
+    /// Bytes read: `Err` (the connection ends) once the client is past its
+    /// control-frame allowance.
+    fn read(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self.frames.read(bytes, self.stamps.now()) {
+            Ok(()) => Ok(()),
+            Err(flood) => {
+                self.stamps.goaway_on_close(ENHANCE_YOUR_CALM);
+                Err(io::Error::other(format!(
+                    "HTTP/2 flood: {} control frames where {} were allowed",
+                    flood.control, flood.allowed
+                )))
+            }
+        }
+    }
+
+    fn written(&mut self, bytes: &[u8]) {
+        if self.frames.written(bytes) {
+            self.stamps.data_sent.store(self.stamps.now(), Relaxed);
+        }
+    }
+}
+
+/// The worker's own `GOAWAY`, if it ends the connection and the socket is
+/// between two frames: best effort, without waiting (a socket that cannot take
+/// 17 bytes now has a client that is not reading).
+impl Drop for H2 {
+    fn drop(&mut self) {
+        let Some(frame) = self.stamps.goaway().and_then(|code| self.frames.goaway(code)) else {
+            return;
+        };
+        // SAFETY: `fd` is the connection's socket, owned by the `Io` this is
+        // part of, which drops it only after this field (declared first).
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
+        let _ = socket2::SockRef::from(&socket).send_with_flags(&frame, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
     }
 }
 
@@ -221,6 +319,29 @@ impl Io {
     pub fn into_parts(self) -> (TcpStream, Counted) {
         (self.inner.into_inner(), self.counted)
     }
+
+    /// HTTP/2: reads into `buf`, and passes what was read through the frame
+    /// watch before hyper sees it.
+    fn poll_read_h2(&mut self, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        let Some(h2) = self.h2.as_mut() else {
+            unreachable!("only called for HTTP/2")
+        };
+        // SAFETY: as hyper-util's `TokioIo` reads: a tokio `ReadBuf` over the
+        // cursor's unfilled part, into which the socket writes only initialised
+        // bytes; the cursor is advanced over exactly the bytes it filled.
+        let mut read = tokio::io::ReadBuf::uninit(unsafe { buf.as_mut() });
+        let poll = tokio::io::AsyncRead::poll_read(Pin::new(self.inner.inner_mut()), cx, &mut read);
+        self.stamps.stamp(&self.stamps.read_blocked, &poll);
+        match poll {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let filled = read.filled().len();
+        h2.read(read.filled())?;
+        // SAFETY: the socket filled `filled` bytes of the cursor (see above).
+        unsafe { buf.advance(filled) };
+        Poll::Ready(Ok(()))
+    }
 }
 
 /// Waits until `stream` is readable: true, or false if the socket failed or
@@ -240,17 +361,25 @@ pub async fn readable(stream: &TcpStream, closed: impl Fn() -> bool, keep_waker:
 
 impl Read for Io {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix.split_to(n));
-            if self.prefix.is_empty() {
+        let this = &mut *self;
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            let given = this.prefix.split_to(n);
+            if let Some(h2) = this.h2.as_mut() {
+                h2.read(&given)?;
+            }
+            buf.put_slice(&given);
+            if this.prefix.is_empty() {
                 // An empty slice of it would keep the whole read buffer alive.
-                self.prefix = Bytes::new();
+                this.prefix = Bytes::new();
             }
             return Poll::Ready(Ok(()));
         }
-        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
-        self.stamps.stamp(&self.stamps.read_blocked, &poll);
+        if this.h2.is_some() {
+            return this.poll_read_h2(cx, buf);
+        }
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.stamps.stamp(&this.stamps.read_blocked, &poll);
         poll
     }
 }
@@ -259,6 +388,9 @@ impl Write for Io {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.stamps.wrote(&poll);
+        if let (Some(h2), Poll::Ready(Ok(n))) = (self.h2.as_mut(), &poll) {
+            h2.written(&buf[..*n]);
+        }
         poll
     }
 
@@ -269,6 +401,17 @@ impl Write for Io {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.stamps.wrote(&poll);
+        if let (Some(h2), Poll::Ready(Ok(n))) = (self.h2.as_mut(), &poll) {
+            let mut left = *n;
+            for buf in bufs {
+                let part = left.min(buf.len());
+                h2.written(&buf[..part]);
+                left -= part;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
         poll
     }
 

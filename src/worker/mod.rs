@@ -11,11 +11,13 @@ mod access;
 mod child;
 mod conn;
 mod control;
+mod frames;
 mod io;
 mod park;
 mod protocol;
 mod respond;
 mod serve;
+mod streams;
 
 use std::fmt::Display;
 use std::future::Future;

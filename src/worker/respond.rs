@@ -147,13 +147,16 @@ const HOST_BYTE: [bool; 256] = {
 
 /// A request counted as in flight: dropping it (when the response body is done,
 /// or when the request is abandoned) ends that, starts the idle clock, and
-/// writes the request's access log line, if there is an access log.
-pub struct InFlight(Rc<Entry>, Option<Box<Pending>>);
+/// writes the request's access log line, if there is an access log. On
+/// HTTP/2 it also holds the stream's place among those the sweep can reset.
+pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Option<usize>);
 
 impl InFlight {
     fn new(entry: Rc<Entry>, pending: Option<Box<Pending>>) -> InFlight {
         entry.in_flight.set(entry.in_flight.get() + 1);
-        InFlight(entry, pending)
+        entry.served.set(true);
+        let stream = entry.h2.get().then(|| entry.streams.open());
+        InFlight(entry, pending, stream)
     }
 
     /// The response's status, for the access log.
@@ -169,6 +172,9 @@ impl Drop for InFlight {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
         entry.stamps.idle_now();
+        if let Some(stream) = self.2 {
+            entry.streams.close(stream);
+        }
         if let (Some(pending), Some(access_log)) = (&self.1, &entry.lifecycle.access_log) {
             access_log.log(pending);
         }
@@ -303,6 +309,15 @@ where
         let inner = this.inner;
         match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
             Ok(polled) => {
+                let guard = &*this.in_flight_guard;
+                if let Some(stream) = guard.2 {
+                    // HTTP/2: hyper holds this piece until the stream has window
+                    // for it; until it asks for the next, the response waits on
+                    // the client (see `streams`).
+                    let held = matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data());
+                    let entry = &guard.0;
+                    entry.streams.held(stream, held.then(|| entry.stamps.now()));
+                }
                 let polled = ready!(polled);
                 if let (Some(pending), Some(Ok(frame))) = (&mut this.in_flight_guard.1, &polled) {
                     pending.bytes += frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);

@@ -21,10 +21,11 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::access::AccessLog;
-use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, LocalExec, Open, Protocols, Start};
+use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, Open, Protocols, Start};
 use super::control::{Control, Event, Stop};
 use super::io::Counted;
 use super::park::{Idle, Parking};
+use super::streams::LocalExec;
 use crate::config::Config;
 use crate::service::{Made, WorkerApp};
 use crate::sys::channel::Message;
@@ -112,6 +113,9 @@ pub async fn serve<S: WorkerApp>(
             Some(_) => ticks(PARK_AFTER),
             None => u32::MAX,
         },
+        // Idle past the header read timeout: its GOAWAY is out, and a request
+        // already on its way has had a tick to arrive.
+        closing: 1,
     };
     tokio::task::spawn_local(unpark(Rc::clone(&shared)));
     tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
@@ -179,6 +183,7 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     let draining = Limits {
         idle: ticks(IDLE_GRACE),
         idle_close: Close::Graceful,
+        closing: ticks(IDLE_GRACE),
         ..serving
     };
     let mut interval = tokio::time::interval(TICK);

@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real forks, real sockets on 127.0.0.1
 //! port 0, real signals to the master pid.
 
+mod abuse;
 mod admin;
 mod apps;
 mod cli;

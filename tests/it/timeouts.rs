@@ -7,6 +7,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::util::h2raw;
 use crate::util::*;
 
 /// Reads until the server closes the connection (EOF or reset), or `within`
@@ -122,4 +123,60 @@ fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     let (got, closed) = read_until_closed(&mut stream, Duration::from_secs(10));
     assert!(closed, "the client sees the connection end");
     assert!(got.len() < 64 << 20, "the response was cut: {} bytes", got.len());
+}
+
+/// A connection opened ahead of need (a browser's preconnect, a pool) and used
+/// seconds later is answered: before its first request only the header read
+/// timeout (30 s by default) closes it. HTTP/1.1 and HTTP/2 alike, four clients
+/// at once.
+#[test]
+fn a_connection_silent_before_its_first_request_is_answered() {
+    let server = Server::start(&["--workers", "1"]);
+    let clients: Vec<_> = [(1_500, false), (10_000, false), (1_500, true), (10_000, true)]
+        .into_iter()
+        .map(|(ms, h2)| {
+            let addr = server.addr;
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(addr).unwrap();
+                std::thread::sleep(Duration::from_millis(ms)); // the client's silence, under test
+                let answer = match h2 {
+                    false => {
+                        stream
+                            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                            .unwrap();
+                        let (got, _) = read_until_closed(&mut stream, Duration::from_secs(5));
+                        String::from_utf8_lossy(&got).into_owned()
+                    }
+                    true => {
+                        let mut h2 = h2raw::RawH2::from_stream(stream);
+                        let mut first = h2raw::PREFACE.to_vec();
+                        first.extend(h2raw::frame(h2raw::SETTINGS, 0, 0, &[]));
+                        first.extend(h2raw::request(1, "/"));
+                        h2.send(&first).unwrap();
+                        let frames = h2.read_until(Duration::from_secs(5), |f| {
+                            f.kind == h2raw::DATA && f.flags & h2raw::END_STREAM != 0
+                        });
+                        let status = frames.iter().find(|f| f.kind == h2raw::HEADERS);
+                        // `:status: 200` is entry 8 of HPACK's static table.
+                        let ok = status.is_some_and(|f| f.payload.first() == Some(&0x88));
+                        let body: Vec<u8> = frames
+                            .iter()
+                            .filter(|f| f.kind == h2raw::DATA)
+                            .flat_map(|f| f.payload.clone())
+                            .collect();
+                        format!("h2 200={ok} {}", String::from_utf8_lossy(&body))
+                    }
+                };
+                (ms, h2, answer)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (ms, h2, answer) = client.join().unwrap();
+        let ok = match h2 {
+            false => answer.starts_with("HTTP/1.1 200") && answer.contains("Hello from worker"),
+            true => answer.starts_with("h2 200=true Hello from worker"),
+        };
+        assert!(ok, "silent for {ms} ms (HTTP/2: {h2}), then answered: {answer:?}");
+    }
 }

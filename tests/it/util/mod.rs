@@ -1,6 +1,7 @@
 //! What the integration tests share: the server harness, /proc helpers, an
 //! HTTP/1.1 client, and `eventually`.
 
+pub mod h2raw;
 mod http;
 mod procfs;
 mod server;

@@ -1,0 +1,144 @@
+//! HTTP/2 clients that hold a worker's resources or its CPU: every one is bounded
+//! per connection, and the other clients are served meanwhile.
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::util::h2raw::*;
+use crate::util::*;
+
+/// A connection that sends the preface (with or without its `SETTINGS`) and
+/// nothing more is closed at the header read timeout, `GOAWAY` first, even though
+/// it never acknowledges the `GOAWAY`'s `PING`.
+#[test]
+fn preface_only_connections_are_closed_at_the_header_read_timeout() {
+    let server = Server::start(&["--workers", "1", "--header-read-timeout", "3s"]);
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let addr = server.addr;
+            thread::spawn(move || {
+                let started = Instant::now();
+                let mut h2 = match i % 2 {
+                    0 => RawH2::start(addr, &[]),
+                    _ => {
+                        let mut h2 = RawH2::connect(addr);
+                        h2.send(PREFACE).unwrap();
+                        h2
+                    }
+                };
+                // Nothing is answered but the server's SETTINGS: no PING
+                // acknowledged, no SETTINGS of ours acknowledged either.
+                let frames = h2.read_until(Duration::from_secs(10), |_| false);
+                (started.elapsed(), h2.closed, frames)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (after, closed, frames) = client.join().unwrap();
+        assert!(closed, "still open after {after:?}: {frames:?}");
+        assert!(
+            after >= Duration::from_millis(2900) && after <= Duration::from_secs(4),
+            "closed after {after:?}: at the header read timeout (3 s), give or take the sweep"
+        );
+        assert!(frames.iter().any(|f| f.kind == GOAWAY), "a GOAWAY first: {frames:?}");
+    }
+    let response = get(server.addr, "/").expect("the worker still serves");
+    assert_eq!(response.status, 200);
+}
+
+/// A client that gives the server no window (`INITIAL_WINDOW_SIZE` 0) keeps no
+/// stream past the send timeout: the stream is reset, and the connection
+/// serves on.
+#[test]
+fn a_stream_without_window_is_reset_at_the_send_timeout() {
+    let server = Server::start(&["--workers", "1", "--send-timeout", "2s"]);
+    let mut h2 = RawH2::start(server.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
+    let started = Instant::now();
+    h2.send(&request(1, "/")).unwrap();
+    let frames = h2.read_until(Duration::from_secs(6), |f| f.kind == RST_STREAM);
+    let after = started.elapsed();
+    let reset = frames.iter().find(|f| f.kind == RST_STREAM);
+    assert!(reset.is_some_and(|f| f.stream == 1), "stream 1 reset: {frames:?}");
+    assert!(
+        frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "its head was sent (HEADERS take no window): {frames:?}"
+    );
+    assert!(
+        !frames.iter().any(|f| f.kind == DATA && f.stream == 1),
+        "no byte of its body: {frames:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(1900) && after < Duration::from_secs(4),
+        "reset after {after:?}: at the send timeout (2 s), give or take the sweep"
+    );
+    // The connection is not closed for it: with a window, the next stream is served.
+    let mut settings = SETTINGS_INITIAL_WINDOW_SIZE.to_be_bytes().to_vec();
+    settings.extend(65_535u32.to_be_bytes());
+    h2.send(&frame(SETTINGS, 0, 0, &settings)).unwrap();
+    h2.send(&request(3, "/")).unwrap();
+    let frames = h2.read_until(Duration::from_secs(5), |f| {
+        f.kind == DATA && f.stream == 3 && f.flags & END_STREAM != 0
+    });
+    let body: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.kind == DATA && f.stream == 3)
+        .flat_map(|f| f.payload.clone())
+        .collect();
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("Hello from worker"),
+        "stream 3 served on the same connection: {frames:?}"
+    );
+    assert!(!h2.closed);
+}
+
+/// Floods of frames that cost the server work and carry no request end in
+/// `GOAWAY` `ENHANCE_YOUR_CALM` and a closed connection; another client is
+/// served meanwhile.
+#[test]
+fn window_update_and_priority_floods_end_in_goaway() {
+    let server = Server::start(&["--workers", "1"]);
+    let floods = [
+        ("WINDOW_UPDATE", frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes())),
+        ("PRIORITY", frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16])),
+        (
+            "WINDOW_UPDATE on a stream",
+            frame(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()),
+        ),
+    ];
+    for (name, one) in floods {
+        let mut h2 = RawH2::start(server.addr, &[]);
+        if name.ends_with("on a stream") {
+            // A stream to update: a request whose response is held open.
+            h2.send(&request(1, "/")).unwrap();
+        }
+        let mut sender = h2.stream.try_clone().unwrap();
+        let flood = thread::spawn(move || {
+            let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1000).collect();
+            let mut sent = 0;
+            // At most 1,000,000 frames (13 MB, more than the socket buffers hold):
+            // the test stops by itself whatever the server does.
+            while sent < 1_000_000 && std::io::Write::write_all(&mut sender, &batch).is_ok() {
+                sent += 1000;
+            }
+            sent
+        });
+        let frames = h2.read_until(Duration::from_secs(10), |f| {
+            f.kind == GOAWAY && f.error_code() == Some(ENHANCE_YOUR_CALM)
+        });
+        let goaway = frames.iter().find(|f| f.kind == GOAWAY);
+        assert_eq!(
+            goaway.and_then(Frame::error_code),
+            Some(ENHANCE_YOUR_CALM),
+            "{name} flood: GOAWAY ENHANCE_YOUR_CALM: {frames:?}"
+        );
+        let sent = flood.join().unwrap();
+        assert!(
+            sent < 1_000_000,
+            "{name} flood: the connection was closed while it went on"
+        );
+        let _ = h2.read_until(Duration::from_secs(5), |_| false);
+        assert!(h2.closed, "{name} flood: closed");
+        assert_eq!(get(server.addr, "/").expect("served").status, 200);
+    }
+    server.wait_for_log("HTTP/2 flood", Duration::from_secs(5));
+}
