@@ -2,6 +2,14 @@
 //! act on a running server, like `nginx -s`, and exit. The binary's, not the
 //! library's: a program built on the library parses its own command line.
 
+/// `println!` that does not panic when stdout is closed (`| head -1`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,7 +78,7 @@ pub fn run(command: Command) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("prefork-server: {message}");
+            let _ = writeln!(std::io::stderr(), "prefork-server: {message}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -121,7 +129,7 @@ fn master(pid_file: &Path) -> Result<Pid, String> {
 fn signal(pid_file: &Path, signal: Signal) -> Result<(), String> {
     let pid = master(pid_file)?;
     kill(pid, signal).map_err(|err| format!("cannot send {} to pid {pid}: {err}", signal.as_str()))?;
-    println!("sent {} to the master (pid {pid})", signal.as_str());
+    say!("sent {} to the master (pid {pid})", signal.as_str());
     Ok(())
 }
 
@@ -150,7 +158,7 @@ fn status(admin: SocketAddr) -> Result<(), String> {
         serde_json::Value::Number(n) if n.is_f64() => format!("{:.0}s", n.as_f64().unwrap_or_default()),
         other => other.to_string(),
     };
-    println!(
+    say!(
         "master {} · {} workers · generation {} · {} reloads · up {}",
         status["master_pid"],
         status["workers"],
@@ -158,15 +166,23 @@ fn status(admin: SocketAddr) -> Result<(), String> {
         status["reloads"],
         field(&status["uptime_s"])
     );
-    println!(
+    say!(
         "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  last exit",
-        "slot", "pid", "gen", "state", "uptime", "requests", "conns", "memory", "restarts"
+        "slot",
+        "pid",
+        "gen",
+        "state",
+        "uptime",
+        "requests",
+        "conns",
+        "memory",
+        "restarts"
     );
     for worker in status["slots"].as_array().into_iter().flatten() {
         let memory = worker["rss_bytes"]
             .as_u64()
             .map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0));
-        println!(
+        say!(
             "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  {}",
             field(&worker["slot"]),
             field(&worker["pid"]),
@@ -209,6 +225,6 @@ fn scale(pid_file: &Path, admin: SocketAddr, target: u64) -> Result<(), String> 
             current = workers(admin)?;
         }
     }
-    println!("the master (pid {pid}) runs {target} workers");
+    say!("the master (pid {pid}) runs {target} workers");
     Ok(())
 }

@@ -165,8 +165,9 @@ where
 }
 
 /// Logs to stderr or `--log-file`, as text or JSON, written synchronously by
-/// the calling thread: a writer thread would make the master multi-threaded. A
-/// subscriber the caller installed wins.
+/// the calling thread: a writer thread would make the master multi-threaded.
+/// stderr is written without waiting (see `sys::output`). A subscriber the
+/// caller installed wins.
 fn init_logging(config: &Config) -> Result<(), Error> {
     use std::io::IsTerminal;
     let file = match &config.log_file {
@@ -176,14 +177,19 @@ fn init_logging(config: &Config) -> Result<(), Error> {
         })?),
         None => None,
     };
+    // A line the writer could not take is its business (counted, or lost to a
+    // full disk): the subscriber must not report it on stderr, which may be
+    // the very thing that is closed.
     let builder = tracing_subscriber::fmt()
         .with_max_level(config.log_level)
-        .with_target(false);
+        .with_target(false)
+        .log_internal_errors(false);
     let ansi = file.is_none() && std::io::stderr().is_terminal();
+    let stderr = sys::output::stderr();
     let _ = match (config.log_format, file) {
-        (LogFormat::Text, None) => builder.with_writer(std::io::stderr).with_ansi(ansi).try_init(),
+        (LogFormat::Text, None) => builder.with_writer(stderr).with_ansi(ansi).try_init(),
         (LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).try_init(),
-        (LogFormat::Json, None) => builder.json().with_writer(std::io::stderr).try_init(),
+        (LogFormat::Json, None) => builder.json().with_writer(stderr).try_init(),
         (LogFormat::Json, Some(file)) => builder.json().with_writer(file).try_init(),
     };
     Ok(())

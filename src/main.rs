@@ -29,15 +29,22 @@ fn main() -> ExitCode {
     let config = match prefork_server::Config::from_flags(cli.server) {
         Ok(config) => config,
         Err(err) => {
-            eprintln!("prefork-server: {err}");
+            say_error(&err);
             return ExitCode::from(2);
         }
     };
     match prefork_server::run(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("prefork-server: {err}");
+            say_error(&err);
             ExitCode::FAILURE
         }
     }
+}
+
+/// The reason the server did not run, on stderr; a closed stderr is no reason
+/// to panic (the exit code still says it).
+fn say_error(err: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "prefork-server: {err}");
 }

@@ -177,6 +177,7 @@ impl Master<'_> {
             self.settle_reload();
             self.wait()?;
             self.now = Instant::now();
+            self.report_dropped_output();
             let header = self.scoreboard.header();
             header.master_beat_ms.store(
                 crate::sys::scoreboard::monotonic_ms(),
@@ -338,8 +339,8 @@ impl Master<'_> {
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
-        println!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}");
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        let line = format!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}\n");
+        print_ready_line(&line);
         let status = format!("STATUS={workers} workers serving on {addr}");
         if !first {
             return self.systemd.send(&status);
@@ -350,11 +351,41 @@ impl Master<'_> {
         }
     }
 
+    /// Says in the log how many of its lines stderr did not take (see
+    /// `sys::output`), once it takes them again.
+    fn report_dropped_output(&self) {
+        let stderr = crate::sys::output::stderr();
+        if stderr.is_closed() {
+            return;
+        }
+        let dropped = stderr.take_dropped();
+        if dropped > 0 {
+            warn!("master: {dropped} log lines dropped: stderr did not take them at once (its reader stalled)");
+        }
+    }
+
     /// Removes the pid file at exit, unless it names another master by now (the
     /// one this master handed over to).
     fn remove_pid_file(&self) {
         if let Some(path) = &self.config.pid_file {
             crate::sys::pidfile::remove_if_ours(path, std::process::id());
         }
+    }
+}
+
+/// Prints a ready line on stdout, if stdout takes it at once; a stdout that is
+/// closed (`| head -1`) is noted in the log the first time, a stalled one each
+/// time.
+fn print_ready_line(line: &str) {
+    use crate::sys::output::{self, Unwritten};
+    match output::stdout().write(line.as_bytes()) {
+        Ok(()) => {}
+        Err(Unwritten::Full) => {
+            warn!("master: stdout did not take the ready line at once (its reader stalled): dropped")
+        }
+        Err(Unwritten::Closed(Some(err))) => {
+            warn!("master: stdout is closed ({err}): ready lines are not printed from now on; the log says `ready`")
+        }
+        Err(Unwritten::Closed(None)) => {}
     }
 }

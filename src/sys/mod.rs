@@ -8,6 +8,7 @@
 //! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF
 //! - `listener`   every socket option; bound before any fork
 //! - `logfile`    `--log-file`, reopened on USR1
+//! - `output`     the master's stdout and stderr: written at once or dropped, never waited on
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
 //! - `notify`     sd_notify
@@ -24,6 +25,7 @@ pub(crate) mod listener;
 pub(crate) mod logfile;
 pub(crate) mod notices;
 pub(crate) mod notify;
+pub(crate) mod output;
 pub(crate) mod pidfile;
 pub(crate) mod privileges;
 pub(crate) mod process;

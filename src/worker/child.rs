@@ -13,6 +13,7 @@ use crate::sys::signals::Signals;
 /// master's signal handlers and closes `master_fds`.
 pub(crate) fn forget_the_master(signals: &Signals, master_fds: &[RawFd]) {
     signals.forget_in_child();
+    crate::sys::output::in_child();
     for fd in master_fds {
         // Owned by master structures that are never dropped in this process.
         let _ = nix::unistd::close(*fd);

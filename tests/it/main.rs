@@ -14,6 +14,7 @@ mod http2;
 mod load;
 mod logs;
 mod operations;
+mod output;
 mod readme;
 mod requests;
 mod rotation;

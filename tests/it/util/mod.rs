@@ -28,3 +28,12 @@ pub fn eventually<T>(within: Duration, what: &str, mut probe: impl FnMut() -> Op
         thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A fresh, empty directory for one test: `prefork-test-<pid>-<name>` under the
+/// system's temporary directory.
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("prefork-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    dir
+}

@@ -101,7 +101,17 @@ impl Server {
     }
 
     pub fn start_command(command: Command) -> Server {
-        let (mut server, ready) = Server::launch(command);
+        Server::start_reading(command, StdoutReader::Always)
+    }
+
+    /// Starts `command`, reads its first ready line, then closes its stdout, as
+    /// `prefork-server ... | head -1` does.
+    pub fn start_closing_stdout(command: Command) -> Server {
+        Server::start_reading(command, StdoutReader::FirstLine)
+    }
+
+    fn start_reading(command: Command, reader: StdoutReader) -> Server {
+        let (mut server, ready) = Server::launch(command, reader);
         let deadline = Instant::now() + READY_WITHIN;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -119,14 +129,18 @@ impl Server {
 
     /// Starts `command` without waiting for its ready line (`addr` is unknown).
     pub fn start_unready(command: Command) -> Server {
-        Server::launch(command).0
+        Server::launch(command, StdoutReader::Always).0
     }
 
-    /// Spawns the server; its stdout lines also arrive on the receiver.
-    fn launch(mut command: Command) -> (Server, mpsc::Receiver<String>) {
+    /// Spawns the server; its stdout lines also arrive on the receiver. Its
+    /// stderr is collected if it is piped (a test may give it its own).
+    fn launch(mut command: Command, reader: StdoutReader) -> (Server, mpsc::Receiver<String>) {
         let mut child = command.spawn().expect("spawn the server");
         let master = Pid::from_raw(child.id() as i32);
-        let (logs, _) = collect_lines(child.stderr.take().expect("stderr is piped"));
+        let logs = match child.stderr.take() {
+            Some(stderr) => collect_lines(stderr).0,
+            None => Arc::default(),
+        };
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         let out = Arc::new(Mutex::new(Vec::new()));
@@ -135,6 +149,9 @@ impl Server {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 out_sink.lock().unwrap().push(line.clone());
                 let _ = ready_tx.send(line);
+                if reader == StdoutReader::FirstLine {
+                    return; // the pipe's read end closes with the reader
+                }
             }
         });
         let server = Server {
@@ -284,6 +301,13 @@ impl Drop for Server {
             eprintln!("--- server logs ---\n{}", self.logs());
         }
     }
+}
+
+/// How much of the server's stdout the harness reads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StdoutReader {
+    Always,
+    FirstLine,
 }
 
 fn parse_ready_line(line: &str) -> Option<SocketAddr> {
