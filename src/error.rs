@@ -46,6 +46,11 @@ pub enum Error {
         path: std::path::PathBuf,
         source: io::Error,
     },
+    /// `--pid-file` cannot be written: control commands would find no master.
+    PidFile {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -74,6 +79,7 @@ impl fmt::Display for Error {
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::RunAs { cause } => write!(f, "cannot run the workers as --user/--group asks: {cause}"),
             Error::LogFile { path, source } => write!(f, "cannot open the log file {}: {source}", path.display()),
+            Error::PidFile { path, source } => write!(f, "cannot write the pid file {}: {source}", path.display()),
             Error::Handover(err) => write!(f, "cannot take over the old master's sockets: {err}"),
             Error::Scoreboard(err) => write!(f, "cannot map the shared scoreboard: {err}"),
             Error::Activation(err) => write!(f, "cannot use the sockets systemd passed (LISTEN_FDS): {err}"),
@@ -88,6 +94,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. } | Error::Signals(source) | Error::Channel(source) => Some(source),
             Error::ThreadCount(source) | Error::Handover(source) | Error::Scoreboard(source) => Some(source),
             Error::Activation(source) | Error::LogFile { source, .. } | Error::NotifySocket(source) => Some(source),
+            Error::PidFile { source, .. } => Some(source),
             Error::SignalMask(source) | Error::Fork(source) | Error::Poll(source) => Some(source),
             Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull | Error::RunAs { .. } => {
                 None

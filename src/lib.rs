@@ -126,6 +126,12 @@ where
     }
     let run_as = sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
         .map_err(|cause| Error::RunAs { cause })?;
+    if let Some(path) = &config.pid_file {
+        sys::pidfile::check(path, std::process::id()).map_err(|source| Error::PidFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
     let mut origin = master::Origin {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),

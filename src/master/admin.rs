@@ -27,6 +27,11 @@ pub(super) struct AdminProcess {
 }
 
 impl AdminProcess {
+    /// Its pid, while it runs.
+    pub(super) fn pid(&self) -> Option<Pid> {
+        self.pid
+    }
+
     /// When the master must wake to start it again.
     pub fn deadline(&self) -> Option<Instant> {
         self.next_start.filter(|_| self.pid.is_none())

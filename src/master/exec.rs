@@ -204,12 +204,6 @@ impl Master<'_> {
         }
     }
 
-    /// After a command's exit: whatever it started and left behind in its
-    /// process group goes with it.
-    pub(super) fn clear_group(&self, pid: Pid) {
-        process::signal_group(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-
     /// The notify socket, for the master's poll.
     pub(super) fn notices_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         self.notices.as_ref().map(Notices::fd)

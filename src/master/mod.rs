@@ -20,6 +20,8 @@
 //! - `change.rs`: stop, reload (HUP), resize (TTIN / TTOU).
 //! - `upgrade.rs`: hot binary upgrade (USR2), the old master's side.
 //! - `health.rs`: hung workers (`--timeout`) and memory (`--max-worker-memory`).
+//! - `orphans.rs`: what workers and commands left behind (the master is a
+//!   child subreaper): ended with their command, and at the master's exit.
 //! - `exec.rs`: exec mode: forking a command, what it says on the notify
 //!   socket, seeing it accept; `admin.rs`: the admin process that serves
 //!   `--admin` for the commands.
@@ -30,6 +32,7 @@ mod change;
 mod exec;
 mod fleet;
 mod health;
+mod orphans;
 mod phase;
 mod pool;
 mod sockets;
@@ -161,10 +164,12 @@ pub(crate) fn run(
         notices: None,
         admin_process: admin::AdminProcess::default(),
     };
+    master.adopt_orphans();
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
     master.warn_not_for_commands();
     let result = master.supervise();
+    master.end_orphans();
     master.remove_pid_file();
     result
 }
@@ -329,13 +334,20 @@ impl Master<'_> {
         };
         let (workers, balance) = (self.fleet.pool.len(), self.sockets.listeners.balance().as_str());
         if first {
-            info!("master (pid {}): ready", getpid());
             // Before the ready line: whoever waits for it may read the file next.
+            // The directory was checked at startup; a disk that filled since
+            // halts the start all the same (control commands need the file).
             if let Some(path) = &self.config.pid_file {
-                if let Err(err) = crate::sys::pidfile::write(path, std::process::id()) {
-                    warn!("master: cannot write the pid file {}: {err}", path.display());
+                if let Err(source) = crate::sys::pidfile::write(path, std::process::id()) {
+                    let path = path.clone();
+                    error!(
+                        "master: cannot write the pid file {}: {source}; halting",
+                        path.display()
+                    );
+                    return self.halt(Error::PidFile { path, source }, Stop::Graceful);
                 }
             }
+            info!("master (pid {}): ready", getpid());
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));

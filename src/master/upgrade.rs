@@ -62,6 +62,15 @@ impl Upgrade {
         }
     }
 
+    /// The new master, while there is one (this master's child).
+    pub(super) fn pid(&self) -> Option<Pid> {
+        match self {
+            Upgrade::Waiting { successor, .. } => Some(successor.pid),
+            Upgrade::Abandoning { pid, .. } | Upgrade::HandedOver(pid) => Some(*pid),
+            Upgrade::Idle => None,
+        }
+    }
+
     /// False while an abandoned new master has not been reaped: this master
     /// must not exit before it.
     pub(super) fn settled(&self) -> bool {

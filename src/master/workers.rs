@@ -220,7 +220,7 @@ impl Master<'_> {
             let departure = self.fleet.pool.on_exit(pid, self.now);
             log_departure(pid, exit, departure, self.replacing());
             if exec {
-                self.clear_group(pid);
+                self.end_what_the_command_left(pid);
                 if let Departure::Died {
                     slot, was_ready: false, ..
                 } = departure

@@ -17,6 +17,7 @@
 //! - `exec`       exec mode, the child: fd 3, `LISTEN_FDS`, signals reset, `execvpe`
 //! - `notices`    exec mode: the master's `NOTIFY_SOCKET`, senders told by the kernel
 //! - `accepting`  exec mode: whether a program waits on its socket (from `/proc`)
+//! - `orphans`    the master as child subreaper; which command an orphan came from
 
 pub(crate) mod accepting;
 pub(crate) mod channel;
@@ -25,6 +26,7 @@ pub(crate) mod listener;
 pub(crate) mod logfile;
 pub(crate) mod notices;
 pub(crate) mod notify;
+pub(crate) mod orphans;
 pub(crate) mod output;
 pub(crate) mod pidfile;
 pub(crate) mod privileges;

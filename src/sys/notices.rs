@@ -4,6 +4,11 @@
 //! file to clean up, reachable whatever user a worker runs as), polled in the
 //! master's loop. `SO_PASSCRED` makes the kernel attach the sender's pid to
 //! every datagram: a worker can speak only for itself.
+//!
+//! The abstract namespace has no permissions: any local user can bind any
+//! name in it first. So the name has 128 random bits in it, which nobody can
+//! guess ahead of the master (a name made from the pid alone could be taken
+//! for every pid to come, and exec mode would never start).
 
 use std::io::{self, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
@@ -43,11 +48,20 @@ const MOST_PER_WAKEUP: usize = 1024;
 const DATAGRAM: usize = 4096;
 
 impl Notices {
-    /// Binds `@prefork-server/<master pid>/notify`, non-blocking, close-on-exec.
+    /// Binds `@prefork-server/<master pid>/notify-<32 random hex digits>`,
+    /// non-blocking, close-on-exec.
     pub fn bind() -> io::Result<Notices> {
-        let name = format!("prefork-server/{}/notify", std::process::id());
-        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
-        let socket = UnixDatagram::bind_addr(&addr)?;
+        let mut tries = 0;
+        let (socket, name) = loop {
+            let name = format!("prefork-server/{}/notify-{}", std::process::id(), random_hex()?);
+            let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+            match UnixDatagram::bind_addr(&addr) {
+                Ok(socket) => break (socket, name),
+                // 2^-128 by chance; a few tries more cost nothing.
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse && tries < 3 => tries += 1,
+                Err(err) => return Err(err),
+            }
+        };
         socket.set_nonblocking(true)?;
         setsockopt(&socket, sockopt::PassCred, &true)?;
         Ok(Notices {
@@ -97,6 +111,17 @@ impl Notices {
     }
 }
 
+/// 16 bytes from the kernel's random source, in hex.
+fn random_hex() -> io::Result<String> {
+    let mut bytes = [0u8; 16];
+    // SAFETY: the buffer is valid for its length; getrandom(2) writes at most that.
+    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(n).ok() != Some(bytes.len()) {
+        return Err(io::Error::other("getrandom gave too few bytes"));
+    }
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 /// The lines of one datagram (`KEY=VALUE`, newline-separated).
 pub fn parse(datagram: &str) -> Vec<Notice> {
     datagram
@@ -126,6 +151,18 @@ mod tests {
             ]
         );
         assert_eq!(parse("READY=0\nWATCHDOG=trigger\nSTOPPING=1"), [Notice::Stopping]);
+    }
+
+    #[test]
+    fn the_name_cannot_be_guessed_from_the_pid() {
+        let (one, two) = (Notices::bind().unwrap(), Notices::bind().unwrap());
+        let prefix = format!("@prefork-server/{}/notify-", std::process::id());
+        for name in [one.name(), two.name()] {
+            let random = name.strip_prefix(&prefix).expect("the pid, then the random part");
+            assert_eq!(random.len(), 32);
+            assert!(random.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(one.name(), two.name());
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! The pid file (`--pid-file`): written once the master is ready, removed at exit.
+//! A pid file that cannot be written is a startup error: [`check`] tries the
+//! directory before anything is bound (control commands depend on the file).
 //!
 //! Written atomically and never through a symlink: the pid goes to a new file in
 //! the same directory (`O_CREAT | O_EXCL | O_NOFOLLOW`, so nothing planted at that
@@ -11,25 +13,43 @@ use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-/// Writes `pid` to `path`, atomically (see the module docs).
-pub fn write(path: &Path, pid: u32) -> io::Result<()> {
+/// Whether `pid` could be written to `path` (the directory exists, is
+/// writable, and has room): the temporary file [`write`] makes is made, written
+/// and removed, and nothing at `path` is touched.
+pub fn check(path: &Path, pid: u32) -> io::Result<()> {
+    let temporary = temporary(path, pid)?;
+    let written = write_new(&temporary, pid);
+    let _ = std::fs::remove_file(&temporary);
+    written
+}
+
+/// `.<name>.<pid>.tmp` beside `path`.
+fn temporary(path: &Path, pid: u32) -> io::Result<std::path::PathBuf> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"))?;
     let mut temporary = path.to_path_buf();
     temporary.set_file_name(format!(".{}.{pid}.tmp", name.to_string_lossy()));
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temporary)?;
-        // The mode above is masked by the umask; the pid file is 0644 whatever it is.
-        file.set_permissions(Permissions::from_mode(0o644))?;
-        file.write_all(format!("{pid}\n").as_bytes())?;
-        std::fs::rename(&temporary, path)
-    })();
+    Ok(temporary)
+}
+
+/// A new file at `path` (never through a symlink), 0644, holding `pid`.
+fn write_new(path: &Path, pid: u32) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    // The mode above is masked by the umask; the pid file is 0644 whatever it is.
+    file.set_permissions(Permissions::from_mode(0o644))?;
+    file.write_all(format!("{pid}\n").as_bytes())
+}
+
+/// Writes `pid` to `path`, atomically (see the module docs).
+pub fn write(path: &Path, pid: u32) -> io::Result<()> {
+    let temporary = temporary(path, pid)?;
+    let written = write_new(&temporary, pid).and_then(|()| std::fs::rename(&temporary, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&temporary);
     }
@@ -70,6 +90,18 @@ mod tests {
         remove_if_ours(&path, 4242);
         assert!(!path.exists());
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_check_leaves_nothing_and_names_the_cause() {
+        let dir = std::env::temp_dir().join(format!("prefork-pidfile-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        check(&dir.join("server.pid"), 4242).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
+        let missing = check(&dir.join("missing/server.pid"), 4242).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

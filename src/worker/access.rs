@@ -6,8 +6,12 @@
 //! passes 64 KiB, and at exit; a write to a local file does not hold the event
 //! loop for long. USR1 reopens the file (after logrotate renamed it); what was
 //! buffered goes to the old file first, so no line is lost.
+//!
+//! A write that fails (a full disk) loses what was buffered: the first failure
+//! says so in the log, the ones after it only count, and the first write that
+//! works again says how many lines were lost meanwhile, as one episode.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -32,6 +36,8 @@ pub struct AccessLog {
     pid: u32,
     /// The second and its common-log-format time, last formatted.
     clf: RefCell<(u64, String)>,
+    /// Lines and bytes lost since writing failed (`None`: it works).
+    lost: Cell<Option<(u64, u64)>>,
 }
 
 /// What a response's line needs from its request, taken when the request comes
@@ -86,6 +92,7 @@ impl AccessLog {
             buffer: RefCell::new(Vec::with_capacity(FLUSH_AT)),
             pid: std::process::id(),
             clf: RefCell::new((u64::MAX, String::new())),
+            lost: Cell::new(None),
         })
     }
 
@@ -192,8 +199,22 @@ impl AccessLog {
             Some(file) => file.write_all(&buffer),
             None => io::stderr().write_all(&buffer),
         };
-        if let Err(err) = written {
-            tracing::warn!("cannot write the access log: {err}; {} bytes of it lost", buffer.len());
+        let lines = || buffer.iter().filter(|byte| **byte == b'\n').count() as u64;
+        match (written, self.lost.get()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some((lines, bytes))) => {
+                self.lost.set(None);
+                tracing::warn!(
+                    "the access log is written again; {lines} lines ({bytes} bytes) were lost while it could not be"
+                );
+            }
+            (Err(err), None) => {
+                self.lost.set(Some((lines(), buffer.len() as u64)));
+                tracing::warn!(
+                    "cannot write the access log: {err}; its lines are lost until it can be written again (counted)"
+                );
+            }
+            (Err(_), Some((before, bytes))) => self.lost.set(Some((before + lines(), bytes + buffer.len() as u64))),
         }
         buffer.clear();
     }

@@ -102,3 +102,27 @@ fn a_thread_before_run_with_is_refused_with_the_fix() {
         "{err}"
     );
 }
+
+/// A pid file that cannot be written (its directory read-only, or missing) is
+/// a startup error, exit 1, naming the path and the cause, before anything is
+/// bound or forked: the control commands would find no master.
+#[test]
+fn a_pid_file_that_cannot_be_written_stops_the_start_with_exit_1() {
+    let read_only = Tmpfs::mount("read-only", "ro,size=64k");
+    let missing = tempdir("pid-missing").join("no/such/dir");
+    for (dir, cause) in [
+        (&read_only.0, "Read-only file system"),
+        (&missing, "No such file or directory"),
+    ] {
+        let path = dir.join("server.pid");
+        let command = command(
+            server_binary(),
+            &["--workers", "1", "--pid-file", path.to_str().unwrap()],
+        );
+        let (status, _, stderr) = run_to_exit(command, Duration::from_secs(10));
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        let expected = format!("prefork-server: cannot write the pid file {}: {cause}", path.display());
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(!stderr.contains("spawned"), "nothing started: {stderr}");
+    }
+}

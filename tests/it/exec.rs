@@ -578,3 +578,102 @@ fn http_settings_given_with_a_command_are_named_as_ignored() {
     }
     assert!(try_worker_pid(server.addr).is_some());
 }
+
+/// Processes whose command line is `sleep <marker>` (what a test's command started).
+fn sleeping(marker: &str) -> Vec<Pid> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| cmdline == format!("sleep\0{marker}\0").as_bytes())
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Parent pid and session of `pid`, from /proc/<pid>/stat.
+fn parent_and_session(pid: Pid) -> Option<(i32, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some((fields.get(1)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+/// A daemon (double fork and `setsid`: out of the command's process group and
+/// session) comes back to the master, which ends it when its command exits: a
+/// respawn does not add one, and a stop leaves none.
+#[test]
+fn a_daemon_a_command_leaves_goes_with_it() {
+    let marker = format!("{}.75", 3000 + std::process::id() % 1000);
+    let program = python(&format!(
+        "import subprocess\nsubprocess.run(['setsid', '--fork', 'sleep', '{marker}'], check=True)\n\
+         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
+         time.sleep(3600)\n"
+    ));
+    let mut server = exec_server(&["--workers", "1"], &program);
+    let first = eventually(Duration::from_secs(5), "the daemon started", || {
+        sleeping(&marker).first().copied()
+    });
+    // The master's children: the command, and the daemon it adopted.
+    let children = server.wait_for_workers(2, Duration::from_secs(5));
+    let command = *children.iter().find(|pid| **pid != first).unwrap();
+    let (parent, session) = parent_and_session(first).expect("the daemon's stat");
+    assert_eq!(
+        parent,
+        server.master.as_raw(),
+        "the orphaned daemon is the master's child"
+    );
+    assert_ne!(session, command.as_raw(), "it left the command's session and group");
+    nix::sys::signal::kill(command, Signal::SIGKILL).unwrap();
+    let second = eventually(
+        Duration::from_secs(10),
+        "the first daemon gone, the new command's running",
+        || {
+            let now = sleeping(&marker);
+            (now.len() == 1 && now[0] != first).then(|| now[0])
+        },
+    );
+    server.wait_for_log("left behind by the command pid", Duration::from_secs(5));
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    eventually(Duration::from_secs(2), "no daemon left after the stop", || {
+        sleeping(&marker).is_empty().then_some(())
+    });
+    assert!(!alive(second));
+}
+
+/// The notify socket's name cannot be taken ahead of the master: with the
+/// names a pid alone would give (`@prefork-server/<pid>/notify`) bound for the
+/// next 2,000 pids (the abstract namespace has no permissions: any user can),
+/// exec mode starts and its commands say `READY=1`.
+#[test]
+fn exec_mode_starts_while_the_pid_names_of_the_notify_socket_are_taken() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let last: i32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let taken = last + 1..last + 2001;
+    let squatters: Vec<UnixDatagram> = taken
+        .clone()
+        .filter_map(|pid| {
+            let name = format!("prefork-server/{pid}/notify");
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name).ok()?).ok()
+        })
+        .collect();
+    assert_eq!(squatters.len(), 2000);
+    let server = exec_server(
+        &["--workers", "2", "--exec-ready", "notify"],
+        &["python3", &script("hello.py")],
+    );
+    assert!(
+        taken.contains(&server.master.as_raw()),
+        "the master's pid {} was among those taken",
+        server.master
+    );
+    assert_eq!(pids_answering(&server, 10).len(), 2, "both commands serve");
+}

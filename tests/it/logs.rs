@@ -168,3 +168,48 @@ fn an_access_log_a_worker_cannot_open_is_a_boot_failure_with_the_cause() {
         "{err}"
     );
 }
+
+/// A full disk under the access log: one warning for the whole episode, however
+/// many writes fail, then one line when writing works again, with the count of
+/// lines lost.
+#[test]
+fn a_full_disk_under_the_access_log_is_one_warning_per_episode() {
+    use std::io::Write;
+    let disk = Tmpfs::mount("full-disk", "size=256k");
+    let log = disk.0.join("access.log");
+    let filler = disk.0.join("filler");
+    let server = Server::start(&["--workers", "1", "--access-log", log.to_str().unwrap()]);
+    // Fill the disk to the last byte.
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while file.write(&[0; 4096]).is_ok_and(|n| n > 0) {}
+    while file.write(&[0]).is_ok_and(|n| n > 0) {}
+    drop(file);
+    // Two seconds of requests: eight flushes or more, every one failing.
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(2) {
+        send_request(&mut stream, "GET", "/", true).unwrap();
+        assert_eq!(read_response(&mut stream).unwrap().status, 200);
+        sent += 1;
+    }
+    server.wait_for_log("cannot write the access log", Duration::from_secs(5));
+    std::fs::remove_file(&filler).unwrap();
+    send_request(&mut stream, "GET", "/", true).unwrap();
+    assert_eq!(read_response(&mut stream).unwrap().status, 200);
+    let resumed = server.wait_for_log("the access log is written again", Duration::from_secs(5));
+    let logs = server.logs();
+    assert_eq!(
+        logs.matches("cannot write the access log").count(),
+        1,
+        "one warning for {sent} requests:\n{logs}"
+    );
+    let lost: u64 = resumed
+        .split("again; ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the count of lines lost");
+    assert!(lost > 0 && lost <= sent, "{lost} of {sent} lines lost: {resumed}");
+    wait_for_lines(&log, 1);
+}

@@ -37,3 +37,30 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("create a temporary directory");
     dir
 }
+
+/// A small tmpfs of the test's own, unmounted when the test ends (failed or not).
+pub struct Tmpfs(pub std::path::PathBuf);
+
+impl Tmpfs {
+    /// Needs root (CI runs as root): `mount -t tmpfs -o size=SIZE`.
+    pub fn mount(name: &str, options: &str) -> Tmpfs {
+        let dir = tempdir(name);
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs", dir.to_str().unwrap()])
+            .status()
+            .expect("run mount");
+        assert!(
+            status.success(),
+            "mount a tmpfs at {} (this test needs root)",
+            dir.display()
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,69 @@
+//! Orphans: processes a worker or a command started that outlived their
+//! parent. The master is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so
+//! they become its children instead of init's, and it can end them: a daemon
+//! that a command forks and that calls `setsid` leaves the command's process
+//! group, which the master kills when the command exits, but not the
+//! master's family.
+//!
+//! Which command an orphan came from is read from its environment as it was
+//! executed (`/proc/<pid>/environ`): a command's descendants inherit the
+//! `LISTEN_PID` naming it. An orphan that rewrote its environment is not
+//! attributed; every orphan still there ends with the master.
+
+use nix::unistd::Pid;
+
+use super::process;
+
+/// Makes the orphaned descendants of this process its children.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// The live children of this process that `known` does not claim (they are
+/// not its workers, commands, admin process or successor): orphans adopted.
+/// (Zombies are left out: they are dead, and the next reap takes them.)
+pub fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+    let me = nix::unistd::getpid();
+    let mut children = Vec::new();
+    for task in process::tasks(me) {
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{task}/children")) else {
+            continue;
+        };
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    children.retain(|pid| !known(*pid) && !is_zombie(*pid));
+    children
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true; // gone already
+    };
+    stat.rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+}
+
+/// Whether `orphan` descends from the command that ran as `command`: its
+/// environment names it in `LISTEN_PID`.
+pub fn descends_from(orphan: Pid, command: Pid) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{orphan}/environ")) else {
+        return false;
+    };
+    let entry = format!("LISTEN_PID={command}");
+    environ.split(|byte| *byte == 0).any(|line| line == entry.as_bytes())
+}
+
+/// `orphan`'s command line, for the log (`sleep 3600`).
+pub fn command_line(orphan: Pid) -> String {
+    let cmdline = std::fs::read(format!("/proc/{orphan}/cmdline")).unwrap_or_default();
+    let words: Vec<_> = cmdline
+        .split(|byte| *byte == 0)
+        .filter(|word| !word.is_empty())
+        .map(String::from_utf8_lossy)
+        .collect();
+    words.join(" ")
+}
