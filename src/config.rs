@@ -171,7 +171,7 @@ pub struct Config {
     /// A new master not ready within this is stopped, and this one keeps serving.
     pub upgrade_timeout: Duration,
     /// Written with the master's pid once it is ready; follows the live master
-    /// across upgrades.
+    /// across upgrades. One that cannot be written stops the start (exit 1).
     pub pid_file: Option<PathBuf>,
     /// A worker that has served this many requests is replaced (0: never).
     pub max_requests: u64,
@@ -510,7 +510,7 @@ struct Settings {
     #[serde(default, deserialize_with = "duration")]
     upgrade_timeout: Option<Duration>,
 
-    /// Write the master's pid here once it is ready (and the new master's after an upgrade)
+    /// Write the master's pid here once it is ready (and the new master's after an upgrade); one that cannot be written stops the start (exit 1)
     #[arg(long, env = "PREFORK_PID_FILE", value_name = "FILE")]
     pid_file: Option<PathBuf>,
 

@@ -446,10 +446,15 @@ fn a_command_gets_its_socket_on_fd_3_and_nothing_else_of_the_master() {
         "LISTEN_FDNAMES=http".into(),
         "PREFORK_SLOT=0".into(),
         "PREFORK_GENERATION=1".into(),
-        format!("NOTIFY_SOCKET=@prefork-server/{}/notify", server.master),
     ] {
         assert!(environ.contains(&expected), "{expected} in {environ:?}");
     }
+    let prefix = format!("NOTIFY_SOCKET=@prefork-server/{}/notify-", server.master);
+    let notify = environ.iter().find_map(|pair| pair.strip_prefix(&prefix));
+    assert!(
+        notify.is_some_and(|random| random.len() == 32 && random.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{prefix}<32 hex digits> in {environ:?}"
+    );
 }
 
 /// The master believes only the worker itself (`SO_PASSCRED`): a `READY=1`
