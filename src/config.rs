@@ -234,7 +234,8 @@ impl Config {
             .unwrap_or_else(|err| ServerFlags::exit_on(err))
             .flags;
         Config::from_flags(flags).unwrap_or_else(|err| {
-            eprintln!("{}: {err}", program_name());
+            // Not `eprintln!`, which panics on a closed stderr: exit 2 says it.
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{}: {err}\n", program_name()));
             std::process::exit(2)
         })
     }
@@ -388,7 +389,7 @@ impl ServerFlags {
         let note = ServerFlags::environment_note(&err);
         let _ = err.print();
         if let Some(note) = note {
-            eprintln!("{note}");
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("{note}\n"));
         }
         std::process::exit(err.exit_code())
     }

@@ -115,6 +115,8 @@ struct Master<'a> {
     notices: Option<crate::sys::notices::Notices>,
     /// Exec mode: the process that serves `--admin`.
     admin_process: admin::AdminProcess,
+    /// The children the process had before the server ran (not orphans of its).
+    children_before: Vec<nix::unistd::Pid>,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -163,6 +165,7 @@ pub(crate) fn run(
         systemd: Systemd::new(Notifier::from_env(), now),
         notices: None,
         admin_process: admin::AdminProcess::default(),
+        children_before: Vec::new(),
     };
     master.adopt_orphans();
     master.fleet.pool.set_timeouts(master.timeouts());
@@ -363,16 +366,18 @@ impl Master<'_> {
         }
     }
 
-    /// Says in the log how many of its lines stderr did not take (see
-    /// `sys::output`), once it takes them again.
+    /// Says in the log how many of its lines stderr (or a `--log-file` pipe)
+    /// did not take at once (see `sys::output`); the next wakeup says it again
+    /// if this line is dropped too.
     fn report_dropped_output(&self) {
         let stderr = crate::sys::output::stderr();
-        if stderr.is_closed() {
-            return;
-        }
         let dropped = stderr.take_dropped();
-        if dropped > 0 {
+        if dropped > 0 && !stderr.is_closed() {
             warn!("master: {dropped} log lines dropped: stderr did not take them at once (its reader stalled)");
+        }
+        let dropped = crate::sys::logfile::take_dropped();
+        if dropped > 0 {
+            warn!("master: {dropped} log lines dropped: the --log-file pipe did not take them at once (its reader stalled)");
         }
     }
 

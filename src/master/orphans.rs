@@ -16,10 +16,20 @@ use crate::sys::process;
 const REAP_WITHIN: Duration = Duration::from_secs(1);
 
 impl Master<'_> {
-    /// Becomes the reaper of every orphaned descendant.
-    pub(super) fn adopt_orphans(&self) {
-        if let Err(errno) = orphans::become_subreaper() {
+    /// Becomes the reaper of every orphaned descendant, and notes the
+    /// children the process had before (a program that embeds the server may
+    /// have some): they are not orphans of the server's.
+    pub(super) fn adopt_orphans(&mut self) {
+        self.children_before = orphans::children();
+        if let Err(errno) = orphans::adopt(true) {
             warn!("master: cannot become a child subreaper ({errno}): a daemon a command leaves behind goes to init, out of reach");
+        }
+    }
+
+    /// After a handover: orphans from now on go where they would without this master.
+    pub(super) fn stop_adopting_orphans(&self) {
+        if let Err(errno) = orphans::adopt(false) {
+            warn!("master: cannot stop being a child subreaper ({errno})");
         }
     }
 
@@ -45,7 +55,7 @@ impl Master<'_> {
         }
         for orphan in &left {
             let line = orphans::command_line(*orphan);
-            info!("master: pid {orphan} (`{line}`), left behind by a worker: killed as the master exits");
+            info!("master: pid {orphan} (`{line}`), left behind (its parent exited): killed as the master exits");
             process::signal(*orphan, Sig::SIGKILL);
         }
         let deadline = Instant::now() + REAP_WITHIN;
@@ -57,8 +67,12 @@ impl Master<'_> {
         }
     }
 
-    /// A child the master started itself: a worker, the admin process, a new master.
+    /// A child the master started itself (a worker, the admin process, a new
+    /// master), or one the process had before the server ran.
     fn is_known_child(&self, pid: Pid) -> bool {
-        self.fleet.is_live(pid) || self.admin_process.pid() == Some(pid) || self.upgrade.pid() == Some(pid)
+        self.fleet.is_live(pid)
+            || self.admin_process.pid() == Some(pid)
+            || self.upgrade.pid() == Some(pid)
+            || self.children_before.contains(&pid)
     }
 }

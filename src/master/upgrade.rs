@@ -167,6 +167,10 @@ impl Master<'_> {
                     self.systemd
                         .send(&format!("MAINPID={pid}\nSTATUS=upgraded: pid {pid} is the master"));
                     self.upgrade = Upgrade::HandedOver(pid);
+                    // What the new master leaves behind from now on is its own
+                    // business: were this one still the subreaper, a master the
+                    // new one upgrades to would become this one's orphan.
+                    self.stop_adopting_orphans();
                     return self.begin_stop(Stop::Graceful);
                 }
                 Ok(0) => *closed = true,

@@ -3,10 +3,17 @@
 //! lines written after the reopen go to the new file and none is lost. Writes
 //! go through a mutex: the master is single-threaded, but a worker's service
 //! may log from its blocking pool.
+//!
+//! The file is opened non-blocking: that changes nothing for a file, and a
+//! path that names a pipe (a FIFO, `/dev/stderr`) is then never waited on, in
+//! the master as on its stderr (see `output`): a line the pipe does not take
+//! at once is dropped and counted.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tracing_subscriber::fmt::MakeWriter;
@@ -37,7 +44,19 @@ pub fn reopen() -> io::Result<()> {
 }
 
 fn append(path: &Path) -> io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Lines a pipe named by `--log-file` did not take at once.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Lines dropped since the last call.
+pub fn take_dropped() -> u64 {
+    DROPPED.swap(0, Relaxed)
 }
 
 impl LogFile {
@@ -52,7 +71,13 @@ pub struct Locked<'a>(MutexGuard<'a, File>);
 
 impl Write for Locked<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        match self.0.write(buf) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                DROPPED.fetch_add(1, Relaxed);
+                Ok(buf.len())
+            }
+            written => written,
+        }
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -111,14 +111,11 @@ impl Notices {
     }
 }
 
-/// 16 bytes from the kernel's random source, in hex.
+/// 16 bytes from the kernel's random source, in hex. (`/dev/urandom`, which
+/// never waits, even early in a boot before the pool is ready.)
 fn random_hex() -> io::Result<String> {
     let mut bytes = [0u8; 16];
-    // SAFETY: the buffer is valid for its length; getrandom(2) writes at most that.
-    let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    if usize::try_from(n).ok() != Some(bytes.len()) {
-        return Err(io::Error::other("getrandom gave too few bytes"));
-    }
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
 }
 

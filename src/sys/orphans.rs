@@ -8,21 +8,22 @@
 //! Which command an orphan came from is read from its environment as it was
 //! executed (`/proc/<pid>/environ`): a command's descendants inherit the
 //! `LISTEN_PID` naming it. An orphan that rewrote its environment is not
-//! attributed; every orphan still there ends with the master.
+//! attributed; every orphan still there ends with the master. A master
+//! stops adopting once it has handed over to a new one (USR2): what comes
+//! after is the new master's.
 
 use nix::unistd::Pid;
 
 use super::process;
 
-/// Makes the orphaned descendants of this process its children.
-pub fn become_subreaper() -> nix::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true)
+/// Makes the orphaned descendants of this process its children (`true`), or
+/// no longer (`false`).
+pub fn adopt(adopting: bool) -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(adopting)
 }
 
-/// The live children of this process that `known` does not claim (they are
-/// not its workers, commands, admin process or successor): orphans adopted.
-/// (Zombies are left out: they are dead, and the next reap takes them.)
-pub fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+/// The children of this process now (live or not).
+pub fn children() -> Vec<Pid> {
     let me = nix::unistd::getpid();
     let mut children = Vec::new();
     for task in process::tasks(me) {
@@ -35,7 +36,15 @@ pub fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
                 .map(Pid::from_raw),
         );
     }
-    children.retain(|pid| !known(*pid) && !is_zombie(*pid));
+    children
+}
+
+/// The live children of this process that `known` does not claim (they are
+/// not its workers, commands, admin process or successor): orphans adopted.
+/// (Zombies are left out: they are dead, and the next reap takes them.)
+pub fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+    let mut children = children();
+    children.retain(|pid| !known(*pid) && !is_zombie(*pid) && !is_a_master(*pid));
     children
 }
 
@@ -47,14 +56,24 @@ fn is_zombie(pid: Pid) -> bool {
         .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
 }
 
+/// A master started by an upgrade (its environment says which master it
+/// took over from), or one of its workers: never an orphan to end.
+fn is_a_master(pid: Pid) -> bool {
+    environment_has(pid, |entry| entry.starts_with(b"PREFORK_UPGRADE_FROM="))
+}
+
+fn environment_has(pid: Pid, wanted: impl Fn(&[u8]) -> bool) -> bool {
+    let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+        return false;
+    };
+    environ.split(|byte| *byte == 0).any(wanted)
+}
+
 /// Whether `orphan` descends from the command that ran as `command`: its
 /// environment names it in `LISTEN_PID`.
 pub fn descends_from(orphan: Pid, command: Pid) -> bool {
-    let Ok(environ) = std::fs::read(format!("/proc/{orphan}/environ")) else {
-        return false;
-    };
     let entry = format!("LISTEN_PID={command}");
-    environ.split(|byte| *byte == 0).any(|line| line == entry.as_bytes())
+    environment_has(orphan, |line| line == entry.as_bytes())
 }
 
 /// `orphan`'s command line, for the log (`sleep 3600`).

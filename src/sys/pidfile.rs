@@ -33,14 +33,25 @@ fn temporary(path: &Path, pid: u32) -> io::Result<std::path::PathBuf> {
     Ok(temporary)
 }
 
-/// A new file at `path` (never through a symlink), 0644, holding `pid`.
+/// A new file at `path` (never through a symlink), 0644, holding `pid`. One
+/// already there is a temporary left by a master of the same pid that died
+/// mid-write (pids repeat across boots): it is removed, and the write tried once more.
 fn write_new(path: &Path, pid: u32) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+    };
+    let mut file = match create() {
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            create()?
+        }
+        opened => opened?,
+    };
     // The mode above is masked by the umask; the pid file is 0644 whatever it is.
     file.set_permissions(Permissions::from_mode(0o644))?;
     file.write_all(format!("{pid}\n").as_bytes())
@@ -98,6 +109,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("prefork-pidfile-check-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        check(&dir.join("server.pid"), 4242).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
+        // A temporary a master of the same pid left (it died mid-write).
+        std::fs::write(dir.join(".server.pid.4242.tmp"), "stale").unwrap();
         check(&dir.join("server.pid"), 4242).unwrap();
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left");
         let missing = check(&dir.join("missing/server.pid"), 4242).unwrap_err();

@@ -38,6 +38,23 @@ pub struct AccessLog {
     clf: RefCell<(u64, String)>,
     /// Lines and bytes lost since writing failed (`None`: it works).
     lost: Cell<Option<(u64, u64)>>,
+    /// A failed write cut a line short: a newline is owed.
+    cut: Cell<bool>,
+}
+
+/// Writes `bytes` with `write` until done or it fails: how many were written,
+/// and the failure.
+fn write_what_it_takes(bytes: &[u8], write: &mut impl FnMut(&[u8]) -> io::Result<usize>) -> (usize, Option<io::Error>) {
+    let mut written = 0;
+    while written < bytes.len() {
+        match write(&bytes[written..]) {
+            Ok(0) => return (written, Some(io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return (written, Some(err)),
+        }
+    }
+    (written, None)
 }
 
 /// What a response's line needs from its request, taken when the request comes
@@ -93,6 +110,7 @@ impl AccessLog {
             pid: std::process::id(),
             clf: RefCell::new((u64::MAX, String::new())),
             lost: Cell::new(None),
+            cut: Cell::new(false),
         })
     }
 
@@ -195,26 +213,50 @@ impl AccessLog {
         if buffer.is_empty() {
             return;
         }
-        let written = match self.file.borrow_mut().as_mut() {
-            Some(file) => file.write_all(&buffer),
-            None => io::stderr().write_all(&buffer),
+        let mut file = self.file.borrow_mut();
+        let mut write = |bytes: &[u8]| match file.as_mut() {
+            Some(file) => file.write(bytes),
+            None => io::stderr().write(bytes),
         };
-        let lines = || buffer.iter().filter(|byte| **byte == b'\n').count() as u64;
-        match (written, self.lost.get()) {
-            (Ok(()), None) => {}
-            (Ok(()), Some((lines, bytes))) => {
+        // A line the last failure cut short is ended first: the next line
+        // starts on a line of its own.
+        if self.cut.get() && write(b"\n").is_ok_and(|n| n == 1) {
+            self.cut.set(false);
+        }
+        let (written, failed) = match self.cut.get() {
+            true => (0, Some(io::Error::other("the last line is still cut short"))),
+            false => write_what_it_takes(&buffer, &mut write),
+        };
+        match (failed, self.lost.get()) {
+            (None, None) => {}
+            (None, Some((lines, bytes))) => {
                 self.lost.set(None);
                 tracing::warn!(
                     "the access log is written again; {lines} lines ({bytes} bytes) were lost while it could not be"
                 );
             }
-            (Err(err), None) => {
-                self.lost.set(Some((lines(), buffer.len() as u64)));
-                tracing::warn!(
-                    "cannot write the access log: {err}; its lines are lost until it can be written again (counted)"
-                );
+            (Some(err), lost) => {
+                // Lines not written whole are lost (one cut short included).
+                let unwritten = &buffer[written..];
+                let lines = unwritten.iter().filter(|byte| **byte == b'\n').count() as u64;
+                let whole = buffer[..written]
+                    .iter()
+                    .rposition(|byte| *byte == b'\n')
+                    .map_or(0, |at| at + 1);
+                if written > whole {
+                    self.cut.set(true);
+                }
+                let bytes = (buffer.len() - whole) as u64;
+                match lost {
+                    None => {
+                        self.lost.set(Some((lines, bytes)));
+                        tracing::warn!(
+                            "cannot write the access log: {err}; its lines are lost until it can be written again (counted)"
+                        );
+                    }
+                    Some((before, before_bytes)) => self.lost.set(Some((before + lines, before_bytes + bytes))),
+                }
             }
-            (Err(_), Some((before, bytes))) => self.lost.set(Some((before + lines(), bytes + buffer.len() as u64))),
         }
         buffer.clear();
     }

@@ -140,8 +140,9 @@ pub struct Entry {
     asked_at: Cell<u32>,
     /// It has had a request (parking is for connections that have).
     pub(super) served: Cell<bool>,
-    /// HTTP/2: the streams whose requests are in flight.
-    pub(super) streams: Rc<Streams>,
+    /// HTTP/2: the streams whose requests are in flight (made once the
+    /// connection is known to speak it: an HTTP/1.1 connection allocates nothing).
+    pub(super) streams: std::cell::OnceCell<Rc<Streams>>,
     /// The connection task's waker, for the sweep to wake it.
     waker: RefCell<Option<Waker>>,
     /// HTTP/2: streams read the socket all the time, so a waiting read says
@@ -166,9 +167,9 @@ pub struct Limits {
     pub send: u32,
     /// With nothing in flight, before an HTTP/1.1 connection is parked.
     pub park: u32,
-    /// HTTP/2: with nothing in flight and no `DATA` written, how long a
-    /// connection asked to close may stay open before it is closed (its client
-    /// has not acknowledged the `GOAWAY`'s `PING`).
+    /// HTTP/2: with nothing in flight, how long a connection asked to close
+    /// whose client has not acknowledged the `GOAWAY`'s `PING` stays open
+    /// (after the idle timeout, a moment; during a drain, the send timeout).
     pub closing: u32,
 }
 
@@ -248,7 +249,7 @@ impl Connections {
             close: Cell::new(Close::No),
             asked_at: Cell::new(0),
             served: Cell::new(false),
-            streams: Rc::default(),
+            streams: std::cell::OnceCell::new(),
             waker: RefCell::new(None),
             h2: Cell::new(false),
             head_begun: Cell::new(false),
@@ -296,6 +297,11 @@ impl Connections {
             let h2 = entry.h2.get();
             let h1 = !h2;
             let stamps = &entry.stamps;
+            // HTTP/2: a stream stalled on flow control is reset, whatever else
+            // the connection is doing (a GOAWAY does not end its streams).
+            if let (Some(streams), true) = (entry.streams.get(), in_flight) {
+                streams.reset_stalled(now, stamps.data_sent(), limits.send);
+            }
             match entry.close.get() {
                 Close::No => {}
                 Close::Graceful => {
@@ -306,9 +312,6 @@ impl Connections {
                 }
                 Close::Now | Close::Reset | Close::Park => continue,
             }
-            if h2 && in_flight {
-                entry.streams.reset_stalled(now, stamps.data_sent(), limits.send);
-            }
             let how = match (stamps.write_blocked(), stamps.read_blocked()) {
                 (Some(since), _) if waited(since) > limits.send => Close::Reset,
                 (Some(_), _) => continue,
@@ -316,7 +319,9 @@ impl Connections {
                 (None, _) if h1 && in_flight && client_gone(entry.fd) => Close::Now,
                 // Not yet a request (still detecting its protocol, or its first
                 // head on the way), or idle keep-alive: the header read timeout.
-                (None, _) if !in_flight && waited(stamps.idle_since()) > limits.idle => match h1 {
+                // (HTTP/2: a response whose stream is done may still be on its
+                // way, from h2's buffers: a `DATA` frame written is not idle.)
+                (None, _) if !in_flight && waited(idle_since(entry)) > limits.idle => match h1 {
                     true => limits.idle_close,
                     // GOAWAY, then close: the client knows not to retry on it.
                     false => Close::Graceful,
@@ -358,11 +363,25 @@ impl Drop for Open {
     }
 }
 
+/// Since when a connection has had nothing in flight and (HTTP/2) sent nothing.
+fn idle_since(entry: &Entry) -> u32 {
+    let stamps = &entry.stamps;
+    let idle = stamps.idle_since();
+    match entry.h2.get() {
+        // The later of the two: the one waited for least.
+        true if stamps.now().wrapping_sub(stamps.data_sent()) < stamps.now().wrapping_sub(idle) => stamps.data_sent(),
+        _ => idle,
+    }
+}
+
 /// What the sweep does with a connection asked to close gracefully that is
-/// still open: a client that stopped reading is reset at the send timeout; an
-/// HTTP/2 connection with nothing left in flight and nothing written for
-/// `limits.closing` is closed (hyper would wait for the `PING` acknowledgement
-/// of its `GOAWAY` for ever). HTTP/1.1 closes by itself once idle.
+/// still open. A client that stopped reading is reset at the send timeout.
+/// HTTP/1.1 closes by itself once idle. HTTP/2, once nothing is in flight:
+/// hyper's `GOAWAY` came with a `PING`, and hyper closes the connection only
+/// when it is acknowledged (and what it still holds for the client is sent).
+/// A client that never acknowledges it is closed after `limits.closing`; one
+/// that did but takes nothing of what is queued for it (no `DATA` written) is
+/// closed at the send timeout.
 fn closing(entry: &Entry, waited: impl Fn(u32) -> u32, limits: Limits) -> Option<Close> {
     let stamps = &entry.stamps;
     match stamps.write_blocked() {
@@ -370,9 +389,14 @@ fn closing(entry: &Entry, waited: impl Fn(u32) -> u32, limits: Limits) -> Option
         Some(_) => return None,
         None => {}
     }
-    let quiet = waited(entry.asked_at.get()).min(waited(stamps.data_sent()));
-    let done = entry.h2.get() && entry.in_flight.get() == 0 && quiet > limits.closing;
-    done.then_some(Close::Now)
+    if !entry.h2.get() || entry.in_flight.get() > 0 {
+        return None;
+    }
+    let asked = waited(entry.asked_at.get());
+    let acknowledged = stamps.ping_acked().is_some_and(|at| waited(at) <= asked);
+    let quiet = asked.min(waited(stamps.data_sent()));
+    let limit = if acknowledged { limits.send } else { limits.closing };
+    (quiet > limit).then_some(Close::Now)
 }
 
 /// True if the client of a connection with a request in flight has closed it
@@ -493,6 +517,7 @@ pub async fn serve_connection<S: WorkerService>(
         }
         Protocol::Http2(read) => {
             entry.h2.set(true);
+            let _ = entry.streams.set(Rc::default());
             if entry.lifecycle.is_draining() && !entry.asked() {
                 // Taken from the queue during the drain: its GOAWAY is now.
                 entry.ask_to_close(Close::Graceful);

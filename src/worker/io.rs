@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::frames::{Frames, ENHANCE_YOUR_CALM};
+use super::frames::{Frames, Read as FramesRead, ENHANCE_YOUR_CALM};
 use crate::sys::scoreboard::Record;
 
 /// "Not waiting", for the blocked stamps. The clock skips it.
@@ -67,6 +67,9 @@ pub struct Stamps {
     /// HTTP/2: the `GOAWAY` error code to send as the socket closes ([`NONE`]:
     /// no `GOAWAY` of the worker's own; hyper's, if any, has been sent).
     goaway: AtomicU32,
+    /// HTTP/2: when the client last acknowledged a `PING` ([`NONE`]: never).
+    /// The worker's only `PING` is the one hyper sends with its `GOAWAY`.
+    ping_acked: AtomicU32,
 }
 
 impl Stamps {
@@ -79,7 +82,13 @@ impl Stamps {
             idle_since: AtomicU32::new(now),
             data_sent: AtomicU32::new(now),
             goaway: AtomicU32::new(NONE),
+            ping_acked: AtomicU32::new(NONE),
         }
+    }
+
+    /// HTTP/2: when the client last acknowledged a `PING`.
+    pub fn ping_acked(&self) -> Option<u32> {
+        Some(self.ping_acked.load(Relaxed)).filter(|at| *at != NONE)
     }
 
     /// The housekeeping tick now.
@@ -269,17 +278,41 @@ impl H2 {
     /// control-frame allowance.
     fn read(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self.frames.read(bytes, self.stamps.now()) {
-            Ok(()) => Ok(()),
+            Ok(FramesRead { ping_acked }) => {
+                if ping_acked {
+                    self.stamps.ping_acked.store(self.stamps.now(), Relaxed);
+                }
+                Ok(())
+            }
             Err(flood) => {
                 self.stamps.goaway_on_close(ENHANCE_YOUR_CALM);
                 Err(io::Error::other(format!(
-                    "HTTP/2 flood: {} control frames where {} were allowed",
-                    flood.control, flood.allowed
+                    "HTTP/2 flood: {} control frames in one read, with a balance of {}",
+                    flood.control, flood.balance
                 )))
             }
         }
     }
 
+    /// What was written (the first `n` bytes of `bufs`).
+    #[inline(never)]
+    fn written_vectored(&mut self, bufs: &[io::IoSlice<'_>], n: usize) {
+        let mut left = n;
+        let mut data = false;
+        for buf in bufs {
+            let part = left.min(buf.len());
+            data |= self.frames.written(&buf[..part]);
+            left -= part;
+            if left == 0 {
+                break;
+            }
+        }
+        if data {
+            self.stamps.data_sent.store(self.stamps.now(), Relaxed);
+        }
+    }
+
+    #[inline(never)]
     fn written(&mut self, bytes: &[u8]) {
         if self.frames.written(bytes) {
             self.stamps.data_sent.store(self.stamps.now(), Relaxed);
@@ -321,7 +354,8 @@ impl Io {
     }
 
     /// HTTP/2: reads into `buf`, and passes what was read through the frame
-    /// watch before hyper sees it.
+    /// watch before hyper sees it. (Out of line: the HTTP/1.1 path stays small.)
+    #[inline(never)]
     fn poll_read_h2(&mut self, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let Some(h2) = self.h2.as_mut() else {
             unreachable!("only called for HTTP/2")
@@ -402,15 +436,7 @@ impl Write for Io {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.stamps.wrote(&poll);
         if let (Some(h2), Poll::Ready(Ok(n))) = (self.h2.as_mut(), &poll) {
-            let mut left = *n;
-            for buf in bufs {
-                let part = left.min(buf.len());
-                h2.written(&buf[..part]);
-                left -= part;
-                if left == 0 {
-                    break;
-                }
-            }
+            h2.written_vectored(bufs, *n);
         }
         poll
     }

@@ -68,6 +68,12 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             }
             Admission::Refused(status) => Inner::Refused { status },
         };
+        if in_flight.2 != NO_STREAM {
+            // Last: hyper hands the executor this stream's task next (see `streams`).
+            if let Some(streams) = self.entry.streams.get() {
+                streams.called(in_flight.2);
+            }
+        }
         TrackedFuture {
             inner,
             in_flight: Some(in_flight),
@@ -149,13 +155,19 @@ const HOST_BYTE: [bool; 256] = {
 /// or when the request is abandoned) ends that, starts the idle clock, and
 /// writes the request's access log line, if there is an access log. On
 /// HTTP/2 it also holds the stream's place among those the sweep can reset.
-pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Option<usize>);
+pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Stream);
+
+/// An HTTP/2 stream's place among its connection's (see `streams`), or
+/// [`NO_STREAM`] for HTTP/1.1. (A `u32`, not an `Option<usize>`: it fits in
+/// the padding of a value hyper moves on every request.)
+type Stream = u32;
+const NO_STREAM: Stream = u32::MAX;
 
 impl InFlight {
     fn new(entry: Rc<Entry>, pending: Option<Box<Pending>>) -> InFlight {
         entry.in_flight.set(entry.in_flight.get() + 1);
         entry.served.set(true);
-        let stream = entry.h2.get().then(|| entry.streams.open());
+        let stream = entry.streams.get().map_or(NO_STREAM, |streams| streams.open());
         InFlight(entry, pending, stream)
     }
 
@@ -172,8 +184,10 @@ impl Drop for InFlight {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
         entry.stamps.idle_now();
-        if let Some(stream) = self.2 {
-            entry.streams.close(stream);
+        if self.2 != NO_STREAM {
+            if let Some(streams) = entry.streams.get() {
+                streams.close(self.2);
+            }
         }
         if let (Some(pending), Some(access_log)) = (&self.1, &entry.lifecycle.access_log) {
             access_log.log(pending);
@@ -288,6 +302,18 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
     response
 }
 
+/// HTTP/2: once the body yields a piece, hyper holds it until the stream has
+/// window for it; until hyper asks for the next, the response waits on the
+/// client (see `streams`). (Out of line: HTTP/1.1 never comes here.)
+#[inline(never)]
+fn held_by_hyper<D>(guard: &InFlight, polled: &Poll<Option<Result<Frame<D>, impl Sized>>>) {
+    let held = matches!(polled, Poll::Ready(Some(Ok(frame))) if frame.is_data());
+    let entry = &guard.0;
+    if let Some(streams) = entry.streams.get() {
+        streams.held(guard.2, held.then(|| entry.stamps.now()));
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body, holding its request in flight until it is done.
     pub struct TrackedBody<B: Body> {
@@ -310,13 +336,8 @@ where
         match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
             Ok(polled) => {
                 let guard = &*this.in_flight_guard;
-                if let Some(stream) = guard.2 {
-                    // HTTP/2: hyper holds this piece until the stream has window
-                    // for it; until it asks for the next, the response waits on
-                    // the client (see `streams`).
-                    let held = matches!(&polled, Poll::Ready(Some(Ok(frame))) if frame.is_data());
-                    let entry = &guard.0;
-                    entry.streams.held(stream, held.then(|| entry.stamps.now()));
+                if guard.2 != NO_STREAM {
+                    held_by_hyper(guard, &polled);
                 }
                 let polled = ready!(polled);
                 if let (Some(pending), Some(Ok(frame))) = (&mut this.in_flight_guard.1, &polled) {

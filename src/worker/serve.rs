@@ -114,8 +114,8 @@ pub async fn serve<S: WorkerApp>(
             None => u32::MAX,
         },
         // Idle past the header read timeout: its GOAWAY is out, and a request
-        // already on its way has had a tick to arrive.
-        closing: 1,
+        // already on its way has had a tick (a quarter second) to arrive.
+        closing: 0,
     };
     tokio::task::spawn_local(unpark(Rc::clone(&shared)));
     tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
@@ -183,7 +183,10 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     let draining = Limits {
         idle: ticks(IDLE_GRACE),
         idle_close: Close::Graceful,
-        closing: ticks(IDLE_GRACE),
+        // The drain's GOAWAY may find a client in the middle of a slow
+        // download, reading now and then: it has the send timeout to answer,
+        // as it has to take any write.
+        closing: serving.send,
         ..serving
     };
     let mut interval = tokio::time::interval(TICK);

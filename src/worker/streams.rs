@@ -12,9 +12,9 @@
 //! sends `RST_STREAM` (`CANCEL`) and frees what it buffered for the stream.
 //!
 //! The task is found through the executor: hyper calls the service for a new
-//! stream and, right after, gives the executor that stream's task. The call
-//! leaves the stream's place here in [`CALLED`], and [`LocalExec`] takes it
-//! with the task's abort handle.
+//! stream and, right after, gives the executor that stream's task. The call,
+//! once the service has returned, leaves the stream's place here in
+//! [`CALLED`], and [`LocalExec`] takes it with the task's abort handle.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -37,35 +37,45 @@ struct Stream {
 
 thread_local! {
     /// The stream whose service was just called, for the executor to give its task.
-    static CALLED: Cell<Option<(Rc<Streams>, usize)>> = const { Cell::new(None) };
+    static CALLED: Cell<Option<(Rc<Streams>, u32)>> = const { Cell::new(None) };
 }
 
 impl Streams {
     /// A request arrived on a new stream: its place, until [`Streams::close`].
-    pub fn open(self: &Rc<Self>) -> usize {
+    /// (At most `--h2-max-concurrent-streams` per connection, and `u32::MAX`
+    /// is no key: a `u32` holds them.)
+    pub fn open(&self) -> u32 {
         let key = self.0.borrow_mut().insert(Stream {
             held_since: None,
             task: None,
         });
+        u32::try_from(key).unwrap_or(u32::MAX - 1)
+    }
+
+    /// The service was called for stream `key`: the executor's next task is its.
+    pub fn called(self: &Rc<Self>, key: u32) {
         CALLED.set(Some((Rc::clone(self), key)));
-        key
     }
 
     /// The stream's response is done (or dropped).
-    pub fn close(&self, key: usize) {
-        self.0.borrow_mut().try_remove(key);
+    pub fn close(&self, key: u32) {
+        self.0.borrow_mut().try_remove(key as usize);
     }
 
     /// Hyper holds a piece of the response since `since`, or (`None`) it came back for more.
-    pub fn held(&self, key: usize, since: Option<u32>) {
-        if let Some(stream) = self.0.borrow_mut().get_mut(key) {
+    pub fn held(&self, key: u32, since: Option<u32>) {
+        if let Some(stream) = self.0.borrow_mut().get_mut(key as usize) {
             stream.held_since = since;
         }
     }
 
     /// Resets every stream whose response hyper has held for more than
     /// `limit` ticks (as of `now`), while the connection wrote no `DATA` frame
-    /// since `data_sent`. Returns how many.
+    /// since `data_sent`. Returns how many. (Progress is the connection's: a
+    /// stream the client trickles window to keeps the others too, at most
+    /// `--h2-max-concurrent-streams` of them, each holding one piece of its
+    /// response. Which stream a `DATA` frame is for is on the wire, but which
+    /// stream a response is for, hyper does not say.)
     pub fn reset_stalled(&self, now: u32, data_sent: u32, limit: u32) -> usize {
         let waited = |since: u32| now.wrapping_sub(since);
         if waited(data_sent) <= limit {
@@ -93,7 +103,7 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, future: F) {
         let task = tokio::task::spawn_local(future);
         if let Some((streams, key)) = CALLED.take() {
-            if let Some(stream) = streams.0.borrow_mut().get_mut(key) {
+            if let Some(stream) = streams.0.borrow_mut().get_mut(key as usize) {
                 stream.task = Some(task.abort_handle());
             }
         }

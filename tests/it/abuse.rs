@@ -26,8 +26,8 @@ fn preface_only_connections_are_closed_at_the_header_read_timeout() {
                         h2
                     }
                 };
-                // Nothing is answered but the server's SETTINGS: no PING
-                // acknowledged, no SETTINGS of ours acknowledged either.
+                // Nothing is answered but the server's SETTINGS: the PING that
+                // comes with the GOAWAY is never acknowledged.
                 let frames = h2.read_until(Duration::from_secs(10), |_| false);
                 (started.elapsed(), h2.closed, frames)
             })
@@ -108,7 +108,8 @@ fn window_update_and_priority_floods_end_in_goaway() {
     for (name, one) in floods {
         let mut h2 = RawH2::start(server.addr, &[]);
         if name.ends_with("on a stream") {
-            // A stream to update: a request whose response is held open.
+            // A stream to update (answered at once: h2 ignores updates to a
+            // stream it closed, and they cost it as much).
             h2.send(&request(1, "/")).unwrap();
         }
         let mut sender = h2.stream.try_clone().unwrap();
@@ -141,4 +142,95 @@ fn window_update_and_priority_floods_end_in_goaway() {
         assert_eq!(get(server.addr, "/").expect("served").status, 200);
     }
     server.wait_for_log("HTTP/2 flood", Duration::from_secs(5));
+}
+
+/// A download read slowly through a small window (64 KiB, given back whole
+/// once it is used up, as some clients do: over a second without a byte
+/// written) runs to its end on HTTP/2, past the header read timeout and past
+/// the drain's grace after a TERM: what h2 still holds for the client once the
+/// stream's task is done is not taken for idleness.
+#[test]
+fn a_slow_http2_download_runs_to_its_end_past_the_idle_and_drain_rules() {
+    const KIB: usize = 256;
+    const WINDOW: usize = 65_535;
+    const RATE: f64 = 50_000.0; // bytes a second
+    let mut server = Server::start_example(&["--workers", "1", "--header-read-timeout", "2s"]);
+    let mut h2 = RawH2::start(server.addr, &[]);
+    h2.send(&request(1, &format!("/bytes?kb={KIB}"))).unwrap();
+    let started = Instant::now();
+    let (mut got, mut unacknowledged, mut termed, mut goaway) = (0usize, 0usize, false, false);
+    loop {
+        let Some(frame) = h2.next_frame(Duration::from_secs(10)) else {
+            panic!(
+                "cut off after {got} bytes and {:?} (GOAWAY seen: {goaway})",
+                started.elapsed()
+            );
+        };
+        match frame.kind {
+            DATA if frame.stream == 1 => {
+                got += frame.payload.len();
+                unacknowledged += frame.payload.len();
+                if frame.flags & END_STREAM != 0 {
+                    break;
+                }
+                if unacknowledged >= WINDOW {
+                    // The client's pace: no faster than RATE, the window given back whole.
+                    let due = Duration::from_secs_f64(got as f64 / RATE);
+                    if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                        thread::sleep(ahead);
+                    }
+                    let update = (unacknowledged as u32).to_be_bytes();
+                    let mut both = self::frame(WINDOW_UPDATE, 0, 1, &update);
+                    both.extend(self::frame(WINDOW_UPDATE, 0, 0, &update));
+                    let _ = h2.send(&both);
+                    unacknowledged = 0;
+                }
+                if !termed && started.elapsed() > Duration::from_millis(2500) {
+                    server.signal(nix::sys::signal::Signal::SIGTERM);
+                    termed = true;
+                }
+            }
+            PING if frame.flags & ACK == 0 => {
+                if let Err(err) = h2.send(&self::frame(PING, ACK, 0, &frame.payload)) {
+                    panic!("PING acknowledged after {got} bytes and {:?}: {err}", started.elapsed());
+                }
+            }
+            GOAWAY => goaway = true,
+            _ => {}
+        }
+    }
+    assert_eq!(got, KIB * 1024, "the whole body");
+    assert!(
+        started.elapsed() > Duration::from_secs(4),
+        "read slowly: {:?}",
+        started.elapsed()
+    );
+    assert!(termed && goaway, "the drain's GOAWAY came during the download");
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A client that is sent the idle GOAWAY, never acknowledges its PING, and
+/// opens a stream it gives no window cannot hold the connection: the stream is
+/// reset at the send timeout and the connection closed.
+#[test]
+fn a_connection_asked_to_close_is_not_held_open_by_a_stream_without_window() {
+    let server = Server::start(&["--workers", "1", "--header-read-timeout", "2s", "--send-timeout", "2s"]);
+    let mut h2 = RawH2::start(server.addr, &[(SETTINGS_INITIAL_WINDOW_SIZE, 0)]);
+    let frames = h2.read_until(Duration::from_secs(5), |f| f.kind == GOAWAY);
+    assert!(frames.iter().any(|f| f.kind == GOAWAY), "the idle GOAWAY: {frames:?}");
+    let asked = Instant::now();
+    h2.send(&request(1, "/")).unwrap();
+    let frames = h2.read_until(Duration::from_secs(10), |_| false);
+    assert!(h2.closed, "closed: {frames:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "within the send timeout and the sweep: {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !frames
+            .iter()
+            .any(|f| f.kind == DATA && f.stream == 1 && !f.payload.is_empty()),
+        "no byte of the body: {frames:?}"
+    );
 }

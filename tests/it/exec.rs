@@ -662,9 +662,25 @@ fn exec_mode_starts_while_the_pid_names_of_the_notify_socket_are_taken() {
         .trim()
         .parse()
         .unwrap();
-    let taken = last + 1..last + 2001;
+    // The next 2,000 pids, wrapping at pid_max (to 300: the kernel's first
+    // pids are reserved).
+    let max: i32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let taken: Vec<i32> = (1..=2000)
+        .map(|n| {
+            let pid = last + n;
+            if pid >= max {
+                300 + (pid - max)
+            } else {
+                pid
+            }
+        })
+        .collect();
     let squatters: Vec<UnixDatagram> = taken
-        .clone()
+        .iter()
         .filter_map(|pid| {
             let name = format!("prefork-server/{pid}/notify");
             UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name).ok()?).ok()
@@ -681,4 +697,35 @@ fn exec_mode_starts_while_the_pid_names_of_the_notify_socket_are_taken() {
         server.master
     );
     assert_eq!(pids_answering(&server, 10).len(), 2, "both commands serve");
+}
+
+/// A daemon whose environment was cleared (`env -i`) cannot be told from
+/// whose command it came: it outlives its command, and ends with the master.
+#[test]
+fn a_daemon_without_its_environment_ends_with_the_master() {
+    let marker = format!("{}.85", 3000 + std::process::id() % 1000);
+    let program = python(&format!(
+        "import subprocess\nsubprocess.run(['env', '-i', 'setsid', '--fork', 'sleep', '{marker}'], check=True)\n\
+         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
+         time.sleep(3600)\n"
+    ));
+    let mut server = exec_server(&["--workers", "1"], &program);
+    let first = eventually(Duration::from_secs(5), "the daemon started", || {
+        sleeping(&marker).first().copied()
+    });
+    let children = server.wait_for_workers(2, Duration::from_secs(5));
+    let command = *children.iter().find(|pid| **pid != first).unwrap();
+    nix::sys::signal::kill(command, Signal::SIGKILL).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new command's daemon beside the first",
+        || (sleeping(&marker).len() == 2).then_some(()),
+    );
+    assert!(alive(first), "not attributed: it outlives its command");
+    server.signal(Signal::SIGTERM);
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+    server.wait_for_log("killed as the master exits", Duration::from_secs(2));
+    eventually(Duration::from_secs(2), "no daemon left after the stop", || {
+        sleeping(&marker).is_empty().then_some(())
+    });
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 
 use crate::load::Load;
 use crate::util::*;
@@ -511,4 +512,48 @@ fn scaling_up_and_back_down_keeps_the_split_even() {
     server.wait_for_log("reload complete", Duration::from_secs(20));
     server.wait_for_workers(2, Duration::from_secs(30));
     split();
+}
+
+/// Two upgrades in a row while the first old master still drains: the newest
+/// master is the orphan of the middle one, and the first must not take it for
+/// one of its own orphans when it exits. The newest serves on.
+#[test]
+fn a_second_upgrade_while_the_first_old_master_drains_leaves_the_newest_serving() {
+    let mut server = Server::start_example(&["--workers", "1", "--graceful-timeout", "20s"]);
+    let addr = server.addr;
+    // A request that keeps the first master's worker draining.
+    let slow = std::thread::spawn(move || get(addr, "/sleep?ms=5000"));
+    server.wait_for_log("sleeping 5000ms", Duration::from_secs(10));
+    let pid_in = |line: &str| -> Pid {
+        let pid = line.split("(pid ").nth(1).and_then(|rest| rest.split(')').next());
+        Pid::from_raw(pid.and_then(|n| n.parse().ok()).expect("a pid in the line"))
+    };
+    server.signal(Signal::SIGUSR2);
+    let second = pid_in(&server.wait_for_log("upgrade: the new master (pid ", Duration::from_secs(30)));
+    nix::sys::signal::kill(second, Signal::SIGUSR2).unwrap();
+    server.wait_for_log_count("upgrade: the new master (pid ", 2, Duration::from_secs(30));
+    let third = {
+        let logs = server.logs();
+        let line = logs
+            .lines()
+            .filter(|line| line.contains("upgrade: the new master (pid "))
+            .nth(1)
+            .expect("the second upgrade's line")
+            .to_owned();
+        pid_in(&line)
+    };
+    eventually(Duration::from_secs(20), "the second master gone", || {
+        (!alive(second)).then_some(())
+    });
+    let response = slow.join().unwrap().expect("the first master's request is answered");
+    assert_eq!(response.status, 200);
+    assert!(
+        server.wait_exit(Duration::from_secs(20)).success(),
+        "the first master exits 0"
+    );
+    server.master = third;
+    assert!(alive(third), "the newest master lives:\n{}", server.logs());
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/").expect("the newest master serves").status, 200);
+    }
 }

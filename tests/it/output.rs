@@ -2,7 +2,8 @@
 //! stalls, neither kills the master nor holds up supervision.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -49,15 +50,46 @@ fn a_closed_stdout_does_not_stop_the_master() {
 /// the reader reads again.
 #[test]
 fn a_stalled_stderr_does_not_hold_up_a_respawn() {
+    respawn_with_stderr_stalled(&[]);
+}
+
+/// The same where the master may not open the pipe again (it belongs to
+/// another user, as in a container with a `USER` or under `sudo -u`): the
+/// master runs as nobody, the pipe is root's.
+#[test]
+fn a_stalled_stderr_of_another_user_does_not_hold_up_a_respawn() {
+    respawn_with_stderr_stalled(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]);
+}
+
+/// Starts the server (through `wrapper`, if any) with a stderr pipe of the
+/// test's, fills the pipe, kills a worker and waits for its replacement
+/// without reading; then reads, and finds the count of dropped lines.
+fn respawn_with_stderr_stalled(wrapper: &[&str]) {
     let (read_end, write_end) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
-    let mut command = command(server_binary(), &["--workers", "2"]);
+    let args = ["--host", "127.0.0.1", "--port", "0", "--workers", "2"];
+    let mut command = match wrapper.split_first() {
+        None => bare_command(server_binary(), &args),
+        Some((program, flags)) => {
+            let mut all: Vec<&str> = flags.to_vec();
+            let binary = server_binary();
+            all.push(binary.to_str().unwrap());
+            all.extend(args);
+            bare_command(program.into(), &all)
+        }
+    };
     command.stderr(Stdio::from(write_end.try_clone().unwrap()));
     let server = Server::start_command(command);
     let mut logs = String::new();
     drain(&read_end, &mut logs);
-    // The reader stalls: fill the pipe to the brim.
-    let filler = std::fs::File::from(write_end);
-    nix::fcntl::fcntl(&filler, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    // The reader stalls: fill the pipe to the brim, through a description of
+    // the test's own (the master's and the workers' stay blocking, as they were
+    // given).
+    let filler = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{}", write_end.as_raw_fd()))
+        .expect("open the pipe again");
+    drop(write_end);
     let mut filled = 0;
     loop {
         match (&filler).write(&[0; 4096]) {
@@ -80,7 +112,7 @@ fn a_stalled_stderr_does_not_hold_up_a_respawn() {
         (&filler).write(&[0]).map_err(|e| e.kind()).unwrap_err(),
         ErrorKind::WouldBlock
     );
-    eprintln!("respawned {respawned:?} after the SIGKILL, stderr full");
+    eprintln!("respawned {respawned:?} after the SIGKILL, stderr full ({wrapper:?})");
     // The reader reads again: the master says what it dropped.
     eventually(Duration::from_secs(10), "the count of dropped log lines", || {
         drain(&read_end, &mut logs);

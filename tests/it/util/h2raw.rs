@@ -13,6 +13,7 @@ pub const PRIORITY: u8 = 0x2;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
+pub const PING: u8 = 0x6;
 pub const WINDOW_UPDATE: u8 = 0x8;
 
 pub const END_STREAM: u8 = 0x1;
@@ -137,6 +138,17 @@ impl RawH2 {
             frames.push(frame);
         }
         frames
+    }
+
+    /// The next frame, within `within` (`SETTINGS` acknowledged as they
+    /// come); `None` if the server closed first or nothing came in time.
+    pub fn next_frame(&mut self, within: Duration) -> Option<Frame> {
+        let mut next = None;
+        self.read_until(within, |frame| {
+            next = Some(frame.clone());
+            true
+        });
+        next
     }
 
     fn next_buffered(&mut self) -> Option<Frame> {
