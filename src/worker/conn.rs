@@ -14,9 +14,11 @@
 //!   (a client that stopped reading; one that reads slowly is served to the end);
 //! - a request in flight whose client has gone (end of file or reset);
 //! - HTTP/2: a response that has waited on flow control for longer than the
-//!   send timeout (its stream is reset, see `streams`), and a connection asked
-//!   to close that does not (its client does not acknowledge the `GOAWAY`):
-//!   closed, with a `GOAWAY` of the worker's own, once nothing is in flight.
+//!   send timeout (its stream is reset, see `streams`), and a drained
+//!   connection that does not close (its client does not acknowledge the
+//!   `GOAWAY`'s `PING`, or takes nothing of what is queued for it): closed at
+//!   the send timeout, once nothing is in flight. An idle HTTP/2 connection
+//!   ends with a `GOAWAY` of the worker's own (see `frames`), then at once.
 //!
 //! A connection is closed before its first request only by the header read
 //! timeout: clients that open connections ahead of need (a browser's
@@ -167,10 +169,6 @@ pub struct Limits {
     pub send: u32,
     /// With nothing in flight, before an HTTP/1.1 connection is parked.
     pub park: u32,
-    /// HTTP/2: with nothing in flight, how long a connection asked to close
-    /// whose client has not acknowledged the `GOAWAY`'s `PING` stays open
-    /// (after the idle timeout, a moment; during a drain, the send timeout).
-    pub closing: u32,
 }
 
 /// How the sweep closes a connection.
@@ -323,7 +321,11 @@ impl Connections {
                 // way, from h2's buffers: a `DATA` frame written is not idle.)
                 (None, _) if !in_flight && waited(idle_since(entry)) > limits.idle => match h1 {
                     true => limits.idle_close,
-                    // GOAWAY, then close: the client knows not to retry on it.
+                    // HTTP/2: a GOAWAY naming the last stream taken, then the
+                    // close, as nginx and Go's server do. (Not hyper's graceful
+                    // close, whose GOAWAY comes with a PING: python-h2, and so
+                    // httpx, fails the next request on a connection that got one.)
+                    false if limits.idle_close == Close::Now => Close::Now,
                     false => Close::Graceful,
                 },
                 (None, _)
@@ -374,14 +376,14 @@ fn idle_since(entry: &Entry) -> u32 {
     }
 }
 
-/// What the sweep does with a connection asked to close gracefully that is
-/// still open. A client that stopped reading is reset at the send timeout.
-/// HTTP/1.1 closes by itself once idle. HTTP/2, once nothing is in flight:
-/// hyper's `GOAWAY` came with a `PING`, and hyper closes the connection only
-/// when it is acknowledged (and what it still holds for the client is sent).
-/// A client that never acknowledges it is closed after `limits.closing`; one
-/// that did but takes nothing of what is queued for it (no `DATA` written) is
-/// closed at the send timeout.
+/// What the sweep does with a connection asked to close gracefully (the
+/// drain) that is still open. A client that stopped reading is reset at the
+/// send timeout. HTTP/1.1 closes by itself once idle. HTTP/2, once nothing is
+/// in flight: hyper's `GOAWAY` came with a `PING`, and hyper closes the
+/// connection only when the `PING` is acknowledged and what it still holds for
+/// the client is sent. A client has the send timeout to do that, as it has to
+/// take any write: one that does not (it never acknowledges, or it takes
+/// nothing of what is queued for it) is closed then.
 fn closing(entry: &Entry, waited: impl Fn(u32) -> u32, limits: Limits) -> Option<Close> {
     let stamps = &entry.stamps;
     match stamps.write_blocked() {
@@ -392,11 +394,8 @@ fn closing(entry: &Entry, waited: impl Fn(u32) -> u32, limits: Limits) -> Option
     if !entry.h2.get() || entry.in_flight.get() > 0 {
         return None;
     }
-    let asked = waited(entry.asked_at.get());
-    let acknowledged = stamps.ping_acked().is_some_and(|at| waited(at) <= asked);
-    let quiet = asked.min(waited(stamps.data_sent()));
-    let limit = if acknowledged { limits.send } else { limits.closing };
-    (quiet > limit).then_some(Close::Now)
+    let quiet = waited(entry.asked_at.get()).min(waited(stamps.data_sent()));
+    (quiet > limits.send).then_some(Close::Now)
 }
 
 /// True if the client of a connection with a request in flight has closed it

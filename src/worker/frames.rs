@@ -13,7 +13,6 @@
 //!   resets and nginx for its "http2 flood detected".
 //! - **The last stream**, so the worker's own `GOAWAY` names the last request
 //!   it took, and never a later one than hyper's own `GOAWAY` named.
-//! - **`PING` acknowledgements**: hyper's graceful close waits for one.
 //! - **Frame boundaries of what was written**, so that the worker writes its
 //!   `GOAWAY` only between two of hyper's frames, never inside one.
 //! - **Whether a `DATA` frame was written**, for the sweep: a response that
@@ -27,9 +26,11 @@ const MOST_BALANCE: i64 = 10_000;
 /// What each request (a `HEADERS` frame) earns: its `PRIORITY`, its
 /// `RST_STREAM`, `WINDOW_UPDATE`s for its body.
 const PER_REQUEST: i64 = 4;
-/// What each `DATA` frame the server sends earns: the stream's and the
-/// connection's `WINDOW_UPDATE`, for a client that acknowledges every frame.
-const PER_DATA_SENT: i64 = 2;
+/// What each KiB of `DATA` the server sends earns (a frame earns at least
+/// this): the stream's and the connection's `WINDOW_UPDATE`, for a client that
+/// gives the window back a KiB at a time (Go's gives it back at every 4 KiB
+/// read, 8 frames a 16 KiB frame).
+const PER_KIB_SENT: i64 = 2;
 /// What each housekeeping tick (a quarter second) earns: the keep-alive
 /// `PING`s of a long-lived connection (gRPC) never run out.
 const PER_TICK: i64 = 1;
@@ -45,11 +46,9 @@ pub const NO_ERROR: u32 = 0x0;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
-const PING: u8 = 0x6;
 const GOAWAY: u8 = 0x7;
 const CONTINUATION: u8 = 0x9;
 const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
 
 /// One frame's header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -171,13 +170,6 @@ pub struct Frames {
     last_tick: u32,
 }
 
-/// What a read said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Read {
-    /// It held a `PING` acknowledgement.
-    pub ping_acked: bool,
-}
-
 /// The client overdrew its control-frame balance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flood {
@@ -203,8 +195,8 @@ impl Frames {
     /// Bytes read from the client, at tick `now`. `Err` once it has overdrawn
     /// its balance: the connection is to end with `ENHANCE_YOUR_CALM` (and
     /// these bytes are not for hyper).
-    pub fn read(&mut self, bytes: &[u8], now: u32) -> Result<Read, Flood> {
-        let (mut control, mut earned, mut last, mut read) = (0i64, 0i64, self.last_stream, Read::default());
+    pub fn read(&mut self, bytes: &[u8], now: u32) -> Result<(), Flood> {
+        let (mut control, mut earned, mut last) = (0i64, 0i64, self.last_stream);
         self.read.feed(bytes, |found| {
             let Found::Head(head) = found else { return };
             match head.kind {
@@ -214,10 +206,6 @@ impl Frames {
                 }
                 DATA if head.length > 0 || head.flags & END_STREAM != 0 => {}
                 CONTINUATION | GOAWAY | PUSH_PROMISE => {}
-                PING if head.flags & ACK != 0 => {
-                    read.ping_acked = true;
-                    control += 1;
-                }
                 _ => control += 1,
             }
         });
@@ -232,20 +220,20 @@ impl Frames {
             });
         }
         self.last_stream = last;
-        Ok(read)
+        Ok(())
     }
 
     /// Bytes written to the client; true if they held a `DATA` frame with a payload.
     pub fn written(&mut self, bytes: &[u8]) -> bool {
-        let (mut data, mut named) = (0, self.goaway_named);
+        let (mut kib, mut named) = (0, self.goaway_named);
         self.written.feed(bytes, |found| match found {
-            Found::Head(head) if head.kind == DATA && head.length > 0 => data += 1,
+            Found::Head(head) if head.kind == DATA && head.length > 0 => kib += i64::from(head.length.div_ceil(1024)),
             Found::Head(_) => {}
             Found::GoawayLastStream(last) => named = named.min(last),
         });
         self.goaway_named = named;
-        self.balance = (self.balance + PER_DATA_SENT * data).min(MOST_BALANCE);
-        data > 0
+        self.balance = (self.balance + PER_KIB_SENT * kib).min(MOST_BALANCE);
+        kib > 0
     }
 
     /// The `GOAWAY` frame that ends this connection with `code`, if one can be
@@ -285,15 +273,13 @@ mod tests {
         stream.extend(frame(0x4, 0, 0, &[0; 6])); // SETTINGS
         stream.extend(frame(HEADERS, 0x5, 7, &[0x82, 0x86, 0x84]));
         stream.extend(frame(WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]));
-        stream.extend(frame(PING, ACK, 0, &[0; 8]));
+        stream.extend(frame(0x6, 0x1, 0, &[0; 8])); // PING ACK
         for piece in [1, 2, 5, 9, 1000] {
             let mut frames = Frames::new(0);
-            let mut acked = false;
             for chunk in stream.chunks(piece) {
-                acked |= frames.read(chunk, 0).unwrap().ping_acked;
+                frames.read(chunk, 0).unwrap();
             }
             assert_eq!(frames.last_stream, 7, "pieces of {piece}");
-            assert!(acked, "pieces of {piece}");
             let spent = OPENING_BALANCE + PER_REQUEST - frames.balance;
             assert_eq!(spent, 3, "SETTINGS, WINDOW_UPDATE and the PING, pieces of {piece}");
         }
@@ -318,7 +304,7 @@ mod tests {
             !frames.written(&frame(DATA, END_STREAM, 1, b"")),
             "an empty DATA earns nothing"
         );
-        for _ in 0..OPENING_BALANCE + PER_REQUEST + PER_DATA_SENT {
+        for _ in 0..OPENING_BALANCE + PER_REQUEST + PER_KIB_SENT {
             frames.read(&update, 0).unwrap();
         }
         assert!(frames.read(&update, 0).is_err());
@@ -327,6 +313,23 @@ mod tests {
             frames.read(&update, 0).unwrap();
         }
         assert!(frames.read(&update, 10).is_ok(), "ten ticks later, ten more");
+    }
+
+    #[test]
+    fn go_giving_the_window_back_every_4_kib_is_no_flood() {
+        // Go's client: a stream and a connection WINDOW_UPDATE per 4 KiB read.
+        let mut updates = frame(WINDOW_UPDATE, 0, 1, &4096u32.to_be_bytes());
+        updates.extend(frame(WINDOW_UPDATE, 0, 0, &4096u32.to_be_bytes()));
+        let data = frame(DATA, 0, 1, &[7; 16384]);
+        let mut frames = Frames::new(0);
+        frames.read(PREFACE, 0).unwrap();
+        frames.read(&frame(HEADERS, 0x5, 1, &[0x82]), 0).unwrap();
+        for _ in 0..100_000 {
+            frames.written(&data);
+            for _ in 0..4 {
+                frames.read(&updates, 0).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use super::frames::{Frames, Read as FramesRead, ENHANCE_YOUR_CALM};
+use super::frames::{Frames, ENHANCE_YOUR_CALM};
 use crate::sys::scoreboard::Record;
 
 /// "Not waiting", for the blocked stamps. The clock skips it.
@@ -67,9 +67,6 @@ pub struct Stamps {
     /// HTTP/2: the `GOAWAY` error code to send as the socket closes ([`NONE`]:
     /// no `GOAWAY` of the worker's own; hyper's, if any, has been sent).
     goaway: AtomicU32,
-    /// HTTP/2: when the client last acknowledged a `PING` ([`NONE`]: never).
-    /// The worker's only `PING` is the one hyper sends with its `GOAWAY`.
-    ping_acked: AtomicU32,
 }
 
 impl Stamps {
@@ -82,13 +79,7 @@ impl Stamps {
             idle_since: AtomicU32::new(now),
             data_sent: AtomicU32::new(now),
             goaway: AtomicU32::new(NONE),
-            ping_acked: AtomicU32::new(NONE),
         }
-    }
-
-    /// HTTP/2: when the client last acknowledged a `PING`.
-    pub fn ping_acked(&self) -> Option<u32> {
-        Some(self.ping_acked.load(Relaxed)).filter(|at| *at != NONE)
     }
 
     /// The housekeeping tick now.
@@ -278,12 +269,7 @@ impl H2 {
     /// control-frame allowance.
     fn read(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self.frames.read(bytes, self.stamps.now()) {
-            Ok(FramesRead { ping_acked }) => {
-                if ping_acked {
-                    self.stamps.ping_acked.store(self.stamps.now(), Relaxed);
-                }
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(flood) => {
                 self.stamps.goaway_on_close(ENHANCE_YOUR_CALM);
                 Err(io::Error::other(format!(

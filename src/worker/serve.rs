@@ -113,9 +113,6 @@ pub async fn serve<S: WorkerApp>(
             Some(_) => ticks(PARK_AFTER),
             None => u32::MAX,
         },
-        // Idle past the header read timeout: its GOAWAY is out, and a request
-        // already on its way has had a tick (a quarter second) to arrive.
-        closing: 0,
     };
     tokio::task::spawn_local(unpark(Rc::clone(&shared)));
     tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
@@ -183,10 +180,6 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     let draining = Limits {
         idle: ticks(IDLE_GRACE),
         idle_close: Close::Graceful,
-        // The drain's GOAWAY may find a client in the middle of a slow
-        // download, reading now and then: it has the send timeout to answer,
-        // as it has to take any write.
-        closing: serving.send,
         ..serving
     };
     let mut interval = tokio::time::interval(TICK);
