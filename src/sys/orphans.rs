@@ -24,19 +24,7 @@ pub fn adopt(adopting: bool) -> nix::Result<()> {
 
 /// The children of this process now (live or not).
 pub fn children() -> Vec<Pid> {
-    let me = nix::unistd::getpid();
-    let mut children = Vec::new();
-    for task in process::tasks(me) {
-        let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{task}/children")) else {
-            continue;
-        };
-        children.extend(
-            list.split_whitespace()
-                .filter_map(|n| n.parse().ok())
-                .map(Pid::from_raw),
-        );
-    }
-    children
+    process::children(nix::unistd::getpid())
 }
 
 /// The live children of this process that `known` does not claim (they are

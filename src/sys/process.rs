@@ -100,20 +100,26 @@ pub fn family(pid: Pid, most: usize) -> Vec<Pid> {
     while next < found.len() && found.len() < most {
         let parent = found[next];
         next += 1;
-        for task in tasks(parent) {
-            let Ok(children) = std::fs::read_to_string(format!("/proc/{parent}/task/{task}/children")) else {
-                continue;
-            };
-            found.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .map(Pid::from_raw),
-            );
-        }
+        found.extend(children(parent));
     }
     found.truncate(most);
     found
+}
+
+/// The children of `parent` (live or not), from `/proc/<pid>/task/<tid>/children`.
+pub fn children(parent: Pid) -> Vec<Pid> {
+    let mut children = Vec::new();
+    for task in tasks(parent) {
+        let Ok(list) = std::fs::read_to_string(format!("/proc/{parent}/task/{task}/children")) else {
+            continue;
+        };
+        children.extend(
+            list.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .map(Pid::from_raw),
+        );
+    }
+    children
 }
 
 /// The thread ids of `pid` (`/proc/<pid>/task`).

@@ -319,14 +319,14 @@ impl Connections {
                 // head on the way), or idle keep-alive: the header read timeout.
                 // (HTTP/2: a response whose stream is done may still be on its
                 // way, from h2's buffers: a `DATA` frame written is not idle.)
-                (None, _) if !in_flight && waited(idle_since(entry)) > limits.idle => match h1 {
+                (None, _) if !in_flight && waited(idle_since(entry, waited)) > limits.idle => match h1 {
                     true => limits.idle_close,
-                    // HTTP/2: a GOAWAY naming the last stream taken, then the
-                    // close, as nginx and Go's server do. (Not hyper's graceful
-                    // close, whose GOAWAY comes with a PING: python-h2, and so
-                    // httpx, fails the next request on a connection that got one.)
-                    false if limits.idle_close == Close::Now => Close::Now,
-                    false => Close::Graceful,
+                    // HTTP/2 (a drained one was asked at the drain's start): a
+                    // GOAWAY naming the last stream taken, then the close, as
+                    // nginx and Go's server do. (Not hyper's graceful close,
+                    // whose GOAWAY comes with a PING: python-h2, and so httpx,
+                    // fails the next request on a connection that got one.)
+                    false => Close::Now,
                 },
                 (None, _)
                     if h1
@@ -366,13 +366,12 @@ impl Drop for Open {
 }
 
 /// Since when a connection has had nothing in flight and (HTTP/2) sent nothing.
-fn idle_since(entry: &Entry) -> u32 {
-    let stamps = &entry.stamps;
-    let idle = stamps.idle_since();
-    match entry.h2.get() {
-        // The later of the two: the one waited for least.
-        true if stamps.now().wrapping_sub(stamps.data_sent()) < stamps.now().wrapping_sub(idle) => stamps.data_sent(),
-        _ => idle,
+fn idle_since(entry: &Entry, waited: impl Fn(u32) -> u32) -> u32 {
+    let (idle, sent) = (entry.stamps.idle_since(), entry.stamps.data_sent());
+    // The later of the two: the one waited for least.
+    match entry.h2.get() && waited(sent) < waited(idle) {
+        true => sent,
+        false => idle,
     }
 }
 

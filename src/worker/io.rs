@@ -293,14 +293,18 @@ impl H2 {
                 break;
             }
         }
-        if data {
-            self.stamps.data_sent.store(self.stamps.now(), Relaxed);
-        }
+        self.sent(data);
     }
 
     #[inline(never)]
     fn written(&mut self, bytes: &[u8]) {
-        if self.frames.written(bytes) {
+        let data = self.frames.written(bytes);
+        self.sent(data);
+    }
+
+    /// Stamps `DATA` written, if `data`.
+    fn sent(&self, data: bool) {
+        if data {
             self.stamps.data_sent.store(self.stamps.now(), Relaxed);
         }
     }

@@ -215,17 +215,7 @@ fn a_commands_own_children_are_gone_after_a_stop() {
          time.sleep(3600)\n"
     ));
     let mut server = exec_server(&["--workers", "2"], &program);
-    let sleeps = || -> Vec<Pid> {
-        std::fs::read_dir("/proc")
-            .unwrap()
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|cmdline| cmdline == format!("sleep\0{marker}\0").as_bytes())
-            })
-            .map(Pid::from_raw)
-            .collect()
-    };
+    let sleeps = || sleeping(&marker);
     eventually(Duration::from_secs(5), "both grandchildren started", || {
         (sleeps().len() == 2).then_some(())
     });
@@ -607,21 +597,28 @@ fn parent_and_session(pid: Pid) -> Option<(i32, i32)> {
 /// A daemon (double fork and `setsid`: out of the command's process group and
 /// session) comes back to the master, which ends it when its command exits: a
 /// respawn does not add one, and a stop leaves none.
-#[test]
-fn a_daemon_a_command_leaves_goes_with_it() {
-    let marker = format!("{}.75", 3000 + std::process::id() % 1000);
+/// One worker whose command starts `sleep <marker>` as a daemon through
+/// `launcher` (`setsid --fork`, say) and then serves: the server, the daemon
+/// and the command (the master's two children).
+fn server_with_a_daemon(marker: &str, launcher: &str) -> (Server, Pid, Pid) {
     let program = python(&format!(
-        "import subprocess\nsubprocess.run(['setsid', '--fork', 'sleep', '{marker}'], check=True)\n\
+        "import subprocess\nsubprocess.run([{launcher}, 'sleep', '{marker}'], check=True)\n\
          signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
          time.sleep(3600)\n"
     ));
-    let mut server = exec_server(&["--workers", "1"], &program);
-    let first = eventually(Duration::from_secs(5), "the daemon started", || {
-        sleeping(&marker).first().copied()
+    let server = exec_server(&["--workers", "1"], &program);
+    let daemon = eventually(Duration::from_secs(5), "the daemon started", || {
+        sleeping(marker).first().copied()
     });
-    // The master's children: the command, and the daemon it adopted.
     let children = server.wait_for_workers(2, Duration::from_secs(5));
-    let command = *children.iter().find(|pid| **pid != first).unwrap();
+    let command = *children.iter().find(|pid| **pid != daemon).unwrap();
+    (server, daemon, command)
+}
+
+#[test]
+fn a_daemon_a_command_leaves_goes_with_it() {
+    let marker = format!("{}.75", 3000 + std::process::id() % 1000);
+    let (mut server, first, command) = server_with_a_daemon(&marker, "'setsid', '--fork'");
     let (parent, session) = parent_and_session(first).expect("the daemon's stat");
     assert_eq!(
         parent,
@@ -704,17 +701,7 @@ fn exec_mode_starts_while_the_pid_names_of_the_notify_socket_are_taken() {
 #[test]
 fn a_daemon_without_its_environment_ends_with_the_master() {
     let marker = format!("{}.85", 3000 + std::process::id() % 1000);
-    let program = python(&format!(
-        "import subprocess\nsubprocess.run(['env', '-i', 'setsid', '--fork', 'sleep', '{marker}'], check=True)\n\
-         signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
-         time.sleep(3600)\n"
-    ));
-    let mut server = exec_server(&["--workers", "1"], &program);
-    let first = eventually(Duration::from_secs(5), "the daemon started", || {
-        sleeping(&marker).first().copied()
-    });
-    let children = server.wait_for_workers(2, Duration::from_secs(5));
-    let command = *children.iter().find(|pid| **pid != first).unwrap();
+    let (mut server, first, command) = server_with_a_daemon(&marker, "'env', '-i', 'setsid', '--fork'");
     nix::sys::signal::kill(command, Signal::SIGKILL).unwrap();
     eventually(
         Duration::from_secs(10),

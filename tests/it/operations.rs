@@ -5,7 +5,6 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use nix::unistd::Pid;
 
 use crate::load::Load;
 use crate::util::*;
@@ -524,12 +523,8 @@ fn a_second_upgrade_while_the_first_old_master_drains_leaves_the_newest_serving(
     // A request that keeps the first master's worker draining.
     let slow = std::thread::spawn(move || get(addr, "/sleep?ms=5000"));
     server.wait_for_log("sleeping 5000ms", Duration::from_secs(10));
-    let pid_in = |line: &str| -> Pid {
-        let pid = line.split("(pid ").nth(1).and_then(|rest| rest.split(')').next());
-        Pid::from_raw(pid.and_then(|n| n.parse().ok()).expect("a pid in the line"))
-    };
     server.signal(Signal::SIGUSR2);
-    let second = pid_in(&server.wait_for_log("upgrade: the new master (pid ", Duration::from_secs(30)));
+    let second = pid_in(&server.wait_for_log("upgrade: the new master (pid ", Duration::from_secs(30))).unwrap();
     nix::sys::signal::kill(second, Signal::SIGUSR2).unwrap();
     server.wait_for_log_count("upgrade: the new master (pid ", 2, Duration::from_secs(30));
     let third = {
@@ -540,7 +535,7 @@ fn a_second_upgrade_while_the_first_old_master_drains_leaves_the_newest_serving(
             .nth(1)
             .expect("the second upgrade's line")
             .to_owned();
-        pid_in(&line)
+        pid_in(&line).unwrap()
     };
     eventually(Duration::from_secs(20), "the second master gone", || {
         (!alive(second)).then_some(())

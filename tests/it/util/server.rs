@@ -252,12 +252,7 @@ impl Server {
     /// child) to exit 0, then follows the new one. Returns its pid.
     pub fn follow_upgrade(&mut self, within: Duration) -> Pid {
         let line = self.wait_for_log("upgrade: the new master (pid ", within);
-        let pid = line
-            .split("(pid ")
-            .nth(1)
-            .and_then(|rest| rest.split(')').next())
-            .and_then(|n| n.parse().ok());
-        let new = Pid::from_raw(pid.expect("the log line names the new master's pid"));
+        let new = pid_in(&line).expect("the log line names the new master's pid");
         let status = self.wait_exit(within);
         assert!(
             status.success(),
@@ -308,6 +303,12 @@ impl Drop for Server {
 enum StdoutReader {
     Always,
     FirstLine,
+}
+
+/// The pid a log line names, as `... (pid 4242) ...`.
+pub fn pid_in(line: &str) -> Option<Pid> {
+    let pid = line.split("(pid ").nth(1)?.split(')').next()?;
+    pid.parse().ok().map(Pid::from_raw)
 }
 
 fn parse_ready_line(line: &str) -> Option<SocketAddr> {
