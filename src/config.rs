@@ -53,10 +53,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ExecReady {
-    /// At `READY=1` over `NOTIFY_SOCKET`, or once the program (or a process it
-    /// started) waits for connections on its socket, whichever comes first.
+    /// Once the program (or a process it started) waits for connections on its
+    /// socket; a `READY=1` before that does not count (gunicorn's arbiter says
+    /// it before its workers have imported the app).
     Accepting,
-    /// At `READY=1` only: for programs that announce it after warming up.
+    /// At `READY=1` over `NOTIFY_SOCKET` only: for programs that say it once
+    /// they truly serve.
     Notify,
     /// As soon as the command has been executed.
     Exec,
@@ -201,6 +203,10 @@ pub struct Config {
     pub exec_ready: ExecReady,
     /// Exec mode: what asks a worker to stop gracefully.
     pub stop_signal: StopSignal,
+    /// Exec mode: `TCP_NODELAY` on the command's socket (systemd's `NoDelay=`).
+    pub exec_nodelay: bool,
+    /// Exec mode: the command's socket non-blocking (systemd's `NonBlocking=`).
+    pub exec_nonblocking: bool,
     /// The config file, re-read on HUP. Without one, a HUP re-applies this
     /// config as it is (and still replaces every worker).
     pub file: Option<PathBuf>,
@@ -318,6 +324,8 @@ impl Config {
             group: self.group.clone(),
             exec_ready: Some(self.exec_ready),
             stop_signal: Some(self.stop_signal),
+            exec_nodelay: Some(self.exec_nodelay),
+            exec_nonblocking: Some(self.exec_nonblocking),
             command: self.command.clone(),
         }
     }
@@ -564,7 +572,7 @@ struct Settings {
     #[arg(long, env = "PREFORK_GROUP", value_name = "GROUP")]
     group: Option<String>,
 
-    /// Exec mode: when a worker counts as ready: accepting (READY=1, or once it waits on its socket), notify (READY=1 only) or exec (at once) [default: accepting]
+    /// Exec mode: when a worker counts as ready: accepting (once it, or a process it started, waits on its socket), notify (once it says READY=1) or exec (at once) [default: accepting]
     #[arg(long, env = "PREFORK_EXEC_READY", value_enum)]
     exec_ready: Option<ExecReady>,
 
@@ -572,6 +580,14 @@ struct Settings {
     #[arg(long, env = "PREFORK_STOP_SIGNAL", value_name = "SIGNAL")]
     #[serde(default, deserialize_with = "parsed")]
     stop_signal: Option<StopSignal>,
+
+    /// Exec mode: TCP_NODELAY on the command's socket, so a reply written in two parts is not held for the client's delayed ACK (systemd's NoDelay=) [default: true]
+    #[arg(long, env = "PREFORK_EXEC_NODELAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    exec_nodelay: Option<bool>,
+
+    /// Exec mode: hand the command its socket non-blocking; by default it is blocking, as systemd hands it (NonBlocking=) [default: false]
+    #[arg(long, env = "PREFORK_EXEC_NONBLOCKING", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    exec_nonblocking: Option<bool>,
 
     /// Exec mode: every slot runs this command, its socket as fd 3 with LISTEN_FDS=1, as systemd's socket activation passes it (e.g. -- python3 app.py)
     #[arg(last = true, value_name = "COMMAND")]
@@ -587,7 +603,7 @@ macro_rules! with_setting_fields {
             body_read_timeout, send_timeout, h2_max_concurrent_streams, h2_max_header_list_size,
             log_level, log_format, log_file, access_log, access_log_format, reload_batch, ready_timeout, upgrade_binary, upgrade_timeout, pid_file,
             max_requests, max_requests_jitter, timeout, max_worker_memory, admin, admin_allow_remote,
-            max_connections, max_body_size, user, group, exec_ready, stop_signal, command
+            max_connections, max_body_size, user, group, exec_ready, stop_signal, exec_nodelay, exec_nonblocking, command
         )
     };
 }
@@ -728,6 +744,8 @@ impl Settings {
             },
             exec_ready: self.exec_ready.unwrap_or(ExecReady::Accepting),
             stop_signal: self.stop_signal.unwrap_or_default(),
+            exec_nodelay: self.exec_nodelay.unwrap_or(true),
+            exec_nonblocking: self.exec_nonblocking.unwrap_or(false),
             file,
             flags,
             loaded: Settings::default(),

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use nix::unistd::{getpid, Pid};
-use tracing::info;
+use tracing::{debug, info};
 
 use super::fleet::{Exec, Kind};
 use super::Master;
@@ -85,12 +85,17 @@ impl Master<'_> {
         }
         let (signals, run_as, master_pid) = (&self.signals, self.run_as, getpid());
         let listener = listener.as_raw_fd();
+        let mode = crate::sys::exec::SocketMode {
+            nodelay: self.config.exec_nodelay,
+            nonblocking: self.config.exec_nonblocking,
+        };
         let pid = process::fork(move || {
             // The rest of the master's fds are closed by `exec` itself.
             crate::worker::forget_the_master(signals, &[]);
             crate::sys::exec::exec(crate::sys::exec::Launch {
                 command,
                 listener,
+                mode,
                 channel: worker_end,
                 env,
                 run_as,
@@ -134,6 +139,12 @@ impl Master<'_> {
             };
             let record = self.scoreboard.record(record);
             match notice {
+                // With `accepting`, a READY=1 is not enough: gunicorn's arbiter
+                // says it before its workers have imported the app. The
+                // command is ready once it is seen waiting on its socket.
+                Notice::Ready if self.config.exec_ready == ExecReady::Accepting => {
+                    debug!("worker pid {pid} says READY=1; ready once it waits on its socket (--exec-ready accepting)")
+                }
                 Notice::Ready => ready.push(pid),
                 Notice::Watchdog => record.heartbeat_ms.store(monotonic_ms(), Relaxed),
                 Notice::Status(text) => record.set_status(&text),
@@ -179,7 +190,7 @@ impl Master<'_> {
         }
         match self.config.exec_ready {
             ExecReady::Accepting => {
-                ": it neither said READY=1 nor waited for connections on its socket, fd 3 (does it bind a port of its own?)"
+                ": it never waited for connections on its socket, fd 3 (does it bind a port of its own? A program that serves in a way not seen from /proc can say READY=1 with --exec-ready notify)"
             }
             ExecReady::Notify => ": it did not say READY=1 on NOTIFY_SOCKET (--exec-ready notify)",
             ExecReady::Exec => "",

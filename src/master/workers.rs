@@ -218,6 +218,12 @@ impl Master<'_> {
                 self.scoreboard.release(record);
             }
             let departure = self.fleet.pool.on_exit(pid, self.now);
+            // A command the master asked to stop, dead by that very signal (the
+            // default action of most programs), did as it was asked.
+            let exit = match departure {
+                Departure::Retired { .. } if exec => exit.asked_to_stop_with(self.config.stop_signal.signal()),
+                _ => exit,
+            };
             log_departure(pid, exit, departure, self.replacing());
             if exec {
                 self.end_what_the_command_left(pid);
@@ -393,7 +399,7 @@ fn log_departure(pid: Pid, exit: Exit, departure: Departure, replacing: &str) {
                 human(uptime)
             );
         }
-        Departure::Retired { slot, uptime } if exit == Exit::Code(0) => {
+        Departure::Retired { slot, uptime } if exit.is_clean() => {
             info!("worker {slot} (pid {pid}) {exit} after {}", human(uptime))
         }
         Departure::Retired { slot, uptime } => warn!("worker {slot} (pid {pid}) {exit} after {}", human(uptime)),

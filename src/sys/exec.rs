@@ -36,6 +36,8 @@ pub struct Launch<'a> {
     pub command: &'a [String],
     /// The slot's listening socket (the master keeps its own copy).
     pub listener: RawFd,
+    /// How the socket is handed over (see [`SocketMode`]).
+    pub mode: SocketMode,
     /// The child's end of the channel (close-on-exec).
     pub channel: UnixStream,
     /// Added to (or replacing in) the master's environment: `PREFORK_SLOT`,
@@ -45,19 +47,35 @@ pub struct Launch<'a> {
     pub master_pid: Pid,
 }
 
+/// How fd 3 is handed to the program, as systemd's `NoDelay=` and
+/// `NonBlocking=` say it.
+///
+/// Both live on the socket the master, this program, the program it replaces
+/// in its slot and a new master after USR2 all share (`O_NONBLOCK` is a flag of
+/// the open file, not of the fd): each spawn sets them again, so that every
+/// program gets what the settings say when it starts, whatever ran before it.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketMode {
+    /// `TCP_NODELAY`, which Linux copies to every socket accepted from it.
+    pub nodelay: bool,
+    /// `O_NONBLOCK` on the open file.
+    pub nonblocking: bool,
+}
+
 /// Runs `launch.command` in place of this process. Returns only if it could
 /// not (the exit code, after the reason was sent to the master).
 pub fn exec(launch: Launch<'_>) -> i32 {
     let Launch {
         command,
         listener,
+        mode,
         mut channel,
         env,
         run_as,
         master_pid,
     } = launch;
     let program = command.first().map_or("", String::as_str);
-    match prepare(listener, &mut channel, run_as, master_pid).and_then(|()| run(command, env)) {
+    match prepare(listener, mode, &mut channel, run_as, master_pid).and_then(|()| run(command, env)) {
         Ok(never) => match never {},
         Err(why) => {
             let reason = format!("cannot run `{program}`: {why}");
@@ -70,8 +88,15 @@ pub fn exec(launch: Launch<'_>) -> i32 {
 
 /// Everything but the exec: fds, process group, signals, credentials, and
 /// death with the master.
-fn prepare(listener: RawFd, channel: &mut UnixStream, run_as: Option<RunAs>, master: Pid) -> Result<(), String> {
+fn prepare(
+    listener: RawFd,
+    mode: SocketMode,
+    channel: &mut UnixStream,
+    run_as: Option<RunAs>,
+    master: Pid,
+) -> Result<(), String> {
     place_fds(listener, channel)?;
+    set_socket_mode(mode)?;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|err| format!("cannot start a process group: {err}"))?;
     reset_signal_dispositions();
     if let Some(run_as) = run_as {
@@ -115,6 +140,19 @@ fn place_fds(listener: RawFd, channel: &mut UnixStream) -> Result<(), String> {
     }
     close_from(LISTEN_FD + 1, copy);
     Ok(())
+}
+
+/// `mode` on fd 3 (see [`SocketMode`]).
+fn set_socket_mode(mode: SocketMode) -> Result<(), String> {
+    // SAFETY: fd 3 is the socket, placed above; it is only borrowed here.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(LISTEN_FD) };
+    let socket = socket2::SockRef::from(&socket);
+    socket
+        .set_tcp_nodelay(mode.nodelay)
+        .map_err(|err| format!("cannot set TCP_NODELAY on the socket: {err}"))?;
+    socket
+        .set_nonblocking(mode.nonblocking)
+        .map_err(|err| format!("cannot set the socket's blocking mode: {err}"))
 }
 
 /// Closes every fd from `first` up, except `keep`.

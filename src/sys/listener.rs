@@ -110,7 +110,11 @@ impl Listeners {
             .first()
             .ok_or_else(|| Error::Handover(io::Error::other("no socket was handed over")))?;
         let addr = first.local_addr().map_err(Error::Handover)?;
-        for socket in sockets.iter().chain(&admin) {
+        // Not the slots' sockets: the commands of an old master may still accept
+        // on them in blocking mode (each spawn sets its own, see
+        // `worker::control::accepting` and `sys::exec::SocketMode`). The admin
+        // socket is only ever accepted on by this program's own processes.
+        if let Some(socket) = &admin {
             socket.set_nonblocking(true).map_err(Error::Handover)?;
         }
         Ok(Listeners {

@@ -30,7 +30,14 @@ pub mod exit_code {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     Code(i32),
-    Signal { signal: Signal, core_dumped: bool },
+    Signal {
+        signal: Signal,
+        core_dumped: bool,
+    },
+    /// Killed by the signal the master asked it to stop with (exec mode's
+    /// `--stop-signal`, which most programs leave at its default action): a
+    /// stop, not a failure.
+    Stopped(Signal),
 }
 
 impl fmt::Display for Exit {
@@ -49,16 +56,36 @@ impl fmt::Display for Exit {
                 let core = if core_dumped { " (core dumped)" } else { "" };
                 write!(f, "killed by {}{core}", signal.as_str())
             }
+            Exit::Stopped(signal) => write!(f, "stopped by {} (as asked)", signal.as_str()),
         }
     }
 }
 
 impl Exit {
-    /// As stored in the scoreboard: `1 << 32 | code` or `2 << 32 | signal`.
+    /// This exit, for a process the master asked to stop with `stop`: death by
+    /// that very signal is [`Exit::Stopped`].
+    pub fn asked_to_stop_with(self, stop: Signal) -> Exit {
+        match self {
+            Exit::Signal {
+                signal,
+                core_dumped: false,
+            } if signal == stop => Exit::Stopped(signal),
+            other => other,
+        }
+    }
+
+    /// Whether the process ended as it should: code 0, or the stop it was asked for.
+    pub fn is_clean(self) -> bool {
+        matches!(self, Exit::Code(0) | Exit::Stopped(_))
+    }
+
+    /// As stored in the scoreboard: `1 << 32 | code`, `2 << 32 | signal` or
+    /// `3 << 32 | signal` (stopped as asked).
     pub fn encode(self) -> u64 {
         match self {
             Exit::Code(code) => 1 << 32 | u64::from(code as u32),
             Exit::Signal { signal, .. } => 2 << 32 | signal as u64,
+            Exit::Stopped(signal) => 3 << 32 | signal as u64,
         }
     }
 
@@ -71,6 +98,7 @@ impl Exit {
                 signal,
                 core_dumped: false,
             }),
+            3 => Signal::try_from(low).ok().map(Exit::Stopped),
             _ => None,
         }
     }
@@ -283,6 +311,7 @@ mod tests {
         for exit in [
             Exit::Code(0),
             Exit::Code(70),
+            Exit::Stopped(Signal::SIGTERM),
             Exit::Signal {
                 signal: Signal::SIGKILL,
                 core_dumped: false,

@@ -126,14 +126,17 @@ async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Opti
     }
 }
 
-/// A socket the worker accepts on: its slot's, or an adopted one. The master set
-/// O_NONBLOCK on the socket's open file, which the fd shares. `TCP_NODELAY` is
+/// A socket the worker accepts on: its slot's, or an adopted one. O_NONBLOCK,
+/// which tokio needs, is set here on the socket's open file, which every copy
+/// shares: a command run on the same socket before (exec mode, or an old
+/// master's after USR2) may have been handed it blocking. `TCP_NODELAY` is
 /// set here, on the listening socket, because Linux copies it to every socket
 /// accepted from it: one system call per worker instead of one per connection.
 /// (Here and not in the master, so that sockets from systemd or an old master
 /// get it too.)
 pub fn accepting(listener: StdListener) -> io::Result<TcpListener> {
     socket2::SockRef::from(&listener).set_tcp_nodelay(true)?;
+    listener.set_nonblocking(true)?;
     TcpListener::from_std(listener)
 }
 

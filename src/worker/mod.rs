@@ -187,7 +187,6 @@ where
 {
     let mut control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
-    // The master set O_NONBLOCK on the shared open file; tokio requires it.
     let accepting = listener
         .try_clone()
         .and_then(control::accepting)

@@ -135,7 +135,10 @@ fn a_command_that_stops_beating_is_killed_after_the_timeout() {
          signal.signal(signal.SIGABRT, signal.SIG_IGN)\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server(&["--workers", "1", "--timeout", "2s"], &program);
+    let server = exec_server(
+        &["--exec-ready", "notify", "--workers", "1", "--timeout", "2s"],
+        &program,
+    );
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("timed out after 2.0s", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -150,7 +153,10 @@ fn a_command_that_stops_beating_is_killed_after_the_timeout() {
 #[test]
 fn a_command_that_never_beats_is_not_timed_out() {
     let program = python("notify('READY=1')\ntime.sleep(3600)\n");
-    let server = exec_server(&["--workers", "1", "--timeout", "1s"], &program);
+    let server = exec_server(
+        &["--exec-ready", "notify", "--workers", "1", "--timeout", "1s"],
+        &program,
+    );
     let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
     // Three timeouts' worth, at the master's pace (checks every 250 ms).
     std::thread::sleep(Duration::from_secs(3));
@@ -214,7 +220,7 @@ fn a_commands_own_children_are_gone_after_a_stop() {
          signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
          time.sleep(3600)\n"
     ));
-    let mut server = exec_server(&["--workers", "2"], &program);
+    let mut server = exec_server(&["--exec-ready", "notify", "--workers", "2"], &program);
     let sleeps = || sleeping(&marker);
     eventually(Duration::from_secs(5), "both grandchildren started", || {
         (sleeps().len() == 2).then_some(())
@@ -235,7 +241,10 @@ fn the_stop_signal_is_the_one_asked_for() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let mut server = exec_server(&["--workers", "1", "--stop-signal", "INT"], &program);
+    let mut server = exec_server(
+        &["--exec-ready", "notify", "--workers", "1", "--stop-signal", "INT"],
+        &program,
+    );
     server.wait_for_workers(1, Duration::from_secs(5));
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(5)).success());
@@ -335,7 +344,17 @@ fn a_command_over_the_memory_limit_is_recycled() {
          for i in range(0, len(grown), 4096): grown[i] = 1\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let server = exec_server(
+        &[
+            "--exec-ready",
+            "notify",
+            "--workers",
+            "1",
+            "--max-worker-memory",
+            "48MiB",
+        ],
+        &program,
+    );
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -467,7 +486,10 @@ fn only_the_command_itself_can_say_it_is_ready() {
 #[test]
 fn a_command_that_ignores_the_stop_signal_is_killed_at_the_graceful_timeout() {
     let program = python("signal.signal(signal.SIGTERM, signal.SIG_IGN)\nnotify('READY=1')\ntime.sleep(3600)\n");
-    let mut server = exec_server(&["--workers", "1", "--graceful-timeout", "1s"], &program);
+    let mut server = exec_server(
+        &["--exec-ready", "notify", "--workers", "1", "--graceful-timeout", "1s"],
+        &program,
+    );
     let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
     server.signal(Signal::SIGTERM);
     assert!(server.wait_exit(Duration::from_secs(10)).success());
@@ -516,7 +538,17 @@ fn a_commands_children_count_toward_the_memory_limit() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server(&["--workers", "1", "--max-worker-memory", "48MiB"], &program);
+    let server = exec_server(
+        &[
+            "--exec-ready",
+            "notify",
+            "--workers",
+            "1",
+            "--max-worker-memory",
+            "48MiB",
+        ],
+        &program,
+    );
     let first = server.wait_for_workers(1, Duration::from_secs(5))[0];
     let line = server.wait_for_log("over --max-worker-memory 48 MiB: recycling it", Duration::from_secs(10));
     assert!(line.contains(&format!("(pid {first})")), "{line}");
@@ -529,7 +561,7 @@ fn a_command_that_binds_its_own_port_is_told_to_use_fd_3() {
     start_fails(
         &["--workers", "1", "--ready-timeout", "1s"],
         &["python3", "-m", "http.server", "--bind", "127.0.0.1", "0"],
-        "it neither said READY=1 nor waited for connections on its socket, fd 3",
+        "it never waited for connections on its socket, fd 3",
     );
 }
 
@@ -545,7 +577,10 @@ fn status_counts_a_commands_children_in_its_memory() {
          notify('READY=1')\n\
          time.sleep(3600)\n",
     );
-    let server = exec_server(&["--workers", "1", "--admin", "127.0.0.1:0"], &program);
+    let server = exec_server(
+        &["--exec-ready", "notify", "--workers", "1", "--admin", "127.0.0.1:0"],
+        &program,
+    );
     let admin = server.admin_addr();
     eventually(
         Duration::from_secs(10),
@@ -606,7 +641,7 @@ fn server_with_a_daemon(marker: &str, launcher: &str) -> (Server, Pid, Pid) {
          signal.signal(signal.SIGTERM, lambda *_: (notify('STOPPING=1'), os._exit(0)))\nnotify('READY=1')\n\
          time.sleep(3600)\n"
     ));
-    let server = exec_server(&["--workers", "1"], &program);
+    let server = exec_server(&["--exec-ready", "notify", "--workers", "1"], &program);
     let daemon = eventually(Duration::from_secs(5), "the daemon started", || {
         sleeping(marker).first().copied()
     });
@@ -715,4 +750,120 @@ fn a_daemon_without_its_environment_ends_with_the_master() {
     eventually(Duration::from_secs(2), "no daemon left after the stop", || {
         sleeping(&marker).is_empty().then_some(())
     });
+}
+
+/// A socket-activated program in its plainest form: `socket.socket(fileno=3)`
+/// and a blocking `accept()` loop. With `draining`, it waits in `select` (0.1 s
+/// at a time) before each `accept`, to exit between connections once asked
+/// to stop; with `nonblocking`, it expects a non-blocking socket. Each answer
+/// tells how fd 3 was handed over: `nonblocking=`, `nodelay=` (the listening
+/// socket) and `accepted_nodelay=` (the connection, which Linux copies it to).
+fn socket_reporter(draining: bool, nonblocking: bool) -> Vec<String> {
+    let wait = match (draining, nonblocking) {
+        (true, _) => "    if stop: os._exit(0)\n    if not select.select([s], [], [], 0.1)[0]: continue\n",
+        (false, true) => "    select.select([s], [], [])\n",
+        (false, false) => "",
+    };
+    let code = format!(
+        "import fcntl, os, select, signal, socket\n\
+         stop = False\n\
+         def on_term(*_):\n    global stop\n    stop = True\n\
+         if {draining}: signal.signal(signal.SIGTERM, on_term)\n\
+         s = socket.socket(fileno=3)\n\
+         while True:\n{wait}    try:\n        conn, _ = s.accept()\n\
+         \x20   except BlockingIOError:\n        if {nonblocking}: continue\n        raise\n\
+         \x20   with conn:\n        head = b''\n        while b'\\r\\n\\r\\n' not in head and (part := conn.recv(65536)): head += part\n\
+         \x20       nb = bool(fcntl.fcntl(3, fcntl.F_GETFL) & os.O_NONBLOCK)\n\
+         \x20       nd = bool(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))\n\
+         \x20       ad = bool(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))\n\
+         \x20       body = f'pid={{os.getpid()}} nonblocking={{nb}} nodelay={{nd}} accepted_nodelay={{ad}}\\n'.encode()\n\
+         \x20       conn.sendall(b'HTTP/1.1 200 OK\\r\\nX-Worker-Pid: %d\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n' % (os.getpid(), len(body)) + body)\n",
+        draining = if draining { "True" } else { "False" },
+        nonblocking = if nonblocking { "True" } else { "False" },
+    );
+    vec!["python3".into(), "-c".into(), code]
+}
+
+/// Whether fd 3 of `pid` is non-blocking, from `/proc/<pid>/fdinfo/3`
+/// (`flags:` in octal; `O_NONBLOCK` is 04000).
+fn fd3_nonblocking(pid: Pid) -> bool {
+    let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+    let flags = info
+        .lines()
+        .find_map(|line| line.strip_prefix("flags:"))
+        .unwrap()
+        .trim();
+    u32::from_str_radix(flags, 8).unwrap() & 0o4000 != 0
+}
+
+/// fd 3 comes as systemd hands it by default (`NonBlocking=false`,
+/// `NoDelay=true`): blocking, so a plain `accept()` loop serves, and with
+/// `TCP_NODELAY`, which every accepted connection gets too.
+#[test]
+fn a_command_gets_its_socket_blocking_and_with_tcp_nodelay() {
+    let server = exec_server(&["--workers", "2"], &socket_reporter(false, false));
+    server.wait_for_workers(2, Duration::from_secs(10));
+    for _ in 0..4 {
+        let body = get(server.addr, "/").unwrap().body;
+        assert!(
+            body.contains("nonblocking=False nodelay=True accepted_nodelay=True"),
+            "{body}"
+        );
+    }
+    // Each spawn sets it again: so does a reload's.
+    reload(&server, 1);
+    let body = get(server.addr, "/").unwrap().body;
+    assert!(body.contains("nonblocking=False nodelay=True"), "{body}");
+    assert!(!server.logs().contains("BlockingIOError"), "{}", server.logs());
+}
+
+/// `--exec-nonblocking` and `--exec-nodelay false` (`NonBlocking=true`,
+/// `NoDelay=false`).
+#[test]
+fn the_socket_mode_of_commands_can_be_changed() {
+    let server = exec_server(
+        &["--workers", "1", "--exec-nonblocking", "--exec-nodelay", "false"],
+        &socket_reporter(false, true),
+    );
+    server.wait_for_workers(1, Duration::from_secs(10));
+    let body = get(server.addr, "/").unwrap().body;
+    assert!(
+        body.contains("nonblocking=True nodelay=False accepted_nodelay=False"),
+        "{body}"
+    );
+}
+
+/// The blocking mode lives on the open file that both masters and all their
+/// commands share: a new master after USR2 leaves it as the old commands
+/// need it while they still serve (a plain `accept()` loop dies of
+/// `BlockingIOError` otherwise), and its own commands get it too.
+#[test]
+fn the_blocking_socket_of_commands_survives_a_hot_upgrade() {
+    let mut server = exec_server(&["--workers", "2"], &socket_reporter(true, false));
+    let old: Vec<Pid> = server.wait_for_workers(2, Duration::from_secs(10));
+    let load = Load::start(server.addr, 4);
+    load.wait_for_traffic(50);
+    server.signal(Signal::SIGUSR2);
+    // The new master has taken the sockets over and spawns its commands
+    // while the old ones still serve.
+    server.wait_for_log_count("spawned", 3, Duration::from_secs(10));
+    for pid in &old {
+        assert!(
+            !fd3_nonblocking(*pid),
+            "fd 3 of the old command {pid} is still blocking"
+        );
+    }
+    server.follow_upgrade(Duration::from_secs(30));
+    eventually(Duration::from_secs(10), "the old commands gone", || {
+        old.iter().all(|pid| !alive(*pid)).then_some(())
+    });
+    load.wait_for_traffic(50);
+    load.finish().assert_clean("keep-alive load across the upgrade", 100);
+    let body = get(server.addr, "/").unwrap().body;
+    assert!(body.contains("nonblocking=False nodelay=True"), "{body}");
+    let logs = server.logs();
+    assert!(
+        !logs.contains("BlockingIOError") && !logs.contains("exited with code 1"),
+        "{logs}"
+    );
 }
