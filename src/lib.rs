@@ -37,6 +37,7 @@ mod body;
 mod config;
 mod error;
 mod http;
+mod log;
 mod master;
 mod metrics;
 mod service;
@@ -117,7 +118,7 @@ where
     };
     init_logging(&config)?;
     if let Some((old, new)) = process::raise_file_limit() {
-        tracing::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
+        crate::log::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
     }
     // Before anything is bound: a command that cannot run, or an unknown user,
     // is a startup error.
@@ -140,7 +141,7 @@ where
     let listeners = match upgrade::inherited().map_err(Error::Handover)? {
         Some(inherited) => {
             let count = inherited.sockets.len();
-            tracing::info!(
+            crate::log::info!(
                 "master: taking over {count} sockets from the old master (pid {})",
                 inherited.from
             );
@@ -155,7 +156,7 @@ where
                     Balance::Reuseport
                 };
                 let count = sockets.len();
-                tracing::info!(
+                crate::log::info!(
                     "master: socket activation: {count} sockets from systemd ({})",
                     balance.as_str()
                 );
@@ -172,8 +173,8 @@ where
 
 /// Logs to stderr or `--log-file`, as text or JSON, written synchronously by
 /// the calling thread: a writer thread would make the master multi-threaded.
-/// stderr is written without waiting (see `sys::output`). A subscriber the
-/// caller installed wins.
+/// stderr is written without waiting (see `sys::output`). The server's own
+/// lines go to this subscriber whatever the app installed (see `log`).
 fn init_logging(config: &Config) -> Result<(), Error> {
     use std::io::IsTerminal;
     let file = match &config.log_file {
@@ -192,11 +193,12 @@ fn init_logging(config: &Config) -> Result<(), Error> {
         .log_internal_errors(false);
     let ansi = file.is_none() && std::io::stderr().is_terminal();
     let stderr = sys::output::stderr();
-    let _ = match (config.log_format, file) {
-        (LogFormat::Text, None) => builder.with_writer(stderr).with_ansi(ansi).try_init(),
-        (LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).try_init(),
-        (LogFormat::Json, None) => builder.json().with_writer(stderr).try_init(),
-        (LogFormat::Json, Some(file)) => builder.json().with_writer(file).try_init(),
+    let dispatch = match (config.log_format, file) {
+        (LogFormat::Text, None) => builder.with_writer(stderr).with_ansi(ansi).into(),
+        (LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).into(),
+        (LogFormat::Json, None) => builder.json().with_writer(stderr).into(),
+        (LogFormat::Json, Some(file)) => builder.json().with_writer(file).into(),
     };
+    log::install(dispatch);
     Ok(())
 }

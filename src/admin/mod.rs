@@ -52,7 +52,7 @@ pub fn serve_alone(listener: &StdListener, scoreboard: &'static Scoreboard, conf
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
-            tracing::error!("admin process: cannot build its runtime: {err}");
+            crate::log::error!("admin process: cannot build its runtime: {err}");
             return crate::sys::process::exit_code::BOOT_FAILED;
         }
     };
@@ -64,7 +64,7 @@ pub fn serve_alone(listener: &StdListener, scoreboard: &'static Scoreboard, conf
                 crate::sys::process::exit_code::OK
             }
             Err(err) => {
-                tracing::error!("admin process: cannot serve --admin: {err}");
+                crate::log::error!("admin process: cannot serve --admin: {err}");
                 crate::sys::process::exit_code::BOOT_FAILED
             }
         }

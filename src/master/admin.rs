@@ -8,10 +8,10 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use crate::log::{error, info, warn};
 use nix::sys::signal::Signal as Sig;
 use nix::sys::wait::waitpid;
 use nix::unistd::{getpid, Pid};
-use tracing::{error, info, warn};
 
 use super::Master;
 use crate::sys::process::{self, Exit};

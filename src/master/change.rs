@@ -1,7 +1,7 @@
 //! Changing the whole fleet: stop, reload (HUP), resize (TTIN / TTOU).
 
+use crate::log::{error, info};
 use nix::sys::signal::Signal as Sig;
-use tracing::{error, info};
 
 use super::pool::Timeouts;
 use super::workers::Order;

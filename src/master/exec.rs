@@ -8,8 +8,8 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use crate::log::{debug, info};
 use nix::unistd::{getpid, Pid};
-use tracing::{debug, info};
 
 use super::fleet::{Exec, Kind};
 use super::Master;
@@ -42,7 +42,7 @@ impl Master<'_> {
     /// Warns about settings that do nothing for commands (see [`not_for_commands`]).
     pub(super) fn warn_not_for_commands(&self) {
         for flag in not_for_commands(&self.config) {
-            tracing::warn!("master: {flag} does not apply to a command, which serves HTTP itself; ignored");
+            crate::log::warn!("master: {flag} does not apply to a command, which serves HTTP itself; ignored");
         }
     }
 

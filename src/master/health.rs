@@ -4,8 +4,8 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
+use crate::log::{info, warn};
 use nix::unistd::Pid;
-use tracing::{info, warn};
 
 use super::Master;
 use crate::sys::process::{self, human};

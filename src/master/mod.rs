@@ -45,9 +45,9 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::getpid;
-use tracing::{error, info, warn};
 
 use crate::config::{Balance, Config};
 use crate::error::Error;

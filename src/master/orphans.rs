@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::log::{info, warn};
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::Pid;
-use tracing::{info, warn};
 
 use super::Master;
 use crate::sys::orphans;

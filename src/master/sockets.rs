@@ -5,8 +5,8 @@
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 
+use crate::log::info;
 use nix::unistd::Pid;
-use tracing::info;
 
 use crate::sys::listener::Listeners;
 

@@ -11,9 +11,9 @@ use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
+use crate::log::{error, info, warn};
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::Pid;
-use tracing::{error, info, warn};
 
 use super::{Master, Stop};
 use crate::sys::process::{self, human, Exit};

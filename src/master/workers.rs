@@ -4,9 +4,9 @@
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
+use crate::log::{debug, error, info, warn};
 use nix::sys::signal::Signal as Sig;
 use nix::unistd::{getpid, Pid};
-use tracing::{debug, error, info, warn};
 
 use super::fleet::Kind;
 use super::pool::{Departure, Ready, Spawn};

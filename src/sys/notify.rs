@@ -14,7 +14,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use tracing::warn;
+use crate::log::warn;
 
 pub struct Notifier {
     target: Option<(UnixDatagram, SocketAddr)>,

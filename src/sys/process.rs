@@ -223,7 +223,7 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
             // Stopped / continued are not exits.
             Ok(_) | Err(Errno::EINTR) => continue,
             Err(errno) => {
-                tracing::error!("master: waitpid failed: {errno}");
+                crate::log::error!("master: waitpid failed: {errno}");
                 return exited;
             }
         }
@@ -236,7 +236,7 @@ pub fn reap_exited() -> Vec<(Pid, Exit)> {
 pub fn signal(pid: Pid, signal: Signal) {
     match kill(pid, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(errno) => tracing::warn!("master: cannot send {} to pid {pid}: {errno}", signal.as_str()),
+        Err(errno) => crate::log::warn!("master: cannot send {} to pid {pid}: {errno}", signal.as_str()),
     }
 }
 
@@ -247,7 +247,7 @@ pub fn signal(pid: Pid, signal: Signal) {
 pub fn signal_group(leader: Pid, signal: Signal) {
     match nix::sys::signal::killpg(leader, signal) {
         Ok(()) | Err(Errno::ESRCH) => {}
-        Err(errno) => tracing::warn!(
+        Err(errno) => crate::log::warn!(
             "master: cannot send {} to process group {leader}: {errno}",
             signal.as_str()
         ),

@@ -177,7 +177,7 @@ impl Signals {
         }
         for raw in stray() {
             if let Err(err) = signals.watch(raw, write) {
-                tracing::debug!("master: signal {raw} keeps its default action: {err}");
+                crate::log::debug!("master: signal {raw} keeps its default action: {err}");
             }
         }
         Ok(signals)

@@ -197,6 +197,6 @@ fn claim_fd(fd: RawFd) -> io::Result<OwnedFd> {
 /// New master: tells the old one it is ready (every worker serves).
 pub fn report_ready(mut ready: File) {
     if let Err(err) = ready.write_all(b"ready\n") {
-        tracing::warn!("master: cannot tell the old master that this one is ready: {err}");
+        crate::log::warn!("master: cannot tell the old master that this one is ready: {err}");
     }
 }

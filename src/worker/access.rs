@@ -231,7 +231,7 @@ impl AccessLog {
             (None, None) => {}
             (None, Some((lines, bytes))) => {
                 self.lost.set(None);
-                tracing::warn!(
+                crate::log::warn!(
                     "the access log is written again; {lines} lines ({bytes} bytes) were lost while it could not be"
                 );
             }
@@ -250,7 +250,7 @@ impl AccessLog {
                 match lost {
                     None => {
                         self.lost.set(Some((lines, bytes)));
-                        tracing::warn!(
+                        crate::log::warn!(
                             "cannot write the access log: {err}; its lines are lost until it can be written again (counted)"
                         );
                     }

@@ -499,7 +499,7 @@ pub async fn serve_connection<S: WorkerService>(
                     // The next request has begun: serve it now. (Parked, it would
                     // wait for the socket, and a whole head already read, from a
                     // client that pipelines, would wait forever.)
-                    tracing::debug!("an idle keep-alive connection has a request head begun: not parked");
+                    crate::log::debug!("an idle keep-alive connection has a request head begun: not parked");
                     entry.head_begun.set(true);
                     entry.close.set(Close::No);
                     continue;
@@ -524,7 +524,7 @@ pub async fn serve_connection<S: WorkerService>(
             let conn = protocols.h2.serve_connection(io, tracked);
             Watched::new(Box::pin(conn), Rc::clone(&entry)).await;
             if entry.stamps.goaway() == Some(super::frames::ENHANCE_YOUR_CALM) {
-                tracing::info!(
+                crate::log::info!(
                     "{}: HTTP/2 flood (control frames past the connection's allowance): GOAWAY ENHANCE_YOUR_CALM, closed",
                     entry.client
                 );

@@ -6,10 +6,10 @@ use std::net::TcpListener as StdListener;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 
+use crate::log::warn;
 use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tracing::warn;
 
 use crate::sys::channel::{self, Command, Message};
 

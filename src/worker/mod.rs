@@ -26,8 +26,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use crate::log::{error, info};
 use nix::unistd::{getpid, Pid};
-use tracing::{error, info};
 
 use crate::config::Config;
 use crate::service::WorkerApp;
@@ -256,6 +256,6 @@ fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -
 pub(crate) fn name_process(name: &str) {
     let Ok(name) = std::ffi::CString::new(name) else { return };
     if let Err(err) = nix::sys::prctl::set_name(&name) {
-        tracing::debug!("cannot set the process name: {err}");
+        crate::log::debug!("cannot set the process name: {err}");
     }
 }

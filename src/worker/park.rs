@@ -108,7 +108,7 @@ impl<S> Parking<S> {
                 Ok(n) => n,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => {
-                    tracing::warn!("cannot wait for parked connections: {err}; closing them");
+                    crate::log::warn!("cannot wait for parked connections: {err}; closing them");
                     self.parked.borrow_mut().clear();
                     ready.clear_ready();
                     continue;

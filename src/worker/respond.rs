@@ -20,12 +20,12 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
+use crate::log::error;
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, HOST};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Version};
-use tracing::error;
 
 use super::access::Pending;
 use super::conn::Entry;

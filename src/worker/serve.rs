@@ -15,10 +15,10 @@ use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::log::{debug, info, warn};
 use hyper::server::conn::{http1, http2};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
 
 use super::access::AccessLog;
 use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, Open, Protocols, Start};

@@ -25,6 +25,9 @@ pub struct Tally {
     pub ok: u64,
     pub closes: u64,
     pub failures: Vec<String>,
+    /// The longest any request took, from its connect (or its write, on a
+    /// kept-alive connection) to the end of its response.
+    pub slowest: Duration,
 }
 
 impl Tally {
@@ -87,6 +90,7 @@ impl Load {
             total.ok += tally.ok;
             total.closes += tally.closes;
             total.failures.extend(tally.failures);
+            total.slowest = total.slowest.max(tally.slowest);
         }
         total
     }
@@ -97,6 +101,7 @@ fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, reconnect: 
     let mut stream: Option<TcpStream> = None;
     let started = Instant::now();
     while !stop.load(Ordering::SeqCst) && started.elapsed() < LIMIT {
+        let begun = Instant::now();
         let conn = match stream.take() {
             Some(conn) => conn,
             None => match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
@@ -112,6 +117,7 @@ fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, reconnect: 
         };
         let mut conn = conn;
         let result = send_request(&mut conn, "GET", "/", true).and_then(|()| read_response(&mut conn));
+        tally.slowest = tally.slowest.max(begun.elapsed());
         match result {
             Ok(response) if response.status == 200 => {
                 tally.ok += 1;

@@ -213,3 +213,47 @@ fn a_full_disk_under_the_access_log_is_one_warning_per_episode() {
     assert!(lost > 0 && lost <= sent, "{lost} of {sent} lines lost: {resumed}");
     wait_for_lines(&log, 1);
 }
+
+/// An app that installs its own subscriber before `run_with`, filtered to its
+/// own target (`examples/own_subscriber.rs`): the server's lines still reach
+/// `--log-file`, in JSON as asked; the app's events go to the app's
+/// subscriber (its stdout) and not into the server's log.
+#[test]
+fn the_servers_lines_reach_its_log_whatever_subscriber_the_app_installed() {
+    use nix::sys::signal::{kill, Signal};
+    let log = temp("own-subscriber.log");
+    let server = Server::start_command(command(
+        example("own_subscriber"),
+        &[
+            "--workers",
+            "2",
+            "--log-file",
+            log.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+    ));
+    server.wait_for_stdout("the app's subscriber is installed", Duration::from_secs(5));
+    server.wait_for_stdout("the app's setup runs in worker", Duration::from_secs(5));
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    kill(workers[0], Signal::SIGKILL).unwrap();
+    server.signal(Signal::SIGHUP);
+    let lines = eventually(
+        Duration::from_secs(10),
+        "the kill and the reload in the log file",
+        || {
+            let lines = lines(&log);
+            let has = |text: &str| lines.iter().any(|line| line.contains(text));
+            (has(&format!("(pid {}) killed by SIGKILL", workers[0])) && has("reload complete")).then_some(lines)
+        },
+    );
+    assert!(lines.iter().any(|line| line.contains("spawned")), "{lines:?}");
+    for line in &lines {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|err| panic!("{err}: {line}"));
+        assert!(event["fields"]["message"].is_string(), "{line}");
+        assert!(
+            !line.contains("the app's"),
+            "an event of the app in the server's log: {line}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ mod cli;
 mod environment;
 mod errors;
 mod exec;
+mod frameworks;
 mod grpc;
 mod health;
 mod http2;
