@@ -9,18 +9,25 @@
 //! curl localhost:8000/ip            # 127.0.0.1:<port>: the client's address
 //! websocat ws://localhost:8000/ws   # echoes every message
 //! ```
+//!
+//! The two long-lived responses end themselves when their worker drains
+//! (a reload, a stop, a scale-down: `prefork_server::draining()`): `/ws`
+//! sends a close frame with code 1001 (going away), and `/sse` ends its
+//! stream, so that the client reconnects, to another worker, at once instead
+//! of being cut at `--graceful-timeout`. (`/ws?on_drain=stay` shows what any
+//! other upgraded connection gets: it is the handler's, and runs until then.)
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::ws::{WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Query};
 use axum::response::sse::{Event, Sse};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 
 fn main() -> std::process::ExitCode {
@@ -67,7 +74,8 @@ struct Events {
     ms: Option<u64>,
 }
 
-/// `n` events (default 10), `ms` milliseconds apart (default 1000).
+/// `n` events (default 10), `ms` milliseconds apart (default 1000); the stream
+/// ends early, cleanly, when the worker drains.
 async fn sse(Query(events): Query<Events>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (n, every) = (events.n.unwrap_or(10), Duration::from_millis(events.ms.unwrap_or(1000)));
     let stream = futures_util::stream::unfold(0, move |sent| async move {
@@ -79,21 +87,40 @@ async fn sse(Query(events): Query<Events>) -> Sse<impl Stream<Item = Result<Even
         }
         Some((Ok(Event::default().data(format!("{}", sent + 1))), sent + 1))
     });
-    Sse::new(stream)
+    Sse::new(stream.take_until(prefork_server::draining()))
 }
 
-async fn ws(upgrade: WebSocketUpgrade) -> impl IntoResponse {
-    upgrade.on_upgrade(echo)
+#[derive(Deserialize)]
+struct WsOptions {
+    on_drain: Option<String>,
 }
 
-/// Sends every text or binary message back, until the client closes.
-async fn echo(mut socket: WebSocket) {
-    while let Some(Ok(message)) = socket.recv().await {
-        if matches!(message, axum::extract::ws::Message::Close(_)) {
-            return;
-        }
-        if socket.send(message).await.is_err() {
-            return;
+async fn ws(upgrade: WebSocketUpgrade, Query(options): Query<WsOptions>) -> impl IntoResponse {
+    let leave = options.on_drain.as_deref() != Some("stay");
+    upgrade.on_upgrade(move |socket| echo(socket, leave))
+}
+
+/// Sends every text or binary message back, until the client closes, or,
+/// with `leave_on_drain`, until the worker drains: then a close frame with
+/// code 1001 (going away) says why.
+async fn echo(mut socket: WebSocket, leave_on_drain: bool) {
+    let drain = prefork_server::draining();
+    tokio::pin!(drain);
+    loop {
+        tokio::select! {
+            () = &mut drain, if leave_on_drain => {
+                let frame = CloseFrame { code: close_code::AWAY, reason: "the server is restarting".into() };
+                let _ = socket.send(Message::Close(Some(frame))).await;
+                return;
+            }
+            message = socket.recv() => match message {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
+                Some(Ok(message)) => {
+                    if socket.send(message).await.is_err() {
+                        return;
+                    }
+                }
+            },
         }
     }
 }

@@ -53,6 +53,7 @@ pub use config::{AccessLogFormat, Balance, Config, ConfigError, LogFormat, Serve
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
+pub use worker::{draining, is_draining};
 
 /// The signal table and the exit codes, as `prefork-server --help` ends.
 pub const SIGNALS_HELP: &str = signals::HELP_TABLE;

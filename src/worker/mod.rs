@@ -11,6 +11,7 @@ mod access;
 mod child;
 mod conn;
 mod control;
+mod draining;
 mod frames;
 mod io;
 mod park;
@@ -18,6 +19,8 @@ mod protocol;
 mod respond;
 mod serve;
 mod streams;
+
+pub use draining::{draining, is_draining};
 
 use std::fmt::Display;
 use std::future::Future;

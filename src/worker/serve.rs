@@ -136,6 +136,9 @@ pub async fn serve<S: WorkerApp>(
     }
     let connections = &shared.connections;
     shared.lifecycle.start_drain();
+    // The app's handlers hear of it first: a WebSocket that says goodbye now
+    // closes before the deadline.
+    super::draining::begin();
     // Take what is already queued (it is served, with `Connection: close`), then
     // close this worker's copies of the sockets. On a stop the master has closed
     // its own, so the last close refuses new connections at once instead of

@@ -74,13 +74,19 @@ fn a_five_second_event_stream_outlives_the_header_read_timeout() {
     }
 }
 
-fn websocket(server: &Server) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>> {
-    let (socket, response) = tungstenite::connect(format!("ws://{}/ws", server.addr)).expect("the handshake");
+type WebSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn websocket(server: &Server) -> WebSocket {
+    websocket_at(server, "/ws")
+}
+
+fn websocket_at(server: &Server, path: &str) -> WebSocket {
+    let (socket, response) = tungstenite::connect(format!("ws://{}{path}", server.addr)).expect("the handshake");
     assert_eq!(response.status(), 101);
     socket
 }
 
-fn echo(socket: &mut tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>, text: &str) -> String {
+fn echo(socket: &mut WebSocket, text: &str) -> String {
     socket.send(Message::text(text)).expect("send");
     loop {
         match socket.read().expect("read the echo") {
@@ -119,10 +125,12 @@ fn a_websocket_echoes_and_counts_as_an_open_connection() {
     socket.close(None).unwrap();
 }
 
+/// An upgraded connection whose handler does not listen for the drain is the
+/// handler's: it runs until `--graceful-timeout`.
 #[test]
 fn a_websocket_runs_through_the_drain_until_the_graceful_timeout() {
     let mut server = axum_app(&["--workers", "1", "--graceful-timeout", "2s"]);
-    let mut socket = websocket(&server);
+    let mut socket = websocket_at(&server, "/ws?on_drain=stay");
     assert_eq!(echo(&mut socket, "before"), "before");
     let stopped = Instant::now();
     server.signal(Signal::SIGTERM);
@@ -138,4 +146,58 @@ fn a_websocket_runs_through_the_drain_until_the_graceful_timeout() {
         Ok(other) => panic!("after the stop: {other:?}"),
     };
     assert!(ended, "the WebSocket was closed when the worker exited");
+}
+
+/// `prefork_server::draining()` in a WebSocket handler: on a HUP, the client
+/// of the worker being replaced gets a close frame with code 1001 (going
+/// away) within a second, and can reconnect to the new worker at once.
+#[test]
+fn a_websocket_hears_going_away_within_a_second_of_a_reload() {
+    let server = axum_app(&["--workers", "1"]);
+    let mut socket = websocket(&server);
+    assert_eq!(echo(&mut socket, "before"), "before");
+    if let tungstenite::stream::MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("replaced: draining", Duration::from_secs(10));
+    let drained = Instant::now();
+    let frame = loop {
+        match socket.read() {
+            Ok(Message::Close(frame)) => break frame,
+            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+            other => panic!("not a close frame: {other:?}"),
+        }
+    };
+    assert!(
+        drained.elapsed() < Duration::from_secs(1),
+        "after {:?}",
+        drained.elapsed()
+    );
+    let frame = frame.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 1001, "{frame:?}");
+    let mut again = websocket(&server);
+    assert_eq!(echo(&mut again, "after"), "after");
+}
+
+/// `prefork_server::draining()` in an event stream: on TERM the stream ends
+/// cleanly (the chunked body's last chunk) and the worker exits at once,
+/// long before `--graceful-timeout`.
+#[test]
+fn an_event_stream_ends_cleanly_when_its_worker_stops() {
+    let mut server = axum_app(&["--workers", "1"]);
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    send_request(&mut stream, "GET", "/sse?n=1000&ms=100", false).unwrap();
+    let mut first = [0u8; 512];
+    let n = stream.read(&mut first).unwrap();
+    assert!(String::from_utf8_lossy(&first[..n]).contains("200 OK"));
+    let stopped = Instant::now();
+    server.signal(Signal::SIGTERM);
+    let mut rest = first[..n].to_vec();
+    stream.read_to_end(&mut rest).expect("the stream ends by itself");
+    let text = String::from_utf8_lossy(&rest);
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "no last chunk: {text:?}");
+    assert!(server.wait_exit(Duration::from_secs(5)).success());
+    assert!(stopped.elapsed() < Duration::from_secs(5), "{:?}", stopped.elapsed());
 }
