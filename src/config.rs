@@ -389,6 +389,11 @@ pub struct ServerFlags {
 }
 
 impl ServerFlags {
+    /// Reads `file` as the config file, as `--config FILE` would.
+    pub fn set_config_file(&mut self, file: PathBuf) {
+        self.config = Some(file);
+    }
+
     /// Prints a usage error from parsing a command line that holds these flags,
     /// followed, for a value that came from a `PREFORK_*` variable rather than
     /// the command line (clap names only the flag), by a line that says so; then

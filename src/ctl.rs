@@ -12,7 +12,7 @@ macro_rules! say {
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
@@ -24,56 +24,163 @@ use nix::unistd::Pid;
 pub enum Command {
     /// Print every worker of a running server, read from its --admin listener
     Status {
-        #[arg(long, value_name = "ADDR")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        target: Target,
     },
     /// Reload the running master (HUP): re-read its config, replace its workers
     Reload {
-        #[arg(long, value_name = "FILE")]
-        pid_file: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Stop the running master: graceful (TERM), or fast (QUIT) with --fast
     Stop {
-        #[arg(long, value_name = "FILE")]
-        pid_file: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         fast: bool,
     },
     /// Hot-upgrade the running master (USR2) to the binary on disk
     Upgrade {
-        #[arg(long, value_name = "FILE")]
-        pid_file: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Reopen the log files (USR1) of the master and every worker, after logrotate renamed them
     Reopen {
-        #[arg(long, value_name = "FILE")]
-        pid_file: PathBuf,
+        #[command(flatten)]
+        target: Target,
     },
     /// Grow or shrink the running server to N workers (TTIN/TTOU, one at a time,
-    /// each checked on its --admin listener)
+    /// each checked on its --admin listener); a HUP keeps it unless the config
+    /// file's `workers` changed
     Scale {
         #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
         workers: u16,
-        #[arg(long, value_name = "FILE")]
-        pid_file: PathBuf,
-        #[arg(long, value_name = "ADDR")]
-        admin: SocketAddr,
+        #[command(flatten)]
+        target: Target,
     },
 }
 
-/// Runs `command`: exit code 0 when it was done, 1 with a message when not.
-pub fn run(command: Command) -> std::process::ExitCode {
+/// Which server a control command acts on. Each is looked for where the server
+/// itself reads it: this flag, then the server's own flag before the command
+/// (`prefork-server --pid-file F reload`), its `PREFORK_*` variable, and the
+/// config file (`--config` here or before the command, or `PREFORK_CONFIG`).
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// The running server's pid file (the master's --pid-file) [default: PREFORK_PID_FILE, or pid_file in the config file]
+    #[arg(long = "pid-file", value_name = "FILE")]
+    pid_file: Option<PathBuf>,
+    /// The running server's --admin address (status and scale) [default: PREFORK_ADMIN, or admin in the config file]
+    #[arg(long = "admin", value_name = "ADDR")]
+    admin: Option<SocketAddr>,
+    /// The running server's config file, to read pid_file and admin from [default: PREFORK_CONFIG]
+    #[arg(long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// A value a control command uses, and where it came from (for its errors).
+struct Found<T> {
+    value: T,
+    /// `--pid-file`, `PREFORK_PID_FILE`, `pid_file in prefork.toml`.
+    source: String,
+}
+
+impl std::fmt::Display for Found<SocketAddr> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (from {})", self.value, self.source)
+    }
+}
+
+/// Where the server's settings came from, resolved once for a control command.
+struct Sources {
+    /// The server's settings as the server would read them (flags before the
+    /// command, `PREFORK_*`, the config file), or why they cannot be read.
+    config: Result<prefork_server::Config, String>,
+}
+
+impl Sources {
+    fn new(mut server: prefork_server::ServerFlags, config: Option<PathBuf>) -> Sources {
+        if let Some(file) = config {
+            server.set_config_file(file);
+        }
+        let config = prefork_server::Config::from_flags(server).map_err(|err| err.to_string());
+        Sources { config }
+    }
+
+    /// `own` (this command's flag), else the server's setting `key`.
+    fn find<T: Clone>(
+        &self,
+        own: Option<T>,
+        key: &str,
+        read: impl Fn(&prefork_server::Config) -> Option<T>,
+    ) -> Result<Found<T>, String> {
+        let flag = format!("--{}", key.replace('_', "-"));
+        if let Some(value) = own {
+            return Ok(Found { value, source: flag });
+        }
+        let variable = format!("PREFORK_{}", key.to_uppercase());
+        let config = self
+            .config
+            .as_ref()
+            .map_err(|err| format!("cannot read the server's settings: {err}"))?;
+        let Some(value) = read(config) else {
+            let file = config
+                .file
+                .as_ref()
+                .map_or(String::new(), |file| format!(", nor in {}", file.display()));
+            return Err(format!(
+                "which server? give {flag}, or set {variable} or `{key}` in the config file (--config); not set{file}"
+            ));
+        };
+        let on_command_line = std::env::args().any(|arg| arg == flag || arg.starts_with(&format!("{flag}=")));
+        let source = if on_command_line {
+            flag
+        } else if std::env::var_os(&variable).is_some() {
+            variable
+        } else {
+            match &config.file {
+                Some(file) => format!("`{key}` in {}", file.display()),
+                None => key.to_owned(),
+            }
+        };
+        Ok(Found { value, source })
+    }
+
+    fn pid_file(&self, target: &Target) -> Result<Found<PathBuf>, String> {
+        self.find(target.pid_file.clone(), "pid_file", |config| config.pid_file.clone())
+    }
+
+    fn admin(&self, target: &Target) -> Result<Found<SocketAddr>, String> {
+        self.find(target.admin, "admin", |config| config.admin)
+    }
+}
+
+impl std::fmt::Display for Found<PathBuf> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (from {})", self.value.display(), self.source)
+    }
+}
+
+/// Runs `command` on the server `server` (the flags before it) describes:
+/// exit code 0 when it was done, 1 with a message when not.
+pub fn run(command: Command, server: prefork_server::ServerFlags) -> std::process::ExitCode {
     let result = match command {
-        Command::Status { admin } => status(admin),
-        Command::Reload { pid_file } => signal(&pid_file, Signal::SIGHUP),
-        Command::Stop { pid_file, fast } => signal(&pid_file, if fast { Signal::SIGQUIT } else { Signal::SIGTERM }),
-        Command::Upgrade { pid_file } => signal(&pid_file, Signal::SIGUSR2),
-        Command::Reopen { pid_file } => signal(&pid_file, Signal::SIGUSR1),
-        Command::Scale {
-            workers,
-            pid_file,
-            admin,
-        } => scale(&pid_file, admin, workers.into()),
+        Command::Status { target } => {
+            let sources = Sources::new(server, target.config.clone());
+            sources.admin(&target).and_then(|admin| status(&admin))
+        }
+        Command::Reload { target } => signal_with(server, target, Signal::SIGHUP),
+        Command::Stop { target, fast } => {
+            signal_with(server, target, if fast { Signal::SIGQUIT } else { Signal::SIGTERM })
+        }
+        Command::Upgrade { target } => signal_with(server, target, Signal::SIGUSR2),
+        Command::Reopen { target } => signal_with(server, target, Signal::SIGUSR1),
+        Command::Scale { workers, target } => {
+            let sources = Sources::new(server, target.config.clone());
+            sources
+                .pid_file(&target)
+                .and_then(|pid_file| Ok((pid_file, sources.admin(&target)?)))
+                .and_then(|(pid_file, admin)| scale(&pid_file, &admin, workers.into()))
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -84,12 +191,17 @@ pub fn run(command: Command) -> std::process::ExitCode {
     }
 }
 
+fn signal_with(server: prefork_server::ServerFlags, target: Target, signal: Signal) -> Result<(), String> {
+    let sources = Sources::new(server, target.config.clone());
+    signal_master(&sources.pid_file(&target)?, signal)
+}
+
 /// The master named by `pid_file`: a positive pid (never 0 or negative, which
 /// `kill(2)` reads as whole process groups, or every process), alive, running
 /// this same program, and not one of its workers.
-fn master(pid_file: &Path) -> Result<Pid, String> {
-    let shown = pid_file.display();
-    let text = std::fs::read_to_string(pid_file)
+fn master(found: &Found<PathBuf>) -> Result<Pid, String> {
+    let shown = found;
+    let text = std::fs::read_to_string(&found.value)
         .map_err(|err| format!("cannot read the pid file {shown}: {err} (is the server running with --pid-file?)"))?;
     let pid = match text.trim().parse::<i32>() {
         Ok(pid) if pid > 0 => Pid::from_raw(pid),
@@ -126,7 +238,7 @@ fn master(pid_file: &Path) -> Result<Pid, String> {
     }
 }
 
-fn signal(pid_file: &Path, signal: Signal) -> Result<(), String> {
+fn signal_master(pid_file: &Found<PathBuf>, signal: Signal) -> Result<(), String> {
     let pid = master(pid_file)?;
     kill(pid, signal).map_err(|err| format!("cannot send {} to pid {pid}: {err}", signal.as_str()))?;
     say!("sent {} to the master (pid {pid})", signal.as_str());
@@ -134,8 +246,9 @@ fn signal(pid_file: &Path, signal: Signal) -> Result<(), String> {
 }
 
 /// `GET /status` on the admin listener.
-fn fetch_status(admin: SocketAddr) -> Result<serde_json::Value, String> {
-    let fail = |err: std::io::Error| format!("cannot read /status from {admin}: {err} (is --admin {admin} on?)");
+fn fetch_status(found: &Found<SocketAddr>) -> Result<serde_json::Value, String> {
+    let admin = found.value;
+    let fail = |err: std::io::Error| format!("cannot read /status from {found}: {err} (is --admin {admin} on?)");
     let mut stream = TcpStream::connect_timeout(&admin, Duration::from_secs(5)).map_err(fail)?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(fail)?;
     stream
@@ -150,7 +263,7 @@ fn fetch_status(admin: SocketAddr) -> Result<serde_json::Value, String> {
     serde_json::from_str(body).map_err(|err| format!("{admin}/status is not the expected JSON: {err}"))
 }
 
-fn status(admin: SocketAddr) -> Result<(), String> {
+fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
     let status = fetch_status(admin)?;
     let field = |value: &serde_json::Value| match value {
         serde_json::Value::String(text) => text.clone(),
@@ -201,9 +314,9 @@ fn status(admin: SocketAddr) -> Result<(), String> {
 
 /// Sends TTIN/TTOU one at a time until the admin listener reports `target`
 /// slots: signals of one kind sent back to back would coalesce into one.
-fn scale(pid_file: &Path, admin: SocketAddr, target: u64) -> Result<(), String> {
+fn scale(pid_file: &Found<PathBuf>, admin: &Found<SocketAddr>, target: u64) -> Result<(), String> {
     let pid = master(pid_file)?;
-    let workers = |admin| fetch_status(admin).map(|status| status["workers"].as_u64().unwrap_or(0));
+    let workers = |admin: &Found<SocketAddr>| fetch_status(admin).map(|status| status["workers"].as_u64().unwrap_or(0));
     let mut current = workers(admin)?;
     while current != target {
         let signal = if current < target {

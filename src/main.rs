@@ -24,7 +24,7 @@ struct Cli {
 fn main() -> ExitCode {
     let cli = Cli::try_parse().unwrap_or_else(|err| prefork_server::ServerFlags::exit_on(err));
     if let Some(command) = cli.command {
-        return ctl::run(command);
+        return ctl::run(command, cli.server);
     }
     let config = match prefork_server::Config::from_flags(cli.server) {
         Ok(config) => config,

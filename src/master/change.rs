@@ -136,7 +136,7 @@ impl Master<'_> {
         if new.log_level != self.config.log_level {
             error!("master: log_level changes need a restart; the other settings are applied");
         }
-        let workers = new.workers.get();
+        let workers = self.workers_after_reload(&new);
         self.config = new;
         self.run_as = run_as;
         self.warn_not_for_commands();
@@ -151,6 +151,30 @@ impl Master<'_> {
         self.publish_pool();
         if workers != self.fleet.pool.len() {
             self.resize(workers, "reload");
+        }
+    }
+
+    /// How many workers a reload to `new` leaves. A count set at run time
+    /// (TTIN, TTOU, `prefork-server scale`) is kept unless `workers` itself
+    /// changed in the config (an operator who scaled up under load and then
+    /// deploys keeps the capacity; one who edits `workers` gets the edit); a
+    /// change is logged on every HUP.
+    fn workers_after_reload(&self, new: &Config) -> usize {
+        let (running, loaded, wanted) = (self.fleet.pool.len(), self.config.workers.get(), new.workers.get());
+        let source = match &new.file {
+            Some(file) => file.display().to_string(),
+            None => "the command line".into(),
+        };
+        match (running == loaded, wanted == loaded) {
+            (true, _) => wanted,
+            (false, false) => {
+                info!("master: reload: workers: {running} (set by scale) -> {wanted} (from {source})");
+                wanted
+            }
+            (false, true) => {
+                info!("master: reload: workers: {running} (set by scale) kept; {source} still says {wanted}");
+                running
+            }
         }
     }
 

@@ -141,3 +141,100 @@ fn the_pid_file_is_0644_under_any_umask_and_never_written_through_a_symlink() {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `control` with `env` added to its environment.
+fn control_with(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(server_binary());
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let (status, out, err) = run_to_exit(command, Duration::from_secs(30));
+    (status.code(), out, err)
+}
+
+/// The control commands find the server where the server itself reads its
+/// settings: `PREFORK_PID_FILE`, `PREFORK_ADMIN`, the config file (`--config`
+/// after or before the command, `PREFORK_CONFIG`); an error names the source
+/// of the value it could not use.
+#[test]
+fn control_commands_read_the_environment_and_the_config_file() {
+    let dir = tempdir("control-sources");
+    let pids = dir.join("app.pid");
+    let pids_arg = pids.to_str().unwrap();
+    let mut server = Server::start(&["--workers", "2", "--pid-file", pids_arg, "--admin", "127.0.0.1:0"]);
+    let admin = server.admin_addr().to_string();
+    let file = dir.join("prefork.toml");
+    std::fs::write(&file, format!("pid_file = {pids_arg:?}\nadmin = {admin:?}\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    let (code, out, err) = control_with(&[("PREFORK_PID_FILE", pids_arg)], &["reload"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains(&format!("sent SIGHUP to the master (pid {})", server.master)),
+        "{out}"
+    );
+    server.wait_for_log("reload complete", Duration::from_secs(20));
+
+    let (code, out, err) = control_with(&[("PREFORK_ADMIN", &admin)], &["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 workers · generation 2"), "{out}");
+
+    let (code, out, err) = control_with(&[], &["status", "--config", file_arg]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("2 workers"), "{out}");
+
+    let (code, out, err) = control_with(&[("PREFORK_CONFIG", file_arg)], &["scale", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("runs 1 workers"), "{out}");
+
+    let (code, _, err) = control_with(&[("PREFORK_PID_FILE", "/nonexistent/app.pid")], &["reload"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("cannot read the pid file /nonexistent/app.pid (from PREFORK_PID_FILE)"),
+        "{err}"
+    );
+    let (code, _, err) = control_with(&[], &["reload"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("which server? give --pid-file, or set PREFORK_PID_FILE"),
+        "{err}"
+    );
+
+    let (code, _, err) = control_with(&[], &["--config", file_arg, "stop"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(server.wait_exit(Duration::from_secs(10)).success());
+}
+
+/// A count set by `scale` survives a HUP while the config file's `workers`
+/// stays as it was, and gives way when the file changes it; both are logged.
+#[test]
+fn a_reload_keeps_a_scaled_count_unless_the_file_changes_workers() {
+    let dir = tempdir("scale-and-reload");
+    let file = dir.join("prefork.toml");
+    std::fs::write(&file, "workers = 2\n").unwrap();
+    let file_arg = file.to_str().unwrap();
+    let server = Server::start(&["--config", file_arg, "--admin", "127.0.0.1:0"]);
+    server.wait_for_workers(2, Duration::from_secs(5));
+    server.signal(nix::sys::signal::Signal::SIGTTOU);
+    server.wait_for_workers(1, Duration::from_secs(10));
+
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    server.wait_for_log_count("reload complete", 1, Duration::from_secs(20));
+    let kept = server.wait_for_log("(set by scale) kept", Duration::from_secs(5));
+    assert!(
+        kept.contains(&format!("workers: 1 (set by scale) kept; {file_arg} still says 2")),
+        "{kept}"
+    );
+    assert_eq!(server.wait_for_workers(1, Duration::from_secs(10)).len(), 1);
+
+    std::fs::write(&file, "workers = 3\n").unwrap();
+    server.signal(nix::sys::signal::Signal::SIGHUP);
+    let changed = server.wait_for_log("(set by scale) ->", Duration::from_secs(10));
+    assert!(
+        changed.contains(&format!("workers: 1 (set by scale) -> 3 (from {file_arg})")),
+        "{changed}"
+    );
+    server.wait_for_workers(3, Duration::from_secs(20));
+}
