@@ -125,6 +125,8 @@ async fn handle(
             }
         },
         (_, "/panic") => panic!("GET /panic"),
+        // A handler that takes its body for granted, as many do.
+        (&Method::POST, "/echo-or-panic") => full(request.into_body().collect().await.expect("the body").to_bytes()),
         (_, "/stream") => {
             let lines = Lines {
                 left: number("n", 10),

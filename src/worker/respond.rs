@@ -9,7 +9,8 @@
 //!   to a request whose `Content-Length` is over `--max-body-size`, or whose
 //!   body of unknown length passes it while the service reads it (see
 //!   [`RequestBody`]).
-//! - A panic in the service's future answers `500 Internal Server Error` (a panic
+//! - A panic in the service's future answers `500 Internal Server Error`, or
+//!   413 if the body had gone over `--max-body-size` (a panic
 //!   in a response body, once its head is out, aborts that connection); either way
 //!   the connection is closed and the worker goes on serving the others.
 //! - Once the drain has started, every response says `Connection: close`.
@@ -20,7 +21,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{ready, Context, Poll};
 
-use crate::log::error;
+use crate::log::{error, warn};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderValue, CONNECTION, HOST};
@@ -236,8 +237,15 @@ where
         let polled = catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
         let in_flight = this.in_flight.take();
         // A body that went over `--max-body-size` is answered 413 whatever the
-        // service made of it (an error, a 400, or still waiting).
-        if polled.is_ok() && overflow.as_ref().is_some_and(Overflow::happened) {
+        // service made of it (an error, a 400, a panic on the error, or still
+        // waiting).
+        if overflow.as_ref().is_some_and(Overflow::happened) {
+            if let Err(panic) = &polled {
+                warn!(
+                    "a request handler panicked on a body over --max-body-size: {}; answering 413",
+                    super::panic_message(panic.as_ref())
+                );
+            }
             return Poll::Ready(Ok(refuse(StatusCode::PAYLOAD_TOO_LARGE, in_flight)));
         }
         let result = match polled {

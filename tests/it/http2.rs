@@ -199,15 +199,19 @@ fn five_reloads_under_http2_load_fail_no_stream() {
 fn max_body_size_holds_http2_streams_of_unknown_length() {
     for app in ["fixture", "axum_app"] {
         let server = Server::start_command(command(example(app), &["--workers", "1", "--max-body-size", "4KiB"]));
-        let statuses = streamed_posts(server.addr, &[16, 2]);
+        let statuses = streamed_posts(server.addr, "/echo", &[16, 2]);
         assert_eq!(statuses[0], (413, 0), "{app}: 16 KiB streamed over 4 KiB");
         assert_eq!(statuses[1], (200, 2048), "{app}: 2 KiB streamed, echoed");
     }
+    // A handler that panics on the body's error: 413 too, not a reset.
+    let server = Server::start_example(&["--workers", "1", "--max-body-size", "4KiB"]);
+    let statuses = streamed_posts(server.addr, "/echo-or-panic", &[16, 2]);
+    assert_eq!(statuses, [(413, 0), (200, 2048)]);
 }
 
 /// `POST /echo` over one h2c connection for each size (KiB), sent as a stream
 /// of 1 KiB frames with no `content-length`: (status, body length) of each.
-fn streamed_posts(addr: std::net::SocketAddr, sizes_kib: &[usize]) -> Vec<(u16, usize)> {
+fn streamed_posts(addr: std::net::SocketAddr, path: &str, sizes_kib: &[usize]) -> Vec<(u16, usize)> {
     use futures_util::stream;
     use http_body_util::{BodyExt, StreamBody};
     use hyper::body::{Body, Frame};
@@ -218,6 +222,7 @@ fn streamed_posts(addr: std::net::SocketAddr, sizes_kib: &[usize]) -> Vec<(u16, 
         .enable_all()
         .build()
         .unwrap();
+    let path = path.to_owned();
     runtime.block_on(async move {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
@@ -227,7 +232,7 @@ fn streamed_posts(addr: std::net::SocketAddr, sizes_kib: &[usize]) -> Vec<(u16, 
             let frames = (0..kib).map(|_| Ok(Frame::data(bytes::Bytes::from(vec![b'y'; 1024]))));
             let body = StreamBody::new(stream::iter(frames.collect::<Vec<_>>()));
             assert_eq!(body.size_hint().upper(), None, "no content-length is sent");
-            let request = hyper::Request::post(format!("http://{addr}/echo")).body(body).unwrap();
+            let request = hyper::Request::post(format!("http://{addr}{path}")).body(body).unwrap();
             let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
                 .await
                 .expect("an answer within 10 s")

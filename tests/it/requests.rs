@@ -117,14 +117,14 @@ fn a_declared_body_over_max_body_size_gets_413_without_reaching_the_service() {
 /// service reads it, and once past `--max-body-size` the service gets an error
 /// instead of the rest, and the client gets 413 (not the service's 400) and a
 /// closed connection. A smaller one is served.
+/// A handler that panics on the body's error gets the client 413 too.
 #[test]
 fn a_chunked_body_over_max_body_size_gets_413_as_it_streams() {
     let server = Server::start_example(&["--workers", "1", "--max-body-size", "4KiB"]);
-    let chunked = |chunks: usize| {
+    let chunked = |path: &str, chunks: usize| {
         let mut stream = TcpStream::connect(server.addr).unwrap();
-        stream
-            .write_all(b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n")
-            .unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n");
+        stream.write_all(head.as_bytes()).unwrap();
         for _ in 0..chunks {
             let chunk = format!("400\r\n{}\r\n", "y".repeat(1024));
             if stream.write_all(chunk.as_bytes()).is_err() {
@@ -136,10 +136,13 @@ fn a_chunked_body_over_max_body_size_gets_413_as_it_streams() {
         stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         read_response(&mut stream)
     };
-    let big = chunked(16).expect("an answer before the connection closes");
+    let big = chunked("/echo", 16).expect("an answer before the connection closes");
     assert_eq!(big.status, 413, "16 KiB chunked over a 4 KiB limit");
     assert_eq!(big.header("connection"), Some("close"));
-    let small = chunked(2).unwrap();
+    let panicked = chunked("/echo-or-panic", 16).expect("an answer before the connection closes");
+    assert_eq!(panicked.status, 413, "a handler that panicked on the limit's error");
+    server.wait_for_log("panicked on a body over --max-body-size", Duration::from_secs(5));
+    let small = chunked("/echo", 2).unwrap();
     assert_eq!(small.status, 200, "2 KiB chunked: served");
     assert_eq!(small.body.len(), 2048, "and echoed by the service");
 }
