@@ -15,11 +15,109 @@ use crate::util::*;
 /// Panics unless `program --version` runs: a test of a framework that is not
 /// there has checked nothing.
 pub fn require(program: &str, install: &str) {
-    let runs = std::process::Command::new(program)
-        .arg("--version")
+    require_that(&[program, "--version"], program, install);
+}
+
+/// Panics unless `command` runs and exits 0 (`what` is missing otherwise).
+fn require_that(command: &[&str], what: &str, install: &str) {
+    let runs = std::process::Command::new(command[0])
+        .args(&command[1..])
         .output()
         .is_ok_and(|out| out.status.success());
-    assert!(runs, "{program} is not installed ({install}; .ci/run installs it)");
+    assert!(runs, "{what} is not installed ({install}; .ci/run installs it)");
+}
+
+fn exec_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exec")
+}
+
+/// The Go recipe, built once per test run with Debian's Go (standard library
+/// only: no module proxy is needed).
+fn go_app() -> PathBuf {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let binary = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go_app");
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*built {
+        require_that(&["go", "version"], "go", "apt-get install golang-go");
+        let status = std::process::Command::new("go")
+            .args(["build", "-o", binary.to_str().unwrap(), "."])
+            .current_dir(exec_dir().join("go_app"))
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .status()
+            .expect("run go build");
+        assert!(status.success(), "go build of examples/exec/go_app failed");
+        *built = true;
+    }
+    binary
+}
+
+/// A recipe of `examples/exec/` under keep-alive load (16 clients, 2
+/// workers): 5 HUPs lose nothing, and a `kill -9` of one worker costs at
+/// most the connections it held.
+fn drains_without_loss(what: &str, program: &[&str]) {
+    let mut args = vec!["--workers", "2", "--"];
+    args.extend_from_slice(program);
+    let server = Server::start(&args);
+    let load = Load::start(server.addr, 16);
+    load.wait_for_traffic(200);
+    for n in 1..=5 {
+        reload(&server, n);
+        load.wait_for_traffic(100);
+    }
+    load.finish()
+        .assert_clean(&format!("{what}: 16 keep-alive clients across 5 HUPs"), 700);
+    assert!(
+        !server.logs().contains("killed by"),
+        "{what}: a worker did not exit by itself\n{}",
+        server.logs()
+    );
+
+    let load = Load::start(server.addr, 16);
+    load.wait_for_traffic(200);
+    let victim = server.workers()[0];
+    let held = established_connections(victim, server.addr.port());
+    nix::sys::signal::kill(victim, Signal::SIGKILL).unwrap();
+    server.wait_for_log(&format!("(pid {victim}) killed by SIGKILL"), Duration::from_secs(5));
+    load.wait_for_traffic(200);
+    let tally = load.finish();
+    assert!(held > 0, "{what}: the killed worker held no connection");
+    assert!(
+        tally.failures.len() <= held,
+        "{what}: a kill -9 of a worker holding {held} connections failed {} requests: {:?}",
+        tally.failures.len(),
+        tally.failures
+    );
+}
+
+/// `examples/exec/uvicorn_app.py`: uvicorn started by the app, with a drain
+/// of its own (stock uvicorn closes idle keep-alive connections at once).
+#[test]
+fn the_uvicorn_recipe_loses_nothing_across_reloads() {
+    require_that(&["python3", "-c", "import uvicorn"], "uvicorn", "pip install uvicorn");
+    let app = exec_dir().join("uvicorn_app.py");
+    drains_without_loss("uvicorn", &["python3", app.to_str().unwrap()]);
+}
+
+/// `examples/exec/express_app.js`: Express 5, draining without
+/// `http.Server#close`, which closes idle connections at once.
+#[test]
+fn the_express_recipe_loses_nothing_across_reloads() {
+    require("node", "apt-get install nodejs");
+    assert!(
+        exec_dir().join("node_modules/express").is_dir(),
+        "Express is not installed (npm ci --prefix examples/exec; .ci/run does it)"
+    );
+    let app = exec_dir().join("express_app.js");
+    drains_without_loss("Express", &["node", app.to_str().unwrap()]);
+}
+
+/// `examples/exec/go_app`: Go's `net/http`, draining without
+/// `Server.Shutdown` alone, which closes idle connections at once.
+#[test]
+fn the_go_recipe_loses_nothing_across_reloads() {
+    let app = go_app();
+    drains_without_loss("Go net/http", &[app.to_str().unwrap()]);
 }
 
 /// HUP, then waits until the `n`-th reload is complete.

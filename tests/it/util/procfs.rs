@@ -54,3 +54,29 @@ pub fn signals_pending(pid: Pid, signals: &[Signal]) -> bool {
         .fold(0, |all, mask| all | mask);
     signals.iter().any(|signal| mask & (1 << (*signal as i32 - 1)) != 0)
 }
+
+/// How many established TCP connections on local port `port` process `pid`
+/// holds: its socket fds, matched by inode in `/proc/net/tcp` and `tcp6`.
+pub fn established_connections(pid: Pid, port: u16) -> usize {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let inodes: std::collections::HashSet<String> = entries
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl, local_address, rem_address, st (01: ESTABLISHED), ..., inode (10th)
+            fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "01" && inodes.contains(fields[9])
+        })
+        .count()
+}

@@ -1,0 +1,3 @@
+module example.com/prefork-go-drain
+
+go 1.19
