@@ -68,6 +68,9 @@ fn main() -> std::process::ExitCode {
             Ok("hang") => std::future::pending::<()>().await,
             _ => {}
         }
+        // Where this worker listens, known in the setup (`--port 0` included).
+        let listening = prefork_server::local_addr();
+        tracing::info!("fixture (pid {}): the setup sees {listening:?}", std::process::id());
         let served = Rc::new(Cell::new(0u64));
         // Made per connection, to know its addresses (`/addr`).
         Ok(prefork_server::per_connection(move |addresses| {
@@ -106,6 +109,7 @@ async fn handle(
             full(format!("slept {ms}ms in worker {pid}\n"))
         }
         (_, "/count") => full(format!("worker {pid} has served {} requests\n", served.get())),
+        (_, "/local-addr") => full(format!("{:?}\n", prefork_server::local_addr())),
         (_, "/addr") => full(format!("client {} local {}\n", addresses.client, addresses.local)),
         (_, "/alloc") => {
             let mb = number("mb", 1) as usize;

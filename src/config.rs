@@ -595,7 +595,7 @@ struct Settings {
     exec_nonblocking: Option<bool>,
 
     /// Exec mode: every slot runs this command, its socket as fd 3 with LISTEN_FDS=1, as systemd's socket activation passes it (e.g. -- python3 app.py)
-    #[arg(last = true, value_name = "COMMAND")]
+    #[arg(last = true, value_name = "PROGRAM")]
     command: Option<Vec<String>>,
 }
 

@@ -2,10 +2,18 @@
 //! and Node's `cluster`.
 //!
 //! A single-threaded master binds every listener, forks one worker per slot, and
-//! respawns any worker that dies; workers serve HTTP/1 with hyper on their own
-//! `current_thread` tokio runtime. Bring your own hyper service with [`run_with`];
-//! the factory runs in each worker after the fork, so per-worker state (pools,
-//! caches) is built there.
+//! respawns any worker that dies. Each worker serves your service with hyper on
+//! its own `current_thread` tokio runtime: HTTP/1.1 with keep-alive and upgrades
+//! (WebSockets), and HTTP/2 over cleartext (h2c with prior knowledge, as gRPC
+//! clients and load balancers' upstream pools speak it), told apart by the
+//! connection's first bytes. The service is a hyper service (`service_fn`) or a
+//! tower service (an axum `Router`, tonic's `Routes`, a tower-http stack), as it
+//! is. Bring it with [`run_with`]; the factory runs in each worker after the
+//! fork, so per-worker state (pools, caches) is built there. Handlers can ask
+//! when their worker begins to drain ([`draining`]) and where it listens
+//! ([`local_addr`]). With a command instead ([`Config::command`]), the workers
+//! run any program on the socket, as systemd's socket activation hands it over
+//! (exec mode).
 //!
 //! ```no_run
 //! let config = prefork_server::Config::from_args();
@@ -49,11 +57,11 @@ use std::fmt::Display;
 use sys::{listener, process, scoreboard, signals, upgrade};
 
 pub use body::RequestBody;
-pub use config::{AccessLogFormat, Balance, Config, ConfigError, LogFormat, ServerFlags};
+pub use config::{AccessLogFormat, Balance, Config, ConfigError, ExecReady, LogFormat, ServerFlags, StopSignal};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;
-pub use worker::{draining, is_draining};
+pub use worker::{draining, is_draining, local_addr};
 
 /// The signal table and the exit codes, as `prefork-server --help` ends.
 pub const SIGNALS_HELP: &str = signals::HELP_TABLE;

@@ -11,7 +11,14 @@ use clap::Parser;
 /// prefork-server: a master process forks one HTTP worker per core; the workers
 /// accept on sockets the master owns, and the master respawns any worker that dies.
 #[derive(Debug, Parser)]
-#[command(name = "prefork-server", version, after_help = prefork_server::SIGNALS_HELP)]
+#[command(
+    name = "prefork-server",
+    version,
+    after_help = prefork_server::SIGNALS_HELP,
+    override_usage = "prefork-server [OPTIONS]                          serve the default app\n       \
+                      prefork-server [OPTIONS] -- PROGRAM [ARGS]...     run PROGRAM in every slot (exec mode)\n       \
+                      prefork-server <COMMAND> [OPTIONS]                act on a running server (see Commands)"
+)]
 struct Cli {
     #[command(flatten)]
     server: prefork_server::ServerFlags,

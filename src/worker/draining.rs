@@ -1,12 +1,16 @@
-//! [`draining`]: how a handler learns that its worker has begun to drain, so
-//! that a long-lived response (a WebSocket, an event stream, a gRPC watch)
-//! can end itself cleanly instead of being cut at `--graceful-timeout`.
+//! What the app can ask about its worker, from its setup or any handler:
+//! [`draining`], how a handler learns that the worker has begun to drain (so
+//! that a long-lived response, a WebSocket, an event stream, a gRPC watch, can
+//! end itself cleanly instead of being cut at `--graceful-timeout`), and
+//! [`local_addr`], the address the worker serves (the port `--port 0` picked).
 //!
-//! One flag per process, set once: a worker drains once and then exits. A
-//! process-wide static rather than the worker's `Rc` state, so that the
-//! future can be made anywhere (a task, a stream combinator, another thread).
+//! Process-wide statics rather than the worker's `Rc` state, so that they can
+//! be read anywhere (a task, a stream combinator, another thread). A worker
+//! drains once and then exits, so the flag is set once.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use tokio::sync::Notify;
 
@@ -55,4 +59,21 @@ pub fn is_draining() -> bool {
 pub(super) fn begin() {
     DRAINING.store(true, Ordering::Release);
     BEGUN.notify_waiters();
+}
+
+/// The address of this worker's socket, set once at its boot.
+static LOCAL_ADDR: OnceLock<SocketAddr> = OnceLock::new();
+
+/// The address this worker serves, as bound: with `--port 0`, the port the
+/// kernel picked (the one in the ready line). Known from the start of the
+/// setup given to `run_with` or `run_with_setup`, and in every handler; `None`
+/// outside a worker. (For the address a connection came in on, with its
+/// client's, see [`per_connection`](crate::per_connection).)
+pub fn local_addr() -> Option<SocketAddr> {
+    LOCAL_ADDR.get().copied()
+}
+
+/// The worker's socket is `addr` (before the setup runs).
+pub(super) fn set_local_addr(addr: SocketAddr) {
+    let _ = LOCAL_ADDR.set(addr);
 }

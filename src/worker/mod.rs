@@ -20,7 +20,7 @@ mod respond;
 mod serve;
 mod streams;
 
-pub use draining::{draining, is_draining};
+pub use draining::{draining, is_draining, local_addr};
 
 use std::fmt::Display;
 use std::future::Future;
@@ -198,6 +198,9 @@ where
     // when it drains (see `serve`). The fd inherited from the master belongs to
     // master structures that are never dropped in this process: closed once, here.
     let _ = nix::unistd::close(listener.as_raw_fd());
+    if let Ok(addr) = accepting.local_addr() {
+        draining::set_local_addr(addr);
+    }
     // The setup is the user's code: a panic there is reported like an error,
     // with its message, but keeps the panic exit code.
     let panicked = |panic: Box<dyn std::any::Any + Send>| BootError {

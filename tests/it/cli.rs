@@ -238,3 +238,35 @@ fn a_reload_keeps_a_scaled_count_unless_the_file_changes_workers() {
     );
     server.wait_for_workers(3, Duration::from_secs(20));
 }
+
+/// The usage line says the three ways to run the binary, in words.
+#[test]
+fn the_usage_line_reads_as_the_three_ways_to_run_it() {
+    let (code, out, _) = control(&["--help"]);
+    assert_eq!(code, Some(0));
+    for line in [
+        "Usage: prefork-server [OPTIONS]",
+        "prefork-server [OPTIONS] -- PROGRAM [ARGS]...     run PROGRAM in every slot (exec mode)",
+        "prefork-server <COMMAND> [OPTIONS]",
+    ] {
+        assert!(out.contains(line), "{line:?} in\n{out}");
+    }
+    assert!(!out.contains("[-- <COMMAND>...] [COMMAND]"), "{out}");
+}
+
+/// Every public field of `Config` has a type that can be named from the crate
+/// root (this test compiles only if they can).
+#[test]
+fn the_types_of_configs_public_fields_are_nameable() {
+    let config = prefork_server::Config::default();
+    let ready: prefork_server::ExecReady = config.exec_ready;
+    let stop: prefork_server::StopSignal = config.stop_signal;
+    let balance: prefork_server::Balance = config.balance;
+    let format: prefork_server::LogFormat = config.log_format;
+    let access: prefork_server::AccessLogFormat = config.access_log_format;
+    assert_eq!(ready, prefork_server::ExecReady::Accepting);
+    assert_eq!(stop.name(), "SIGTERM");
+    assert_eq!(balance, prefork_server::Balance::Reuseport);
+    assert_eq!(format, prefork_server::LogFormat::Text);
+    assert_eq!(access, prefork_server::AccessLogFormat::Combined);
+}

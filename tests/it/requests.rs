@@ -89,6 +89,19 @@ fn a_service_made_per_connection_knows_both_addresses() {
     );
 }
 
+/// `prefork_server::local_addr()`: with `--port 0`, the app learns the port
+/// the kernel picked, in its setup and in every handler.
+#[test]
+fn the_app_knows_the_port_that_port_0_picked() {
+    let server = Server::start_example(&["--workers", "2"]);
+    assert_ne!(server.addr.port(), 0);
+    let expected = format!("Some({})", server.addr);
+    for _ in 0..4 {
+        assert_eq!(get(server.addr, "/local-addr").unwrap().body.trim(), expected);
+    }
+    server.wait_for_log_count(&format!("the setup sees {expected}"), 2, Duration::from_secs(5));
+}
+
 /// `--max-body-size`: a request whose Content-Length is over it gets 413 and
 /// `Connection: close`, and never reaches the service; a smaller one does.
 #[test]
