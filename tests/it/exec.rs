@@ -292,14 +292,7 @@ fn the_admin_views_show_each_command() {
 /// worker) per slot, reloaded twice under load with no failed request.
 #[test]
 fn gunicorn_serves_under_the_master_and_reloads_under_load_losing_nothing() {
-    let installed = std::process::Command::new("gunicorn")
-        .arg("--version")
-        .output()
-        .is_ok_and(|out| out.status.success());
-    if !installed {
-        eprintln!("SKIPPED: gunicorn is not installed (pip install gunicorn; .ci/run installs it)");
-        return;
-    }
+    crate::frameworks::require("gunicorn", "pip install gunicorn");
     let chdir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exec");
     let chdir = chdir.to_string_lossy();
     let server = exec_server(
