@@ -860,3 +860,33 @@ fn the_blocking_socket_of_commands_survives_a_hot_upgrade() {
         "{logs}"
     );
 }
+
+/// A command the master asked to stop, dead by that very signal (a program
+/// that leaves SIGTERM at its default action), did as asked: the log says so
+/// at info, and `/status` does not show it as a failure.
+#[test]
+fn a_command_stopped_by_the_signal_it_was_asked_to_stop_with_is_no_failure() {
+    let server = exec_server(
+        &["--workers", "1", "--admin", "127.0.0.1:0"],
+        &socket_reporter(false, false),
+    );
+    // (The admin process is a child of the master too: the command is the one
+    // the ready line names.)
+    let old = pid_in(&server.wait_for_log("worker 0 (pid", Duration::from_secs(10))).unwrap();
+    reload(&server, 1);
+    let line = server.wait_for_log(
+        &format!("(pid {old}) stopped by SIGTERM (as asked)"),
+        Duration::from_secs(10),
+    );
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(
+        !server.logs().contains(&format!("(pid {old}) killed by")),
+        "{}",
+        server.logs()
+    );
+    let status: serde_json::Value = serde_json::from_str(&get(server.admin_addr(), "/status").unwrap().body).unwrap();
+    assert_eq!(
+        status["slots"][0]["last_exit"], "stopped by SIGTERM (as asked)",
+        "{status:#}"
+    );
+}
