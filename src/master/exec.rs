@@ -85,9 +85,13 @@ impl Master<'_> {
         }
         let (signals, run_as, master_pid) = (&self.signals, self.run_as, getpid());
         let listener = listener.as_raw_fd();
+        // Another command on this socket (the one this spawn replaces, a
+        // sibling with `--balance shared`, the old master's while this one
+        // takes over) keeps it as it is (see `SocketMode`).
+        let shared = self.origin.handover.is_some() || self.fleet.execs().any(|(_, exec)| exec.socket == socket);
         let mode = crate::sys::exec::SocketMode {
             nodelay: self.config.exec_nodelay,
-            nonblocking: self.config.exec_nonblocking,
+            nonblocking: (!shared).then_some(self.config.exec_nonblocking),
         };
         let pid = process::fork(move || {
             // The rest of the master's fds are closed by `exec` itself.

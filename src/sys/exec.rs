@@ -50,16 +50,21 @@ pub struct Launch<'a> {
 /// How fd 3 is handed to the program, as systemd's `NoDelay=` and
 /// `NonBlocking=` say it.
 ///
-/// Both live on the socket the master, this program, the program it replaces
-/// in its slot and a new master after USR2 all share (`O_NONBLOCK` is a flag of
-/// the open file, not of the fd): each spawn sets them again, so that every
-/// program gets what the settings say when it starts, whatever ran before it.
+/// `O_NONBLOCK` is a flag of the open file, not of the fd: the master, every
+/// command on the same socket (the one it replaces in its slot, all of them
+/// with `--balance shared`, an old master's after USR2) share it. Every event
+/// loop sets it on that shared file itself, and a program blocked in `accept`
+/// on a socket made blocking under it would stall its whole loop, or one
+/// expecting a blocking socket would fail at its next `accept`. So the master
+/// sets it only for a program that is alone on the socket (`None` otherwise:
+/// left as the programs already on it keep it).
 #[derive(Debug, Clone, Copy)]
 pub struct SocketMode {
-    /// `TCP_NODELAY`, which Linux copies to every socket accepted from it.
+    /// `TCP_NODELAY`, which Linux copies to every socket accepted from it
+    /// (setting it under another program changes nothing it relies on).
     pub nodelay: bool,
-    /// `O_NONBLOCK` on the open file.
-    pub nonblocking: bool,
+    /// `O_NONBLOCK` on the open file, if this program is alone on it.
+    pub nonblocking: Option<bool>,
 }
 
 /// Runs `launch.command` in place of this process. Returns only if it could
@@ -150,9 +155,12 @@ fn set_socket_mode(mode: SocketMode) -> Result<(), String> {
     socket
         .set_tcp_nodelay(mode.nodelay)
         .map_err(|err| format!("cannot set TCP_NODELAY on the socket: {err}"))?;
-    socket
-        .set_nonblocking(mode.nonblocking)
-        .map_err(|err| format!("cannot set the socket's blocking mode: {err}"))
+    match mode.nonblocking {
+        Some(nonblocking) => socket
+            .set_nonblocking(nonblocking)
+            .map_err(|err| format!("cannot set the socket's blocking mode: {err}")),
+        None => Ok(()),
+    }
 }
 
 /// Closes every fd from `first` up, except `keep`.

@@ -890,3 +890,56 @@ fn a_command_stopped_by_the_signal_it_was_asked_to_stop_with_is_no_failure() {
         "{status:#}"
     );
 }
+
+/// An event loop sets `O_NONBLOCK` on the socket itself, on the open file it
+/// shares with the command that replaces it: a reload must not make it
+/// blocking under the old command while the new one boots (asyncio's accept
+/// loop would then block, and the old command stall with every client it has).
+#[test]
+fn a_reload_leaves_the_socket_as_the_running_command_set_it() {
+    let program = vec![
+        "python3".to_string(),
+        "-c".into(),
+        "import asyncio, os, socket, time\n\
+         time.sleep(1)  # a boot that takes a moment\n\
+         async def answer(reader, writer):\n\
+         \x20   await reader.readuntil(b'\\r\\n\\r\\n')\n\
+         \x20   body = f'Hello from worker {os.getpid()}\\n'.encode()\n\
+         \x20   writer.write(b'HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body) + body)\n\
+         \x20   await writer.drain()\n\
+         \x20   writer.close()\n\
+         async def main():\n\
+         \x20   server = await asyncio.start_server(answer, sock=socket.socket(fileno=3))\n\
+         \x20   await server.serve_forever()\n\
+         asyncio.run(main())\n"
+            .into(),
+    ];
+    let server = exec_server(&["--workers", "1"], &program);
+    let old = server.wait_for_workers(1, Duration::from_secs(10))[0];
+    eventually(Duration::from_secs(5), "asyncio made the socket non-blocking", || {
+        fd3_nonblocking(old).then_some(())
+    });
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log("spawned (generation 2)", Duration::from_secs(5));
+    // The new command sleeps a second before it takes the socket: meanwhile
+    // the old one serves, on the socket as it set it.
+    assert!(
+        fd3_nonblocking(old),
+        "the reload made the socket blocking under the running command"
+    );
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        assert_eq!(get(server.addr, "/").unwrap().status, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    reload_done(&server);
+}
+
+/// Waits for the first reload to complete.
+fn reload_done(server: &Server) {
+    server.wait_for_log_count("reload complete", 1, Duration::from_secs(30));
+}

@@ -65,8 +65,14 @@ fn drains_without_loss(what: &str, program: &[&str]) {
         reload(&server, n);
         load.wait_for_traffic(100);
     }
-    load.finish()
-        .assert_clean(&format!("{what}: 16 keep-alive clients across 5 HUPs"), 700);
+    let tally = load.finish();
+    tally.assert_clean(&format!("{what}: 16 keep-alive clients across 5 HUPs"), 700);
+    // A reload must not stall the old command while its successor boots.
+    assert!(
+        tally.slowest < Duration::from_secs(1),
+        "{what}: a request waited {:?} across the reloads",
+        tally.slowest
+    );
     assert!(
         !server.logs().contains("killed by"),
         "{what}: a worker did not exit by itself\n{}",
