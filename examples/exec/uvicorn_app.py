@@ -2,6 +2,11 @@
 """An ASGI app served by uvicorn, draining keep-alive connections on SIGTERM.
 
     prefork-server --port 8000 --workers 4 -- python3 examples/exec/uvicorn_app.py
+    prefork-server --port 8000 --workers 4 -- python3 examples/exec/uvicorn_app.py main:app
+
+With an argument, it serves that app instead of its own, as uvicorn names one
+(`module:attribute`, imported from the current directory): a FastAPI or
+Starlette app, say, or any other ASGI app, unchanged.
 
 Run it this way, not as `uvicorn --fd 3 --app-dir examples/exec
 uvicorn_app:app`. That command serves the same app, but on SIGTERM or SIGINT stock uvicorn (uvicorn/server.py,
@@ -139,8 +144,11 @@ def main():
     # AF_UNIX, ...), so asyncio never sets TCP_NODELAY on accepted
     # connections. asyncio makes the socket non-blocking itself.
     listener = socket.socket(fileno=3)
+    # The app: the one named on the command line (`main:app`, as uvicorn
+    # takes it), else this file's own.
+    sys.path.insert(0, os.getcwd())
     config = uvicorn.Config(
-        app,
+        sys.argv[1] if len(sys.argv) > 1 else app,
         access_log=False,
         timeout_keep_alive=5,  # idle keep-alive limit while serving
         timeout_graceful_shutdown=3,  # app tasks still running after the drain

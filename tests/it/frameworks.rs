@@ -198,3 +198,33 @@ fn gunicorn_is_ready_once_its_app_is_imported_and_no_reload_keeps_a_request_wait
         tally.slowest
     );
 }
+
+/// The uvicorn recipe serves an app named on its command line (`main:app`,
+/// from the current directory), as uvicorn would (a FastAPI app unchanged),
+/// and drains it as its own: a reload under keep-alive load loses nothing.
+#[test]
+fn the_uvicorn_recipe_serves_and_drains_an_app_named_on_its_command_line() {
+    require_that(&["python3", "-c", "import uvicorn"], "uvicorn", "pip install uvicorn");
+    let dir = tempdir("uvicorn-named-app");
+    std::fs::write(
+        dir.join("main.py"),
+        "async def app(scope, receive, send):\n\
+         \x20   if scope['type'] != 'http':\n        return\n\
+         \x20   await send({'type': 'http.response.start', 'status': 200, 'headers': [(b'content-length', b'14')]})\n\
+         \x20   await send({'type': 'http.response.body', 'body': b'from main.py!\\n'})\n",
+    )
+    .unwrap();
+    let recipe = exec_dir().join("uvicorn_app.py");
+    let mut command = command(
+        server_binary(),
+        &["--workers", "1", "--", "python3", recipe.to_str().unwrap(), "main:app"],
+    );
+    command.current_dir(&dir);
+    let server = Server::start_command(command);
+    assert_eq!(get(server.addr, "/").unwrap().body, "from main.py!\n");
+    let load = Load::start(server.addr, 8);
+    load.wait_for_traffic(100);
+    reload(&server, 1);
+    load.wait_for_traffic(100);
+    load.finish().assert_clean("a named app across a HUP", 200);
+}
