@@ -547,7 +547,7 @@ struct Settings {
     max_worker_memory: Option<u64>,
 
     /// Serve /status (JSON), /metrics, /readyz, /livez and /healthz on this address, from the workers (e.g. 127.0.0.1:9100) [default: off]
-    #[arg(long, env = "PREFORK_ADMIN", value_name = "ADDR")]
+    #[arg(long, env = "PREFORK_ADMIN", value_name = "ADDR", value_parser = parse_socket_addr)]
     #[serde(default, deserialize_with = "parsed")]
     admin: Option<SocketAddr>,
 
@@ -587,11 +587,11 @@ struct Settings {
     stop_signal: Option<StopSignal>,
 
     /// Exec mode: TCP_NODELAY on the command's socket, so a reply written in two parts is not held for the client's delayed ACK (systemd's NoDelay=) [default: true]
-    #[arg(long, env = "PREFORK_EXEC_NODELAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "PREFORK_EXEC_NODELAY", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     exec_nodelay: Option<bool>,
 
     /// Exec mode: hand the command its socket non-blocking; by default it is blocking, as systemd hands it (NonBlocking=) [default: false]
-    #[arg(long, env = "PREFORK_EXEC_NONBLOCKING", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "PREFORK_EXEC_NONBLOCKING", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
     exec_nonblocking: Option<bool>,
 
     /// Exec mode: every slot runs this command, its socket as fd 3 with LISTEN_FDS=1, as systemd's socket activation passes it (e.g. -- python3 app.py)
@@ -757,6 +757,15 @@ impl Settings {
         }
         .with_loaded())
     }
+}
+
+/// `IP:PORT` (`127.0.0.1:9100`, `[::1]:9100`); host names are not looked up.
+pub fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
+        format!(
+            "'{text}' is not an IP:PORT address (use e.g. 127.0.0.1:9100 or [::1]:9100; host names are not looked up)"
+        )
+    })
 }
 
 /// An IP address, with or without the brackets of `[::1]`.

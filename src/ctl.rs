@@ -53,6 +53,7 @@ pub enum Command {
     /// each checked on its --admin listener); a HUP keeps it unless the config
     /// file's `workers` changed
     Scale {
+        /// How many workers the server is to run, 1 to 4096
         #[arg(value_parser = clap::value_parser!(u16).range(1..=4096))]
         workers: u16,
         #[command(flatten)]
@@ -70,7 +71,7 @@ pub struct Target {
     #[arg(long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
     /// The running server's --admin address (status and scale) [default: PREFORK_ADMIN, or admin in the config file]
-    #[arg(long = "admin", value_name = "ADDR")]
+    #[arg(long = "admin", value_name = "ADDR", value_parser = prefork_server::parse_socket_addr)]
     admin: Option<SocketAddr>,
     /// The running server's config file, to read pid_file and admin from [default: PREFORK_CONFIG]
     #[arg(long = "config", value_name = "FILE")]
@@ -260,7 +261,11 @@ fn fetch_status(found: &Found<SocketAddr>) -> Result<serde_json::Value, String> 
         .split_once("\r\n\r\n")
         .map(|(_, body)| body)
         .unwrap_or_default();
-    serde_json::from_str(body).map_err(|err| format!("{admin}/status is not the expected JSON: {err}"))
+    serde_json::from_str(body).map_err(|err| {
+        format!(
+            "{found} does not answer /status as prefork-server's --admin listener does ({err}): is it the main port?"
+        )
+    })
 }
 
 fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
@@ -316,6 +321,15 @@ fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
 /// slots: signals of one kind sent back to back would coalesce into one.
 fn scale(pid_file: &Found<PathBuf>, admin: &Found<SocketAddr>, target: u64) -> Result<(), String> {
     let pid = master(pid_file)?;
+    // The pid file and the admin address may name two different servers:
+    // signals to one, watched on the other, would change the wrong one.
+    let serving = fetch_status(admin)?["master_pid"].as_i64();
+    if serving != Some(i64::from(pid.as_raw())) {
+        let serving = serving.map_or("an unknown master".into(), |other| format!("master {other}"));
+        return Err(format!(
+            "the admin listener {admin} belongs to {serving}, not to the master (pid {pid}) of {pid_file}; nothing sent"
+        ));
+    }
     let workers = |admin: &Found<SocketAddr>| fetch_status(admin).map(|status| status["workers"].as_u64().unwrap_or(0));
     let mut current = workers(admin)?;
     while current != target {

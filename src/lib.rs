@@ -57,7 +57,9 @@ use std::fmt::Display;
 use sys::{listener, process, scoreboard, signals, upgrade};
 
 pub use body::RequestBody;
-pub use config::{AccessLogFormat, Balance, Config, ConfigError, ExecReady, LogFormat, ServerFlags, StopSignal};
+pub use config::{
+    parse_socket_addr, AccessLogFormat, Balance, Config, ConfigError, ExecReady, LogFormat, ServerFlags, StopSignal,
+};
 pub use error::Error;
 pub use http::Hello;
 pub use process::exit_code;

@@ -270,3 +270,26 @@ fn the_types_of_configs_public_fields_are_nameable() {
     assert_eq!(format, prefork_server::LogFormat::Text);
     assert_eq!(access, prefork_server::AccessLogFormat::Combined);
 }
+
+/// `scale` with a pid file and an admin address of two different servers
+/// signals neither: the admin listener must belong to the pid file's master.
+#[test]
+fn scale_refuses_an_admin_listener_of_another_master() {
+    let dir = tempdir("scale-two-servers");
+    let pids = dir.join("one.pid");
+    let one = Server::start(&["--workers", "2", "--pid-file", pids.to_str().unwrap()]);
+    let other = Server::start(&["--workers", "2", "--admin", "127.0.0.1:0"]);
+    let admin = other.admin_addr().to_string();
+    let (code, _, err) = control(&["scale", "3", "--pid-file", pids.to_str().unwrap(), "--admin", &admin]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "belongs to master {}, not to the master (pid {})",
+            other.master, one.master
+        )),
+        "{err}"
+    );
+    assert!(err.contains("nothing sent"), "{err}");
+    std::thread::sleep(Duration::from_millis(500)); // a TTIN would have a third worker by now
+    assert_eq!(one.workers().len(), 2, "{}", one.logs());
+}
