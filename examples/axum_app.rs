@@ -110,7 +110,18 @@ async fn echo(mut socket: WebSocket, leave_on_drain: bool) {
         tokio::select! {
             () = &mut drain, if leave_on_drain => {
                 let frame = CloseFrame { code: close_code::AWAY, reason: "the server is restarting".into() };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                if socket.send(Message::Close(Some(frame))).await.is_ok() {
+                    // The closing handshake: the client's Close, for a moment,
+                    // so that the connection ends cleanly rather than reset.
+                    let answered = async {
+                        while let Some(Ok(message)) = socket.recv().await {
+                            if matches!(message, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(1), answered).await;
+                }
                 return;
             }
             message = socket.recv() => match message {

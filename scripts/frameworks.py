@@ -10,12 +10,14 @@
    `examples/exec/`: 2 workers, `wrk -t2 -c16` keep-alive for the whole run, a
    HUP every time the previous reload has completed (at least 2 s apart);
    prints wrk's socket errors (a connection cut under a client) and non-2xx.
+3. How long a graceful stop (TERM) takes each recipe with 4 idle keep-alive
+   connections open: their grace, not `--graceful-timeout`.
 
 Traffic goes to 127.0.0.1 only; every run is bounded (wrk's duration, 60 s
 per server at most) and every server is stopped.
 
 Usage: python3 scripts/frameworks.py [--binary target/release/prefork-server]
-       [--only latency|reloads]
+       [--only latency|reloads|stops]
 Needs wrk, uvicorn, node with `npm ci --prefix examples/exec`, go.
 """
 import argparse
@@ -229,10 +231,32 @@ def reloads(binary):
         print(f"{name:44} {requests.group(1) if requests else '?':>9} {row['errors']:>7} {row['non2xx']:>8}")
 
 
+def stops(binary):
+    print("== TERM with 4 idle keep-alive connections open, 2 workers")
+    for name, command in [
+        ("python3 uvicorn_app.py", ["python3", os.path.join(EXEC, "uvicorn_app.py")]),
+        ("node express_app.js", ["node", os.path.join(EXEC, "express_app.js")]),
+        ("go_app", [go_binary("examples/exec/go_app")]),
+    ]:
+        master = Master(binary, 2, command)
+        port = int(master.url.rsplit(":", 1)[1].strip("/"))
+        idle = []
+        for _ in range(4):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            conn.recv(4096)
+            idle.append(conn)
+        started = time.monotonic()
+        master.stop()
+        print(f"{name:44} stopped in {time.monotonic() - started:.2f}s (exit {master.proc.returncode})")
+        for conn in idle:
+            conn.close()
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "prefork-server"))
-    parser.add_argument("--only", choices=["latency", "reloads"])
+    parser.add_argument("--only", choices=["latency", "reloads", "stops"])
     args = parser.parse_args()
     for tool in ["wrk", "uvicorn", "node", "go"]:
         if not shutil.which(tool):
@@ -243,6 +267,8 @@ def main():
         latency(args.binary)
     if args.only in (None, "reloads"):
         reloads(args.binary)
+    if args.only in (None, "stops"):
+        stops(args.binary)
 
 
 if __name__ == "__main__":

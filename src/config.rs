@@ -388,10 +388,37 @@ pub struct ServerFlags {
     settings: Settings,
 }
 
+/// Where a running server can be reached, as its settings say: what a control
+/// command (`prefork-server reload`, `status`) needs, and nothing else.
+#[derive(Debug, Clone, Default)]
+pub struct Located {
+    pub pid_file: Option<PathBuf>,
+    pub admin: Option<SocketAddr>,
+    /// The config file these came from, if any.
+    pub file: Option<PathBuf>,
+}
+
 impl ServerFlags {
     /// Reads `file` as the config file, as `--config FILE` would.
     pub fn set_config_file(&mut self, file: PathBuf) {
         self.config = Some(file);
+    }
+
+    /// `pid_file` and `admin` from these flags (and their `PREFORK_*`
+    /// variables) over the config file, without judging the other settings:
+    /// a control command must not refuse what the running server accepted
+    /// (an `admin` on all interfaces with `--admin-allow-remote`, say).
+    pub fn locate(&self) -> Result<Located, ConfigError> {
+        let from_file = match &self.config {
+            Some(path) => Settings::read(path)?,
+            None => Settings::default(),
+        };
+        let settings = from_file.overlay(self.settings.clone());
+        Ok(Located {
+            pid_file: settings.pid_file,
+            admin: settings.admin,
+            file: self.config.clone(),
+        })
     }
 
     /// Prints a usage error from parsing a command line that holds these flags,

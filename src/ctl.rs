@@ -67,13 +67,13 @@ pub enum Command {
 /// config file (`--config` here or before the command, or `PREFORK_CONFIG`).
 #[derive(Debug, clap::Args)]
 pub struct Target {
-    /// The running server's pid file (the master's --pid-file) [default: PREFORK_PID_FILE, or pid_file in the config file]
+    /// The running server's pid file (the master's --pid-file); else PREFORK_PID_FILE, or pid_file in the config file
     #[arg(long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// The running server's --admin address (status and scale) [default: PREFORK_ADMIN, or admin in the config file]
+    /// The running server's --admin address (status and scale); else PREFORK_ADMIN, or admin in the config file
     #[arg(long = "admin", value_name = "ADDR", value_parser = prefork_server::parse_socket_addr)]
     admin: Option<SocketAddr>,
-    /// The running server's config file, to read pid_file and admin from [default: PREFORK_CONFIG]
+    /// The running server's config file, to read pid_file and admin from; else PREFORK_CONFIG
     #[arg(long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -91,11 +91,11 @@ impl std::fmt::Display for Found<SocketAddr> {
     }
 }
 
-/// Where the server's settings came from, resolved once for a control command.
+/// Where the server's settings say it is, read once for a control command.
 struct Sources {
-    /// The server's settings as the server would read them (flags before the
+    /// `pid_file` and `admin` as the server would read them (flags before the
     /// command, `PREFORK_*`, the config file), or why they cannot be read.
-    config: Result<prefork_server::Config, String>,
+    located: Result<prefork_server::Located, String>,
 }
 
 impl Sources {
@@ -103,8 +103,8 @@ impl Sources {
         if let Some(file) = config {
             server.set_config_file(file);
         }
-        let config = prefork_server::Config::from_flags(server).map_err(|err| err.to_string());
-        Sources { config }
+        let located = server.locate().map_err(|err| err.to_string());
+        Sources { located }
     }
 
     /// `own` (this command's flag), else the server's setting `key`.
@@ -112,19 +112,19 @@ impl Sources {
         &self,
         own: Option<T>,
         key: &str,
-        read: impl Fn(&prefork_server::Config) -> Option<T>,
+        read: impl Fn(&prefork_server::Located) -> Option<T>,
     ) -> Result<Found<T>, String> {
         let flag = format!("--{}", key.replace('_', "-"));
         if let Some(value) = own {
             return Ok(Found { value, source: flag });
         }
         let variable = format!("PREFORK_{}", key.to_uppercase());
-        let config = self
-            .config
+        let located = self
+            .located
             .as_ref()
             .map_err(|err| format!("cannot read the server's settings: {err}"))?;
-        let Some(value) = read(config) else {
-            let file = config
+        let Some(value) = read(located) else {
+            let file = located
                 .file
                 .as_ref()
                 .map_or(String::new(), |file| format!(", nor in {}", file.display()));
@@ -138,7 +138,7 @@ impl Sources {
         } else if std::env::var_os(&variable).is_some() {
             variable
         } else {
-            match &config.file {
+            match &located.file {
                 Some(file) => format!("`{key}` in {}", file.display()),
                 None => key.to_owned(),
             }
@@ -147,11 +147,11 @@ impl Sources {
     }
 
     fn pid_file(&self, target: &Target) -> Result<Found<PathBuf>, String> {
-        self.find(target.pid_file.clone(), "pid_file", |config| config.pid_file.clone())
+        self.find(target.pid_file.clone(), "pid_file", |located| located.pid_file.clone())
     }
 
     fn admin(&self, target: &Target) -> Result<Found<SocketAddr>, String> {
-        self.find(target.admin, "admin", |config| config.admin)
+        self.find(target.admin, "admin", |located| located.admin)
     }
 }
 

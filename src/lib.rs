@@ -58,7 +58,8 @@ use sys::{listener, process, scoreboard, signals, upgrade};
 
 pub use body::RequestBody;
 pub use config::{
-    parse_socket_addr, AccessLogFormat, Balance, Config, ConfigError, ExecReady, LogFormat, ServerFlags, StopSignal,
+    parse_socket_addr, AccessLogFormat, Balance, Config, ConfigError, ExecReady, Located, LogFormat, ServerFlags,
+    StopSignal,
 };
 pub use error::Error;
 pub use http::Hello;

@@ -75,7 +75,11 @@ server.on("request", (req, res) => {
 server.listen({ fd: 3 });
 
 function drain() {
-  if (draining) return;
+  // A second signal (Ctrl-C twice): give up on the drain.
+  if (draining) {
+    server.closeAllConnections();
+    process.exit(1);
+  }
   draining = true;
   const drainStart = Date.now();
 
@@ -104,10 +108,12 @@ function drain() {
     }
   }, 100).unref();
 
-  // The hard deadline, for connections that stay busy.
+  // The hard deadline, for connections that stay busy: they are cut, so the
+  // exit code says the drain was not clean.
   setTimeout(() => {
+    console.error(`express_app.js: ${connections.size} connections still open after ${DRAIN_TIMEOUT_MS} ms; closing them`);
     server.closeAllConnections();
-    process.exit(0);
+    process.exit(1);
   }, DRAIN_TIMEOUT_MS).unref();
 }
 

@@ -163,7 +163,7 @@ impl Master<'_> {
         let (running, loaded, wanted) = (self.fleet.pool.len(), self.config.workers.get(), new.workers.get());
         let source = match &new.file {
             Some(file) => file.display().to_string(),
-            None => "the command line".into(),
+            None => "the flags and the environment".into(),
         };
         match (running == loaded, wanted == loaded) {
             (true, _) => wanted,

@@ -8,13 +8,14 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use crate::log::{debug, info};
+use crate::log::{debug, info, warn};
 use nix::unistd::{getpid, Pid};
 
 use super::fleet::{Exec, Kind};
 use super::Master;
 use crate::config::ExecReady;
 use crate::error::Error;
+use crate::sys::accepting::Seen;
 use crate::sys::channel::{self, Channel};
 use crate::sys::notices::{Notice, Notices};
 use crate::sys::process;
@@ -113,6 +114,7 @@ impl Master<'_> {
         let exec = Exec {
             socket,
             executed: false,
+            said_ready: false,
         };
         Ok((pid, channel, Kind::Exec(exec)))
     }
@@ -145,9 +147,13 @@ impl Master<'_> {
             match notice {
                 // With `accepting`, a READY=1 is not enough: gunicorn's arbiter
                 // says it before its workers have imported the app. The
-                // command is ready once it is seen waiting on its socket.
+                // command is ready once it is seen waiting on its socket (or,
+                // if the master may not look, by its word: `accepting_now`).
                 Notice::Ready if self.config.exec_ready == ExecReady::Accepting => {
-                    debug!("worker pid {pid} says READY=1; ready once it waits on its socket (--exec-ready accepting)")
+                    debug!("worker pid {pid} says READY=1; ready once it waits on its socket (--exec-ready accepting)");
+                    if let Some(exec) = self.fleet.exec_mut(pid) {
+                        exec.said_ready = true;
+                    }
                 }
                 Notice::Ready => ready.push(pid),
                 Notice::Watchdog => record.heartbeat_ms.store(monotonic_ms(), Relaxed),
@@ -158,13 +164,30 @@ impl Master<'_> {
         ready
     }
 
-    /// Booting commands that now wait on their socket (`--exec-ready accepting`).
-    pub(super) fn accepting_now(&self) -> Vec<Pid> {
-        self.watched_for_accept()
-            .into_iter()
-            .filter(|(pid, socket)| crate::sys::accepting::waits_on(*pid, *socket))
-            .map(|(pid, _)| pid)
-            .collect()
+    /// Booting commands that now wait on their socket (`--exec-ready accepting`);
+    /// one the master may not look at in `/proc` is ready once it said
+    /// `READY=1` (said once in the log: the detection is off for it).
+    pub(super) fn accepting_now(&mut self) -> Vec<Pid> {
+        let mut ready = Vec::new();
+        for (pid, socket) in self.watched_for_accept() {
+            match crate::sys::accepting::waits_on(pid, socket) {
+                Seen::Waiting => ready.push(pid),
+                Seen::NotWaiting => {}
+                Seen::Hidden => {
+                    if !self.hidden_warned {
+                        self.hidden_warned = true;
+                        warn!(
+                            "master: cannot look at /proc/{pid} (permission denied: no CAP_SYS_PTRACE over another user, \
+                             hidepid, or ptrace_scope): a command is ready when it says READY=1 instead of when it is seen accepting"
+                        );
+                    }
+                    if self.fleet.execs().any(|(other, exec)| other == pid && exec.said_ready) {
+                        ready.push(pid);
+                    }
+                }
+            }
+        }
+        ready
     }
 
     /// Whether some booting command is being watched for accepting: the
@@ -193,6 +216,9 @@ impl Master<'_> {
             return "";
         }
         match self.config.exec_ready {
+            ExecReady::Accepting if self.hidden_warned => {
+                ": the master may not look at its /proc/<pid>, and it did not say READY=1 on NOTIFY_SOCKET"
+            }
             ExecReady::Accepting => {
                 ": it never waited for connections on its socket, fd 3 (does it bind a port of its own? A program that serves in a way not seen from /proc can say READY=1 with --exec-ready notify)"
             }

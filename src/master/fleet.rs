@@ -43,6 +43,9 @@ pub(super) struct Exec {
     pub socket: u64,
     /// The command has been executed (its channel closed without an error).
     pub executed: bool,
+    /// It said `READY=1` (with `--exec-ready accepting`, that counts only if
+    /// the master may not look at it in `/proc`).
+    pub said_ready: bool,
 }
 
 impl Fleet {

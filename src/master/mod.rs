@@ -113,6 +113,9 @@ struct Master<'a> {
     /// Exec mode: the `NOTIFY_SOCKET` the commands speak to, bound with the
     /// first worker that runs one.
     notices: Option<crate::sys::notices::Notices>,
+    /// Exec mode: `/proc` refused to show a command's fds (said once; its
+    /// `READY=1` counts then, see `accepting_now`).
+    hidden_warned: bool,
     /// Exec mode: the process that serves `--admin`.
     admin_process: admin::AdminProcess,
     /// The children the process had before the server ran (not orphans of its).
@@ -164,6 +167,7 @@ pub(crate) fn run(
         health: health::Health::new(now),
         systemd: Systemd::new(Notifier::from_env(), now),
         notices: None,
+        hidden_warned: false,
         admin_process: admin::AdminProcess::default(),
         children_before: Vec::new(),
     };

@@ -24,12 +24,37 @@ use nix::unistd::Pid;
 /// judged by its first ones).
 const MOST_PROCESSES: usize = 64;
 
+/// What `/proc` tells of a program and its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// It, or a process it started, waits for connections on the socket.
+    Waiting,
+    /// Not yet.
+    NotWaiting,
+    /// The master may not look: `/proc/<pid>` refused it (a master without
+    /// `CAP_SYS_PTRACE` over a command of another user, `hidepid`, a strict
+    /// Yama `ptrace_scope`).
+    Hidden,
+}
+
 /// Whether `pid`, or a process it started, waits for connections on the
 /// socket whose inode is `socket`.
-pub fn waits_on(pid: Pid, socket: u64) -> bool {
-    super::process::family(pid, MOST_PROCESSES)
+pub fn waits_on(pid: Pid, socket: u64) -> Seen {
+    // The same check as the fds' links (ptrace access), on a link every
+    // process has: the directory itself may be listed all the same.
+    if let Err(err) = fs::read_link(format!("/proc/{pid}/exe")) {
+        if err.kind() == std::io::ErrorKind::PermissionDenied {
+            return Seen::Hidden;
+        }
+    }
+    let waiting = super::process::family(pid, MOST_PROCESSES)
         .into_iter()
-        .any(|process| process_waits_on(process, socket))
+        .any(|process| process_waits_on(process, socket));
+    if waiting {
+        Seen::Waiting
+    } else {
+        Seen::NotWaiting
+    }
 }
 
 fn process_waits_on(pid: Pid, socket: u64) -> bool {

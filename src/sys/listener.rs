@@ -15,9 +15,9 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use crate::config::{Balance, Config};
 use crate::error::Error;
 
-/// The listening sockets, bound and listening, in non-blocking mode (tokio needs
-/// it, and the flag lives on the shared open file, so setting it once here covers
-/// every worker).
+/// The listening sockets, bound and listening. Their blocking mode is each
+/// child's to set as it needs it (the Rust workers make them non-blocking, for
+/// tokio; exec mode hands a command its socket as `--exec-nonblocking` says).
 #[derive(Debug)]
 pub struct Listeners {
     sockets: Vec<TcpListener>,

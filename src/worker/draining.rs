@@ -24,7 +24,8 @@ static BEGUN: Notify = Notify::const_new();
 /// it exits once its connections have closed, or at `--graceful-timeout`.
 ///
 /// Completes at once if the drain has begun. Outside a worker (in the master,
-/// or before `run_with`) it never completes.
+/// or before `run_with`) it never completes; nor does it on a fast stop (QUIT,
+/// a second TERM) or a stop during the setup, where the worker exits at once.
 ///
 /// ```no_run
 /// # async fn stream_events(mut send: impl FnMut(&str)) {

@@ -189,6 +189,15 @@ fn control_commands_read_the_environment_and_the_config_file() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("runs 1 workers"), "{out}");
 
+    // Only what the command needs is read: an admin address on all
+    // interfaces (which the server takes with --admin-allow-remote) is no
+    // reason to refuse a reload.
+    let remote = dir.join("remote.toml");
+    std::fs::write(&remote, format!("pid_file = {pids_arg:?}\nadmin = \"0.0.0.0:9\"\n")).unwrap();
+    let (code, _, err) = control_with(&[], &["reload", "--config", remote.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{err}");
+    server.wait_for_log_count("reload complete", 2, Duration::from_secs(20));
+
     let (code, _, err) = control_with(&[("PREFORK_PID_FILE", "/nonexistent/app.pid")], &["reload"]);
     assert_eq!(code, Some(1));
     assert!(

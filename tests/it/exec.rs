@@ -843,7 +843,7 @@ fn the_blocking_socket_of_commands_survives_a_hot_upgrade() {
     for pid in &old {
         assert!(
             !fd3_nonblocking(*pid),
-            "fd 3 of the old command {pid} is still blocking"
+            "fd 3 of the old command {pid} was made non-blocking under it"
         );
     }
     server.follow_upgrade(Duration::from_secs(30));
@@ -942,4 +942,36 @@ fn a_reload_leaves_the_socket_as_the_running_command_set_it() {
 /// Waits for the first reload to complete.
 fn reload_done(server: &Server) {
     server.wait_for_log_count("reload complete", 1, Duration::from_secs(30));
+}
+
+/// A master that may not look at its commands in `/proc` (root without
+/// `CAP_SYS_PTRACE`, as in a container with Docker's default capabilities,
+/// running the commands as another user) cannot see them accept: it says so
+/// once, and counts their `READY=1` instead.
+#[test]
+fn a_master_that_may_not_read_proc_counts_ready_1() {
+    let binary = server_binary();
+    let hello = script("hello.py");
+    let args = [
+        "--bounding-set",
+        "-sys_ptrace",
+        "--inh-caps",
+        "-sys_ptrace",
+        binary.to_str().unwrap(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--workers",
+        "2",
+        "--user",
+        "nobody",
+        "--",
+        "python3",
+        &hello,
+    ];
+    let server = Server::start_command(bare_command(PathBuf::from("setpriv"), &args));
+    server.wait_for_log("cannot look at /proc/", Duration::from_secs(5));
+    assert_eq!(get(server.addr, "/").unwrap().status, 200);
+    assert!(!server.logs().contains("not ready within"), "{}", server.logs());
 }

@@ -141,7 +141,11 @@ func main() {
 		log.Fatal(err)
 	}
 
-	// The drain.
+	// The drain. A second signal (Ctrl-C twice) gives up on it.
+	go func() {
+		<-stop
+		os.Exit(1)
+	}()
 	drainStart := time.Now()
 	draining.Store(true)
 	// 1. Stop accepting. Serve returns once Accept fails. Every connection it
@@ -155,11 +159,17 @@ func main() {
 	for t.closeIdle(drainStart) > 0 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
 	}
+	cut := t.closeIdle(drainStart) > 0
 	// Nothing is left by now, except after the deadline. Shutdown waits a
 	// little for requests still running, then Close cuts the rest.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		srv.Close()
+	}
+	if cut {
+		// Connections were still busy at the deadline: the exit code says so.
+		log.Printf("go_app: connections still open after %s; closed", drainTimeout)
+		os.Exit(1)
 	}
 }
