@@ -198,10 +198,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let socket = inode(&listener);
         let me = Pid::this();
-        assert!(!waits_on(me, socket), "nobody accepts yet");
+        assert_eq!(waits_on(me, socket), Seen::NotWaiting, "nobody accepts yet");
         let addr = listener.local_addr().unwrap();
         let acceptor = std::thread::spawn(move || listener.accept().map(|_| ()));
-        assert!(eventually(|| waits_on(me, socket)), "blocked in accept");
+        assert!(eventually(|| waits_on(me, socket) == Seen::Waiting), "blocked in accept");
         std::net::TcpStream::connect(addr).unwrap();
         acceptor.join().unwrap().unwrap();
     }
@@ -217,7 +217,7 @@ mod tests {
             let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
             nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(5000u16)).map(|_| ())
         });
-        assert!(eventually(|| waits_on(me, socket)), "blocked in poll");
+        assert!(eventually(|| waits_on(me, socket) == Seen::Waiting), "blocked in poll");
         std::net::TcpStream::connect(addr).unwrap();
         poller.join().unwrap().unwrap();
     }
