@@ -201,7 +201,10 @@ mod tests {
         assert_eq!(waits_on(me, socket), Seen::NotWaiting, "nobody accepts yet");
         let addr = listener.local_addr().unwrap();
         let acceptor = std::thread::spawn(move || listener.accept().map(|_| ()));
-        assert!(eventually(|| waits_on(me, socket) == Seen::Waiting), "blocked in accept");
+        assert!(
+            eventually(|| waits_on(me, socket) == Seen::Waiting),
+            "blocked in accept"
+        );
         std::net::TcpStream::connect(addr).unwrap();
         acceptor.join().unwrap().unwrap();
     }
