@@ -51,7 +51,7 @@ fn status_lists_every_worker_with_its_counters() {
 
 #[test]
 fn healthz_is_503_while_a_slot_has_no_ready_worker() {
-    let marker = std::env::temp_dir().join(format!("prefork-test-{}-healthz", std::process::id()));
+    let marker = temp_path("healthz");
     let mut command = command(example_binary(), &["--workers", "2", "--admin", "127.0.0.1:0"]);
     command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);

@@ -16,7 +16,7 @@ fn control(args: &[&str]) -> (Option<i32>, String, String) {
 }
 
 fn pid_file(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("prefork-test-{}-{name}.pid", std::process::id()))
+    temp_path(&format!("{name}.pid"))
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn a_pid_file_naming_no_single_master_signals_nothing() {
 
 #[test]
 fn the_pid_file_is_0644_under_any_umask_and_never_written_through_a_symlink() {
-    let dir = std::env::temp_dir().join(format!("prefork-test-{}-pidlink", std::process::id()));
+    let dir = temp_path("pidlink");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let victim = dir.join("victim");

@@ -10,7 +10,7 @@ use crate::util::*;
 /// The server binary with `args` only (no --host/--port of the harness), a
 /// config file naming `workers = 3`, and `env`.
 fn with_env(args: &[&str], env: &[(&str, &str)], name: &str) -> (Command, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.toml", std::process::id()));
+    let path = temp_path(&format!("{name}.toml"));
     std::fs::write(&path, "host = \"127.0.0.1\"\nport = 0\nworkers = 3\n").unwrap();
     let mut command = bare_command(server_binary(), &["--config", path.to_str().unwrap()]);
     command.args(args);

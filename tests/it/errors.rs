@@ -73,7 +73,7 @@ fn help_documents_the_signal_table_and_the_exit_codes() {
 
 #[test]
 fn a_bad_config_file_stops_the_start_with_exit_2_naming_the_key() {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-bad.toml", std::process::id()));
+    let path = temp_path("bad.toml");
     std::fs::write(&path, "workers = 2\ngraceful_timeout = \"soon\"\n").unwrap();
     let mut command = Command::new(server_binary());
     command.args(["--port", "0", "--config", path.to_str().unwrap()]);

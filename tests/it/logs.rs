@@ -7,12 +7,6 @@ use std::time::Duration;
 
 use crate::util::*;
 
-fn temp(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&path);
-    path
-}
-
 fn lines(path: &PathBuf) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -35,7 +29,7 @@ fn wait_for_lines(path: &PathBuf, n: usize) -> Vec<String> {
 
 #[test]
 fn the_access_log_has_a_combined_line_per_response() {
-    let log = temp("access.log");
+    let log = temp_path("access.log");
     let server = Server::start(&["--workers", "1", "--access-log", log.to_str().unwrap()]);
     let hello = get(server.addr, "/").unwrap();
     let pid = hello.worker_pid().unwrap();
@@ -65,7 +59,7 @@ fn the_access_log_has_a_combined_line_per_response() {
 
 #[test]
 fn the_access_log_in_json_and_the_servers_own_log_in_json() {
-    let log = temp("access.json");
+    let log = temp_path("access.json");
     let server = Server::start(&[
         "--workers",
         "1",
@@ -105,7 +99,11 @@ fn the_access_log_in_json_and_the_servers_own_log_in_json() {
 /// lines after it go to new files at the same paths, and none is lost.
 #[test]
 fn usr1_reopens_every_log_file_and_loses_no_line() {
-    let (access, own, pid_file) = (temp("rotate-access.log"), temp("rotate-own.log"), temp("rotate.pid"));
+    let (access, own, pid_file) = (
+        temp_path("rotate-access.log"),
+        temp_path("rotate-own.log"),
+        temp_path("rotate.pid"),
+    );
     let server = Server::start(&[
         "--workers",
         "2",
@@ -119,7 +117,7 @@ fn usr1_reopens_every_log_file_and_loses_no_line() {
     for _ in 0..20 {
         assert_eq!(get(server.addr, "/before").unwrap().status, 200);
     }
-    let (access_old, own_old) = (temp("rotate-access.log.1"), temp("rotate-own.log.1"));
+    let (access_old, own_old) = (temp_path("rotate-access.log.1"), temp_path("rotate-own.log.1"));
     std::fs::rename(&access, &access_old).unwrap();
     std::fs::rename(&own, &own_old).unwrap();
     let (status, _, err) = run_to_exit(
@@ -221,7 +219,7 @@ fn a_full_disk_under_the_access_log_is_one_warning_per_episode() {
 #[test]
 fn the_servers_lines_reach_its_log_whatever_subscriber_the_app_installed() {
     use nix::sys::signal::{kill, Signal};
-    let log = temp("own-subscriber.log");
+    let log = temp_path("own-subscriber.log");
     let server = Server::start_command(command(
         example("own_subscriber"),
         &[

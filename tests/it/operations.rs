@@ -63,7 +63,7 @@ fn reloads_scaling_and_an_upgrade_under_keep_alive_load_lose_nothing() {
 
 #[test]
 fn a_reload_with_an_invalid_config_is_refused_and_the_old_workers_serve() {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-reload.toml", std::process::id()));
+    let path = temp_path("reload.toml");
     std::fs::write(&path, "workers = 2\n").unwrap();
     let server = Server::start(&["--config", path.to_str().unwrap()]);
     let before = server.wait_for_workers(2, Duration::from_secs(5));
@@ -91,7 +91,7 @@ fn a_reload_with_an_invalid_config_is_refused_and_the_old_workers_serve() {
 
 #[test]
 fn a_reload_whose_new_worker_cannot_boot_is_aborted_and_the_old_workers_serve() {
-    let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-boot", std::process::id()));
+    let marker = temp_path("reload-boot");
     let mut command = command(example_binary(), &["--workers", "2"]);
     command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);
@@ -116,7 +116,7 @@ fn a_reload_whose_new_worker_cannot_boot_is_aborted_and_the_old_workers_serve() 
 
 #[test]
 fn a_reload_whose_new_worker_is_not_ready_in_time_is_aborted() {
-    let marker = std::env::temp_dir().join(format!("prefork-test-{}-reload-slow", std::process::id()));
+    let marker = temp_path("reload-slow");
     let mut command = command(example_binary(), &["--workers", "1", "--ready-timeout", "1s"]);
     command.env("FIXTURE_SLOW_BOOT_IF_EXISTS", &marker);
     let server = Server::start_command(command);
@@ -151,7 +151,7 @@ fn an_upgrade_whose_new_binary_exits_at_once_rolls_back() {
 
 #[test]
 fn an_upgrade_whose_new_master_is_not_ready_in_time_rolls_back() {
-    let script = std::env::temp_dir().join(format!("prefork-test-{}-stuck.sh", std::process::id()));
+    let script = temp_path("stuck.sh");
     std::fs::write(&script, "#!/bin/sh\nexec sleep 30\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let binary = script.to_str().unwrap();
@@ -169,7 +169,7 @@ fn an_upgrade_whose_new_master_is_not_ready_in_time_rolls_back() {
 
 /// A stand-in for a new master that never reports ready and ignores TERM.
 fn stuck_successor_script(name: &str) -> std::path::PathBuf {
-    let script = std::env::temp_dir().join(format!("prefork-test-{}-{name}.sh", std::process::id()));
+    let script = temp_path(&format!("{name}.sh"));
     std::fs::write(&script, "#!/bin/sh\ntrap '' TERM\nexec sleep 60\n").unwrap();
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     script
@@ -308,7 +308,7 @@ fn max_requests_recycles_workers_one_at_a_time_without_failures() {
 
 /// A server whose address comes from a config file only (so a reload can change it).
 fn start_with_address_in_file(name: &str, host: &str) -> (Server, std::path::PathBuf) {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.toml", std::process::id()));
+    let path = temp_path(&format!("{name}.toml"));
     std::fs::write(&path, format!("host = \"{host}\"\nport = 0\nworkers = 2\n")).unwrap();
     let command = bare_command(server_binary(), &["--config", path.to_str().unwrap()]);
     (Server::start_command(command), path)
@@ -402,7 +402,7 @@ fn a_setting_chosen_in_code_survives_a_reload() {
 
 #[test]
 fn a_reload_that_lowers_the_worker_count_completes() {
-    let path = std::env::temp_dir().join(format!("prefork-test-{}-lower.toml", std::process::id()));
+    let path = temp_path("lower.toml");
     std::fs::write(&path, "workers = 3\n").unwrap();
     let server = Server::start(&["--config", path.to_str().unwrap(), "--max-requests", "1000000"]);
     let before = server.wait_for_workers(3, Duration::from_secs(10));
@@ -423,12 +423,8 @@ fn a_reload_that_lowers_the_worker_count_completes() {
 /// cannot be bound refuses the reload as a whole.
 #[test]
 fn a_reload_moves_the_admin_listener_and_the_pid_file() {
-    let dir = std::env::temp_dir();
-    let (first_pid, second_pid) = (
-        dir.join(format!("prefork-test-{}-first.pid", std::process::id())),
-        dir.join(format!("prefork-test-{}-second.pid", std::process::id())),
-    );
-    let path = dir.join(format!("prefork-test-{}-admin.toml", std::process::id()));
+    let (first_pid, second_pid) = (temp_path("first.pid"), temp_path("second.pid"));
+    let path = temp_path("admin.toml");
     let config = |admin: &str, pid: &std::path::Path| {
         format!("workers = 1\nadmin = \"{admin}\"\npid_file = \"{}\"\n", pid.display())
     };

@@ -47,7 +47,7 @@ fn an_async_setup_that_never_finishes_is_a_boot_failure_at_the_ready_timeout() {
 /// and respawned every --timeout.
 #[test]
 fn a_blocking_setup_is_a_boot_failure_at_the_ready_timeout_not_a_hung_worker() {
-    let marker = std::env::temp_dir().join(format!("prefork-test-{}-blocking-boot", std::process::id()));
+    let marker = temp_path("blocking-boot");
     std::fs::write(&marker, "").unwrap();
     let mut command = command(
         example_binary(),

@@ -126,7 +126,7 @@ fn a_kill_storm_never_leaves_the_service_without_a_worker() {
 
 #[test]
 fn every_first_worker_failing_to_boot_halts_the_master_with_the_cause() {
-    let marker = tempfile("halt");
+    let marker = temp_path("halt");
     std::fs::write(&marker, "").unwrap();
     let mut command = command(example_binary(), &["--workers", "2"]);
     command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
@@ -237,7 +237,7 @@ fn accept_errors_back_off_instead_of_spinning() {
 
 #[test]
 fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
-    let marker = tempfile("later");
+    let marker = temp_path("later");
     let mut command = command(example_binary(), &["--workers", "2"]);
     command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);
@@ -265,7 +265,7 @@ fn a_later_boot_failure_backs_off_and_leaves_the_healthy_worker_serving() {
 
 #[test]
 fn a_worker_at_its_file_limit_refuses_a_sibling_socket_and_serves_on() {
-    let marker = tempfile("fdlimit");
+    let marker = temp_path("fdlimit");
     let mut command = command(example_binary(), &["--workers", "2"]);
     command.env("FIXTURE_FAIL_IF_EXISTS", &marker);
     let server = Server::start_command(command);
@@ -312,9 +312,4 @@ fn killing_the_master_takes_every_worker_down() {
         "every worker exits after the master died",
         || workers.iter().all(|pid| !alive(*pid)).then_some(()),
     );
-}
-
-/// A path in the temp dir unique to this test run; the file is not created.
-fn tempfile(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("prefork-test-{}-{name}", std::process::id()))
 }

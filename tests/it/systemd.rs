@@ -16,7 +16,7 @@ struct Systemd {
 
 impl Systemd {
     fn new(name: &str) -> Systemd {
-        let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}.notify", std::process::id()));
+        let path = temp_path(&format!("{name}.notify"));
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();

@@ -38,6 +38,15 @@ pub fn tempdir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// A path in the system's temporary directory for this test run
+/// (`prefork-test-<pid>-<name>`), with nothing left there from before; the
+/// file is not created.
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("prefork-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 /// A small tmpfs of the test's own, unmounted when the test ends (failed or not).
 pub struct Tmpfs(pub std::path::PathBuf);
 
