@@ -23,22 +23,8 @@
 //! });
 //! ```
 //!
-//! # Layout
-//!
-//! - `config`   flags → validated [`Config`]
-//! - `sys/`     mechanism, no policy: fork/kill/reap and exit codes, the signal
-//!   table and self-pipe, the master ↔ worker channel, socket options, the
-//!   scoreboard (shared memory), sockets handed in (USR2, `LISTEN_FDS`),
-//!   sd_notify, the pid file
-//! - `master/`  policy: the supervision loop and its components (fleet, sockets,
-//!   upgrade, health, systemd, phase); `master/pool/` slots, backoff, deadlines
-//! - `worker/`  everything after the fork: the child's hygiene, the runtime, the
-//!   accept loops, connections, parking and the drain
-//! - `service`  [`WorkerService`]: what a worker can serve
-//! - `body`     [`RequestBody`]: a request's body, held to `--max-body-size`
-//! - `admin`    `/status`, `/metrics` and `/healthz` on `--admin`, served by the workers
-//! - `metrics`  the scoreboard in the Prometheus text format
-//! - `http`     the default app: `Hello from worker <pid>`
+//! The manual is in the repository's `docs/`; the layout of this crate is in
+//! `docs/internals.md`.
 
 mod admin;
 mod body;

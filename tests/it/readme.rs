@@ -1,8 +1,10 @@
-//! The README's tables say what the program does, checked against one source
-//! each: the flags (names, and defaults where `--help` gives one word) against
-//! the program's own argument list (clap); the signal table against `--help`'s;
-//! the sd_notify table against what the master's code sends; the layout
-//! against the files under `src/`.
+//! The README's and the manual's tables say what the program does, checked
+//! against one source each: the flags of `docs/configuration.md` (names, and
+//! defaults where `--help` gives one word) against the program's own argument
+//! list (clap); the README's signal table against `--help`'s; the sd_notify
+//! table of `docs/operations.md` against what the master's code sends; the
+//! layout of `docs/internals.md` against the files under `src/`. And every
+//! link between them leads somewhere.
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -11,7 +13,13 @@ use clap::Args;
 use crate::util::server_binary;
 
 fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README.md")
+    doc("README.md")
+}
+
+/// A file of the documentation, by its path from the repository's root.
+fn doc(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|err| panic!("{path}: {err}"))
 }
 
 fn help() -> String {
@@ -31,7 +39,7 @@ fn section<'a>(readme: &'a str, heading: &str) -> Vec<&'a str> {
 }
 
 #[test]
-fn every_flag_is_in_help_and_in_the_readme_and_the_readme_has_no_other() {
+fn every_flag_is_in_help_and_in_the_configuration_table_and_no_other() {
     let command = prefork_server::ServerFlags::augment_args(clap::Command::new("prefork-server"));
     let flags: BTreeSet<String> = command
         .get_arguments()
@@ -46,14 +54,17 @@ fn every_flag_is_in_help_and_in_the_readme_and_the_readme_has_no_other() {
             "--help lacks {flag}"
         );
     }
-    let readme = readme();
-    let table: BTreeSet<String> = section(&readme, "## Flags")
+    let configuration = doc("docs/configuration.md");
+    let table: BTreeSet<String> = section(&configuration, "## Flags")
         .into_iter()
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|cell| cell.split(['`', ' ']).next())
         .map(str::to_owned)
         .collect();
-    assert_eq!(table, flags, "the README's flags table and the program's flags differ");
+    assert_eq!(
+        table, flags,
+        "docs/configuration.md's flags table and the program's flags differ"
+    );
 }
 
 #[test]
@@ -104,10 +115,10 @@ fn the_signal_tables_of_help_and_the_readme_name_the_same_signals() {
 /// Each flag's default, where `--help` states it as one word (`30s`, `1024`),
 /// is the one the README's flags table gives.
 #[test]
-fn the_readme_flags_table_gives_the_defaults_help_gives() {
+fn the_configuration_table_gives_the_defaults_help_gives() {
     let command = prefork_server::ServerFlags::augment_args(clap::Command::new("prefork-server"));
-    let readme = readme();
-    let rows = section(&readme, "## Flags");
+    let configuration = doc("docs/configuration.md");
+    let rows = section(&configuration, "## Flags");
     let mut checked = 0;
     for arg in command.get_arguments() {
         let (Some(long), Some(help)) = (arg.get_long(), arg.get_help()) else {
@@ -127,7 +138,7 @@ fn the_readme_flags_table_gives_the_defaults_help_gives() {
         let cell = row.split('|').nth(2).unwrap_or_default();
         assert!(
             cell.contains(&format!("`{default}`")) || cell.trim() == default,
-            "--{long}: help says {default}, the README {cell}"
+            "--{long}: help says {default}, docs/configuration.md {cell}"
         );
         checked += 1;
     }
@@ -137,7 +148,7 @@ fn the_readme_flags_table_gives_the_defaults_help_gives() {
 /// The sd_notify messages the master sends (found in the code) are the ones
 /// the README's systemd table lists, and no other.
 #[test]
-fn the_readme_lists_every_sd_notify_message_the_master_sends() {
+fn the_operations_doc_lists_every_sd_notify_message_the_master_sends() {
     const NAMES: [&str; 8] = [
         "READY",
         "RELOADING",
@@ -165,8 +176,8 @@ fn the_readme_lists_every_sd_notify_message_the_master_sends() {
             }
         }
     }
-    let readme = readme();
-    let table = section(&readme, "## systemd").join("\n");
+    let operations = doc("docs/operations.md");
+    let table = section(&operations, "## systemd").join("\n");
     let listed: BTreeSet<&str> = NAMES
         .into_iter()
         .filter(|name| table.contains(&format!("`{name}=")))
@@ -174,17 +185,17 @@ fn the_readme_lists_every_sd_notify_message_the_master_sends() {
     assert!(sent.len() >= 6, "{sent:?}");
     assert_eq!(
         sent, listed,
-        "what the master sends and what the README's systemd table lists differ"
+        "what the master sends and what docs/operations.md's systemd table lists differ"
     );
 }
 
 /// Every source file is in the README's layout, and every path the layout
 /// names exists.
 #[test]
-fn the_readme_layout_names_every_source_file_and_only_existing_ones() {
+fn the_layout_names_every_source_file_and_only_existing_ones() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let readme = readme();
-    let layout: Vec<&str> = section(&readme, "## Layout")
+    let internals = doc("docs/internals.md");
+    let layout: Vec<&str> = section(&internals, "## Layout")
         .into_iter()
         .filter(|line| !line.starts_with("```") && !line.trim().is_empty())
         .collect();
@@ -234,6 +245,46 @@ fn the_readme_layout_names_every_source_file_and_only_existing_ones() {
             || whole_folders
                 .iter()
                 .any(|folder| source.starts_with(&format!("{folder}/")));
-        assert!(covered, "{source} is not in the README's layout");
+        assert!(covered, "{source} is not in the layout of docs/internals.md");
     }
+}
+
+/// The README is a README: the essentials on one screen or two, the manual
+/// in `docs/`.
+#[test]
+fn the_readme_stays_short() {
+    let lines = readme().lines().count();
+    assert!(lines <= 250, "README.md has {lines} lines; the manual goes in docs/");
+}
+
+/// Every relative link of the README and of `docs/` names a file that exists.
+#[test]
+fn every_link_in_the_docs_leads_to_a_file_that_exists() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut pages = vec![root.join("README.md")];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|ext| ext == "md") {
+            pages.push(path);
+        }
+    }
+    let mut checked = 0;
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        for link in text.split("](").skip(1) {
+            let target = link.split(')').next().unwrap_or_default();
+            let file = target.split('#').next().unwrap_or_default();
+            if file.is_empty() || file.contains("://") {
+                continue;
+            }
+            let resolved = page.parent().unwrap().join(file);
+            assert!(
+                resolved.exists(),
+                "{}: a link to {target}, which does not exist",
+                page.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "only {checked} links checked");
 }
