@@ -117,6 +117,7 @@ impl FromStr for StopSignal {
 }
 
 impl Balance {
+    /// Its name, as the flag takes it (`reuseport`, `shared`).
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::Reuseport => "reuseport",
@@ -126,12 +127,25 @@ impl Balance {
 }
 
 /// Everything the master and its workers need, validated.
+///
+/// From the command line ([`Config::from_args`]), or built in code: what the
+/// program sets is its own choice, which a reload (HUP) keeps over the config
+/// file.
+///
+/// ```no_run
+/// let mut config = prefork_server::Config::default();
+/// config.addr = "127.0.0.1:8080".parse().expect("an address");
+/// config.workers = std::num::NonZeroUsize::new(4).expect("not 0");
+/// config.graceful_timeout = std::time::Duration::from_secs(10);
+/// prefork_server::run(config).expect("the server ran");
+/// ```
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port (the ready line says which).
     pub addr: SocketAddr,
     /// Number of worker slots.
     pub workers: NonZeroUsize,
+    /// How the workers share the port.
     pub balance: Balance,
     /// `listen(2)` backlog of each socket (capped by `net.core.somaxconn`).
     pub backlog: u32,
@@ -155,6 +169,7 @@ pub struct Config {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: the largest header list a request may send, in bytes.
     pub h2_max_header_list_size: u32,
+    /// The most detailed level the server's own log writes.
     pub log_level: tracing::Level,
     /// `--log-format`.
     pub log_format: LogFormat,
@@ -392,7 +407,9 @@ pub struct ServerFlags {
 /// command (`prefork-server reload`, `status`) needs, and nothing else.
 #[derive(Debug, Clone, Default)]
 pub struct Located {
+    /// Where the running master wrote its pid (`pid_file`).
     pub pid_file: Option<PathBuf>,
+    /// Its admin listener (`admin`).
     pub admin: Option<SocketAddr>,
     /// The config file these came from, if any.
     pub file: Option<PathBuf>,
@@ -806,12 +823,12 @@ fn parse_host(text: &str) -> Result<IpAddr, String> {
 /// 2.3 MiB resident and a small app on tokio and hyper at 3 to 6 MiB: a limit
 /// under that would be exceeded by every fresh worker, and each replacement would
 /// be recycled in turn, forever.
-pub const MIN_WORKER_MEMORY: u64 = 8 << 20;
+pub(crate) const MIN_WORKER_MEMORY: u64 = 8 << 20;
 
 /// The longest duration any setting takes. A deadline is `now + duration`:
 /// beyond what `Instant` can hold that addition would overflow, and a timeout of
 /// more than a year is a typo, not a wish.
-pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// `duration`, unless it is longer than [`MAX_DURATION`].
 fn at_most_a_year(duration: Duration, text: &str) -> Result<Duration, String> {

@@ -10,7 +10,12 @@ use std::net::SocketAddr;
 #[non_exhaustive]
 pub enum Error {
     /// A listener could not be created, bound or put in listen state.
-    Bind { addr: SocketAddr, source: io::Error },
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the kernel said.
+        source: io::Error,
+    },
     /// The signal handlers or their self-pipe could not be installed.
     Signals(io::Error),
     /// The master could not block signals around a fork.
@@ -18,7 +23,10 @@ pub enum Error {
     /// `/proc/self/status` could not be read before a fork.
     ThreadCount(io::Error),
     /// The master found more than one thread where it must fork.
-    Multithreaded { threads: usize },
+    Multithreaded {
+        /// How many it has (`Threads:` of `/proc/self/status`).
+        threads: usize,
+    },
     /// `fork(2)` failed.
     Fork(io::Error),
     /// The master could not create the pipe to a worker.
@@ -26,7 +34,10 @@ pub enum Error {
     /// `poll(2)` failed in the master loop.
     Poll(io::Error),
     /// Every worker of the first generation exited before it was ready.
-    BootFailed { cause: String },
+    BootFailed {
+        /// The first worker's reason, as it gave it (or how it ended).
+        cause: String,
+    },
     /// The sockets an old master handed over (hot upgrade) cannot be used.
     Handover(io::Error),
     /// The sockets systemd passed (`LISTEN_FDS`) cannot be used.
@@ -36,19 +47,29 @@ pub enum Error {
     /// Every scoreboard record is taken (more live workers than it holds).
     ScoreboardFull,
     /// `--user` or `--group` cannot be used: unknown, or the master is not root.
-    RunAs { cause: String },
+    RunAs {
+        /// Which of the two, and why.
+        cause: String,
+    },
     /// Exec mode: the command cannot be run (not found, not executable).
-    Command { cause: String },
+    Command {
+        /// Why not.
+        cause: String,
+    },
     /// Exec mode: the master's notify socket cannot be bound.
     NotifySocket(io::Error),
     /// `--log-file` cannot be opened.
     LogFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// What opening it said.
         source: io::Error,
     },
     /// `--pid-file` cannot be written: control commands would find no master.
     PidFile {
+        /// The file.
         path: std::path::PathBuf,
+        /// What writing it said.
         source: io::Error,
     },
 }

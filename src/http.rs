@@ -87,7 +87,9 @@ async fn discard(mut body: RequestBody, limit: usize) -> bool {
 /// The app's response future: ready at once for a request without a body (no
 /// allocation on that path), after reading the body otherwise.
 pub enum Answer {
+    /// A request without a body: answered at once.
     Now(Ready<Answered>),
+    /// A request with a body: answered once it is read.
     AfterBody(Pin<Box<dyn Future<Output = Answered>>>),
 }
 

@@ -26,6 +26,7 @@
 //! The manual is in the repository's `docs/`; the layout of this crate is in
 //! `docs/internals.md`.
 
+#![deny(missing_docs)]
 mod admin;
 mod body;
 mod config;
@@ -48,7 +49,7 @@ pub use config::{
     StopSignal,
 };
 pub use error::Error;
-pub use http::Hello;
+pub use http::{Answer, Answered, Hello};
 pub use process::exit_code;
 pub use worker::{draining, is_draining, local_addr};
 
@@ -59,8 +60,8 @@ pub const SIGNALS_HELP: &str = signals::HELP_TABLE;
 /// it; the master keeps the binary's name.
 pub const WORKER_PROCESS_NAME: &str = worker::PROCESS_NAME;
 pub use service::{
-    per_connection, Addresses, BoxError, Hyper, IntoWorkerService, MakeTower, PerConnection, Tower, TowerMakeService,
-    TowerServable, WorkerApp, WorkerService,
+    per_connection, Addresses, BoxError, Hyper, IntoWorkerService, Made, MakeApp, MakeTower, PerConnection, Tower,
+    TowerMakeService, TowerServable, WorkerApp, WorkerService,
 };
 
 /// Runs the master with the default app until it stops (Ok) or halts (Err).
@@ -80,6 +81,20 @@ pub fn run(config: Config) -> Result<(), Error> {
 /// Call it from a single-threaded process: no thread started and no tokio
 /// runtime built before it (no `#[tokio::main]`). The master forks without
 /// exec, which is only sound then, and refuses to fork otherwise.
+///
+/// ```no_run
+/// use axum::{routing::get, Router};
+///
+/// let config = prefork_server::Config::from_args();
+/// let app = || {
+///     let router = Router::new().route("/", get(|| async { "Hello\n" }));
+///     Ok::<_, std::convert::Infallible>(router)
+/// };
+/// if let Err(err) = prefork_server::run_with(config, app) {
+///     eprintln!("{err}");
+///     std::process::exit(1);
+/// }
+/// ```
 pub fn run_with<F, S, E, M>(config: Config, make_service: F) -> Result<(), Error>
 where
     F: Fn() -> Result<S, E>,

@@ -33,10 +33,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
     note = "a hyper service must take `Request<prefork_server::RequestBody>` (not `Request<Incoming>`), be `Clone + 'static`, and answer `Response<B>` with a `'static` body"
 )]
 pub trait WorkerService: Clone + 'static {
+    /// The responses' body.
     type Body: Body<Error: Into<BoxError>> + 'static;
+    /// What the service fails with (hyper closes the connection).
     type Error: Into<BoxError>;
+    /// The answer to one request.
     type Future: Future<Output = Result<Response<Self::Body>, Self::Error>> + 'static;
 
+    /// Answers `request`.
     fn call(&self, request: Request<RequestBody>) -> Self::Future;
 }
 
@@ -67,6 +71,7 @@ pub trait TowerServable:
     > + Clone
     + 'static
 {
+    /// The responses' body.
     type ResponseBody: Body<Error: Into<BoxError>> + 'static;
 }
 
@@ -96,6 +101,7 @@ impl<M> TowerMakeService for M where
 
 /// What a worker holds: the service for each connection it accepts.
 pub trait WorkerApp: 'static {
+    /// The service each connection gets.
     type Service: WorkerService;
 
     /// The service for a connection from `client`, accepted on `stream`.
@@ -105,7 +111,10 @@ pub trait WorkerApp: 'static {
 /// A connection's service: at once (a clone, for most apps), or once a make
 /// service has made it.
 pub enum Made<S> {
+    /// The service, now.
     Ready(S),
+    /// The service once this future has made it (a make service's answer);
+    /// an error closes the connection.
     Later(Pin<Box<dyn Future<Output = Result<S, BoxError>>>>),
 }
 
@@ -117,7 +126,8 @@ impl<S: WorkerService> WorkerApp for S {
     }
 }
 
-/// A tower make service, called with each connection's client address.
+/// A tower make service, called with each connection's client address (what
+/// [`IntoWorkerService`] makes of one).
 pub struct MakeApp<M>(M);
 
 impl<M: TowerMakeService> WorkerApp for MakeApp<M> {
@@ -213,8 +223,10 @@ where
     note = "a worker serves a hyper or tower service over `Request<prefork_server::RequestBody>` (not `Request<Incoming>`), such as an axum `Router`, tonic's `Routes` or a `service_fn`; or a tower make service over the client's `SocketAddr`"
 )]
 pub trait IntoWorkerService<Marker> {
+    /// What the worker holds.
     type Service: WorkerApp;
 
+    /// Into what the worker holds.
     fn into_worker_service(self) -> Self::Service;
 }
 
