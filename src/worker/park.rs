@@ -4,8 +4,8 @@
 //! An idle keep-alive connection served by hyper holds hyper's buffers (16 KiB),
 //! a task, the runtime's I/O record and an entry in the sweep's table. Freeing
 //! the buffers alone is not enough: the small records left between the freed
-//! buffers keep about one heap page resident per connection (measured: 3.8 KiB a
-//! connection with the buffers freed). So a parked connection keeps only its
+//! buffers keep about one heap page resident per connection (the figures are in
+//! docs/operations.md). So a parked connection keeps only its
 //! socket, its service and its place in the open count, in one table, and one
 //! epoll instance of its own watches every parked socket; the runtime watches
 //! that one descriptor. When a client sends its next request (or closes), its

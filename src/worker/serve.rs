@@ -76,7 +76,8 @@ pub async fn serve<S: WorkerApp>(
     // timeout for every connection at once, instead of a timer per request.
     // No writev: hyper copies the head and body into one buffer (64 KiB at a
     // time for a large body) and makes one write(2); for the small responses
-    // that dominate, that costs 7% fewer instructions than a queue of buffers.
+    // that dominate, that costs fewer instructions than a queue of buffers
+    // (docs/performance.md has the figures).
     // Half-close: hyper does not read the socket while a request is in flight
     // except for its body, so a read waiting then is a body read, which the
     // body read timeout bounds. (Without it hyper reads to notice a client that
