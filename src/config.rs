@@ -245,6 +245,16 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
+    /// The serving sockets this config asks for.
+    pub(crate) fn wanted_sockets(&self) -> crate::sys::listener::Wanted {
+        crate::sys::listener::Wanted {
+            addr: self.addr,
+            balance: self.balance,
+            slots: self.workers.get(),
+            backlog: self.backlog,
+        }
+    }
+
     /// Parses the process's arguments (the server's flags, nothing else) and
     /// reads `--config`. On a usage error or a bad config file prints the reason
     /// and exits 2, before anything is bound: call it only where that is what

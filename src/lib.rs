@@ -176,7 +176,7 @@ where
                 let admin = config.admin.map(listener::bind_admin).transpose()?;
                 listener::Listeners::inherit(sockets, admin, balance, config.backlog)?
             }
-            None => listener::Listeners::bind(&config)?,
+            None => listener::Listeners::bind(config.wanted_sockets(), config.admin)?,
         },
     };
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;

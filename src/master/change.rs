@@ -182,7 +182,7 @@ impl Master<'_> {
     /// The old ones stay open until every worker alive now has exited (the rolling
     /// reload that follows replaces them all), then close.
     fn move_to_new_sockets(&mut self, new: &Config, change: &str) -> Result<(), crate::error::Error> {
-        let mut fresh = Listeners::bind_serving(new)?;
+        let mut fresh = Listeners::bind_serving(new.wanted_sockets())?;
         // The admin socket is not part of the move (a change of it is applied on
         // its own): it goes to the new set, the old set closes without it.
         let old_admin = self.sockets.listeners.replace_admin(None);

@@ -12,7 +12,7 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use crate::config::{Balance, Config};
+use crate::config::Balance;
 use crate::error::Error;
 
 /// The listening sockets, bound and listening. Their blocking mode is each
@@ -28,42 +28,58 @@ pub struct Listeners {
     admin: Option<TcpListener>,
 }
 
+/// The serving sockets to bind: where, how shared, for how many slots.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub addr: SocketAddr,
+    pub balance: Balance,
+    /// Slots: one socket each with `reuseport`, one for all with `shared`.
+    pub slots: usize,
+    pub backlog: u32,
+}
+
 impl Listeners {
-    /// Binds the serving sockets `config` asks for: one SO_REUSEPORT socket per
+    /// Binds the serving sockets `wanted` asks for: one SO_REUSEPORT socket per
     /// slot, or one shared socket. With port 0 the first socket picks the port
     /// and the others join it. No admin socket.
-    pub fn bind_serving(config: &Config) -> Result<Listeners, Error> {
+    pub fn bind_serving(wanted: Wanted) -> Result<Listeners, Error> {
+        let Wanted {
+            addr: asked,
+            balance,
+            slots,
+            backlog,
+        } = wanted;
         let fail = |addr| move |source| Error::Bind { addr, source };
-        let count = match config.balance {
-            Balance::Reuseport => config.workers.get(),
+        let count = match balance {
+            Balance::Reuseport => slots,
             Balance::Shared => 1,
         };
-        let reuseport = config.balance == Balance::Reuseport;
-        if reuseport && config.addr.port() != 0 {
+        let reuseport = balance == Balance::Reuseport;
+        if reuseport && asked.port() != 0 {
             // A SO_REUSEPORT bind silently *joins* any other server already
             // listening there with SO_REUSEPORT. A plain bind fails instead, which
             // is the error a user expects.
-            probe_free(config.addr).map_err(fail(config.addr))?;
+            probe_free(asked).map_err(fail(asked))?;
         }
-        let first = open(config.addr, reuseport, config.backlog).map_err(fail(config.addr))?;
-        let addr = first.local_addr().map_err(fail(config.addr))?;
+        let first = open(asked, reuseport, backlog).map_err(fail(asked))?;
+        let addr = first.local_addr().map_err(fail(asked))?;
         let mut sockets = vec![first];
         for _ in 1..count {
-            sockets.push(open(addr, reuseport, config.backlog).map_err(fail(addr))?);
+            sockets.push(open(addr, reuseport, backlog).map_err(fail(addr))?);
         }
         Ok(Listeners {
             sockets,
             addr,
-            balance: config.balance,
-            backlog: config.backlog,
+            balance,
+            backlog,
             admin: None,
         })
     }
 
-    /// [`Listeners::bind_serving`], and the admin socket `config` asks for.
-    pub fn bind(config: &Config) -> Result<Listeners, Error> {
-        let admin = config.admin.map(bind_admin).transpose()?;
-        let mut listeners = Listeners::bind_serving(config)?;
+    /// [`Listeners::bind_serving`], and the admin socket at `admin`.
+    pub fn bind(wanted: Wanted, admin: Option<SocketAddr>) -> Result<Listeners, Error> {
+        let admin = admin.map(bind_admin).transpose()?;
+        let mut listeners = Listeners::bind_serving(wanted)?;
         listeners.admin = admin;
         Ok(listeners)
     }
@@ -200,13 +216,17 @@ fn probe_free(addr: SocketAddr) -> io::Result<()> {
 mod tests {
     use super::*;
 
-    fn config(args: &[&str]) -> Config {
-        Config::try_from_args(["prefork-server", "--host", "127.0.0.1"].iter().chain(args)).unwrap()
+    fn bind_for(config: &crate::config::Config) -> Result<Listeners, Error> {
+        Listeners::bind(config.wanted_sockets(), config.admin)
+    }
+
+    fn config(args: &[&str]) -> crate::config::Config {
+        crate::config::Config::try_from_args(["prefork-server", "--host", "127.0.0.1"].iter().chain(args)).unwrap()
     }
 
     #[test]
     fn reuseport_binds_one_socket_per_slot_on_one_port() {
-        let listeners = Listeners::bind(&config(&["--port", "0", "--workers", "3"])).unwrap();
+        let listeners = bind_for(&config(&["--port", "0", "--workers", "3"])).unwrap();
         let ports: Vec<u16> = listeners
             .sockets
             .iter()
@@ -218,14 +238,14 @@ mod tests {
 
     #[test]
     fn shared_binds_one_socket() {
-        let listeners = Listeners::bind(&config(&["--port", "0", "--workers", "3", "--balance", "shared"])).unwrap();
+        let listeners = bind_for(&config(&["--port", "0", "--workers", "3", "--balance", "shared"])).unwrap();
         assert_eq!(listeners.raw_fds().count(), 1);
         assert_eq!(listeners.for_slot(2).as_raw_fd(), listeners.for_slot(0).as_raw_fd());
     }
 
     #[test]
     fn more_slots_join_the_same_port_and_the_backlog_changes_in_place() {
-        let mut listeners = Listeners::bind(&config(&["--port", "0", "--workers", "1"])).unwrap();
+        let mut listeners = bind_for(&config(&["--port", "0", "--workers", "1"])).unwrap();
         listeners.ensure_slots(3).unwrap();
         assert_eq!(listeners.raw_fds().count(), 3);
         assert_eq!(listeners.for_slot(2).local_addr().unwrap(), listeners.addr());
@@ -234,9 +254,9 @@ mod tests {
 
     #[test]
     fn a_port_in_use_is_refused_even_with_reuseport() {
-        let other = Listeners::bind(&config(&["--port", "0", "--workers", "1"])).unwrap();
+        let other = bind_for(&config(&["--port", "0", "--workers", "1"])).unwrap();
         let port = other.addr().port().to_string();
-        let err = Listeners::bind(&config(&["--port", &port, "--workers", "2"])).unwrap_err();
+        let err = bind_for(&config(&["--port", &port, "--workers", "2"])).unwrap_err();
         assert!(err.to_string().ends_with("address in use"), "{err}");
     }
 }
