@@ -5,7 +5,7 @@
 //! second after it dies, and stopped once the last worker has exited, so that
 //! `/readyz` and `/status` answer through the whole graceful stop.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crate::log::{error, info, warn};
@@ -68,16 +68,11 @@ impl Master<'_> {
         let Some(admin) = self.sockets.listeners.admin() else {
             unreachable!("only started with an admin listener")
         };
-        let admin_fd = admin.as_raw_fd();
-        let close: Vec<RawFd> = (self.sockets.listeners.raw_fds().chain(self.sockets.old_raw_fds()))
-            .chain(self.fleet.channel_raw_fds())
-            .chain(self.notices_fd().map(|fd| fd.as_raw_fd()))
-            .filter(|fd| *fd != admin_fd)
-            .collect();
+        let keep = [admin.as_raw_fd()];
         let (signals, config, scoreboard, run_as, master) =
             (&self.signals, &self.config, self.scoreboard, self.run_as, getpid());
         process::fork(move || {
-            crate::worker::forget_the_master(signals, &close);
+            crate::worker::forget_the_master(signals, &keep);
             crate::worker::name_process("prefork-admin");
             if let Some(run_as) = run_as {
                 if let Err(err) = crate::sys::privileges::switch(run_as) {

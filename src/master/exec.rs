@@ -86,6 +86,7 @@ impl Master<'_> {
         }
         let (signals, run_as, master_pid) = (&self.signals, self.run_as, getpid());
         let listener = listener.as_raw_fd();
+        let worker_fd = worker_end.as_raw_fd();
         // Another command on this socket (the one this spawn replaces, a
         // sibling with `--balance shared`, the old master's while this one
         // takes over) keeps it as it is (see `SocketMode`).
@@ -95,8 +96,9 @@ impl Master<'_> {
             nonblocking: (!shared).then_some(self.config.exec_nonblocking),
         };
         let pid = process::fork(move || {
-            // The rest of the master's fds are closed by `exec` itself.
-            crate::worker::forget_the_master(signals, &[]);
+            // Its socket and its end of the channel; `exec` moves them to fd 3
+            // and above it.
+            crate::worker::forget_the_master(signals, &[listener, worker_fd]);
             crate::sys::exec::exec(crate::sys::exec::Launch {
                 command,
                 listener,

@@ -2,7 +2,7 @@
 //! (its channel and its scoreboard record) in one table by pid, so that a
 //! worker is added and forgotten in one place.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 
 use nix::unistd::Pid;
 
@@ -119,11 +119,6 @@ impl Fleet {
         self.live
             .iter()
             .filter_map(|live| Some(live.channel.as_ref()?.stream().as_fd()))
-    }
-
-    /// The open channels' fds, which a new worker closes.
-    pub fn channel_raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.channel_fds().map(|fd| fd.as_raw_fd())
     }
 
     /// `(pid, record)` of every live worker.

@@ -3,7 +3,6 @@
 //! addresses the last ready line announced.
 
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
 
 use crate::log::info;
 use nix::unistd::Pid;
@@ -61,11 +60,6 @@ impl Sockets {
     pub fn close_for_stop(&mut self) {
         self.listeners.close_for_stop();
         self.old.clear();
-    }
-
-    /// The old sockets' fds, which a new worker closes.
-    pub fn old_raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
-        self.old.iter().flat_map(|(old, _)| old.raw_fds())
     }
 
     /// Whether the first ready line has been printed.

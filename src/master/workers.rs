@@ -92,16 +92,12 @@ impl Master<'_> {
         let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
         let channel = Channel::new(master_end).map_err(Error::Channel)?;
         let listener = self.sockets.listeners.for_slot(slot);
-        let old_sockets = self.sockets.old_raw_fds();
-        let close: Vec<RawFd> = (self
-            .sockets
-            .listeners
-            .raw_fds()
-            .chain(old_sockets)
-            .filter(|fd| *fd != listener.as_raw_fd()))
-        .chain(self.fleet.channel_raw_fds())
-        .chain([channel.stream().as_raw_fd()])
-        .collect();
+        // What the worker keeps of the master's: its slot's socket, the admin
+        // socket, its end of the channel (see `forget_the_master`).
+        let keep: Vec<RawFd> = [listener.as_raw_fd(), worker_end.as_raw_fd()]
+            .into_iter()
+            .chain(self.sockets.listeners.admin().map(AsRawFd::as_raw_fd))
+            .collect();
         let (signals, worker_main, config, scoreboard, run_as) = (
             &self.signals,
             self.worker_main,
@@ -112,7 +108,7 @@ impl Master<'_> {
         let listeners = &self.sockets.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
-            crate::worker::forget_the_master(signals, &close);
+            crate::worker::forget_the_master(signals, &keep);
             let (record, admin) = (scoreboard.record(record), listeners.admin());
             worker_main(Child {
                 slot,

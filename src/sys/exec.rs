@@ -143,7 +143,7 @@ fn place_fds(listener: RawFd, channel: &mut UnixStream) -> Result<(), String> {
         // SAFETY: clearing FD_CLOEXEC on an fd this process owns.
         unsafe { libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) };
     }
-    close_from(LISTEN_FD + 1, copy);
+    super::process::close_all_but(&[LISTEN_FD, copy]);
     Ok(())
 }
 
@@ -161,36 +161,6 @@ fn set_socket_mode(mode: SocketMode) -> Result<(), String> {
             .map_err(|err| format!("cannot set the socket's blocking mode: {err}")),
         None => Ok(()),
     }
-}
-
-/// Closes every fd from `first` up, except `keep`.
-fn close_from(first: RawFd, keep: RawFd) {
-    let close_range = |low: RawFd, high: RawFd| {
-        if low > high {
-            return;
-        }
-        // SAFETY: close_range(2) only closes fds; none in the range is used again
-        // by this process (their owners are never dropped before the exec).
-        let rc = unsafe { libc::syscall(libc::SYS_close_range, low as libc::c_uint, high as libc::c_uint, 0) };
-        if rc != 0 {
-            // Before Linux 5.9: one by one, as listed in /proc.
-            for fd in open_fds().into_iter().filter(|fd| (low..=high).contains(fd)) {
-                // SAFETY: as above.
-                unsafe { libc::close(fd) };
-            }
-        }
-    };
-    close_range(first, keep - 1);
-    close_range(keep + 1, RawFd::MAX);
-}
-
-fn open_fds() -> Vec<RawFd> {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect()
 }
 
 /// Every signal back to its default action (exec resets caught ones, but an

@@ -51,6 +51,12 @@ fn append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// The log file's fd, if there is one: a child forked from the master keeps it.
+pub fn raw_fd() -> Option<std::os::fd::RawFd> {
+    use std::os::fd::AsRawFd;
+    LOG_FILE.get().map(|log| log.lock().as_raw_fd())
+}
+
 /// Lines a pipe named by `--log-file` did not take at once.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -276,6 +277,48 @@ pub fn thread_count() -> std::io::Result<usize> {
         .find_map(|line| line.strip_prefix("Threads:"))
         .and_then(|n| n.trim().parse().ok())
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Closes every fd of this process but stdin, stdout, stderr and `keep`: what
+/// a child forked from the master does first, so that it holds only what it
+/// needs (the master's other sockets, pipes and channels, and whatever the
+/// master itself inherited, stay with the master).
+pub fn close_all_but(keep: &[RawFd]) {
+    let mut kept: Vec<RawFd> = keep.iter().copied().chain(0..=2).filter(|fd| *fd >= 0).collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let close_range = |low: RawFd, high: RawFd| {
+        if low > high {
+            return;
+        }
+        // SAFETY: close_range(2) only closes fds; none in the range is used again
+        // by this process (their owners are the master's structures, never
+        // dropped in a child, or are left for the exec).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, low as libc::c_uint, high as libc::c_uint, 0) };
+        if rc != 0 {
+            // Before Linux 5.9: one by one, as listed in /proc.
+            for fd in open_fds().into_iter().filter(|fd| (low..=high).contains(fd)) {
+                // SAFETY: as above.
+                unsafe { libc::close(fd) };
+            }
+        }
+    };
+    let mut low = 0;
+    for fd in kept {
+        close_range(low, fd - 1);
+        low = fd + 1;
+    }
+    close_range(low, RawFd::MAX);
+}
+
+/// This process's open fds, from `/proc/self/fd`.
+fn open_fds() -> Vec<RawFd> {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Formats a duration for log lines: `120ms`, `3.4s`.

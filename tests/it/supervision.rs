@@ -313,3 +313,96 @@ fn killing_the_master_takes_every_worker_down() {
         || workers.iter().all(|pid| !alive(*pid)).then_some(()),
     );
 }
+
+/// What `/proc/<pid>/fd` of `pid` points at, by fd.
+fn fd_targets(pid: nix::unistd::Pid) -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let fd = entry.file_name().to_str()?.parse().ok()?;
+                    let target = std::fs::read_link(entry.path()).ok()?;
+                    Some((fd, target.to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `socket:[inode]` of every socket listening on `port` (from /proc/net/tcp).
+fn listening_on(port: u16) -> Vec<String> {
+    let local = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "0A")
+                        .then(|| format!("socket:[{}]", fields[9]))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Of what the master holds, `child` holds only what it needs: stdin, stdout
+/// and stderr, the log file, its slot's socket and the admin socket; none of
+/// the other workers' channels, no notify socket, no signal pipe.
+fn holds_only_what_it_needs(master: nix::unistd::Pid, child: nix::unistd::Pid, allowed: &[String]) {
+    let masters: std::collections::BTreeSet<String> = fd_targets(master).into_values().collect();
+    for (fd, target) in fd_targets(child) {
+        if fd <= 2 || !masters.contains(&target) {
+            continue; // its standard streams, or its own (its runtime, its end of the channel)
+        }
+        assert!(
+            allowed.contains(&target),
+            "pid {child} holds fd {fd} -> {target} of the master's; it needs only {allowed:?}"
+        );
+    }
+}
+
+/// Every kind of child of the master (a worker, an exec-mode command, the
+/// admin process) holds only what it needs of the master's fds.
+#[test]
+fn every_child_holds_only_what_it_needs_of_the_masters_fds() {
+    let log = temp_path("children.log");
+    let log_arg = log.to_str().unwrap();
+    let server = Server::start(&["--workers", "2", "--admin", "127.0.0.1:0", "--log-file", log_arg]);
+    let workers = server.wait_for_workers(2, Duration::from_secs(5));
+    let mut allowed = listening_on(server.addr.port());
+    allowed.extend(listening_on(server.admin_addr().port()));
+    allowed.push(log.to_string_lossy().into_owned());
+    assert!(allowed.len() >= 4, "{allowed:?}");
+    for worker in &workers {
+        holds_only_what_it_needs(server.master, *worker, &allowed);
+    }
+
+    let hello = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exec/hello.py");
+    let exec = Server::start(&[
+        "--workers",
+        "2",
+        "--admin",
+        "127.0.0.1:0",
+        "--log-file",
+        log_arg,
+        "--",
+        "python3",
+        hello.to_str().unwrap(),
+    ]);
+    let children: Vec<nix::unistd::Pid> =
+        eventually(Duration::from_secs(5), "two commands and the admin process", || {
+            let children: Vec<nix::unistd::Pid> = children(exec.master).into_iter().map(|(pid, _)| pid).collect();
+            (children.len() == 3).then_some(children)
+        });
+    let mut allowed = listening_on(exec.addr.port());
+    allowed.extend(listening_on(exec.admin_addr().port()));
+    allowed.push(log.to_string_lossy().into_owned());
+    for child in children {
+        holds_only_what_it_needs(exec.master, child, &allowed);
+    }
+}
