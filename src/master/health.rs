@@ -8,7 +8,7 @@ use crate::log::{info, warn};
 use nix::unistd::Pid;
 
 use super::Master;
-use crate::sys::process::{self, human};
+use crate::sys::process::human;
 use crate::sys::scoreboard::monotonic_ms;
 
 /// A hung worker gets SIGABRT (a core dump shows where it was stuck), then
@@ -132,11 +132,7 @@ impl Master<'_> {
     }
 
     fn check_memory(&mut self, slot: usize, pid: Pid, record: usize) {
-        // A command's own children count too (gunicorn's workers are its arbiter's).
-        let rss = match self.is_exec(pid) {
-            false => process::resident_bytes(pid),
-            true => process::family_resident_bytes(pid),
-        };
+        let rss = self.fleet.kind(pid).and_then(|kind| kind.resident_bytes(pid));
         let (Some(limit), Some(rss)) = (self.config.max_worker_memory, rss) else {
             return;
         };

@@ -328,21 +328,15 @@ impl Master<'_> {
     /// signal table, or, for a command, `--stop-signal` to stop and SIGKILL to
     /// its whole process group.
     pub(super) fn order(&self, pid: Pid, order: Order) {
-        let exec = matches!(self.fleet.kind(pid), Some(Kind::Exec(_)));
-        let stop = self.config.stop_signal.signal();
-        match (order, exec) {
-            (Order::Drain, false) => process::signal(pid, Sig::SIGTERM),
-            (Order::Quit, false) => process::signal(pid, Sig::SIGQUIT),
-            (Order::Drain | Order::Quit, true) => {
-                self.exec_draining(pid);
-                process::signal(pid, stop)
-            }
-            (Order::Kill, false) => process::signal(pid, Sig::SIGKILL),
-            (Order::Kill, true) => process::signal_group(pid, Sig::SIGKILL),
-            (Order::Abort, _) => process::signal(pid, Sig::SIGABRT),
-            (Order::Reopen, false) => process::signal(pid, Sig::SIGUSR1),
-            // A program keeps its own logs; USR1 might well stop it.
-            (Order::Reopen, true) => {}
+        let kind = self.fleet.kind(pid).unwrap_or(Kind::App);
+        if matches!(order, Order::Drain | Order::Quit) {
+            // A command cannot say so in its record itself (a no-op for the app).
+            self.exec_draining(pid);
+        }
+        match kind.delivery(order, self.config.stop_signal.signal()) {
+            Some(Delivery::Process(signal)) => process::signal(pid, signal),
+            Some(Delivery::Group(signal)) => process::signal_group(pid, signal),
+            None => {}
         }
     }
 
@@ -356,6 +350,44 @@ impl Master<'_> {
         };
         if let Err(err) = channel.send(command, socket) {
             warn!("master: cannot tell pid {pid} to {command}: {err}");
+        }
+    }
+}
+
+/// How an order reaches a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// This signal, to the worker.
+    Process(Sig),
+    /// This signal, to the worker's whole process group.
+    Group(Sig),
+}
+
+impl Kind {
+    /// How `order` is said to a worker of this kind: the Rust app's signal
+    /// table, or, for a command, `stop` to stop and SIGKILL to its whole
+    /// process group; `None` for what a command is not told.
+    pub(super) fn delivery(self, order: Order, stop: Sig) -> Option<Delivery> {
+        let delivery = match (order, self) {
+            (Order::Drain, Kind::App) => Delivery::Process(Sig::SIGTERM),
+            (Order::Quit, Kind::App) => Delivery::Process(Sig::SIGQUIT),
+            (Order::Drain | Order::Quit, Kind::Exec(_)) => Delivery::Process(stop),
+            (Order::Kill, Kind::App) => Delivery::Process(Sig::SIGKILL),
+            (Order::Kill, Kind::Exec(_)) => Delivery::Group(Sig::SIGKILL),
+            (Order::Abort, _) => Delivery::Process(Sig::SIGABRT),
+            (Order::Reopen, Kind::App) => Delivery::Process(Sig::SIGUSR1),
+            // A program keeps its own logs; USR1 might well stop it.
+            (Order::Reopen, Kind::Exec(_)) => return None,
+        };
+        Some(delivery)
+    }
+
+    /// Its resident memory, as `--max-worker-memory` counts it: a command's
+    /// own children count too (gunicorn's workers are its arbiter's).
+    pub(super) fn resident_bytes(self, pid: Pid) -> Option<u64> {
+        match self {
+            Kind::App => process::resident_bytes(pid),
+            Kind::Exec(_) => process::family_resident_bytes(pid),
         }
     }
 }
