@@ -56,7 +56,7 @@ impl Master<'_> {
             .store(1, std::sync::atomic::Ordering::Relaxed);
         let order = match stop {
             Stop::Graceful => Order::Drain,
-            Stop::Fast => Order::Quit,
+            Stop::Fast => Order::FastStop,
         };
         for pid in pids {
             self.order(pid, order);

@@ -17,7 +17,7 @@ use crate::config::ExecReady;
 use crate::error::Error;
 use crate::sys::accepting::Seen;
 use crate::sys::channel::{self, Channel};
-use crate::sys::notices::{Notice, Notices};
+use crate::sys::notify_socket::{Notice, Notices};
 use crate::sys::process;
 use crate::sys::scoreboard::{monotonic_ms, State, NOT_WATCHED};
 

@@ -52,9 +52,9 @@ use nix::unistd::getpid;
 use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::sys::listener::Listeners;
-use crate::sys::notify::Notifier;
 use crate::sys::privileges::RunAs;
 use crate::sys::scoreboard::{Scoreboard, MASTER_BEAT};
+use crate::sys::sd_notify::Notifier;
 use crate::sys::signals::{Signal, Signals};
 use crate::worker::Child;
 use fleet::Fleet;
@@ -112,7 +112,7 @@ struct Master<'a> {
     systemd: Systemd,
     /// Exec mode: the `NOTIFY_SOCKET` the commands speak to, bound with the
     /// first worker that runs one.
-    notices: Option<crate::sys::notices::Notices>,
+    notices: Option<crate::sys::notify_socket::Notices>,
     /// Exec mode: `/proc` refused to show a command's fds (said once; its
     /// `READY=1` counts then, see `accepting_now`).
     hidden_warned: bool,

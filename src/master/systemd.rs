@@ -1,10 +1,10 @@
 //! What the master tells systemd, and when (the protocol itself is in
-//! `crate::sys::notify`): the watchdog keep-alive, and `READY=1` again once a reload
+//! `crate::sys::sd_notify`): the watchdog keep-alive, and `READY=1` again once a reload
 //! (HUP) is over, however it ended (done, aborted, refused).
 
 use std::time::{Duration, Instant};
 
-use crate::sys::notify::Notifier;
+use crate::sys::sd_notify::Notifier;
 
 pub(super) struct Systemd {
     notifier: Notifier,

@@ -329,7 +329,7 @@ impl Master<'_> {
     /// its whole process group.
     pub(super) fn order(&self, pid: Pid, order: Order) {
         let kind = self.fleet.kind(pid).unwrap_or(Kind::App);
-        if matches!(order, Order::Drain | Order::Quit) {
+        if matches!(order, Order::Drain | Order::FastStop) {
             // A command cannot say so in its record itself (a no-op for the app).
             self.exec_draining(pid);
         }
@@ -370,8 +370,8 @@ impl Kind {
     pub(super) fn delivery(self, order: Order, stop: Sig) -> Option<Delivery> {
         let delivery = match (order, self) {
             (Order::Drain, Kind::App) => Delivery::Process(Sig::SIGTERM),
-            (Order::Quit, Kind::App) => Delivery::Process(Sig::SIGQUIT),
-            (Order::Drain | Order::Quit, Kind::Exec(_)) => Delivery::Process(stop),
+            (Order::FastStop, Kind::App) => Delivery::Process(Sig::SIGQUIT),
+            (Order::Drain | Order::FastStop, Kind::Exec(_)) => Delivery::Process(stop),
             (Order::Kill, Kind::App) => Delivery::Process(Sig::SIGKILL),
             (Order::Kill, Kind::Exec(_)) => Delivery::Group(Sig::SIGKILL),
             (Order::Abort, _) => Delivery::Process(Sig::SIGABRT),
@@ -397,8 +397,8 @@ impl Kind {
 pub(super) enum Order {
     /// Finish what is in flight, then exit.
     Drain,
-    /// Exit now (a fast stop).
-    Quit,
+    /// Exit now.
+    FastStop,
     /// SIGKILL.
     Kill,
     /// SIGABRT: hung; a core dump shows where.

@@ -11,11 +11,11 @@
 //! - `output`     the master's stdout and stderr: written at once or dropped, never waited on
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
-//! - `notify`     sd_notify
+//! - `sd_notify`  what the master tells systemd (sd_notify)
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
 //! - `privileges` the user and group the workers run as (`--user`, `--group`)
 //! - `exec`       exec mode, the child: fd 3, `LISTEN_FDS`, signals reset, `execvpe`
-//! - `notices`    exec mode: the master's `NOTIFY_SOCKET`, senders told by the kernel
+//! - `notify_socket`  exec mode: what the commands tell the master on its `NOTIFY_SOCKET`, senders told by the kernel
 //! - `accepting`  exec mode: whether a program waits on its socket (from `/proc`)
 //! - `orphans`    the master as child subreaper; which command an orphan came from
 
@@ -24,13 +24,13 @@ pub(crate) mod channel;
 pub(crate) mod exec;
 pub(crate) mod listener;
 pub(crate) mod logfile;
-pub(crate) mod notices;
-pub(crate) mod notify;
+pub(crate) mod notify_socket;
 pub(crate) mod orphans;
 pub(crate) mod output;
 pub(crate) mod pidfile;
 pub(crate) mod privileges;
 pub(crate) mod process;
 pub(crate) mod scoreboard;
+pub(crate) mod sd_notify;
 pub(crate) mod signals;
 pub(crate) mod upgrade;

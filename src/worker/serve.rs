@@ -302,12 +302,13 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        serve_connection(stream, service, open, counted, client, Start::New, &shared).await;
+        serve_until_parked(stream, service, open, counted, client, Start::New, &shared).await;
     });
 }
 
-/// Serves a connection; parks it when it has been idle long enough.
-async fn serve_connection<S: WorkerApp>(
+/// Serves a connection until it ends, or parks it once it has been idle long
+/// enough (and serves it again from there when the client sends).
+async fn serve_until_parked<S: WorkerApp>(
     stream: tokio::net::TcpStream,
     service: S::Service,
     open: Open,
@@ -360,7 +361,7 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
             let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd(), client);
             let shared = Rc::clone(&shared);
             tokio::task::spawn_local(async move {
-                serve_connection(stream, service, open, counted, client, Start::Unparked, &shared).await;
+                serve_until_parked(stream, service, open, counted, client, Start::Unparked, &shared).await;
             });
         }
     }

@@ -161,7 +161,7 @@ fn the_operations_doc_lists_every_sd_notify_message_the_master_sends() {
     ];
     let mut sent = BTreeSet::new();
     for file in [
-        "src/sys/notify.rs",
+        "src/sys/sd_notify.rs",
         "src/master/mod.rs",
         "src/master/change.rs",
         "src/master/upgrade.rs",
