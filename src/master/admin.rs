@@ -72,8 +72,8 @@ impl Master<'_> {
         let (signals, config, scoreboard, run_as, master) =
             (&self.signals, &self.config, self.scoreboard, self.run_as, getpid());
         process::fork(move || {
-            crate::worker::forget_the_master(signals, &keep);
-            crate::worker::name_process("prefork-admin");
+            process::forget_the_master(signals, &keep);
+            process::name_process("prefork-admin");
             if let Some(run_as) = run_as {
                 if let Err(err) = crate::sys::privileges::switch(run_as) {
                     error!("admin process: cannot switch to uid {}: {err}", run_as.uid);

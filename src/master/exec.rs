@@ -98,7 +98,7 @@ impl Master<'_> {
         let pid = process::fork(move || {
             // Its socket and its end of the channel; `exec` moves them to fd 3
             // and above it.
-            crate::worker::forget_the_master(signals, &[listener, worker_fd]);
+            process::forget_the_master(signals, &[listener, worker_fd]);
             crate::sys::exec::exec(crate::sys::exec::Launch {
                 command,
                 listener,

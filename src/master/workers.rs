@@ -108,7 +108,7 @@ impl Master<'_> {
         let listeners = &self.sockets.listeners;
         let master_pid = getpid();
         let pid = process::fork(move || {
-            crate::worker::forget_the_master(signals, &keep);
+            process::forget_the_master(signals, &keep);
             let (record, admin) = (scoreboard.record(record), listeners.admin());
             worker_main(Child {
                 slot,

@@ -279,6 +279,30 @@ pub fn thread_count() -> std::io::Result<usize> {
         .ok_or_else(|| std::io::Error::other("no Threads: line in /proc/self/status"))
 }
 
+/// Right after the fork, before anything else runs in the child: forgets the
+/// master's signal handlers, then closes every fd but stdin, stdout, stderr,
+/// the log file and `keep` (what this child needs: its socket, its channel).
+/// One rule for every kind of child (a worker, a command before its exec, the
+/// admin process), so that none holds what the master holds for the others:
+/// their channels, the other slots' sockets, the notify sockets, an upgrade's
+/// pipes, and whatever the master inherited itself.
+pub fn forget_the_master(signals: &super::signals::Signals, keep: &[RawFd]) {
+    // The handlers first: none may write into a self-pipe closed below.
+    signals.forget_in_child();
+    super::output::in_child();
+    let keep: Vec<RawFd> = keep.iter().copied().chain(super::logfile::raw_fd()).collect();
+    // The fds closed belong to master structures never dropped in this process.
+    close_all_but(&keep);
+}
+
+/// Sets this process's `comm` (at most 15 bytes; longer is cut by the kernel).
+pub fn name_process(name: &str) {
+    let Ok(name) = std::ffi::CString::new(name) else { return };
+    if let Err(err) = nix::sys::prctl::set_name(&name) {
+        crate::log::debug!("cannot set the process name: {err}");
+    }
+}
+
 /// Closes every fd of this process but stdin, stdout, stderr and `keep`: what
 /// a child forked from the master does first, so that it holds only what it
 /// needs (the master's other sockets, pipes and channels, and whatever the

@@ -38,7 +38,6 @@ use crate::sys::channel::{self, Message};
 use crate::sys::process::{self, exit_code};
 use crate::sys::scoreboard::{Record, Scoreboard, State};
 use access::AccessLog;
-pub(crate) use child::forget_the_master;
 use control::Control;
 use serve::serve;
 
@@ -75,7 +74,7 @@ where
     S: WorkerApp,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
-    name_process(PROCESS_NAME);
+    process::name_process(PROCESS_NAME);
     // Before PDEATHSIG: a change of credentials clears it.
     if let Some(run_as) = child.run_as {
         if let Err(err) = crate::sys::privileges::switch(run_as) {
@@ -256,12 +255,4 @@ fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -
     // The master may already be gone; the exit code says the same thing.
     let _ = channel::send(&mut channel, &Message::BootError(reason));
     code
-}
-
-/// Sets this process's `comm` (at most 15 bytes; longer is cut by the kernel).
-pub(crate) fn name_process(name: &str) {
-    let Ok(name) = std::ffi::CString::new(name) else { return };
-    if let Err(err) = nix::sys::prctl::set_name(&name) {
-        crate::log::debug!("cannot set the process name: {err}");
-    }
 }
