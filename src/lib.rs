@@ -41,7 +41,7 @@ mod worker;
 
 use std::fmt::Display;
 
-use sys::{listener, process, scoreboard, signals, upgrade};
+use sys::{process, signals};
 
 pub use body::RequestBody;
 pub use config::{
@@ -129,89 +129,6 @@ where
         let made = setup();
         async move { made.await.map(IntoWorkerService::into_worker_service) }
     };
-    init_logging(&config)?;
-    if let Some((old, new)) = process::raise_file_limit() {
-        crate::log::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
-    }
-    // Before anything is bound: a command that cannot run, or an unknown user,
-    // is a startup error.
-    if let Some(program) = config.command.as_ref().and_then(|command| command.first()) {
-        sys::exec::find(program).map_err(|cause| Error::Command { cause })?;
-    }
-    let run_as = sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
-        .map_err(|cause| Error::RunAs { cause })?;
-    if let Some(path) = &config.pid_file {
-        sys::pidfile::check(path, std::process::id()).map_err(|source| Error::PidFile {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    let mut origin = master::Origin {
-        args: std::env::args_os().skip(1).collect(),
-        binary: std::env::current_exe().ok(),
-        handover: None,
-    };
-    let listeners = match upgrade::inherited().map_err(Error::Handover)? {
-        Some(inherited) => {
-            let count = inherited.sockets.len();
-            crate::log::info!(
-                "master: taking over {count} sockets from the old master (pid {})",
-                inherited.from
-            );
-            origin.handover = Some(inherited.ready);
-            listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
-        }
-        None => match upgrade::activated().map_err(Error::Activation)? {
-            Some(sockets) => {
-                let balance = if sockets.len() == 1 {
-                    Balance::Shared
-                } else {
-                    Balance::Reuseport
-                };
-                let count = sockets.len();
-                crate::log::info!(
-                    "master: socket activation: {count} sockets from systemd ({})",
-                    balance.as_str()
-                );
-                let admin = config.admin.map(listener::bind_admin).transpose()?;
-                listener::Listeners::inherit(sockets, admin, balance, config.backlog)?
-            }
-            None => listener::Listeners::bind(config.wanted_sockets(), config.admin)?,
-        },
-    };
-    let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
     let worker_main = |child: worker::Child<'_>| worker::run(child, &setup);
-    master::run(config, run_as, listeners, origin, scoreboard, &worker_main)
-}
-
-/// Logs to stderr or `--log-file`, as text or JSON, written synchronously by
-/// the calling thread: a writer thread would make the master multi-threaded.
-/// stderr is written without waiting (see `sys::output`). The server's own
-/// lines go to this subscriber whatever the app installed (see `log`).
-fn init_logging(config: &Config) -> Result<(), Error> {
-    use std::io::IsTerminal;
-    let file = match &config.log_file {
-        Some(path) => Some(sys::logfile::open(path).map_err(|source| Error::LogFile {
-            path: path.clone(),
-            source,
-        })?),
-        None => None,
-    };
-    // A line the writer could not take is its business (counted, or lost to a
-    // full disk): the subscriber must not report it on stderr, which may be
-    // the very thing that is closed.
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(config.log_level)
-        .with_target(false)
-        .log_internal_errors(false);
-    let ansi = file.is_none() && std::io::stderr().is_terminal();
-    let stderr = sys::output::stderr();
-    let dispatch = match (config.log_format, file) {
-        (LogFormat::Text, None) => builder.with_writer(stderr).with_ansi(ansi).into(),
-        (LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).into(),
-        (LogFormat::Json, None) => builder.json().with_writer(stderr).into(),
-        (LogFormat::Json, Some(file)) => builder.json().with_writer(file).into(),
-    };
-    log::install(dispatch);
-    Ok(())
+    master::start(config, &worker_main)
 }

@@ -34,6 +34,38 @@ pub(crate) fn install(dispatch: Dispatch) {
     let _ = SERVER.set(dispatch);
 }
 
+/// Logs to stderr or `--log-file`, as text or JSON, written synchronously by
+/// the calling thread: a writer thread would make the master multi-threaded.
+/// stderr is written without waiting (see `sys::output`). The server's own
+/// lines go to this subscriber whatever the app installed (see `log`).
+pub(crate) fn init(config: &crate::Config) -> Result<(), crate::Error> {
+    use std::io::IsTerminal;
+    let file = match &config.log_file {
+        Some(path) => Some(crate::sys::logfile::open(path).map_err(|source| crate::Error::LogFile {
+            path: path.clone(),
+            source,
+        })?),
+        None => None,
+    };
+    // A line the writer could not take is its business (counted, or lost to a
+    // full disk): the subscriber must not report it on stderr, which may be
+    // the very thing that is closed.
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.log_level)
+        .with_target(false)
+        .log_internal_errors(false);
+    let ansi = file.is_none() && std::io::stderr().is_terminal();
+    let stderr = crate::sys::output::stderr();
+    let dispatch = match (config.log_format, file) {
+        (crate::LogFormat::Text, None) => builder.with_writer(stderr).with_ansi(ansi).into(),
+        (crate::LogFormat::Text, Some(file)) => builder.with_writer(file).with_ansi(false).into(),
+        (crate::LogFormat::Json, None) => builder.json().with_writer(stderr).into(),
+        (crate::LogFormat::Json, Some(file)) => builder.json().with_writer(file).into(),
+    };
+    install(dispatch);
+    Ok(())
+}
+
 macro_rules! error {
     ($($arg:tt)+) => {
         // The level first: a disabled event costs no swap.

@@ -36,6 +36,7 @@ mod orphans;
 mod phase;
 mod pool;
 mod sockets;
+mod startup;
 mod systemd;
 mod upgrade;
 mod workers;
@@ -61,6 +62,7 @@ use fleet::Fleet;
 use phase::{Phase, Stop};
 use pool::Pool;
 use sockets::{Announcement, Sockets};
+pub(crate) use startup::start;
 use systemd::Systemd;
 use upgrade::Upgrade;
 

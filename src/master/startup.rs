@@ -1,0 +1,66 @@
+//! The master's start: from a validated config to the supervision loop. What
+//! must fail before anything is bound fails here (a command that cannot run,
+//! an unknown user, a pid file that cannot be written); then the sockets are
+//! taken over (a hot upgrade), received (systemd) or bound, and the
+//! scoreboard is mapped.
+
+use super::{Origin, WorkerMain};
+use crate::config::{Balance, Config};
+use crate::error::Error;
+use crate::sys::{listener, process, scoreboard, upgrade};
+
+/// Runs the master on `config` until it stops (Ok) or halts (Err).
+pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
+    crate::log::init(&config)?;
+    if let Some((old, new)) = process::raise_file_limit() {
+        crate::log::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
+    }
+    // Before anything is bound: a command that cannot run, or an unknown user,
+    // is a startup error.
+    if let Some(program) = config.command.as_ref().and_then(|command| command.first()) {
+        crate::sys::exec::find(program).map_err(|cause| Error::Command { cause })?;
+    }
+    let run_as = crate::sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
+        .map_err(|cause| Error::RunAs { cause })?;
+    if let Some(path) = &config.pid_file {
+        crate::sys::pidfile::check(path, std::process::id()).map_err(|source| Error::PidFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    let mut origin = Origin {
+        args: std::env::args_os().skip(1).collect(),
+        binary: std::env::current_exe().ok(),
+        handover: None,
+    };
+    let listeners = match upgrade::inherited().map_err(Error::Handover)? {
+        Some(inherited) => {
+            let count = inherited.sockets.len();
+            crate::log::info!(
+                "master: taking over {count} sockets from the old master (pid {})",
+                inherited.from
+            );
+            origin.handover = Some(inherited.ready);
+            listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
+        }
+        None => match upgrade::activated().map_err(Error::Activation)? {
+            Some(sockets) => {
+                let balance = if sockets.len() == 1 {
+                    Balance::Shared
+                } else {
+                    Balance::Reuseport
+                };
+                let count = sockets.len();
+                crate::log::info!(
+                    "master: socket activation: {count} sockets from systemd ({})",
+                    balance.as_str()
+                );
+                let admin = config.admin.map(listener::bind_admin).transpose()?;
+                listener::Listeners::inherit(sockets, admin, balance, config.backlog)?
+            }
+            None => listener::Listeners::bind(config.wanted_sockets(), config.admin)?,
+        },
+    };
+    let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
+    super::run(config, run_as, listeners, origin, scoreboard, worker_main)
+}
