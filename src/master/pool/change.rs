@@ -88,13 +88,13 @@ impl Pool {
         let timeout = self.timeouts.ready;
         self.slots
             .iter()
-            .filter_map(move |slot| Some(slot.incoming()?.spawned_at + timeout))
+            .filter_map(move |slot| Some(slot.incoming()?.replacement_deadline(timeout)))
     }
 
     /// A replacement that missed `--ready-timeout`, if any.
     pub fn late_replacement(&self, now: Instant) -> Option<(usize, Pid)> {
         let timeout = self.timeouts.ready;
-        let late = |slot: &Slot| slot.incoming().filter(|w| w.spawned_at + timeout <= now);
+        let late = |slot: &Slot| slot.incoming().filter(|w| w.replacement_deadline(timeout) <= now);
         self.slots
             .iter()
             .enumerate()

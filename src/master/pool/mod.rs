@@ -53,6 +53,13 @@ struct Retiring {
     killed: bool,
 }
 
+impl Retiring {
+    /// When it is to be killed, if it is not yet (see `Pool::overdue`).
+    fn kill_deadline(&self) -> Option<Instant> {
+        (!self.killed).then_some(self.kill_at)
+    }
+}
+
 /// What a reaped pid was, and what the pool decided about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Departure {
@@ -133,7 +140,7 @@ impl Pool {
         if self.stopping {
             return Vec::new();
         }
-        let fill = |slot: &Slot| slot.is_empty() && slot.not_before <= now;
+        let fill = |slot: &Slot| slot.respawn_at().is_some_and(|at| at <= now);
         let mut due: Vec<(usize, Spawn)> = self
             .slots
             .iter()
@@ -257,7 +264,7 @@ impl Pool {
         let mut late = Vec::new();
         for (index, slot) in self.slots.iter_mut().enumerate() {
             if let Some(worker) = slot.worker_mut() {
-                if worker.ready_at.is_none() && !worker.late && worker.spawned_at + limit <= now {
+                if worker.boot_deadline(limit).is_some_and(|at| at <= now) {
                     worker.late = true;
                     late.push((index, worker.pid));
                 }
@@ -351,7 +358,10 @@ impl Pool {
     /// Retiring workers past their deadline that have not been killed yet; each is
     /// returned once, with its slot.
     pub fn overdue(&mut self, now: Instant) -> Vec<(usize, Pid)> {
-        let overdue = self.retiring.iter_mut().filter(|r| !r.killed && r.kill_at <= now);
+        let overdue = self
+            .retiring
+            .iter_mut()
+            .filter(|r| r.kill_deadline().is_some_and(|at| at <= now));
         overdue
             .map(|r| {
                 r.killed = true;
@@ -462,17 +472,21 @@ impl Pool {
 
     /// How long the master may sleep before something is due: a respawn or a kill.
     pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
-        let empty = |s: &&Slot| s.is_empty() && !self.stopping;
-        let respawns = self.slots.iter().filter(empty).map(|s| s.not_before);
-        let kills = self.retiring.iter().filter(|r| !r.killed).map(|r| r.kill_at);
+        // Each deadline as the code that acts on it states it (`due`,
+        // `overdue`, `late_replacement`, `late_boots`).
+        let respawns = self
+            .slots
+            .iter()
+            .filter(|_| !self.stopping)
+            .filter_map(Slot::respawn_at);
+        let kills = self.retiring.iter().filter_map(Retiring::kill_deadline);
         let ready_deadlines = self.replacement_deadlines();
         let limit = self.timeouts.ready + LATE_BOOT_MARGIN;
-        let booting = self
+        let boot_deadlines = self
             .slots
             .iter()
             .filter_map(Slot::worker)
-            .filter(|w| w.ready_at.is_none() && !w.late);
-        let boot_deadlines = booting.map(|w| w.spawned_at + limit);
+            .filter_map(|w| w.boot_deadline(limit));
         respawns
             .chain(kills)
             .chain(ready_deadlines)

@@ -6,7 +6,7 @@
 //! (a parked slot with a worker, a replacement in an empty or parked slot)
 //! cannot be written.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
@@ -52,6 +52,18 @@ pub(super) struct Worker {
 }
 
 impl Worker {
+    /// When it fails its boot, if it is still booting and not yet killed for
+    /// it (`limit`: `--ready-timeout` and a margin; see `Pool::late_boots`).
+    pub fn boot_deadline(&self, limit: Duration) -> Option<Instant> {
+        (self.ready_at.is_none() && !self.late).then_some(self.spawned_at + limit)
+    }
+
+    /// When a replacement that is not ready aborts its reload (`timeout`:
+    /// `--ready-timeout`; see `Pool::late_replacement`).
+    pub fn replacement_deadline(&self, timeout: Duration) -> Instant {
+        self.spawned_at + timeout
+    }
+
     pub fn new(pid: Pid, spawned_at: Instant, generation: u32) -> Worker {
         Worker {
             pid,
@@ -81,6 +93,12 @@ impl Slot {
 
     pub fn is_parked(&self) -> bool {
         matches!(self.holds, Holds::Parked)
+    }
+
+    /// When a worker is due in this slot: active and without any worker, at
+    /// `not_before` (see `Pool::due`).
+    pub fn respawn_at(&self) -> Option<Instant> {
+        self.is_empty().then_some(self.not_before)
     }
 
     /// Active and without any worker: one is due at `not_before`.
