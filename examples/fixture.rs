@@ -41,6 +41,12 @@ fn main() -> std::process::ExitCode {
         // A setting chosen in code, not by a flag: a reload must keep it.
         config.workers = workers;
     }
+    if let Some(path) = std::env::var_os("FIXTURE_OPEN_BEFORE") {
+        // A file the app opens before `run_with` (its own log, say): its
+        // workers still hold it.
+        let file = std::fs::File::create(path).expect("FIXTURE_OPEN_BEFORE");
+        std::mem::forget(file);
+    }
     if std::env::var_os("FIXTURE_THREAD").is_some() {
         // What `#[tokio::main]` around `run_with` amounts to.
         std::thread::spawn(|| loop {

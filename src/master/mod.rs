@@ -122,6 +122,8 @@ struct Master<'a> {
     admin_process: admin::AdminProcess,
     /// The children the process had before the server ran (not orphans of its).
     children_before: Vec<nix::unistd::Pid>,
+    /// What the app had open before `run_with`: its Rust workers keep it.
+    app_fds: Vec<std::os::fd::RawFd>,
 }
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
@@ -132,6 +134,7 @@ pub(crate) fn run(
     mut listeners: Listeners,
     origin: Origin,
     scoreboard: &'static Scoreboard,
+    app_fds: Vec<std::os::fd::RawFd>,
     worker_main: &WorkerMain<'_>,
 ) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
@@ -172,6 +175,7 @@ pub(crate) fn run(
         hidden_warned: false,
         admin_process: admin::AdminProcess::default(),
         children_before: Vec::new(),
+        app_fds,
     };
     master.adopt_orphans();
     master.fleet.pool.set_timeouts(master.timeouts());

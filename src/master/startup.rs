@@ -4,6 +4,8 @@
 //! taken over (a hot upgrade), received (systemd) or bound, and the
 //! scoreboard is mapped.
 
+use std::os::fd::{AsRawFd, RawFd};
+
 use super::{Origin, WorkerMain};
 use crate::config::{Balance, Config};
 use crate::error::Error;
@@ -11,6 +13,9 @@ use crate::sys::{listener, process, scoreboard, upgrade};
 
 /// Runs the master on `config` until it stops (Ok) or halts (Err).
 pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
+    // What the process holds before the master opens anything: the app's own
+    // files (a log file its subscriber writes to, say), which its workers keep.
+    let before = process::open_fds();
     crate::log::init(&config)?;
     if let Some((old, new)) = process::raise_file_limit() {
         crate::log::debug!("master: open file limit raised from {old} to {new} (the hard limit)");
@@ -62,5 +67,15 @@ pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), 
         },
     };
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
-    super::run(config, run_as, listeners, origin, scoreboard, worker_main)
+    // ...but not the sockets and the pipe an old master or systemd handed in,
+    // which are the master's now, nor the log file (every child keeps it).
+    let masters: Vec<RawFd> = (listeners.raw_fds())
+        .chain(origin.handover.as_ref().map(AsRawFd::as_raw_fd))
+        .chain(crate::sys::logfile::raw_fd())
+        .collect();
+    let apps = before
+        .into_iter()
+        .filter(|fd| *fd > 2 && !masters.contains(fd))
+        .collect();
+    super::run(config, run_as, listeners, origin, scoreboard, apps, worker_main)
 }

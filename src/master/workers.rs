@@ -93,10 +93,12 @@ impl Master<'_> {
         let channel = Channel::new(master_end).map_err(Error::Channel)?;
         let listener = self.sockets.listeners.for_slot(slot);
         // What the worker keeps of the master's: its slot's socket, the admin
-        // socket, its end of the channel (see `forget_the_master`).
+        // socket, its end of the channel (see `forget_the_master`); and what
+        // the app opened before `run_with`, which its code may still use.
         let keep: Vec<RawFd> = [listener.as_raw_fd(), worker_end.as_raw_fd()]
             .into_iter()
             .chain(self.sockets.listeners.admin().map(AsRawFd::as_raw_fd))
+            .chain(self.app_fds.iter().copied())
             .collect();
         let (signals, worker_main, config, scoreboard, run_as) = (
             &self.signals,

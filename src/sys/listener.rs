@@ -181,6 +181,14 @@ impl Listeners {
     }
 }
 
+impl Listeners {
+    /// Every fd of these sockets, the admin one included.
+    pub fn raw_fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
+        use std::os::fd::AsRawFd;
+        self.sockets.iter().chain(&self.admin).map(AsRawFd::as_raw_fd)
+    }
+}
+
 /// The `--admin` socket: a plain one, accepted on by every worker.
 pub fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
     open(addr, false, 64).map_err(|source| Error::Bind { addr, source })

@@ -2,7 +2,8 @@
 //! policy of its own. The master decides (`master/`), the worker serves
 //! (`worker/`); both act through these.
 //!
-//! - `process`    fork (with the single-thread check), reap → `Exit`, kill, exit
+//! - `process`    fork (with the single-thread check), what every child does
+//!   first (forget the master, keep only its fds), reap → `Exit`, kill, exit
 //!   codes, the file limit, `/proc` reads
 //! - `signals`    the signal table, record-only handlers, the self-pipe
 //! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF

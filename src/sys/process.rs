@@ -335,13 +335,19 @@ pub fn close_all_but(keep: &[RawFd]) {
     close_range(low, RawFd::MAX);
 }
 
-/// This process's open fds, from `/proc/self/fd`.
-fn open_fds() -> Vec<RawFd> {
+/// This process's open fds, from `/proc/self/fd` (without the one that read it).
+pub fn open_fds() -> Vec<RawFd> {
     let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
         return Vec::new();
     };
-    entries
+    let listed: Vec<RawFd> = entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    // SAFETY: F_GETFD only reads the fd's flags; the directory's own fd is
+    // closed by now and fails it.
+    listed
+        .into_iter()
+        .filter(|fd| unsafe { libc::fcntl(*fd, libc::F_GETFD) } >= 0)
         .collect()
 }
 

@@ -350,36 +350,78 @@ fn listening_on(port: u16) -> Vec<String> {
         .collect()
 }
 
-/// Of what the master holds, `child` holds only what it needs: stdin, stdout
-/// and stderr, the log file, its slot's socket and the admin socket; none of
-/// the other workers' channels, no notify socket, no signal pipe.
-fn holds_only_what_it_needs(master: nix::unistd::Pid, child: nix::unistd::Pid, allowed: &[String]) {
+/// Of what the master holds, `child` holds only what it needs (`needs`, all
+/// of which it must hold) and nothing else but its standard streams.
+fn holds_only_what_it_needs(master: nix::unistd::Pid, child: nix::unistd::Pid, needs: &[String]) {
     let masters: std::collections::BTreeSet<String> = fd_targets(master).into_values().collect();
-    for (fd, target) in fd_targets(child) {
-        if fd <= 2 || !masters.contains(&target) {
-            continue; // its standard streams, or its own (its runtime, its end of the channel)
+    // What the test itself holds reached the server from outside (the test
+    // runner's own files): the app's, as far as the master can tell.
+    let outside: std::collections::BTreeSet<String> = fd_targets(nix::unistd::Pid::this()).into_values().collect();
+    let childs = fd_targets(child);
+    assert!(!childs.is_empty(), "cannot read /proc/{child}/fd");
+    for (fd, target) in &childs {
+        if *fd <= 2 || !masters.contains(target) || outside.contains(target) {
+            continue; // its standard streams, its own (its runtime, its end of the channel), or from outside
         }
         assert!(
-            allowed.contains(&target),
-            "pid {child} holds fd {fd} -> {target} of the master's; it needs only {allowed:?}"
+            needs.contains(target),
+            "pid {child} holds fd {fd} -> {target} of the master's; it needs only {needs:?}"
+        );
+    }
+    for need in needs {
+        assert!(
+            childs.values().any(|target| target == need),
+            "pid {child} lacks {need}: {childs:?}"
         );
     }
 }
 
+/// The one serving socket of the master's that `worker` holds (a worker
+/// holds its own slot's socket, and no sibling's).
+fn own_serving_socket(master: nix::unistd::Pid, worker: nix::unistd::Pid, port: u16) -> String {
+    let serving = listening_on(port);
+    let held: std::collections::BTreeSet<String> = fd_targets(worker)
+        .into_values()
+        .filter(|target| serving.contains(target))
+        .collect();
+    assert_eq!(
+        held.len(),
+        1,
+        "worker {worker} holds {held:?} of the serving sockets {serving:?}"
+    );
+    let _ = master;
+    held.into_iter().next().unwrap()
+}
+
 /// Every kind of child of the master (a worker, an exec-mode command, the
-/// admin process) holds only what it needs of the master's fds.
+/// admin process) holds only what it needs of the master's fds: a worker its
+/// slot's socket, the admin socket and the log file; the admin process the
+/// admin socket and the log file; a command its socket (on fd 3). A file the
+/// app opened before `run_with` stays open in its workers.
 #[test]
 fn every_child_holds_only_what_it_needs_of_the_masters_fds() {
-    let log = temp_path("children.log");
+    let dir = tempdir("children-fds");
+    let log = dir.canonicalize().unwrap().join("children.log");
+    let early = dir.canonicalize().unwrap().join("opened-before-run-with");
     let log_arg = log.to_str().unwrap();
-    let server = Server::start(&["--workers", "2", "--admin", "127.0.0.1:0", "--log-file", log_arg]);
+    let mut command = command(
+        example_binary(),
+        &["--workers", "2", "--admin", "127.0.0.1:0", "--log-file", log_arg],
+    );
+    command.env("FIXTURE_OPEN_BEFORE", &early);
+    // As under systemd: the master's socket to systemd is the master's alone.
+    let systemd = std::os::unix::net::UnixDatagram::bind(dir.join("notify.sock")).unwrap();
+    command.env("NOTIFY_SOCKET", dir.join("notify.sock"));
+    let server = Server::start_command(command);
+    let _ = &systemd;
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
-    let mut allowed = listening_on(server.addr.port());
-    allowed.extend(listening_on(server.admin_addr().port()));
-    allowed.push(log.to_string_lossy().into_owned());
-    assert!(allowed.len() >= 4, "{allowed:?}");
+    let admin = listening_on(server.admin_addr().port());
+    assert_eq!(admin.len(), 1, "{admin:?}");
     for worker in &workers {
-        holds_only_what_it_needs(server.master, *worker, &allowed);
+        let own = own_serving_socket(server.master, *worker, server.addr.port());
+        let mut needs = vec![own, admin[0].clone(), log.to_string_lossy().into_owned()];
+        needs.push(early.to_string_lossy().into_owned());
+        holds_only_what_it_needs(server.master, *worker, &needs);
     }
 
     let hello = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/exec/hello.py");
@@ -399,10 +441,24 @@ fn every_child_holds_only_what_it_needs_of_the_masters_fds() {
             let children: Vec<nix::unistd::Pid> = children(exec.master).into_iter().map(|(pid, _)| pid).collect();
             (children.len() == 3).then_some(children)
         });
-    let mut allowed = listening_on(exec.addr.port());
-    allowed.extend(listening_on(exec.admin_addr().port()));
-    allowed.push(log.to_string_lossy().into_owned());
+    let admin = listening_on(exec.admin_addr().port());
+    let serving = listening_on(exec.addr.port());
     for child in children {
-        holds_only_what_it_needs(exec.master, child, &allowed);
+        let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+        if comm.trim() == "prefork-admin" {
+            holds_only_what_it_needs(
+                exec.master,
+                child,
+                &[admin[0].clone(), log.to_string_lossy().into_owned()],
+            );
+        } else {
+            // A command: its slot's socket on fd 3, and of the master's nothing else.
+            let own = fd_targets(child).get(&3).cloned().unwrap_or_default();
+            assert!(
+                serving.contains(&own),
+                "command {child}'s fd 3 is {own}, not a serving socket"
+            );
+            holds_only_what_it_needs(exec.master, child, &[own]);
+        }
     }
 }
