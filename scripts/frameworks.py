@@ -141,11 +141,16 @@ def latency(binary):
         print(f"{name:44} {row['avg_ms']:>10.2f}ms {row['rps']:>9.0f} {row['avg_ms'] / base:>6.2f}")
 
 
-def go_binary(directory):
-    out = os.path.join(tempfile.gettempdir(), f"prefork-{directory}")
+def go_build(directory, out):
+    """`go build` of `directory` into `out`, offline (standard library only)."""
     env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off")
-    subprocess.run(["go", "build", "-o", out, "."], cwd=os.path.join(ROOT, directory), env=env, check=True)
+    subprocess.run(["go", "build", "-o", out, "."], cwd=directory, env=env, check=True)
     return out
+
+
+def go_binary(directory):
+    out = os.path.join(tempfile.gettempdir(), "prefork-" + directory.replace("/", "-"))
+    return go_build(os.path.join(ROOT, directory), out)
 
 
 STOCK_EXPRESS = """
@@ -194,10 +199,7 @@ def stock_go():
         f.write("module stock\n\ngo 1.19\n")
     with open(os.path.join(directory, "main.go"), "w") as f:
         f.write(STOCK_GO)
-    out = os.path.join(directory, "stock_go")
-    env = dict(os.environ, GOFLAGS="-mod=mod", GOPROXY="off")
-    subprocess.run(["go", "build", "-o", out, "."], cwd=directory, env=env, check=True)
-    return out
+    return go_build(directory, os.path.join(directory, "stock_go"))
 
 
 def reloads(binary):

@@ -46,11 +46,7 @@ impl ServerFlags {
     /// a control command must not refuse what the running server accepted
     /// (an `admin` on all interfaces with `--admin-allow-remote`, say).
     pub fn locate(&self) -> Result<Located, ConfigError> {
-        let from_file = match &self.config {
-            Some(path) => Settings::read(path)?,
-            None => Settings::default(),
-        };
-        let settings = from_file.overlay(self.settings.clone());
+        let settings = Settings::layered(self.config.as_deref(), self.settings.clone())?;
         Ok(Located {
             pid_file: settings.pid_file,
             admin: settings.admin,

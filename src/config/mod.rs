@@ -262,17 +262,12 @@ impl Config {
     }
 
     fn load(file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
-        let from_file = match &file {
-            Some(path) => Settings::read(path)?,
-            None => Settings::default(),
-        };
         // Flags were validated by the parser: a bad value here came from the file.
         let named = |err: ConfigError| match &file {
             Some(path) => ConfigError(format!("{}: {err}", path.display())),
             None => err,
         };
-        from_file
-            .overlay(flags.clone())
+        Settings::layered(file.as_deref(), flags.clone())?
             .resolve(file.clone(), flags)
             .map_err(named)
     }

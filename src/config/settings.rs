@@ -222,6 +222,15 @@ pub(super) struct Settings {
 }
 
 impl Settings {
+    /// The file's settings (if there is a file) under `flags`.
+    pub(super) fn layered(file: Option<&Path>, flags: Settings) -> Result<Settings, ConfigError> {
+        let from_file = match file {
+            Some(path) => Settings::read(path)?,
+            None => Settings::default(),
+        };
+        Ok(from_file.overlay(flags))
+    }
+
     pub(super) fn read(path: &Path) -> Result<Settings, ConfigError> {
         let shown = path.display();
         let text = std::fs::read_to_string(path).map_err(|err| ConfigError(format!("cannot read {shown}: {err}")))?;

@@ -183,7 +183,7 @@ impl Master<'_> {
                              hidepid, or ptrace_scope): a command is ready when it says READY=1 instead of when it is seen accepting"
                         );
                     }
-                    if self.fleet.execs().any(|(other, exec)| other == pid && exec.said_ready) {
+                    if self.fleet.exec_mut(pid).is_some_and(|exec| exec.said_ready) {
                         ready.push(pid);
                     }
                 }

@@ -936,11 +936,6 @@ fn a_reload_leaves_the_socket_as_the_running_command_set_it() {
             started.elapsed()
         );
     }
-    reload_done(&server);
-}
-
-/// Waits for the first reload to complete.
-fn reload_done(server: &Server) {
     server.wait_for_log_count("reload complete", 1, Duration::from_secs(30));
 }
 

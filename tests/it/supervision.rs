@@ -314,42 +314,6 @@ fn killing_the_master_takes_every_worker_down() {
     );
 }
 
-/// What `/proc/<pid>/fd` of `pid` points at, by fd.
-fn fd_targets(pid: nix::unistd::Pid) -> std::collections::BTreeMap<i32, String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|entries| {
-            entries
-                .filter_map(|entry| {
-                    let entry = entry.ok()?;
-                    let fd = entry.file_name().to_str()?.parse().ok()?;
-                    let target = std::fs::read_link(entry.path()).ok()?;
-                    Some((fd, target.to_string_lossy().into_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// `socket:[inode]` of every socket listening on `port` (from /proc/net/tcp).
-fn listening_on(port: u16) -> Vec<String> {
-    let local = format!(":{port:04X}");
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|table| std::fs::read_to_string(table).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "0A")
-                        .then(|| format!("socket:[{}]", fields[9]))
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Of what the master holds, `child` holds only what it needs (`needs`, all
 /// of which it must hold) and nothing else but its standard streams.
 fn holds_only_what_it_needs(master: nix::unistd::Pid, child: nix::unistd::Pid, needs: &[String]) {

@@ -55,28 +55,55 @@ pub fn signals_pending(pid: Pid, signals: &[Signal]) -> bool {
     signals.iter().any(|signal| mask & (1 << (*signal as i32 - 1)) != 0)
 }
 
-/// How many established TCP connections on local port `port` process `pid`
-/// holds: its socket fds, matched by inode in `/proc/net/tcp` and `tcp6`.
-pub fn established_connections(pid: Pid, port: u16) -> usize {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return 0;
-    };
-    let inodes: std::collections::HashSet<String> = entries
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+/// What `/proc/<pid>/fd` of `pid` points at, by fd (`socket:[inode]`, a path...).
+pub fn fd_targets(pid: Pid) -> std::collections::BTreeMap<i32, String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(|entry| {
+                    let entry = entry.ok()?;
+                    let fd = entry.file_name().to_str()?.parse().ok()?;
+                    let target = std::fs::read_link(entry.path()).ok()?;
+                    Some((fd, target.to_string_lossy().into_owned()))
+                })
+                .collect()
         })
-        .collect();
+        .unwrap_or_default()
+}
+
+/// `socket:[inode]` of every TCP socket on local port `port` in `state`
+/// (`/proc/net/tcp` and `tcp6`'s hex code: `0A` listening, `01` established).
+fn tcp_sockets(port: u16, state: &str) -> Vec<String> {
     let local = format!(":{port:04X}");
     ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
-        .flat_map(|table| table.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            // sl, local_address, rem_address, st (01: ESTABLISHED), ..., inode (10th)
-            fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == "01" && inodes.contains(fields[9])
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    // sl, local_address, rem_address, st, ..., inode (the 10th)
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    (fields.len() > 9 && fields[1].ends_with(&local) && fields[3] == state)
+                        .then(|| format!("socket:[{}]", fields[9]))
+                })
+                .collect::<Vec<_>>()
         })
+        .collect()
+}
+
+/// `socket:[inode]` of every socket listening on `port`.
+pub fn listening_on(port: u16) -> Vec<String> {
+    tcp_sockets(port, "0A")
+}
+
+/// How many established TCP connections on local port `port` process `pid`
+/// holds.
+pub fn established_connections(pid: Pid, port: u16) -> usize {
+    let held: std::collections::HashSet<String> = fd_targets(pid).into_values().collect();
+    tcp_sockets(port, "01")
+        .iter()
+        .filter(|socket| held.contains(*socket))
         .count()
 }
