@@ -39,7 +39,7 @@ fn main() -> std::process::ExitCode {
     let mut config = prefork_server::Config::from_args();
     if let Some(workers) = std::env::var("FIXTURE_CODE_WORKERS").ok().and_then(|n| n.parse().ok()) {
         // A setting chosen in code, not by a flag: a reload must keep it.
-        config.workers = workers;
+        config.set_workers(workers);
     }
     if let Some(path) = std::env::var_os("FIXTURE_OPEN_BEFORE") {
         // A file the app opens before `run_with` (its own log, say): its

@@ -80,7 +80,7 @@ pub fn start(
 ) -> std::io::Result<impl std::future::Future<Output = ()> + 'static> {
     let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
     let summary = json!({
-        "listen": config.addr.to_string(),
+        "listen": config.addr().to_string(),
         "balance": config.balance.as_str(),
         "graceful_timeout_s": config.graceful_timeout.as_secs_f64(),
         "timeout_s": config.timeout.as_secs_f64(),

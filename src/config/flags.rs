@@ -11,7 +11,7 @@ use super::ConfigError;
 
 /// The server's flags, to flatten into a program's own command line
 /// (`#[command(flatten)] server: prefork_server::ServerFlags`), then
-/// [`Config::from_flags`].
+/// [`Config::from_flags`](super::Config::from_flags).
 #[derive(Debug, Clone, Args)]
 pub struct ServerFlags {
     /// TOML file with any of the settings below (same names, with `_` for `-`);

@@ -1,5 +1,8 @@
 //! The flags, the file and their layers, as a user meets them.
 
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
 use super::units::*;
 use super::*;
 
@@ -16,7 +19,7 @@ fn file(name: &str, text: &str) -> PathBuf {
 #[test]
 fn defaults() {
     let config = parse(&[]).unwrap();
-    assert_eq!(config.addr, "0.0.0.0:8000".parse().unwrap());
+    assert_eq!(config.addr(), "0.0.0.0:8000".parse().unwrap());
     assert_eq!(config.balance, Balance::Reuseport);
     assert_eq!(config.backlog, 1024);
     assert_eq!(config.graceful_timeout, Duration::from_secs(30));
@@ -27,10 +30,10 @@ fn defaults() {
 #[test]
 fn hosts_v4_v6_and_bracketed() {
     assert_eq!(
-        parse(&["--host", "::1", "--port", "0"]).unwrap().addr,
+        parse(&["--host", "::1", "--port", "0"]).unwrap().addr(),
         "[::1]:0".parse().unwrap()
     );
-    assert_eq!(parse(&["--host", "[::]"]).unwrap().addr, "[::]:8000".parse().unwrap());
+    assert_eq!(parse(&["--host", "[::]"]).unwrap().addr(), "[::]:8000".parse().unwrap());
     assert!(parse(&["--host", "localhost:80"]).is_err());
 }
 
@@ -122,7 +125,7 @@ fn the_file_sets_values_and_flags_override_it() {
     let path_arg = path.to_str().unwrap();
     let config = parse(&["--config", path_arg, "--port", "9001"]).unwrap();
     assert_eq!(
-        config.addr,
+        config.addr(),
         "127.0.0.1:9001".parse().unwrap(),
         "the flag wins over the file"
     );
@@ -135,36 +138,51 @@ fn the_file_sets_values_and_flags_override_it() {
     std::fs::write(&path, "workers = 5\nport = 1\n").unwrap();
     let reloaded = config.reload().unwrap();
     assert_eq!(reloaded.workers.get(), 5, "reload re-reads the file");
-    assert_eq!(reloaded.addr.port(), 9001, "and keeps the command line on top");
+    assert_eq!(reloaded.addr().port(), 9001, "and keeps the command line on top");
 }
 
 #[test]
-// Field by field, as a program outside the crate must (the struct has private fields).
-#[allow(clippy::field_reassign_with_default)]
 fn a_reload_keeps_what_the_program_set_in_code() {
     let mut config = Config::default();
-    config.addr = "127.0.0.1:8937".parse().unwrap();
-    config.workers = NonZeroUsize::new(3).unwrap();
+    config
+        .set_addr("127.0.0.1:8937".parse().unwrap())
+        .set_workers(NonZeroUsize::new(3).unwrap());
     let reloaded = config.reload().unwrap();
-    assert_eq!(reloaded.addr, config.addr, "no file: nothing reverts to the defaults");
+    assert_eq!(
+        reloaded.addr(),
+        config.addr(),
+        "no file: nothing reverts to the defaults"
+    );
     assert_eq!(reloaded.workers.get(), 3);
 
     // With a file: the file's changes apply, the program's choices stay on top.
-    let path = file("code", "workers = 2\nport = 9100\n");
-    let mut config = parse(&["--config", path.to_str().unwrap()]).unwrap();
-    config.addr.set_ip("127.0.0.1".parse().unwrap());
-    std::fs::write(&path, "workers = 5\nport = 9100\n").unwrap();
+    let path = file("code", "workers = 2\nport = 9100\nbacklog = 64\n");
+    let mut config = parse(&["--config", path.to_str().unwrap(), "--backlog", "128"]).unwrap();
+    config.set_host("127.0.0.1".parse().unwrap());
+    // Set in code to the value it already has: still the program's choice.
+    config.set_port(9100);
+    std::fs::write(&path, "workers = 5\nport = 9200\nbacklog = 64\n").unwrap();
     let reloaded = config.reload().unwrap();
     assert_eq!(reloaded.workers.get(), 5, "the file is re-read");
+    assert_eq!(reloaded.backlog, 128, "the flags stay on top of it");
     assert_eq!(
-        reloaded.addr,
+        reloaded.addr(),
         "127.0.0.1:9100".parse().unwrap(),
-        "the host chosen in code stays"
+        "the host and the port chosen in code stay"
     );
     assert_eq!(
-        reloaded.reload().unwrap().addr,
-        reloaded.addr,
+        reloaded.reload().unwrap().addr(),
+        reloaded.addr(),
         "and on the reload after"
+    );
+
+    // Nothing set in code: a value equal to the file's still follows the file.
+    let config = parse(&["--config", path.to_str().unwrap()]).unwrap();
+    std::fs::write(&path, "workers = 2\n").unwrap();
+    assert_eq!(
+        config.reload().unwrap().port,
+        8000,
+        "the file's port removed: the default"
     );
 }
 

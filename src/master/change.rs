@@ -278,9 +278,9 @@ fn slots_for(slots: usize, workers: usize) -> Result<usize, String> {
 /// 0 was asked for) is no change, and port 0 in the new config keeps the port.
 fn needs_new_sockets(bound: &Listeners, new: &Config) -> Option<&'static str> {
     let addr = bound.addr();
-    if addr.ip() != new.addr.ip() {
+    if addr.ip() != new.addr().ip() {
         Some("changing host")
-    } else if new.addr.port() != 0 && addr.port() != new.addr.port() {
+    } else if new.addr().port() != 0 && addr.port() != new.addr().port() {
         Some("changing port")
     } else if bound.balance() != new.balance {
         Some("changing balance")

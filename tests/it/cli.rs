@@ -268,11 +268,11 @@ fn the_usage_line_reads_as_the_three_ways_to_run_it() {
 #[test]
 fn the_types_of_configs_public_fields_are_nameable() {
     let config = prefork_server::Config::default();
-    let ready: prefork_server::ExecReady = config.exec_ready;
-    let stop: prefork_server::StopSignal = config.stop_signal;
-    let balance: prefork_server::Balance = config.balance;
-    let format: prefork_server::LogFormat = config.log_format;
-    let access: prefork_server::AccessLogFormat = config.access_log_format;
+    let ready: prefork_server::ExecReady = config.exec_ready();
+    let stop: prefork_server::StopSignal = config.stop_signal();
+    let balance: prefork_server::Balance = config.balance();
+    let format: prefork_server::LogFormat = config.log_format();
+    let access: prefork_server::AccessLogFormat = config.access_log_format();
     assert_eq!(ready, prefork_server::ExecReady::Accepting);
     assert_eq!(stop.name(), "SIGTERM");
     assert_eq!(balance, prefork_server::Balance::Reuseport);
