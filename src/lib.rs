@@ -58,7 +58,7 @@ pub const SIGNALS_HELP: &str = signals::HELP_TABLE;
 
 /// The process name (`comm`) of every worker, as `ps`, `top` and `pgrep` show
 /// it; the master keeps the binary's name.
-pub const WORKER_PROCESS_NAME: &str = worker::PROCESS_NAME;
+pub const WORKER_PROCESS_NAME: &str = master::WORKER_PROCESS_NAME;
 pub use service::{
     per_connection, Addresses, BoxError, Hyper, IntoWorkerService, Made, MakeApp, MakeTower, PerConnection, Tower,
     TowerMakeService, TowerServable, WorkerApp, WorkerService,
@@ -129,6 +129,10 @@ where
         let made = setup();
         async move { made.await.map(IntoWorkerService::into_worker_service) }
     };
-    let worker_main = |child: worker::Child<'_>| worker::run(child, &setup);
-    master::start(config, &worker_main)
+    let worker = |start: master::WorkerStart<'_>| worker::run(start, &setup);
+    let entries = master::Entries {
+        worker: &worker,
+        admin: admin::serve_alone,
+    };
+    master::start(config, entries)
 }

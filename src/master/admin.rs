@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use crate::log::{error, info, warn};
 use nix::sys::signal::Signal as Sig;
 use nix::sys::wait::waitpid;
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
 
 use super::Master;
 use crate::sys::process::{self, Exit};
+use crate::sys::spawn;
 
 /// The wait before an admin process that died is started again.
 const RESPAWN_DELAY: Duration = Duration::from_secs(1);
@@ -43,23 +44,21 @@ impl Master<'_> {
     /// stops it when nothing needs it (a reload back to the Rust app).
     pub(super) fn keep_admin_process(&mut self) {
         let wanted = self.config.command.is_some() && self.sockets.listeners.admin().is_some();
-        match (wanted, self.admin_process.pid) {
+        match (wanted, self.exec.admin.pid) {
             (false, Some(_)) => self.stop_admin_process(),
-            (true, None) if self.admin_process.next_start.map_or(true, |at| self.now >= at) => {
-                match self.fork_admin() {
-                    Ok(pid) => {
-                        info!("admin process (pid {pid}) serves --admin for the commands");
-                        self.admin_process = AdminProcess {
-                            pid: Some(pid),
-                            next_start: None,
-                        };
-                    }
-                    Err(err) => {
-                        error!("master: cannot start the admin process: {err}; retrying in 1s");
-                        self.admin_process.next_start = Some(self.now + RESPAWN_DELAY);
-                    }
+            (true, None) if self.exec.admin.next_start.map_or(true, |at| self.now >= at) => match self.fork_admin() {
+                Ok(pid) => {
+                    info!("admin process (pid {pid}) serves --admin for the commands");
+                    self.exec.admin = AdminProcess {
+                        pid: Some(pid),
+                        next_start: None,
+                    };
                 }
-            }
+                Err(err) => {
+                    error!("master: cannot start the admin process: {err}; retrying in 1s");
+                    self.exec.admin.next_start = Some(self.now + RESPAWN_DELAY);
+                }
+            },
             _ => {}
         }
     }
@@ -69,44 +68,40 @@ impl Master<'_> {
             unreachable!("only started with an admin listener")
         };
         let keep = [admin.as_raw_fd()];
-        let (signals, config, scoreboard, run_as, master) =
-            (&self.signals, &self.config, self.scoreboard, self.run_as, getpid());
-        process::fork(move || {
-            process::forget_the_master(signals, &keep);
-            process::name_process("prefork-admin");
-            if let Some(run_as) = run_as {
-                if let Err(err) = crate::sys::privileges::switch(run_as) {
-                    error!("admin process: cannot switch to uid {}: {err}", run_as.uid);
-                    return process::exit_code::BOOT_FAILED;
-                }
-            }
+        let start = spawn::Spawn {
+            who: "admin process".into(),
+            keep: &keep,
+            name: Some("prefork-admin"),
+            run_as: self.run_as,
             // KILL: the master's handlers are gone, and TERM would be ignored.
-            if nix::sys::prctl::set_pdeathsig(Sig::SIGKILL).is_err() || nix::unistd::getppid() != master {
-                return process::exit_code::OK;
-            }
+            death_signal: Sig::SIGKILL,
+            failure_code: process::exit_code::BOOT_FAILED,
+        };
+        let (serve, config, scoreboard) = (self.entries.admin, &self.config, self.scoreboard);
+        spawn::spawn(&self.signals, start, (), move |()| {
             if process::unblock_all_signals().is_err() {
                 return process::exit_code::BOOT_FAILED;
             }
-            crate::admin::serve_alone(admin, scoreboard, config)
+            serve(admin, scoreboard, config)
         })
     }
 
     /// Whether `pid` was the admin process (then it is reaped here).
     pub(super) fn reap_admin(&mut self, pid: Pid, exit: Exit) -> bool {
-        if self.admin_process.pid != Some(pid) {
+        if self.exec.admin.pid != Some(pid) {
             return false;
         }
-        self.admin_process.pid = None;
+        self.exec.admin.pid = None;
         if self.phase.is_running() {
             warn!("admin process (pid {pid}) {exit}; starting another in 1s");
-            self.admin_process.next_start = Some(self.now + RESPAWN_DELAY);
+            self.exec.admin.next_start = Some(self.now + RESPAWN_DELAY);
         }
         true
     }
 
     /// Kills the admin process and waits for it (it holds nothing to drain).
     pub(super) fn stop_admin_process(&mut self) {
-        if let Some(pid) = self.admin_process.pid.take() {
+        if let Some(pid) = self.exec.admin.pid.take() {
             process::signal(pid, Sig::SIGKILL);
             let _ = waitpid(pid, None);
         }

@@ -194,7 +194,7 @@ impl Master<'_> {
             old.addr()
         );
         self.sockets.keep_old(old, self.fleet.pool.pids());
-        self.fleet.pool.drop_parked();
+        self.fleet.pool.drop_vacant();
         if self.sockets.listeners.balance() == Balance::Reuseport {
             self.sockets.listeners.ensure_slots(self.fleet.pool.slot_count())?;
         }
@@ -260,7 +260,7 @@ impl Master<'_> {
     }
 }
 
-/// The slots a pool of `slots` needs for `workers` (parked slots are kept, and
+/// The slots a pool of `slots` needs for `workers` (vacant slots are kept, and
 /// taken back first), within what the scoreboard has room for.
 fn slots_for(slots: usize, workers: usize) -> Result<usize, String> {
     let needed = slots.max(workers);
@@ -295,9 +295,9 @@ mod tests {
     use crate::sys::scoreboard::SLOTS;
 
     #[test]
-    fn growing_past_the_scoreboard_is_refused_and_parked_slots_are_reused() {
+    fn growing_past_the_scoreboard_is_refused_and_vacant_slots_are_reused() {
         assert_eq!(slots_for(2, 3), Ok(3));
-        assert_eq!(slots_for(52, 3), Ok(52), "parked slots are kept");
+        assert_eq!(slots_for(52, 3), Ok(52), "vacant slots are kept");
         assert_eq!(slots_for(SLOTS, SLOTS), Ok(SLOTS));
         assert_eq!(slots_for(SLOTS, 5), Ok(SLOTS));
         let refused = slots_for(SLOTS, SLOTS + 1).unwrap_err();

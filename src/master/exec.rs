@@ -6,23 +6,39 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::log::{debug, info, warn};
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
 
 use super::fleet::{Exec, Kind};
+use super::pool::Departure;
 use super::Master;
 use crate::config::ExecReady;
 use crate::error::Error;
 use crate::sys::accepting::Seen;
 use crate::sys::channel::{self, Channel};
 use crate::sys::notify_socket::{Notice, Notices};
-use crate::sys::process;
+use crate::sys::process::Exit;
 use crate::sys::scoreboard::{monotonic_ms, State, NOT_WATCHED};
+use crate::sys::spawn;
 
 /// How often a booting worker is looked at for accepting (`/proc` reads).
-pub(super) const ACCEPTING_CHECK: Duration = Duration::from_millis(20);
+const ACCEPTING_CHECK: Duration = Duration::from_millis(20);
+
+/// Exec mode's part of the master, apart from the workers themselves (each
+/// one's [`Exec`] in the fleet): what it watches, and the admin process.
+#[derive(Default)]
+pub(super) struct ExecMode {
+    /// The `NOTIFY_SOCKET` the commands speak to, bound with the first worker
+    /// that runs one.
+    notices: Option<Notices>,
+    /// `/proc` refused to show a command's fds (said once; its `READY=1`
+    /// counts then, see `accepting_now`).
+    hidden_warned: bool,
+    /// The process that serves `--admin` for the commands.
+    pub(super) admin: super::admin::AdminProcess,
+}
 
 /// The settings of the Rust app's HTTP handling that a command, which serves
 /// HTTP itself, does not get: set with a command, each is named in a warning.
@@ -39,6 +55,16 @@ pub(super) fn not_for_commands(config: &crate::config::Config) -> Vec<&'static s
     }
 }
 
+/// A command whose program cannot be found or run is a startup error.
+pub(super) fn check_program(config: &crate::config::Config) -> Result<(), Error> {
+    match config.command.as_ref().and_then(|command| command.first()) {
+        Some(program) => crate::sys::exec::find(program)
+            .map(drop)
+            .map_err(|cause| Error::Command { cause }),
+        None => Ok(()),
+    }
+}
+
 impl Master<'_> {
     /// Warns about settings that do nothing for commands (see [`not_for_commands`]).
     pub(super) fn warn_not_for_commands(&self) {
@@ -48,21 +74,22 @@ impl Master<'_> {
     }
 
     /// Binds the notify socket the first time a worker will run a command.
-    pub(super) fn ensure_notices(&mut self) -> Result<(), Error> {
-        if self.notices.is_none() {
-            self.notices = Some(Notices::bind().map_err(Error::NotifySocket)?);
+    fn ensure_notices(&mut self) -> Result<(), Error> {
+        if self.exec.notices.is_none() {
+            self.exec.notices = Some(Notices::bind().map_err(Error::NotifySocket)?);
         }
         Ok(())
     }
 
     /// Forks a worker for `slot` that executes `command` (see `sys::exec`).
     pub(super) fn fork_exec(
-        &self,
+        &mut self,
         slot: usize,
         record: usize,
         command: &[String],
     ) -> Result<(Pid, Channel, Kind), Error> {
-        let notices = self.notices.as_ref().map(|notices| notices.name().to_owned());
+        self.ensure_notices()?;
+        let notices = self.exec.notices.as_ref().map(|notices| notices.name().to_owned());
         let (master_end, worker_end) = channel::pair().map_err(Error::Channel)?;
         let channel = Channel::new(master_end).map_err(Error::Channel)?;
         let listener = self.sockets.listeners.for_slot(slot);
@@ -84,9 +111,7 @@ impl Master<'_> {
             let usec = self.config.timeout.as_micros().to_string();
             env.push(("WATCHDOG_USEC".to_string(), usec));
         }
-        let (signals, run_as, master_pid) = (&self.signals, self.run_as, getpid());
         let listener = listener.as_raw_fd();
-        let worker_fd = worker_end.as_raw_fd();
         // Another command on this socket (the one this spawn replaces, a
         // sibling with `--balance shared`, the old master's while this one
         // takes over) keeps it as it is (see `SocketMode`).
@@ -95,18 +120,26 @@ impl Master<'_> {
             nodelay: self.config.exec_nodelay,
             nonblocking: (!shared).then_some(self.config.exec_nonblocking),
         };
-        let pid = process::fork(move || {
-            // Its socket and its end of the channel; `exec` moves them to fd 3
-            // and above it.
-            process::forget_the_master(signals, &[listener, worker_fd]);
+        // Its socket and its end of the channel; `exec` moves them to fd 3
+        // and above it.
+        let keep = [listener, worker_end.as_raw_fd()];
+        let start = spawn::Spawn {
+            who: format!("worker {slot}"),
+            keep: &keep,
+            name: None,
+            run_as: self.run_as,
+            // KILL, not TERM: a program that drains on TERM (gunicorn's
+            // arbiter) would outlive the master by its own timeout.
+            death_signal: nix::sys::signal::Signal::SIGKILL,
+            failure_code: crate::sys::exec::CANNOT_EXEC,
+        };
+        let pid = spawn::spawn(&self.signals, start, worker_end, move |channel| {
             crate::sys::exec::exec(crate::sys::exec::Launch {
                 command,
                 listener,
                 mode,
-                channel: worker_end,
+                channel,
                 env,
-                run_as,
-                master_pid,
             })
         })?;
         let record = self.scoreboard.record(record);
@@ -117,6 +150,7 @@ impl Master<'_> {
             socket,
             executed: false,
             said_ready: false,
+            under_limit_once: false,
         };
         Ok((pid, channel, Kind::Exec(exec)))
     }
@@ -134,9 +168,24 @@ impl Master<'_> {
         self.config.exec_ready == ExecReady::Exec
     }
 
+    /// The commands ready since the last wake-up: by what they said on the
+    /// notify socket, or seen accepting.
+    pub(super) fn commands_ready(&mut self) -> Vec<Pid> {
+        let mut ready = self.read_notices();
+        ready.extend(self.accepting_now());
+        ready
+    }
+
+    /// When exec mode needs the master awake: to start the admin process
+    /// again, or to look at booting commands for accepting.
+    pub(super) fn exec_deadline(&self, now: Instant) -> Option<Instant> {
+        let accepting = self.watching_for_accept().then_some(now + ACCEPTING_CHECK);
+        self.exec.admin.deadline().into_iter().chain(accepting).min()
+    }
+
     /// What the programs said on the notify socket; returns the pids now ready.
-    pub(super) fn read_notices(&mut self) -> Vec<Pid> {
-        let Some(notices) = &self.notices else {
+    fn read_notices(&mut self) -> Vec<Pid> {
+        let Some(notices) = &self.exec.notices else {
             return Vec::new();
         };
         let mut ready = Vec::new();
@@ -169,15 +218,15 @@ impl Master<'_> {
     /// Booting commands that now wait on their socket (`--exec-ready accepting`);
     /// one the master may not look at in `/proc` is ready once it said
     /// `READY=1` (said once in the log: the detection is off for it).
-    pub(super) fn accepting_now(&mut self) -> Vec<Pid> {
+    fn accepting_now(&mut self) -> Vec<Pid> {
         let mut ready = Vec::new();
         for (pid, socket) in self.watched_for_accept() {
             match crate::sys::accepting::waits_on(pid, socket) {
                 Seen::Waiting => ready.push(pid),
                 Seen::NotWaiting => {}
                 Seen::Hidden => {
-                    if !self.hidden_warned {
-                        self.hidden_warned = true;
+                    if !self.exec.hidden_warned {
+                        self.exec.hidden_warned = true;
                         warn!(
                             "master: cannot look at /proc/{pid} (permission denied: no CAP_SYS_PTRACE over another user, \
                              hidepid, or ptrace_scope): a command is ready when it says READY=1 instead of when it is seen accepting"
@@ -194,7 +243,7 @@ impl Master<'_> {
 
     /// Whether some booting command is being watched for accepting: the
     /// master then wakes every [`ACCEPTING_CHECK`].
-    pub(super) fn watching_for_accept(&self) -> bool {
+    fn watching_for_accept(&self) -> bool {
         !self.watched_for_accept().is_empty()
     }
 
@@ -218,7 +267,7 @@ impl Master<'_> {
             return "";
         }
         match self.config.exec_ready {
-            ExecReady::Accepting if self.hidden_warned => {
+            ExecReady::Accepting if self.exec.hidden_warned => {
                 ": the master may not look at its /proc/<pid>, and it did not say READY=1 on NOTIFY_SOCKET"
             }
             ExecReady::Accepting => {
@@ -227,6 +276,28 @@ impl Master<'_> {
             ExecReady::Notify => ": it did not say READY=1 on NOTIFY_SOCKET (--exec-ready notify)",
             ExecReady::Exec => "",
         }
+    }
+
+    /// A command was reaped: returns its exit as judged (one the master asked
+    /// to stop, dead by that very signal, the default action of most
+    /// programs, did as it was asked). What it left behind is killed, and a
+    /// death before it was ready is the boot error, in its own words if it
+    /// said why, else by how it ended.
+    pub(super) fn command_reaped(&mut self, pid: Pid, exit: Exit, departure: Departure) -> Exit {
+        let exit = match departure {
+            Departure::Retired { .. } => exit.asked_to_stop_with(self.config.stop_signal.signal()),
+            _ => exit,
+        };
+        self.end_what_the_command_left(pid);
+        if let Departure::Died {
+            slot, was_ready: false, ..
+        } = departure
+        {
+            let command = self.config.command.as_deref().unwrap_or_default().join(" ");
+            let cause = format!("worker {slot} (pid {pid}): `{command}` {exit} before it was ready");
+            self.boot_error.get_or_insert(cause);
+        }
+        exit
     }
 
     pub(super) fn is_exec(&self, pid: Pid) -> bool {
@@ -248,7 +319,7 @@ impl Master<'_> {
     }
 
     /// The notify socket, for the master's poll.
-    pub(super) fn notices_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        self.notices.as_ref().map(Notices::fd)
+    pub(super) fn exec_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.exec.notices.as_ref().map(Notices::fd)
     }
 }

@@ -4,10 +4,13 @@
 
 use std::os::fd::{AsFd, BorrowedFd};
 
+use nix::sys::signal::Signal as Sig;
 use nix::unistd::Pid;
 
 use super::pool::Pool;
+use super::workers::Order;
 use crate::sys::channel::Channel;
+use crate::sys::process;
 
 pub(super) struct Fleet {
     pub pool: Pool,
@@ -46,6 +49,48 @@ pub(super) struct Exec {
     /// It said `READY=1` (with `--exec-ready accepting`, that counts only if
     /// the master may not look at it in `/proc`).
     pub said_ready: bool,
+    /// It has been measured under `--max-worker-memory` at least once. A
+    /// command does not count its requests, so "before it served anything" is
+    /// "before it was ever seen under the limit" for it.
+    pub under_limit_once: bool,
+}
+
+/// How an order reaches a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivery {
+    /// This signal, to the worker.
+    Process(Sig),
+    /// This signal, to the worker's whole process group.
+    Group(Sig),
+}
+
+impl Kind {
+    /// How `order` is said to a worker of this kind: the Rust app's signal
+    /// table, or, for a command, `stop` to stop and SIGKILL to its whole
+    /// process group; `None` for what a command is not told.
+    pub(super) fn delivery(self, order: Order, stop: Sig) -> Option<Delivery> {
+        let delivery = match (order, self) {
+            (Order::Drain, Kind::App) => Delivery::Process(Sig::SIGTERM),
+            (Order::FastStop, Kind::App) => Delivery::Process(Sig::SIGQUIT),
+            (Order::Drain | Order::FastStop, Kind::Exec(_)) => Delivery::Process(stop),
+            (Order::Kill, Kind::App) => Delivery::Process(Sig::SIGKILL),
+            (Order::Kill, Kind::Exec(_)) => Delivery::Group(Sig::SIGKILL),
+            (Order::Abort, _) => Delivery::Process(Sig::SIGABRT),
+            (Order::Reopen, Kind::App) => Delivery::Process(Sig::SIGUSR1),
+            // A program keeps its own logs; USR1 might well stop it.
+            (Order::Reopen, Kind::Exec(_)) => return None,
+        };
+        Some(delivery)
+    }
+
+    /// Its resident memory, as `--max-worker-memory` counts it: a command's
+    /// own children count too (gunicorn's workers are its arbiter's).
+    pub(super) fn resident_bytes(self, pid: Pid) -> Option<u64> {
+        match self {
+            Kind::App => process::resident_bytes(pid),
+            Kind::Exec(_) => process::family_resident_bytes(pid),
+        }
+    }
 }
 
 impl Fleet {
@@ -63,6 +108,25 @@ impl Fleet {
     }
 
     /// What `pid` runs; `None` for a pid that is not a live worker.
+    /// Whether the worker `pid` has served anything, as the memory limit asks
+    /// before it recycles one: the Rust app counts its `requests`; a command
+    /// does not, so it has once it was seen under the limit (`under_limit`
+    /// now, or before).
+    pub fn has_served(&mut self, pid: Pid, requests: u64, under_limit: bool) -> bool {
+        match self
+            .live
+            .iter_mut()
+            .find(|live| live.pid == pid)
+            .map(|live| &mut live.kind)
+        {
+            Some(Kind::Exec(exec)) => {
+                exec.under_limit_once |= under_limit;
+                exec.under_limit_once
+            }
+            _ => requests > 0,
+        }
+    }
+
     pub fn kind(&self, pid: Pid) -> Option<Kind> {
         Some(self.live.iter().find(|live| live.pid == pid)?.kind)
     }

@@ -25,10 +25,6 @@ pub(super) struct Health {
     /// Workers found over the memory limit before they served anything: their
     /// boot footprint alone is over it, so recycling them would loop. Warned once.
     too_big_at_boot: Vec<Pid>,
-    /// Commands (exec mode) measured under the memory limit at least once. A
-    /// command does not count its requests, so "before it served anything" is
-    /// "before it was ever seen under the limit" for them.
-    under_limit_once: Vec<Pid>,
 }
 
 impl Health {
@@ -38,7 +34,6 @@ impl Health {
             last: now,
             grace_until_ms: 0,
             too_big_at_boot: Vec::new(),
-            under_limit_once: Vec::new(),
         }
     }
 }
@@ -136,17 +131,9 @@ impl Master<'_> {
         let (Some(limit), Some(rss)) = (self.config.max_worker_memory, rss) else {
             return;
         };
-        let served = if self.is_exec(pid) {
-            let seen = &mut self.health.under_limit_once;
-            seen.retain(|seen| self.fleet.is_live(*seen));
-            if rss <= limit && !seen.contains(&pid) {
-                seen.push(pid);
-            }
-            u64::from(seen.contains(&pid))
-        } else {
-            self.scoreboard.record(record).requests.load(Relaxed)
-        };
-        if rss > limit && served == 0 {
+        let requests = self.scoreboard.record(record).requests.load(Relaxed);
+        let served = self.fleet.has_served(pid, requests, rss <= limit);
+        if rss > limit && !served {
             let warned = &mut self.health.too_big_at_boot;
             warned.retain(|warned| self.fleet.is_live(*warned));
             if !warned.contains(&pid) {

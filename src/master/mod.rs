@@ -57,7 +57,6 @@ use crate::sys::privileges::RunAs;
 use crate::sys::scoreboard::{Scoreboard, MASTER_BEAT};
 use crate::sys::sd_notify::Notifier;
 use crate::sys::signals::{Signal, Signals};
-use crate::worker::Child;
 use fleet::Fleet;
 use phase::{Phase, Stop};
 use pool::Pool;
@@ -66,8 +65,44 @@ pub(crate) use startup::start;
 use systemd::Systemd;
 use upgrade::Upgrade;
 
+/// A worker's process name (`comm`, as `ps`, `top` and `pgrep` show it): the
+/// master keeps the binary's. It tells a worker from its master, which the
+/// control commands check before they signal a pid from a pid file.
+pub(crate) const WORKER_PROCESS_NAME: &str = "prefork-worker";
+
+/// What a freshly forked worker is handed by the master: the argument of its
+/// entry point. By then it holds only these of the master's fds, runs as
+/// `--user`, and dies with the master (see `sys::spawn`).
+pub(crate) struct WorkerStart<'a> {
+    pub slot: usize,
+    /// The slot's socket; the master keeps its own copy open.
+    pub listener: &'a std::net::TcpListener,
+    /// The worker's end of the channel to the master.
+    pub channel: std::os::unix::net::UnixStream,
+    pub config: &'a Config,
+    /// This worker's scoreboard record (shared memory; it writes, the master reads).
+    pub record: &'static crate::sys::scoreboard::Record,
+    /// The whole scoreboard, for the admin views.
+    pub scoreboard: &'static Scoreboard,
+    /// `--admin`: every worker accepts on it.
+    pub admin: Option<&'a std::net::TcpListener>,
+}
+
 /// What a forked worker runs; returns its exit code.
-pub(crate) type WorkerMain<'a> = dyn Fn(Child<'_>) -> i32 + 'a;
+pub(crate) type WorkerMain<'a> = dyn Fn(WorkerStart<'_>) -> i32 + 'a;
+
+/// What the admin process runs (exec mode: the commands do not serve
+/// `--admin`): it serves the admin socket from the scoreboard until it is
+/// killed; returns its exit code.
+pub(crate) type AdminMain = fn(&std::net::TcpListener, &'static Scoreboard, &Config) -> i32;
+
+/// The entry points of the master's children that run this binary's code:
+/// handed in by the caller, so that the master never calls into them.
+#[derive(Clone, Copy)]
+pub(crate) struct Entries<'a> {
+    pub worker: &'a WorkerMain<'a>,
+    pub admin: AdminMain,
+}
 
 /// A worker that drains honours `--graceful-timeout` itself; the master kills it
 /// this much later, as a backstop.
@@ -94,7 +129,7 @@ struct Master<'a> {
     run_as: Option<RunAs>,
     /// The listeners, the old ones a reload moved away from, what was announced.
     sockets: Sockets,
-    worker_main: &'a WorkerMain<'a>,
+    entries: Entries<'a>,
     signals: Signals,
     /// The slots, and each live worker's channel and scoreboard record.
     fleet: Fleet,
@@ -112,14 +147,8 @@ struct Master<'a> {
     health: health::Health,
     /// What systemd is told (readiness, reloads, the watchdog), and when.
     systemd: Systemd,
-    /// Exec mode: the `NOTIFY_SOCKET` the commands speak to, bound with the
-    /// first worker that runs one.
-    notices: Option<crate::sys::notify_socket::Notices>,
-    /// Exec mode: `/proc` refused to show a command's fds (said once; its
-    /// `READY=1` counts then, see `accepting_now`).
-    hidden_warned: bool,
-    /// Exec mode: the process that serves `--admin`.
-    admin_process: admin::AdminProcess,
+    /// Exec mode: the notify socket, the accepting watch, the admin process.
+    exec: exec::ExecMode,
     /// The children the process had before the server ran (not orphans of its).
     children_before: Vec<nix::unistd::Pid>,
     /// What the app had open before `run_with`: its Rust workers keep it.
@@ -135,7 +164,7 @@ pub(crate) fn run(
     origin: Origin,
     scoreboard: &'static Scoreboard,
     app_fds: Vec<std::os::fd::RawFd>,
-    worker_main: &WorkerMain<'_>,
+    entries: Entries<'_>,
 ) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
     let (addr, balance) = (listeners.addr(), listeners.balance().as_str());
@@ -155,13 +184,13 @@ pub(crate) fn run(
     }
     let now = Instant::now();
     let mut pool = Pool::new(slots, now);
-    pool.resize(workers, now, now); // parks the extra ones; there is no worker yet
+    pool.resize(workers, now, now); // vacates the extra ones; there is no worker yet
     let mut master = Master {
         fleet: Fleet::new(pool),
         config,
         run_as,
         sockets: Sockets::new(listeners),
-        worker_main,
+        entries,
         signals,
         boot_error: None,
         phase: Phase::Running,
@@ -171,9 +200,7 @@ pub(crate) fn run(
         scoreboard,
         health: health::Health::new(now),
         systemd: Systemd::new(Notifier::from_env(), now),
-        notices: None,
-        hidden_warned: false,
-        admin_process: admin::AdminProcess::default(),
+        exec: exec::ExecMode::default(),
         children_before: Vec::new(),
         app_fds,
     };
@@ -209,7 +236,7 @@ impl Master<'_> {
                 self.handle(signal);
             }
             self.read_channels();
-            for pid in self.read_notices().into_iter().chain(self.accepting_now()) {
+            for pid in self.commands_ready() {
                 self.worker_ready(pid);
             }
             self.watch_upgrade();
@@ -233,7 +260,7 @@ impl Master<'_> {
             }
             self.announce_when_ready();
             // Last: it acts on everything above (a new ready line, a retired
-            // worker, a parked slot) before the next, possibly long, sleep.
+            // worker, a vacant slot) before the next, possibly long, sleep.
             self.arrange_adoptions();
             // After every write of this wake-up: the admin views re-render.
             self.scoreboard
@@ -254,10 +281,9 @@ impl Master<'_> {
             .chain(self.next_health_check())
             .chain(watchdog)
             .chain(self.phase.leaving_until())
-            .chain(self.admin_process.deadline())
+            .chain(self.exec_deadline(now))
             // At least once a beat: `/livez` reads the master's last wake-up.
-            .chain([now + MASTER_BEAT])
-            .chain(self.watching_for_accept().then_some(now + exec::ACCEPTING_CHECK));
+            .chain([now + MASTER_BEAT]);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
         let timeout = match self.fleet.pool.next_wakeup(now).into_iter().chain(others).min() {
             // Round up: waking a millisecond early would spin until the deadline.
@@ -267,7 +293,7 @@ impl Master<'_> {
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         fds.extend(self.fleet.channel_fds().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         fds.extend(self.upgrade.fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
-        fds.extend(self.notices_fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        fds.extend(self.exec_fd().map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
         match poll(&mut fds, timeout) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => Ok(()),
             Err(errno) => Err(Error::Poll(errno.into())),

@@ -71,7 +71,7 @@ impl Master<'_> {
     /// master), or one the process had before the server ran.
     fn is_known_child(&self, pid: Pid) -> bool {
         self.fleet.is_live(pid)
-            || self.admin_process.pid() == Some(pid)
+            || self.exec.admin.pid() == Some(pid)
             || self.upgrade.pid() == Some(pid)
             || self.children_before.contains(&pid)
     }

@@ -6,13 +6,13 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use super::{Origin, WorkerMain};
+use super::{Entries, Origin};
 use crate::config::{Balance, Config};
 use crate::error::Error;
 use crate::sys::{listener, process, scoreboard, upgrade};
 
 /// Runs the master on `config` until it stops (Ok) or halts (Err).
-pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), Error> {
+pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
     // What the process holds before the master opens anything: the app's own
     // files (a log file its subscriber writes to, say), which its workers keep.
     let before = process::open_fds();
@@ -22,9 +22,7 @@ pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), 
     }
     // Before anything is bound: a command that cannot run, or an unknown user,
     // is a startup error.
-    if let Some(program) = config.command.as_ref().and_then(|command| command.first()) {
-        crate::sys::exec::find(program).map_err(|cause| Error::Command { cause })?;
-    }
+    super::exec::check_program(&config)?;
     let run_as = crate::sys::privileges::resolve(config.user.as_deref(), config.group.as_deref())
         .map_err(|cause| Error::RunAs { cause })?;
     if let Some(path) = &config.pid_file {
@@ -77,5 +75,5 @@ pub(crate) fn start(config: Config, worker_main: &WorkerMain<'_>) -> Result<(), 
         .into_iter()
         .filter(|fd| *fd > 2 && !masters.contains(fd))
         .collect();
-    super::run(config, run_as, listeners, origin, scoreboard, apps, worker_main)
+    super::run(config, run_as, listeners, origin, scoreboard, apps, entries)
 }

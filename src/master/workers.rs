@@ -5,21 +5,20 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::time::Duration;
 
 use crate::log::{debug, error, info, warn};
-use nix::sys::signal::Signal as Sig;
-use nix::unistd::{getpid, Pid};
+use nix::unistd::Pid;
 
-use super::fleet::Kind;
+use super::fleet::{Delivery, Kind};
 use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
 use crate::config::Balance;
 use crate::error::Error;
 use crate::sys::channel::{self, Channel, Command, Message};
 use crate::sys::process::{self, human, Exit};
-use crate::worker::Child;
+use crate::sys::spawn;
 
 impl Master<'_> {
     /// Logs the end of a reload that ended without a last promotion (its last
-    /// queued slots were parked by a lower `workers`).
+    /// queued slots were vacated by a lower `workers`).
     pub(super) fn settle_reload(&mut self) {
         if self.fleet.pool.reload_settled() {
             self.reload_complete();
@@ -65,12 +64,9 @@ impl Master<'_> {
     /// its own listener and its end of the channel, then runs `worker_main`.
     fn spawn(&mut self, slot: usize, spawn: Spawn) -> Result<Pid, Error> {
         let generation = self.fleet.pool.generation();
-        if self.config.command.is_some() {
-            self.ensure_notices()?;
-        }
         let record = self.scoreboard.claim(slot, generation).ok_or(Error::ScoreboardFull)?;
-        let forked = match &self.config.command {
-            Some(command) => self.fork_exec(slot, record, command),
+        let forked = match self.config.command.clone() {
+            Some(command) => self.fork_exec(slot, record, &command),
             None => self
                 .fork_worker(slot, record)
                 .map(|(pid, channel)| (pid, channel, Kind::App)),
@@ -100,28 +96,30 @@ impl Master<'_> {
             .chain(self.sockets.listeners.admin().map(AsRawFd::as_raw_fd))
             .chain(self.app_fds.iter().copied())
             .collect();
-        let (signals, worker_main, config, scoreboard, run_as) = (
-            &self.signals,
-            self.worker_main,
+        let start = spawn::Spawn {
+            who: format!("worker {slot}"),
+            keep: &keep,
+            name: Some(super::WORKER_PROCESS_NAME),
+            run_as: self.run_as,
+            // TERM: a worker drains on it, within --graceful-timeout.
+            death_signal: nix::sys::signal::Signal::SIGTERM,
+            failure_code: process::exit_code::BOOT_FAILED,
+        };
+        let (worker_main, config, scoreboard, listeners) = (
+            self.entries.worker,
             &self.config,
             self.scoreboard,
-            self.run_as,
+            &self.sockets.listeners,
         );
-        let listeners = &self.sockets.listeners;
-        let master_pid = getpid();
-        let pid = process::fork(move || {
-            process::forget_the_master(signals, &keep);
-            let (record, admin) = (scoreboard.record(record), listeners.admin());
-            worker_main(Child {
+        let pid = spawn::spawn(&self.signals, start, worker_end, move |channel| {
+            worker_main(super::WorkerStart {
                 slot,
-                run_as,
-                master_pid,
                 listener,
-                channel: worker_end,
+                channel,
                 config,
-                record,
+                record: scoreboard.record(record),
                 scoreboard,
-                admin,
+                admin: listeners.admin(),
             })
         })?;
         self.scoreboard
@@ -211,30 +209,16 @@ impl Master<'_> {
                 continue;
             }
             self.sockets.worker_gone(pid);
-            let exec = self.is_exec(pid);
+            let kind = self.fleet.kind(pid);
             if let Some(record) = self.fleet.remove(pid) {
                 self.scoreboard.release(record);
             }
             let departure = self.fleet.pool.on_exit(pid, self.now);
-            // A command the master asked to stop, dead by that very signal (the
-            // default action of most programs), did as it was asked.
-            let exit = match departure {
-                Departure::Retired { .. } if exec => exit.asked_to_stop_with(self.config.stop_signal.signal()),
+            let exit = match kind {
+                Some(Kind::Exec(_)) => self.command_reaped(pid, exit, departure),
                 _ => exit,
             };
             log_departure(pid, exit, departure, self.replacing());
-            if exec {
-                self.end_what_the_command_left(pid);
-                if let Departure::Died {
-                    slot, was_ready: false, ..
-                } = departure
-                {
-                    // Its own words, if it said why; else how it ended.
-                    let command = self.config.command.as_deref().unwrap_or_default().join(" ");
-                    let cause = format!("worker {slot} (pid {pid}): `{command}` {exit} before it was ready");
-                    self.boot_error.get_or_insert(cause);
-                }
-            }
             self.record_departure(exit, departure);
             if let Departure::ReplacementFailed { .. } = departure {
                 self.abort_reload();
@@ -352,44 +336,6 @@ impl Master<'_> {
         };
         if let Err(err) = channel.send(command, socket) {
             warn!("master: cannot tell pid {pid} to {command}: {err}");
-        }
-    }
-}
-
-/// How an order reaches a worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Delivery {
-    /// This signal, to the worker.
-    Process(Sig),
-    /// This signal, to the worker's whole process group.
-    Group(Sig),
-}
-
-impl Kind {
-    /// How `order` is said to a worker of this kind: the Rust app's signal
-    /// table, or, for a command, `stop` to stop and SIGKILL to its whole
-    /// process group; `None` for what a command is not told.
-    pub(super) fn delivery(self, order: Order, stop: Sig) -> Option<Delivery> {
-        let delivery = match (order, self) {
-            (Order::Drain, Kind::App) => Delivery::Process(Sig::SIGTERM),
-            (Order::FastStop, Kind::App) => Delivery::Process(Sig::SIGQUIT),
-            (Order::Drain | Order::FastStop, Kind::Exec(_)) => Delivery::Process(stop),
-            (Order::Kill, Kind::App) => Delivery::Process(Sig::SIGKILL),
-            (Order::Kill, Kind::Exec(_)) => Delivery::Group(Sig::SIGKILL),
-            (Order::Abort, _) => Delivery::Process(Sig::SIGABRT),
-            (Order::Reopen, Kind::App) => Delivery::Process(Sig::SIGUSR1),
-            // A program keeps its own logs; USR1 might well stop it.
-            (Order::Reopen, Kind::Exec(_)) => return None,
-        };
-        Some(delivery)
-    }
-
-    /// Its resident memory, as `--max-worker-memory` counts it: a command's
-    /// own children count too (gunicorn's workers are its arbiter's).
-    pub(super) fn resident_bytes(self, pid: Pid) -> Option<u64> {
-        match self {
-            Kind::App => process::resident_bytes(pid),
-            Kind::Exec(_) => process::family_resident_bytes(pid),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! signal disposition is reset to its default (exec keeps an ignored signal
 //! ignored, and the master ignores SIGPIPE) and the mask emptied. The program
 //! leads its own process group, so that the master can stop its children with
-//! it, and gets SIGKILL when the master dies (`PR_SET_PDEATHSIG`).
+//! it. Before this, `sys::spawn` switched to `--user` and made the child get
+//! SIGKILL when the master dies (`PR_SET_PDEATHSIG`).
 //!
 //! If anything fails before the exec succeeds, the reason goes to the master
 //! over the channel (close-on-exec: a successful exec closes it, which is how
@@ -18,11 +19,9 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 
-use nix::sys::signal::Signal;
-use nix::unistd::{getpid, getppid, setpgid, Pid};
+use nix::unistd::{getpid, setpgid, Pid};
 
 use super::channel::{self, Message};
-use super::privileges::RunAs;
 
 /// The child's exit code when the command could not be run.
 pub const CANNOT_EXEC: i32 = 127;
@@ -43,8 +42,6 @@ pub struct Launch<'a> {
     /// Added to (or replacing in) the master's environment: `PREFORK_SLOT`,
     /// `NOTIFY_SOCKET`... (`LISTEN_PID` is added here: only the child knows it).
     pub env: Vec<(String, String)>,
-    pub run_as: Option<RunAs>,
-    pub master_pid: Pid,
 }
 
 /// How fd 3 is handed to the program, as systemd's `NoDelay=` and
@@ -76,11 +73,9 @@ pub fn exec(launch: Launch<'_>) -> i32 {
         mode,
         mut channel,
         env,
-        run_as,
-        master_pid,
     } = launch;
     let program = command.first().map_or("", String::as_str);
-    match prepare(listener, mode, &mut channel, run_as, master_pid).and_then(|()| run(command, env)) {
+    match prepare(listener, mode, &mut channel).and_then(|()| run(command, env)) {
         Ok(never) => match never {},
         Err(why) => {
             let reason = format!("cannot run `{program}`: {why}");
@@ -91,29 +86,13 @@ pub fn exec(launch: Launch<'_>) -> i32 {
     }
 }
 
-/// Everything but the exec: fds, process group, signals, credentials, and
-/// death with the master.
-fn prepare(
-    listener: RawFd,
-    mode: SocketMode,
-    channel: &mut UnixStream,
-    run_as: Option<RunAs>,
-    master: Pid,
-) -> Result<(), String> {
+/// Everything but the exec, after `sys::spawn` (credentials, death with the
+/// master): fds, the socket's mode, process group, signals.
+fn prepare(listener: RawFd, mode: SocketMode, channel: &mut UnixStream) -> Result<(), String> {
     place_fds(listener, channel)?;
     set_socket_mode(mode)?;
     setpgid(Pid::from_raw(0), Pid::from_raw(0)).map_err(|err| format!("cannot start a process group: {err}"))?;
     reset_signal_dispositions();
-    if let Some(run_as) = run_as {
-        super::privileges::switch(run_as)
-            .map_err(|err| format!("cannot switch to uid {}, gid {}: {err}", run_as.uid, run_as.gid))?;
-    }
-    // After the switch, which clears it. KILL, not TERM: a program that drains
-    // on TERM (gunicorn's arbiter) would outlive the master by its own timeout.
-    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(|err| format!("cannot set PR_SET_PDEATHSIG: {err}"))?;
-    if getppid() != master {
-        return Err("the master died before the command started".into());
-    }
     Ok(())
 }
 

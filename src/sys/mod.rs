@@ -5,6 +5,8 @@
 //! - `process`    fork (with the single-thread check), what every child does
 //!   first (forget the master, keep only its fds), reap → `Exit`, kill, exit
 //!   codes, the file limit, `/proc` reads
+//! - `spawn`      one way to start every child: what it keeps, its name, its
+//!   user, its death signal
 //! - `signals`    the signal table, record-only handlers, the self-pipe
 //! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF
 //! - `listener`   every socket option; bound before any fork
@@ -34,4 +36,5 @@ pub(crate) mod process;
 pub(crate) mod scoreboard;
 pub(crate) mod sd_notify;
 pub(crate) mod signals;
+pub(crate) mod spawn;
 pub(crate) mod upgrade;

@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -85,7 +86,25 @@ pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) 
     if listeners.admin().is_some() {
         command.env(ADMIN_FD, admin_fd.to_string());
     }
+    let last_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd);
     command.fd_mappings(mappings).map_err(io::Error::other)?;
+    // Nothing else of this master's reaches the new one (an fd it inherited
+    // without close-on-exec from whatever started it, say): after the
+    // mappings above (hooks run in order), every fd past them is closed.
+    // SAFETY: the hook runs in the forked child before the exec and makes one
+    // system call, close_range(2), which is async-signal-safe. Before Linux
+    // 5.9 it fails, and such fds pass as they did.
+    unsafe {
+        command.pre_exec(move || {
+            libc::syscall(
+                libc::SYS_close_range,
+                (last_fd + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                0,
+            );
+            Ok(())
+        })
+    };
     let child = command.spawn()?;
     let pid = Pid::from_raw(i32::try_from(child.id()).map_err(io::Error::other)?);
     // The master's reaping loop collects it like any child: no `wait` on `child`.

@@ -1,19 +1,20 @@
 //! A worker: everything from "I am the child" to the exit code.
 //!
-//! By the time [`run`] is called, `process::fork` has left every signal blocked,
-//! the master's signal actions are unregistered and every master-only fd is
-//! closed. Here: make the worker die with the master, build a `current_thread`
-//! runtime, install the worker's own signal handlers, and only then unblock
+//! By the time [`run`] is called, `sys::spawn` has left every signal blocked,
+//! unregistered the master's signal actions, closed every master-only fd,
+//! switched to `--user` and made the worker die with the master. Here: build a
+//! `current_thread` runtime, install the worker's own signal handlers, and only then unblock
 //! signals (a TERM that arrived in between is delivered to the new handler, not
 //! lost), make the service, report ready and serve.
 
 mod access;
-mod child;
 mod conn;
+mod connections;
 mod control;
 mod draining;
 mod frames;
 mod io;
+mod lifecycle;
 mod park;
 mod protocol;
 mod respond;
@@ -30,43 +31,20 @@ use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::log::{error, info};
-use nix::unistd::{getpid, Pid};
+use nix::unistd::getpid;
 
 use crate::config::Config;
+use crate::master::WorkerStart;
 use crate::service::WorkerApp;
 use crate::sys::channel::{self, Message};
 use crate::sys::process::{self, exit_code};
-use crate::sys::scoreboard::{Record, Scoreboard, State};
+use crate::sys::scoreboard::{Record, State};
 use access::AccessLog;
 use control::Control;
 use serve::serve;
 
-/// A worker's process name (`comm`, as `ps`, `top` and `pgrep` show it): the
-/// master keeps the binary's. It tells a worker from its master, which the
-/// control commands check before they signal a pid from a pid file.
-pub(crate) const PROCESS_NAME: &str = "prefork-worker";
-
-/// What a freshly forked worker is handed by the master.
-pub(crate) struct Child<'a> {
-    pub slot: usize,
-    /// `--user`/`--group`: the ids to switch to before anything else.
-    pub run_as: Option<crate::sys::privileges::RunAs>,
-    pub master_pid: Pid,
-    /// The slot's socket; the master keeps its own copy open.
-    pub listener: &'a TcpListener,
-    /// The worker's end of the channel to the master.
-    pub channel: UnixStream,
-    pub config: &'a Config,
-    /// This worker's scoreboard record (shared memory; it writes, the master reads).
-    pub record: &'static Record,
-    /// The whole scoreboard, for the admin views.
-    pub scoreboard: &'static Scoreboard,
-    /// `--admin`: every worker accepts on it.
-    pub admin: Option<&'a TcpListener>,
-}
-
 /// Runs a worker to completion and returns its exit code (see `process::exit_code`).
-pub(crate) fn run<F, Fut, S, E>(child: Child<'_>, setup: &F) -> i32
+pub(crate) fn run<F, Fut, S, E>(child: WorkerStart<'_>, setup: &F) -> i32
 where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<S, E>>,
@@ -74,18 +52,6 @@ where
     S: WorkerApp,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
-    process::name_process(PROCESS_NAME);
-    // Before PDEATHSIG: a change of credentials clears it.
-    if let Some(run_as) = child.run_as {
-        if let Err(err) = crate::sys::privileges::switch(run_as) {
-            let reason = format!("cannot switch to uid {}, gid {}: {err}", run_as.uid, run_as.gid);
-            return boot_failed(&name, child.channel, exit_code::BOOT_FAILED, reason);
-        }
-    }
-    if let Err(err) = child::die_with_master(child.master_pid) {
-        info!("{name}: {err}; exiting");
-        return exit_code::OK;
-    }
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -95,7 +61,7 @@ where
     };
     let local = tokio::task::LocalSet::new();
     let code = local.block_on(&runtime, async move {
-        let Child {
+        let WorkerStart {
             listener,
             mut channel,
             config,

@@ -6,9 +6,12 @@
 use std::io;
 
 use bytes::{Bytes, BytesMut};
+use hyper::server::conn::{http1, http2};
 use tokio::net::TcpStream;
 
 use super::io::readable;
+use super::streams::LocalExec;
+use crate::config::Config;
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,6 +51,39 @@ pub async fn detect(
             return Some(Protocol::Http2(read.freeze()));
         }
         // A prefix of the preface so far ("PRI * HT..."): wait for the rest.
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 connection settings of this worker.
+pub struct Protocols {
+    pub h1: http1::Builder,
+    pub h2: http2::Builder<LocalExec>,
+}
+
+impl Protocols {
+    pub fn new(config: &Config) -> Protocols {
+        let mut h1 = http1::Builder::new();
+        // No hyper timer: the housekeeping sweep enforces the header read
+        // timeout for every connection at once, instead of a timer per request.
+        // No writev: hyper copies the head and body into one buffer (64 KiB at a
+        // time for a large body) and makes one write(2); for the small responses
+        // that dominate, that costs fewer instructions than a queue of buffers
+        // (docs/performance.md has the figures).
+        // Half-close: hyper does not read the socket while a request is in flight
+        // except for its body, so a read waiting then is a body read, which the
+        // body read timeout bounds. (Without it hyper reads to notice a client that
+        // went away; the sweep does that instead, with a peek, see `connections`: a
+        // client that closes, or half-closes, mid-request is taken as gone, as
+        // hyper does.)
+        h1.header_read_timeout(None)
+            .half_close(true)
+            .keep_alive(true)
+            .max_buf_size(64 * 1024)
+            .writev(false);
+        let mut h2 = http2::Builder::new(LocalExec);
+        h2.max_concurrent_streams(config.h2_max_concurrent_streams)
+            .max_header_list_size(config.h2_max_header_list_size);
+        Protocols { h1, h2 }
     }
 }
 

@@ -29,7 +29,7 @@ use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Version};
 
 use super::access::Pending;
-use super::conn::Entry;
+use super::connections::Entry;
 use crate::body::{Overflow, RequestBody};
 use crate::service::{BoxError, WorkerService};
 
@@ -167,7 +167,7 @@ const NO_STREAM: Stream = u32::MAX;
 impl InFlight {
     fn new(entry: Rc<Entry>, pending: Option<Box<Pending>>) -> InFlight {
         entry.in_flight.set(entry.in_flight.get() + 1);
-        entry.served.set(true);
+        entry.request_came();
         let stream = entry.streams.get().map_or(NO_STREAM, |streams| streams.open());
         InFlight(entry, pending, stream)
     }
@@ -272,7 +272,7 @@ where
         let lifecycle = &in_flight.0.lifecycle;
         lifecycle.served_one();
         // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
-        let close = lifecycle.is_draining() && !in_flight.0.h2.get();
+        let close = lifecycle.is_draining() && !in_flight.0.is_h2();
         Poll::Ready(result.map(|response| {
             let mut response = response.map(|body| TrackedBody {
                 inner: Either::Left(body),
@@ -296,7 +296,7 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
     in_flight.answered(status);
     in_flight.0.lifecycle.served_one();
     // On HTTP/2 only the stream ends, and `Connection` is not a header there.
-    let h1 = !in_flight.0.h2.get();
+    let h1 = !in_flight.0.is_h2();
     let mut response = Response::new(TrackedBody {
         inner: Either::Right(Empty::new()),
         in_flight_guard: in_flight,

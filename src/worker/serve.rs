@@ -16,16 +16,17 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use crate::log::{debug, info, warn};
-use hyper::server::conn::{http1, http2};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::access::AccessLog;
-use super::conn::{self, Close, Connections, Ended, Lifecycle, Limits, Open, Protocols, Start};
+use super::conn::{self, Ended, Start};
+use super::connections::{Asked, Connections, Limits, Open};
 use super::control::{Control, Event, Stop};
 use super::io::Counted;
+use super::lifecycle::Lifecycle;
 use super::park::{Idle, Parking};
-use super::streams::LocalExec;
+use super::protocol::Protocols;
 use crate::config::Config;
 use crate::service::{Made, WorkerApp};
 use crate::sys::channel::Message;
@@ -61,7 +62,7 @@ struct Shared<S: WorkerApp> {
 }
 
 /// Serves `service` on `listener` (and adopted sockets) until `control` says
-/// stop, then drains.
+/// stop, then drains: the worker's three phases, set up, serve, drain.
 pub async fn serve<S: WorkerApp>(
     listener: TcpListener,
     service: S,
@@ -71,30 +72,9 @@ pub async fn serve<S: WorkerApp>(
     access_log: Option<AccessLog>,
     name: &str,
 ) {
-    let mut h1 = http1::Builder::new();
-    // No hyper timer: the housekeeping sweep below enforces the header read
-    // timeout for every connection at once, instead of a timer per request.
-    // No writev: hyper copies the head and body into one buffer (64 KiB at a
-    // time for a large body) and makes one write(2); for the small responses
-    // that dominate, that costs fewer instructions than a queue of buffers
-    // (docs/performance.md has the figures).
-    // Half-close: hyper does not read the socket while a request is in flight
-    // except for its body, so a read waiting then is a body read, which the
-    // body read timeout bounds. (Without it hyper reads to notice a client that
-    // went away; the sweep does that instead, with a peek, see `conn`: a client
-    // that closes, or half-closes, mid-request is taken as gone, as hyper does.)
-    h1.header_read_timeout(None)
-        .half_close(true)
-        .keep_alive(true)
-        .max_buf_size(64 * 1024)
-        .writev(false);
-    let mut h2 = http2::Builder::new(LocalExec);
-    h2.max_concurrent_streams(config.h2_max_concurrent_streams)
-        .max_header_list_size(config.h2_max_header_list_size);
-    let protocols = Protocols { h1, h2 };
     let shared = Rc::new(Shared {
         service,
-        protocols,
+        protocols: Protocols::new(config),
         lifecycle: Rc::new(Lifecycle::new(quota(config), record, access_log, config.max_body_size)),
         connections: Rc::new(Connections::new(record, config.max_connections)),
         parking: Parking::new()
@@ -102,12 +82,35 @@ pub async fn serve<S: WorkerApp>(
             .ok(),
         name: name.to_owned(),
     });
+    let stopped = serve_until_stopped(Rc::new(listener), control, &shared, config, record).await;
+    match stopped.how {
+        Stop::Fast => info!("{name}: {}: exiting now", stopped.why),
+        Stop::Graceful => drain(&shared, stopped, config, record).await,
+    }
+}
 
-    let listener = Rc::new(listener);
-    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared)));
+/// How serving ended: the stop asked for, why, and the sockets to drain.
+struct Stopped {
+    how: Stop,
+    why: &'static str,
+    control: Control,
+    /// The slot's socket, then those adopted; no longer accepted on.
+    listeners: Vec<Rc<TcpListener>>,
+}
+
+/// Accepts and serves, with the housekeeping, the parking and the steering
+/// running beside, until told to stop; then stops accepting.
+async fn serve_until_stopped<S: WorkerApp>(
+    listener: Rc<TcpListener>,
+    control: Control,
+    shared: &Rc<Shared<S>>,
+    config: &Config,
+    record: &'static Record,
+) -> Stopped {
+    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(shared)));
     let limits = Limits {
         idle: ticks(config.header_read_timeout),
-        idle_close: Close::Now,
+        idle_close: Asked::Close,
         body: ticks(config.body_read_timeout),
         send: ticks(config.send_timeout),
         park: match shared.parking {
@@ -115,15 +118,15 @@ pub async fn serve<S: WorkerApp>(
             None => u32::MAX,
         },
     };
-    tokio::task::spawn_local(unpark(Rc::clone(&shared)));
-    tokio::task::spawn_local(housekeeping(Rc::clone(&shared), record, limits));
+    tokio::task::spawn_local(unpark(Rc::clone(shared)));
+    tokio::task::spawn_local(housekeeping(Rc::clone(shared), record, limits));
     // Steering runs in a task of its own, polled only when a signal or the master
     // wakes it; the future the runtime was given is polled on every scheduler
     // tick. (callgrind saw no difference per request: the signal streams are
     // cheap to poll. It stays a task because it reads better than one more
     // branch in this function.)
-    let steering = tokio::task::spawn_local(steer(control, Rc::clone(&shared)));
-    let (how, why, mut control, adopted) = match steering.await {
+    let steering = tokio::task::spawn_local(steer(control, Rc::clone(shared)));
+    let (how, why, control, adopted) = match steering.await {
         Ok(steered) => steered,
         Err(err) => match err.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -132,10 +135,28 @@ pub async fn serve<S: WorkerApp>(
     };
     own.abort();
     adopted.iter().for_each(|(_, task, _)| task.abort());
-    if how == Stop::Fast {
-        return info!("{name}: {why}: exiting now");
+    let listeners = std::iter::once(listener)
+        .chain(adopted.into_iter().map(|(_, _, listener)| listener))
+        .collect();
+    Stopped {
+        how,
+        why,
+        control,
+        listeners,
     }
-    let connections = &shared.connections;
+}
+
+/// The drain: what is queued is taken and served with `Connection: close`,
+/// every connection is told, and the worker waits for them to close, until
+/// `--graceful-timeout`.
+async fn drain<S: WorkerApp>(shared: &Rc<Shared<S>>, stopped: Stopped, config: &Config, record: &'static Record) {
+    let Stopped {
+        why,
+        mut control,
+        listeners,
+        ..
+    } = stopped;
+    let (name, connections) = (&shared.name, &shared.connections);
     shared.lifecycle.start_drain();
     // The app's handlers hear of it first: a WebSocket that says goodbye now
     // closes before the deadline.
@@ -146,8 +167,8 @@ pub async fn serve<S: WorkerApp>(
     // letting them wait in a queue nobody accepts from (a reload or an upgrade
     // keeps the master's, and a successor's, open).
     let mut queued = 0;
-    for listener in std::iter::once(listener).chain(adopted.into_iter().map(|(_, _, listener)| listener)) {
-        queued += accept_queued(&listener, &shared).await;
+    for listener in listeners {
+        queued += accept_queued(&listener, shared).await;
     }
     info!(
         "{name}: {why}: draining {} connections ({queued} taken from the queue)",
@@ -170,7 +191,7 @@ pub async fn serve<S: WorkerApp>(
             // Another TERM/INT, or an adoption, changes nothing: already draining.
             event = control.next() => match event {
                 Event::Stop(Stop::Fast, why) => return info!("{name}: {why} while draining: exiting now"),
-                Event::Reopen => reopen_logs(&shared),
+                Event::Reopen => reopen_logs(shared),
                 Event::Stop(Stop::Graceful, _) | Event::Adopt(..) | Event::Release(_) => {}
             },
         }
@@ -183,7 +204,7 @@ pub async fn serve<S: WorkerApp>(
 async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Record, serving: Limits) {
     let draining = Limits {
         idle: ticks(IDLE_GRACE),
-        idle_close: Close::Graceful,
+        idle_close: Asked::Drain,
         ..serving
     };
     let mut interval = tokio::time::interval(TICK);
@@ -290,7 +311,9 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
 }
 
 fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
-    let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd(), client);
+    let open = shared
+        .connections
+        .enter(&shared.lifecycle, stream.as_raw_fd(), client, Start::New.state());
     let counted = shared.connections.count_one();
     let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
@@ -358,7 +381,9 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
                     continue;
                 }
             };
-            let open = shared.connections.enter(&shared.lifecycle, stream.as_raw_fd(), client);
+            let open = shared
+                .connections
+                .enter(&shared.lifecycle, stream.as_raw_fd(), client, Start::Unparked.state());
             let shared = Rc::clone(&shared);
             tokio::task::spawn_local(async move {
                 serve_until_parked(stream, service, open, counted, client, Start::Unparked, &shared).await;

@@ -472,7 +472,7 @@ fn a_reload_moves_the_admin_listener_and_the_pid_file() {
     let _ = std::fs::remove_file(&second_pid);
 }
 
-/// 2 -> 52 -> 2 workers by TTIN and TTOU: the 50 parked slots' sockets are
+/// 2 -> 52 -> 2 workers by TTIN and TTOU: the 50 vacant slots' sockets are
 /// spread over the two workers, so new connections still split about evenly
 /// (one worker took 98% when one sibling adopted them all).
 #[test]

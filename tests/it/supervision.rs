@@ -426,3 +426,42 @@ fn every_child_holds_only_what_it_needs_of_the_masters_fds() {
         }
     }
 }
+
+#[test]
+fn a_new_master_holds_only_what_the_old_one_handed_it() {
+    // An fd the master inherited without close-on-exec, as from a careless
+    // parent: the old master holds it, the new one must not.
+    let inherited = temp_path("inherited-by-the-old-master");
+    let file = std::fs::File::create(&inherited).unwrap();
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut command = command(example_binary(), &["--workers", "1"]);
+    // SAFETY: the hook runs in the forked child before the exec and makes one
+    // system call, dup2(2), which is async-signal-safe; the copy on fd 9 is
+    // inheritable (dup2 clears close-on-exec).
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+            if libc::dup2(raw, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut server = Server::start_command(command);
+    let target = inherited.canonicalize().unwrap().to_string_lossy().into_owned();
+    let holds = |pid: nix::unistd::Pid| fd_targets(pid).values().any(|held| *held == target);
+    assert!(holds(server.master), "the old master holds the inherited file on fd 9");
+    server.wait_for_workers(1, Duration::from_secs(5));
+
+    server.signal(Signal::SIGUSR2);
+    let new = server.follow_upgrade(Duration::from_secs(10));
+    let workers = server.wait_for_workers(1, Duration::from_secs(5));
+    assert!(
+        !holds(new),
+        "the new master {new} holds {target}: {:?}",
+        fd_targets(new)
+    );
+    for worker in workers {
+        assert!(!holds(worker), "the new master's worker {worker} holds {target}");
+    }
+    get(server.addr, "/").expect("the new master serves");
+}

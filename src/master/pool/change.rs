@@ -1,7 +1,7 @@
 //! Changing a running pool without dropping anything: the rolling reload (each
 //! slot gets a new worker, ready before the old one drains), recycling (the same
-//! for one slot whose worker asked, one at a time) and resizing (TTIN / TTOU park
-//! and unpark slots; a parked slot's socket stays open).
+//! for one slot whose worker asked, one at a time) and resizing (TTIN / TTOU vacate
+//! and reinstate slots; a vacant slot's socket stays open).
 
 use super::*;
 
@@ -30,7 +30,7 @@ impl Pool {
     pub fn begin_reload(&mut self, batch: usize, timeouts: Timeouts) {
         self.generation += 1;
         self.timeouts = timeouts;
-        let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].is_parked()).collect();
+        let queue = (0..self.slots.len()).filter(|&i| !self.slots[i].is_vacant()).collect();
         self.reload = Some(Reload {
             queue,
             batch: batch.max(1),
@@ -117,7 +117,7 @@ impl Pool {
 
     /// Ends the reload once nothing is left to replace and nothing is booting;
     /// true when this call ended it. Called after every promotion, and on every
-    /// wake-up: a slot parked during the reload (a HUP that lowers `workers`) is
+    /// wake-up: a slot vacated during the reload (a HUP that lowers `workers`) is
     /// skipped, never promoted, and may be the last one queued.
     pub fn reload_settled(&mut self) -> bool {
         // Slots are walked only while a reload's queue is empty.
@@ -145,15 +145,15 @@ impl Pool {
         stopped
     }
 
-    /// Makes the pool `workers` slots large: unparks parked slots (or adds new
-    /// ones, returned so their sockets can be bound) to grow; parks the highest
+    /// Makes the pool `workers` slots large: reinstates vacant slots (or adds new
+    /// ones, returned so their sockets can be bound) to grow; vacates the highest
     /// active slots to shrink, retiring their workers (due by `kill_at`). Returns
     /// `(new slots, retired pids)`.
     pub fn resize(&mut self, workers: usize, now: Instant, kill_at: Instant) -> (Vec<usize>, Vec<Pid>) {
         let (mut added, mut retired) = (Vec::new(), Vec::new());
         while self.len() < workers {
-            match self.slots.iter().position(Slot::is_parked) {
-                Some(index) => self.slots[index].unpark(now),
+            match self.slots.iter().position(Slot::is_vacant) {
+                Some(index) => self.slots[index].reinstate(now),
                 None => {
                     self.slots.push(Slot::empty(now));
                     added.push(self.slots.len() - 1);
@@ -164,10 +164,10 @@ impl Pool {
             let index = self
                 .slots
                 .iter()
-                .rposition(|slot| !slot.is_parked())
+                .rposition(|slot| !slot.is_vacant())
                 .expect("more than one active slot");
             retired.extend(self.retire_slot(index, kill_at));
-            self.slots[index].park();
+            self.slots[index].vacate();
         }
         (added, retired)
     }
@@ -223,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn a_reload_that_parks_its_last_queued_slot_still_settles() {
+    fn a_reload_that_vacates_its_last_queued_slot_still_settles() {
         let now = Instant::now();
         let mut pool = ready_pool(3, now);
         pool.begin_reload(1, TIMEOUTS);
@@ -233,7 +233,7 @@ mod tests {
             pool.on_spawned(slot, Spawn::Replace, pid(n), now);
             pool.on_ready(pid(n), now);
         }
-        assert!(pool.due(now).is_empty(), "the parked slot 2 is skipped");
+        assert!(pool.due(now).is_empty(), "the vacant slot 2 is skipped");
         assert!(pool.reload_settled(), "and the reload ends there");
         assert!(!pool.reloading());
         assert!(!pool.reload_settled(), "once");
@@ -298,7 +298,7 @@ mod tests {
     }
 
     #[test]
-    fn shrinking_parks_slots_whose_sockets_stay_adopted_and_growing_unparks_them() {
+    fn shrinking_vacates_slots_whose_sockets_stay_adopted_and_growing_reinstates_them() {
         let now = Instant::now();
         let mut pool = ready_pool(3, now);
         let (added, retired) = pool.resize(2, now, now + SECOND);
@@ -308,21 +308,21 @@ mod tests {
         assert_eq!(
             pool.adoptions(),
             [(2, pid(100))],
-            "the parked socket keeps being served"
+            "the vacant slot's socket keeps being served"
         );
         assert_eq!(pool.resize(1, now, now).1, [pid(101)]);
         assert_eq!(pool.resize(0, now, now).1, [], "never below one");
 
         let (added, _) = pool.resize(4, now, now);
-        assert_eq!(added, [3], "parked slots come back first, then new ones");
+        assert_eq!(added, [3], "vacant slots come back first, then new ones");
         assert_eq!(pool.due(now), [(1, Spawn::Fill), (2, Spawn::Fill), (3, Spawn::Fill)]);
     }
 
-    /// 2 -> 52 -> 2 workers: the 50 parked sockets are spread over the two
+    /// 2 -> 52 -> 2 workers: the 50 vacant slots' sockets are spread over the two
     /// workers (25 each), not all adopted by one, so each takes half of the new
     /// connections the kernel spreads over the 52 sockets.
     #[test]
-    fn parked_sockets_are_spread_evenly_over_the_ready_workers() {
+    fn vacant_slots_sockets_are_spread_evenly_over_the_ready_workers() {
         let now = Instant::now();
         let mut pool = ready_pool(52, now);
         pool.resize(2, now, now + SECOND);
@@ -330,7 +330,7 @@ mod tests {
         assert_eq!(adoptions.len(), 50);
         let by = |worker| adoptions.iter().filter(|(_, pid)| *pid == worker).count();
         assert_eq!((by(pid(100)), by(pid(101))), (25, 25), "{adoptions:?}");
-        // A third worker (TTIN) takes a parked slot back: its adopter releases
+        // A third worker (TTIN) takes a vacant slot back: its adopter releases
         // it, and the later adoptions keep counting what each worker holds.
         pool.resize(3, now, now);
         let slot = pool.due(now)[0].0;
@@ -339,7 +339,7 @@ mod tests {
         assert_eq!(pool.releases().len(), 1);
         assert!(
             pool.adoptions().is_empty(),
-            "every other parked socket keeps its adopter"
+            "every other vacant slot's socket keeps its adopter"
         );
     }
 }

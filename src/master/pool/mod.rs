@@ -120,12 +120,12 @@ impl Pool {
         }
     }
 
-    /// Active (not parked) slots.
+    /// Active (not vacant) slots.
     pub fn len(&self) -> usize {
-        self.slots.iter().filter(|slot| !slot.is_parked()).count()
+        self.slots.iter().filter(|slot| !slot.is_vacant()).count()
     }
 
-    /// Every slot, parked ones too: the number of sockets a reuseport pool uses.
+    /// Every slot, vacant ones too: the number of sockets a reuseport pool uses.
     pub fn slot_count(&self) -> usize {
         self.slots.len()
     }
@@ -370,13 +370,13 @@ impl Pool {
             .collect()
     }
 
-    /// Gives every slot that has no ready worker (backing off, booting, or parked)
+    /// Gives every slot that has no ready worker (backing off, booting, or vacant)
     /// an adopter: a ready worker of another slot. Connections the kernel hashes
     /// to its socket would otherwise wait in its queue. The adopter is the ready
     /// worker with the fewest sockets so far (its own and those it adopted), the
     /// nearest following slot's among equals: the kernel spreads new connections
     /// evenly over the sockets, so the workers' shares stay even however many
-    /// slots are parked. Returns `(slot, adopter)` for each new adoption; none
+    /// slots are vacant. Returns `(slot, adopter)` for each new adoption; none
     /// while stopping.
     pub fn adoptions(&mut self) -> Vec<(usize, Pid)> {
         if self.stopping {
@@ -457,10 +457,10 @@ impl Pool {
         slots.chain(self.retiring.iter().map(|r| r.pid)).collect()
     }
 
-    /// Forgets the parked slots (always the highest ones): their sockets are going
+    /// Forgets the vacant slots (always the highest ones): their sockets are going
     /// away with the old listeners after a change of address.
-    pub fn drop_parked(&mut self) {
-        while self.slots.last().is_some_and(Slot::is_parked) {
+    pub fn drop_vacant(&mut self) {
+        while self.slots.last().is_some_and(Slot::is_vacant) {
             self.slots.pop();
         }
     }
@@ -496,7 +496,7 @@ impl Pool {
     }
 
     fn active(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|slot| !slot.is_parked())
+        self.slots.iter().filter(|slot| !slot.is_vacant())
     }
 
     pub fn slot_of(&self, pid: Pid) -> Option<usize> {

@@ -2,8 +2,8 @@
 //!
 //! A slot holds nothing and waits (`Empty`), holds its worker (`One`), holds its
 //! worker and that worker's replacement booting beside it (`Replacing`), or is
-//! scaled away (`Parked`). As one enum, the combinations that must not happen
-//! (a parked slot with a worker, a replacement in an empty or parked slot)
+//! scaled away (`Vacant`). As one enum, the combinations that must not happen
+//! (a vacant slot with a worker, a replacement in an empty or vacant slot)
 //! cannot be written.
 
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ pub(super) struct Slot {
 enum Holds {
     /// Scaled away: no worker; its socket stays open in the master and is
     /// adopted by a sibling, because closing it would reset what is queued on it.
-    Parked,
+    Vacant,
     /// No worker: the next one is spawned at `not_before`.
     Empty,
     /// Its worker, booting or ready.
@@ -91,8 +91,8 @@ impl Slot {
         }
     }
 
-    pub fn is_parked(&self) -> bool {
-        matches!(self.holds, Holds::Parked)
+    pub fn is_vacant(&self) -> bool {
+        matches!(self.holds, Holds::Vacant)
     }
 
     /// When a worker is due in this slot: active and without any worker, at
@@ -106,9 +106,9 @@ impl Slot {
         matches!(self.holds, Holds::Empty)
     }
 
-    /// No worker at all, current or replacement (parked or empty).
+    /// No worker at all, current or replacement (vacant or empty).
     pub fn has_no_worker(&self) -> bool {
-        matches!(self.holds, Holds::Parked | Holds::Empty)
+        matches!(self.holds, Holds::Vacant | Holds::Empty)
     }
 
     /// The slot's current worker, booting or ready.
@@ -116,7 +116,7 @@ impl Slot {
         match self.holds {
             Holds::One(worker) => Some(worker),
             Holds::Replacing { current, .. } => current,
-            Holds::Parked | Holds::Empty => None,
+            Holds::Vacant | Holds::Empty => None,
         }
     }
 
@@ -124,7 +124,7 @@ impl Slot {
         match &mut self.holds {
             Holds::One(worker) => Some(worker),
             Holds::Replacing { current, .. } => current.as_mut(),
-            Holds::Parked | Holds::Empty => None,
+            Holds::Vacant | Holds::Empty => None,
         }
     }
 
@@ -171,7 +171,7 @@ impl Slot {
                 self.holds = Holds::Replacing { current: None, next };
                 current
             }
-            Holds::Parked | Holds::Empty => None,
+            Holds::Vacant | Holds::Empty => None,
         }
     }
 
@@ -197,13 +197,13 @@ impl Slot {
     }
 
     /// Scales the slot away; its workers must have been taken first.
-    pub fn park(&mut self) {
-        debug_assert!(self.has_no_worker(), "parked a slot with workers: {self:?}");
-        self.holds = Holds::Parked;
+    pub fn vacate(&mut self) {
+        debug_assert!(self.has_no_worker(), "vacated a slot with workers: {self:?}");
+        self.holds = Holds::Vacant;
     }
 
-    /// Scales a parked slot back in: empty, due at `now`, backoff forgotten.
-    pub fn unpark(&mut self, now: Instant) {
+    /// Scales a vacant slot back in: empty, due at `now`, backoff forgotten.
+    pub fn reinstate(&mut self, now: Instant) {
         self.holds = Holds::Empty;
         self.not_before = now;
         self.failures = 0;
@@ -234,9 +234,9 @@ mod tests {
         assert_eq!(slot.ready_pid(), Some(new.pid));
         assert_eq!(slot.take_worker().map(|w| w.pid), Some(new.pid));
         assert!(slot.is_empty());
-        slot.park();
-        assert!(slot.is_parked() && slot.has_no_worker() && slot.worker().is_none());
-        slot.unpark(now);
+        slot.vacate();
+        assert!(slot.is_vacant() && slot.has_no_worker() && slot.worker().is_none());
+        slot.reinstate(now);
         assert!(slot.is_empty());
     }
 

@@ -1,0 +1,86 @@
+//! What the whole worker's connections share, apart from any one of them: has
+//! the drain started, how many requests the worker has served against its
+//! quota, the housekeeping clock, the access log and the body limit.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+use super::access::AccessLog;
+use super::io::Clock;
+use crate::sys::scoreboard::Record;
+
+/// What every response of this worker looks at: has the drain started (then it
+/// carries `Connection: close`), and has the worker served its request quota.
+/// Read on every response, so `Cell`s.
+pub struct Lifecycle {
+    draining: Cell<bool>,
+    served: Cell<u64>,
+    /// Requests after which the worker asks to be replaced; 0: never.
+    quota: u64,
+    quota_reached: Notify,
+    /// Where the master (and the status views) see the count.
+    record: &'static Record,
+    /// Housekeeping ticks since the worker started (shared with every socket).
+    pub(super) clock: Arc<Clock>,
+    /// `--access-log`.
+    pub(super) access_log: Option<AccessLog>,
+    /// `--max-body-size`, or `u64::MAX`.
+    pub(super) max_body: u64,
+}
+
+impl Lifecycle {
+    pub fn new(quota: u64, record: &'static Record, access_log: Option<AccessLog>, max_body: Option<u64>) -> Lifecycle {
+        Lifecycle {
+            draining: Cell::new(false),
+            served: Cell::new(0),
+            quota,
+            quota_reached: Notify::new(),
+            record,
+            clock: Arc::new(Clock::default()),
+            access_log,
+            max_body: max_body.unwrap_or(u64::MAX),
+        }
+    }
+
+    pub fn start_drain(&self) {
+        self.draining.set(true);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.get()
+    }
+
+    pub fn now(&self) -> u32 {
+        self.clock.now()
+    }
+
+    /// One housekeeping tick has passed.
+    pub fn tick(&self) {
+        self.clock.tick();
+    }
+
+    pub fn served(&self) -> u64 {
+        self.served.get()
+    }
+
+    /// Resolves once, when the quota is reached; never without a quota.
+    pub async fn quota_reached(&self) {
+        if self.quota == 0 {
+            return std::future::pending().await;
+        }
+        self.quota_reached.notified().await;
+    }
+
+    pub(super) fn served_one(&self) {
+        let served = self.served.get() + 1;
+        self.served.set(served);
+        // A plain store: only this worker writes its record.
+        self.record.requests.store(served, Relaxed);
+        if served == self.quota {
+            self.quota_reached.notify_one(); // kept as a permit if nobody waits yet
+        }
+    }
+}
