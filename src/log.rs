@@ -66,38 +66,27 @@ pub(crate) fn init(config: &crate::Config) -> Result<(), crate::Error> {
     Ok(())
 }
 
-macro_rules! error {
-    ($($arg:tt)+) => {
-        // The level first: a disabled event costs no swap.
-        if ::tracing::level_enabled!(::tracing::Level::ERROR) {
-            $crate::log::emit(|| ::tracing::error!($($arg)+))
+/// One event at `$level` through [`emit`]; the level is checked first, so a
+/// disabled event costs no swap of the subscriber.
+macro_rules! at_level {
+    ($level:ident, $($arg:tt)+) => {
+        if ::tracing::level_enabled!(::tracing::Level::$level) {
+            $crate::log::emit(|| ::tracing::event!(::tracing::Level::$level, $($arg)+))
         }
     };
+}
+macro_rules! error {
+    ($($arg:tt)+) => { $crate::log::at_level!(ERROR, $($arg)+) };
 }
 // (`warn` itself is also a built-in attribute: the macro is renamed on export.)
 macro_rules! warning {
-    ($($arg:tt)+) => {
-        // The level first: a disabled event costs no swap.
-        if ::tracing::level_enabled!(::tracing::Level::WARN) {
-            $crate::log::emit(|| ::tracing::warn!($($arg)+))
-        }
-    };
+    ($($arg:tt)+) => { $crate::log::at_level!(WARN, $($arg)+) };
 }
 macro_rules! info {
-    ($($arg:tt)+) => {
-        // The level first: a disabled event costs no swap.
-        if ::tracing::level_enabled!(::tracing::Level::INFO) {
-            $crate::log::emit(|| ::tracing::info!($($arg)+))
-        }
-    };
+    ($($arg:tt)+) => { $crate::log::at_level!(INFO, $($arg)+) };
 }
 macro_rules! debug {
-    ($($arg:tt)+) => {
-        // The level first: a disabled event costs no swap.
-        if ::tracing::level_enabled!(::tracing::Level::DEBUG) {
-            $crate::log::emit(|| ::tracing::debug!($($arg)+))
-        }
-    };
+    ($($arg:tt)+) => { $crate::log::at_level!(DEBUG, $($arg)+) };
 }
 
-pub(crate) use {debug, error, info, warning as warn};
+pub(crate) use {at_level, debug, error, info, warning as warn};

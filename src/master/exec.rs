@@ -115,7 +115,7 @@ impl Master<'_> {
         // Another command on this socket (the one this spawn replaces, a
         // sibling with `--balance shared`, the old master's while this one
         // takes over) keeps it as it is (see `SocketMode`).
-        let shared = self.origin.handover.is_some() || self.fleet.execs().any(|(_, exec)| exec.socket == socket);
+        let shared = self.origin.old_master.is_some() || self.fleet.execs().any(|(_, exec)| exec.socket == socket);
         let mode = crate::sys::exec::SocketMode {
             nodelay: self.config.exec_nodelay,
             nonblocking: (!shared).then_some(self.config.exec_nonblocking),

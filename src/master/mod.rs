@@ -119,7 +119,7 @@ pub(crate) struct Origin {
     /// upgrade can replace the file).
     pub binary: Option<PathBuf>,
     /// The old master's readiness pipe.
-    pub handover: Option<File>,
+    pub old_master: Option<File>,
 }
 
 struct Master<'a> {
@@ -204,7 +204,7 @@ pub(crate) fn run(
         children_before: Vec::new(),
         app_fds,
     };
-    master.adopt_orphans();
+    master.become_subreaper();
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
     master.warn_not_for_commands();
@@ -397,7 +397,7 @@ impl Master<'_> {
             return self.systemd.send(&status);
         }
         self.systemd.send(&format!("READY=1\n{status}"));
-        if let Some(old_master) = self.origin.handover.take() {
+        if let Some(old_master) = self.origin.old_master.take() {
             crate::sys::upgrade::report_ready(old_master);
         }
     }

@@ -1,4 +1,4 @@
-//! Orphans the master adopted (it is a child subreaper, see `sys::orphans`):
+//! Orphans reparented to the master (it is a child subreaper, see `sys::orphans`):
 //! ended with the command they came from, and all of them when the master
 //! exits. Nothing the server started outlives it unsupervised.
 
@@ -19,16 +19,16 @@ impl Master<'_> {
     /// Becomes the reaper of every orphaned descendant, and notes the
     /// children the process had before (a program that embeds the server may
     /// have some): they are not orphans of the server's.
-    pub(super) fn adopt_orphans(&mut self) {
+    pub(super) fn become_subreaper(&mut self) {
         self.children_before = orphans::children();
-        if let Err(errno) = orphans::adopt(true) {
+        if let Err(errno) = orphans::set_subreaper(true) {
             warn!("master: cannot become a child subreaper ({errno}): a daemon a command leaves behind goes to init, out of reach");
         }
     }
 
-    /// After a handover: orphans from now on go where they would without this master.
-    pub(super) fn stop_adopting_orphans(&self) {
-        if let Err(errno) = orphans::adopt(false) {
+    /// After the handover to a new master: orphans from now on go where they would without this master.
+    pub(super) fn stop_being_subreaper(&self) {
+        if let Err(errno) = orphans::set_subreaper(false) {
             warn!("master: cannot stop being a child subreaper ({errno})");
         }
     }
@@ -38,7 +38,7 @@ impl Master<'_> {
     /// the group with `setsid`).
     pub(super) fn end_what_the_command_left(&self, command: Pid) {
         process::signal_group(command, Sig::SIGKILL);
-        for orphan in orphans::adopted(|pid| self.is_known_child(pid)) {
+        for orphan in orphans::reparented(|pid| self.is_known_child(pid)) {
             if orphans::descends_from(orphan, command) {
                 let line = orphans::command_line(orphan);
                 info!("master: pid {orphan} (`{line}`), left behind by the command pid {command} outside its process group: killed");
@@ -49,7 +49,7 @@ impl Master<'_> {
 
     /// At the master's exit: every orphan still there is killed and reaped.
     pub(super) fn end_orphans(&self) {
-        let left = orphans::adopted(|pid| self.is_known_child(pid));
+        let left = orphans::reparented(|pid| self.is_known_child(pid));
         if left.is_empty() {
             return;
         }

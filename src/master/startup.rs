@@ -34,7 +34,7 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
     let mut origin = Origin {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),
-        handover: None,
+        old_master: None,
     };
     let listeners = match upgrade::inherited().map_err(Error::Handover)? {
         Some(inherited) => {
@@ -43,7 +43,7 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
                 "master: taking over {count} sockets from the old master (pid {})",
                 inherited.from
             );
-            origin.handover = Some(inherited.ready);
+            origin.old_master = Some(inherited.ready);
             listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
         }
         None => match upgrade::activated().map_err(Error::Activation)? {
@@ -68,7 +68,7 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
     // ...but not the sockets and the pipe an old master or systemd handed in,
     // which are the master's now, nor the log file (every child keeps it).
     let masters: Vec<RawFd> = (listeners.raw_fds())
-        .chain(origin.handover.as_ref().map(AsRawFd::as_raw_fd))
+        .chain(origin.old_master.as_ref().map(AsRawFd::as_raw_fd))
         .chain(crate::sys::logfile::raw_fd())
         .collect();
     let apps = before

@@ -170,7 +170,7 @@ impl Master<'_> {
                     // What the new master leaves behind from now on is its own
                     // business: were this one still the subreaper, a master the
                     // new one upgrades to would become this one's orphan.
-                    self.stop_adopting_orphans();
+                    self.stop_being_subreaper();
                     return self.begin_stop(Stop::Graceful);
                 }
                 Ok(0) => *closed = true,

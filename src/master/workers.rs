@@ -12,7 +12,7 @@ use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
 use crate::config::Balance;
 use crate::error::Error;
-use crate::sys::channel::{self, Channel, Command, Message};
+use crate::sys::channel::{self, Channel, ToMaster, ToWorker};
 use crate::sys::process::{self, human, Exit};
 use crate::sys::spawn;
 
@@ -141,11 +141,11 @@ impl Master<'_> {
             let failed = received
                 .messages
                 .iter()
-                .any(|message| matches!(message, Message::BootError(_)));
+                .any(|message| matches!(message, ToMaster::BootError(_)));
             for message in received.messages {
                 match message {
-                    Message::Ready => ready.push(pid),
-                    Message::Recycle => {
+                    ToMaster::Ready => ready.push(pid),
+                    ToMaster::Recycle => {
                         if let Some(slot) = self.fleet.pool.recycle(pid) {
                             self.scoreboard
                                 .slot(slot)
@@ -154,12 +154,12 @@ impl Master<'_> {
                             info!("worker {slot} (pid {pid}) served its --max-requests: replacing it, new one ready first");
                         }
                     }
-                    Message::Refused(slot) => {
+                    ToMaster::Refused(slot) => {
                         if self.fleet.pool.adoption_refused(slot, pid) {
                             warn!("master: pid {pid} could not take slot {slot}'s socket; offering it to another worker, if any");
                         }
                     }
-                    Message::BootError(text) => {
+                    ToMaster::BootError(text) => {
                         let slot = self.fleet.pool.slot_of(pid).map_or("?".into(), |s| s.to_string());
                         self.boot_error = Some(format!("worker {slot} (pid {pid}): {text}"));
                     }
@@ -302,11 +302,11 @@ impl Master<'_> {
             return;
         }
         for (slot, pid) in self.fleet.pool.releases() {
-            self.command(pid, Command::Release(slot));
+            self.tell(pid, ToWorker::Release(slot));
         }
         for (slot, pid) in self.fleet.pool.adoptions() {
             info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
-            self.command(pid, Command::Adopt(slot));
+            self.tell(pid, ToWorker::Adopt(slot));
         }
     }
 
@@ -326,16 +326,16 @@ impl Master<'_> {
         }
     }
 
-    fn command(&self, pid: Pid, command: Command) {
+    fn tell(&self, pid: Pid, order: ToWorker) {
         let Some(channel) = self.fleet.channel(pid) else {
             return; // exiting: its departure clears the adoption
         };
-        let socket = match command {
-            Command::Adopt(slot) => Some(self.sockets.listeners.for_slot(slot).as_fd()),
-            Command::Release(_) => None,
+        let socket = match order {
+            ToWorker::Adopt(slot) => Some(self.sockets.listeners.for_slot(slot).as_fd()),
+            ToWorker::Release(_) => None,
         };
-        if let Err(err) = channel.send(command, socket) {
-            warn!("master: cannot tell pid {pid} to {command}: {err}");
+        if let Err(err) = channel.send(order, socket) {
+            warn!("master: cannot tell pid {pid} to {order}: {err}");
         }
     }
 }

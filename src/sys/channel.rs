@@ -29,7 +29,7 @@ pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
 
 /// A message from a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Message {
+pub enum ToMaster {
     /// Runtime built, handlers installed, the service made: accepting now.
     Ready,
     /// Could not start; the text says why. The worker exits with code 3 next.
@@ -41,43 +41,43 @@ pub enum Message {
     Refused(usize),
 }
 
-impl Message {
+impl ToMaster {
     pub fn encode(&self) -> String {
         match self {
-            Message::Ready => "ready\n".into(),
-            Message::Recycle => "recycle\n".into(),
-            Message::Refused(slot) => format!("refused {slot}\n"),
+            ToMaster::Ready => "ready\n".into(),
+            ToMaster::Recycle => "recycle\n".into(),
+            ToMaster::Refused(slot) => format!("refused {slot}\n"),
             // One line per message: a multi-line error is folded.
-            Message::BootError(text) => format!("boot-error {}\n", text.replace('\n', " ")),
+            ToMaster::BootError(text) => format!("boot-error {}\n", text.replace('\n', " ")),
         }
     }
 
-    fn decode(line: &str) -> Option<Message> {
+    fn decode(line: &str) -> Option<ToMaster> {
         match line.split_once(' ') {
-            None if line == "ready" => Some(Message::Ready),
-            None if line == "recycle" => Some(Message::Recycle),
-            Some(("boot-error", text)) => Some(Message::BootError(text.to_owned())),
-            Some(("refused", slot)) => slot.parse().ok().map(Message::Refused),
+            None if line == "ready" => Some(ToMaster::Ready),
+            None if line == "recycle" => Some(ToMaster::Recycle),
+            Some(("boot-error", text)) => Some(ToMaster::BootError(text.to_owned())),
+            Some(("refused", slot)) => slot.parse().ok().map(ToMaster::Refused),
             _ => None,
         }
     }
 }
 
 /// As the logs say it: what the message asks or tells.
-impl std::fmt::Display for Message {
+impl std::fmt::Display for ToMaster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Message::Ready => f.write_str("ready"),
-            Message::Recycle => f.write_str("please replace me (--max-requests)"),
-            Message::Refused(slot) => write!(f, "cannot take slot {slot}'s socket"),
-            Message::BootError(text) => write!(f, "cannot boot: {text}"),
+            ToMaster::Ready => f.write_str("ready"),
+            ToMaster::Recycle => f.write_str("please replace me (--max-requests)"),
+            ToMaster::Refused(slot) => write!(f, "cannot take slot {slot}'s socket"),
+            ToMaster::BootError(text) => write!(f, "cannot boot: {text}"),
         }
     }
 }
 
-/// A command from the master.
+/// An order from the master to a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub enum ToWorker {
     /// Accept on this slot's socket too (the socket comes with the message).
     Adopt(usize),
     /// Stop accepting on this slot's socket: it has its own worker again.
@@ -85,41 +85,41 @@ pub enum Command {
 }
 
 /// As the logs say it.
-impl std::fmt::Display for Command {
+impl std::fmt::Display for ToWorker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Command::Adopt(slot) => write!(f, "accept on slot {slot}'s socket too"),
-            Command::Release(slot) => write!(f, "release slot {slot}'s socket"),
+            ToWorker::Adopt(slot) => write!(f, "accept on slot {slot}'s socket too"),
+            ToWorker::Release(slot) => write!(f, "release slot {slot}'s socket"),
         }
     }
 }
 
-impl Command {
+impl ToWorker {
     fn encode(self) -> String {
         match self {
-            Command::Adopt(slot) => format!("adopt {slot}\n"),
-            Command::Release(slot) => format!("release {slot}\n"),
+            ToWorker::Adopt(slot) => format!("adopt {slot}\n"),
+            ToWorker::Release(slot) => format!("release {slot}\n"),
         }
     }
 
-    fn decode(record: &[u8]) -> Option<Command> {
+    fn decode(record: &[u8]) -> Option<ToWorker> {
         let text = std::str::from_utf8(record).ok()?.strip_suffix('\n')?;
         let (verb, slot) = text.split_once(' ')?;
         let slot = slot.parse().ok()?;
         match verb {
-            "adopt" => Some(Command::Adopt(slot)),
-            "release" => Some(Command::Release(slot)),
+            "adopt" => Some(ToWorker::Adopt(slot)),
+            "release" => Some(ToWorker::Release(slot)),
             _ => None,
         }
     }
 }
 
-/// Worker side: receives one command and the fd that came with it, without
+/// Worker side: receives one order and the fd that came with it, without
 /// blocking (`WouldBlock` when there is none). `Ok(None)` means EOF: the master
-/// is gone. Unknown records are skipped. A command whose fd could not be
+/// is gone. Unknown records are skipped. An order whose fd could not be
 /// received (the kernel truncates the message when this process is at its file
 /// limit) comes without it: the caller refuses it; the channel is fine.
-pub fn receive_command(channel: BorrowedFd<'_>) -> io::Result<Option<(Command, Option<OwnedFd>)>> {
+pub fn receive_order(channel: BorrowedFd<'_>) -> io::Result<Option<(ToWorker, Option<OwnedFd>)>> {
     loop {
         let mut record = [0u8; 64];
         let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
@@ -149,14 +149,14 @@ pub fn receive_command(channel: BorrowedFd<'_>) -> io::Result<Option<(Command, O
             }
         }
         let bytes = message.bytes;
-        if let Some(command) = Command::decode(&record[..bytes]) {
-            return Ok(Some((command, fd)));
+        if let Some(order) = ToWorker::decode(&record[..bytes]) {
+            return Ok(Some((order, fd)));
         }
     }
 }
 
 /// Worker side: sends one message (a blocking write of a few bytes).
-pub fn send(channel: &mut UnixStream, message: &Message) -> io::Result<()> {
+pub fn send(channel: &mut UnixStream, message: &ToMaster) -> io::Result<()> {
     channel.write_all(message.encode().as_bytes())
 }
 
@@ -170,7 +170,7 @@ pub struct Channel {
 /// What reading a link produced.
 #[derive(Debug, Default)]
 pub struct Received {
-    pub messages: Vec<Message>,
+    pub messages: Vec<ToMaster>,
     /// The worker's end is closed (it exited, or is exiting).
     pub closed: bool,
 }
@@ -188,11 +188,11 @@ impl Channel {
         &self.stream
     }
 
-    /// Sends `command` to the worker, with `fd` attached if given. The record is
+    /// Sends `order` to the worker, with `fd` attached if given. The record is
     /// tiny and the worker reads continuously, so a full buffer means the worker is
     /// stuck or gone: an error the caller logs.
-    pub fn send(&self, command: Command, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let text = command.encode();
+    pub fn send(&self, order: ToWorker, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let text = order.encode();
         let raw = fd.map(|fd| [fd.as_raw_fd()]);
         let cmsgs: Vec<ControlMessage<'_>> = raw.iter().map(|fds| ControlMessage::ScmRights(fds)).collect();
         sendmsg::<()>(
@@ -227,7 +227,7 @@ impl Channel {
         while let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = self.pending.drain(..=end).collect();
             let text = String::from_utf8_lossy(&line[..end]);
-            received.messages.extend(Message::decode(&text));
+            received.messages.extend(ToMaster::decode(&text));
         }
         received
     }
@@ -238,33 +238,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_carry_their_fd_and_eof_is_none() {
+    fn orders_carry_their_fd_and_eof_is_none() {
         use std::os::fd::AsFd;
         let (master, worker) = pair().unwrap();
         let link = Channel::new(master).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        link.send(Command::Release(2), None).unwrap();
-        link.send(Command::Adopt(1), Some(listener.as_fd())).unwrap();
-        let (command, fd) = receive_command(worker.as_fd()).unwrap().unwrap();
-        assert_eq!((command, fd.is_none()), (Command::Release(2), true));
-        let (command, fd) = receive_command(worker.as_fd()).unwrap().unwrap();
-        assert_eq!(command, Command::Adopt(1));
+        link.send(ToWorker::Release(2), None).unwrap();
+        link.send(ToWorker::Adopt(1), Some(listener.as_fd())).unwrap();
+        let (order, fd) = receive_order(worker.as_fd()).unwrap().unwrap();
+        assert_eq!((order, fd.is_none()), (ToWorker::Release(2), true));
+        let (order, fd) = receive_order(worker.as_fd()).unwrap().unwrap();
+        assert_eq!(order, ToWorker::Adopt(1));
         let adopted = std::net::TcpListener::from(fd.expect("the socket came along"));
         assert_eq!(adopted.local_addr().unwrap(), listener.local_addr().unwrap());
         drop(link);
-        assert!(receive_command(worker.as_fd()).unwrap().is_none());
+        assert!(receive_order(worker.as_fd()).unwrap().is_none());
     }
 
     #[test]
     fn messages_cross_the_channel_and_eof_is_seen() {
         let (master, mut worker) = pair().unwrap();
         let mut link = Channel::new(master).unwrap();
-        send(&mut worker, &Message::Ready).unwrap();
-        send(&mut worker, &Message::BootError("cannot open\ndatabase".into())).unwrap();
+        send(&mut worker, &ToMaster::Ready).unwrap();
+        send(&mut worker, &ToMaster::BootError("cannot open\ndatabase".into())).unwrap();
         let received = link.receive();
         assert_eq!(
             received.messages,
-            [Message::Ready, Message::BootError("cannot open database".into())]
+            [ToMaster::Ready, ToMaster::BootError("cannot open database".into())]
         );
         assert!(!received.closed);
         drop(worker);

@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 
 use nix::unistd::{getpid, setpgid, Pid};
 
-use super::channel::{self, Message};
+use super::channel::{self, ToMaster};
 
 /// The child's exit code when the command could not be run.
 pub const CANNOT_EXEC: i32 = 127;
@@ -80,7 +80,7 @@ pub fn exec(launch: Launch<'_>) -> i32 {
         Err(why) => {
             let reason = format!("cannot run `{program}`: {why}");
             // The master may be gone too; then there is nobody to tell.
-            let _ = channel::send(&mut channel, &Message::BootError(reason));
+            let _ = channel::send(&mut channel, &ToMaster::BootError(reason));
             CANNOT_EXEC
         }
     }

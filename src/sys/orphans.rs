@@ -9,7 +9,7 @@
 //! executed (`/proc/<pid>/environ`): a command's descendants inherit the
 //! `LISTEN_PID` naming it. An orphan that rewrote its environment is not
 //! attributed; every orphan still there ends with the master. A master
-//! stops adopting once it has handed over to a new one (USR2): what comes
+//! stops being one once it has handed over to a new one (USR2): what comes
 //! after is the new master's.
 
 use nix::unistd::Pid;
@@ -18,8 +18,8 @@ use super::process;
 
 /// Makes the orphaned descendants of this process its children (`true`), or
 /// no longer (`false`).
-pub fn adopt(adopting: bool) -> nix::Result<()> {
-    nix::sys::prctl::set_child_subreaper(adopting)
+pub fn set_subreaper(on: bool) -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(on)
 }
 
 /// The children of this process now (live or not).
@@ -28,9 +28,9 @@ pub fn children() -> Vec<Pid> {
 }
 
 /// The live children of this process that `known` does not claim (they are
-/// not its workers, commands, admin process or successor): orphans adopted.
+/// not its workers, commands, admin process or successor): orphans reparented to it.
 /// (Zombies are left out: they are dead, and the next reap takes them.)
-pub fn adopted(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
+pub fn reparented(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
     let mut children = children();
     children.retain(|pid| !known(*pid) && !is_zombie(*pid) && !is_a_master(*pid));
     children

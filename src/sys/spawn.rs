@@ -15,7 +15,7 @@ use std::os::unix::net::UnixStream;
 use nix::sys::signal::Signal;
 use nix::unistd::{getpid, getppid, Pid};
 
-use super::channel::{self, Message};
+use super::channel::{self, ToMaster};
 use super::privileges::RunAs;
 use super::process::{self, exit_code};
 use super::signals::Signals;
@@ -81,7 +81,7 @@ pub fn spawn<C: Carried>(
                 crate::log::error!("{who}: {reason}");
                 if let Some(channel) = carried.channel() {
                     // The master may be gone too; the exit code says the same.
-                    let _ = channel::send(channel, &Message::BootError(reason));
+                    let _ = channel::send(channel, &ToMaster::BootError(reason));
                 }
                 return spec.failure_code;
             }

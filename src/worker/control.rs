@@ -1,5 +1,5 @@
 //! What steers a worker: its own signals (the worker column of the signal table)
-//! and the channel from the master (commands, and EOF when the master is gone).
+//! and the channel from the master (orders, and EOF when the master is gone).
 
 use std::io;
 use std::net::TcpListener as StdListener;
@@ -11,7 +11,7 @@ use tokio::io::Interest;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::sys::channel::{self, Command, Message};
+use crate::sys::channel::{self, ToMaster, ToWorker};
 
 /// How a worker stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +64,7 @@ impl Control {
     /// Sends `message` to the master, if it is still there. The record is a few
     /// bytes on an otherwise idle channel, so a non-blocking send does not fail
     /// for want of room.
-    pub fn tell_master(&self, message: &Message) {
+    pub fn tell_master(&self, message: &ToMaster) {
         let Some(master) = &self.master else { return };
         if let Err(err) = master.try_write(message.encode().as_bytes()) {
             warn!("cannot tell the master \"{message}\": {err}");
@@ -91,17 +91,17 @@ impl Control {
                 received = from_master(&self.master) => received,
             };
             match received {
-                Ok(Some((Command::Release(slot), _))) => return Event::Release(slot),
-                Ok(Some((Command::Adopt(slot), Some(fd)))) => match accepting(StdListener::from(fd)) {
+                Ok(Some((ToWorker::Release(slot), _))) => return Event::Release(slot),
+                Ok(Some((ToWorker::Adopt(slot), Some(fd)))) => match accepting(StdListener::from(fd)) {
                     Ok(listener) => return Event::Adopt(slot, listener),
                     Err(err) => {
                         warn!("cannot accept on slot {slot}'s socket: {err}; refusing it");
-                        self.tell_master(&Message::Refused(slot));
+                        self.tell_master(&ToMaster::Refused(slot));
                     }
                 },
-                Ok(Some((Command::Adopt(slot), None))) => {
+                Ok(Some((ToWorker::Adopt(slot), None))) => {
                     warn!("slot {slot}'s socket did not arrive (at the file limit?); refusing it");
-                    self.tell_master(&Message::Refused(slot));
+                    self.tell_master(&ToMaster::Refused(slot));
                 }
                 Ok(None) | Err(_) => {
                     self.master = None;
@@ -112,14 +112,14 @@ impl Control {
     }
 }
 
-/// The next command from the master; `Ok(None)` at EOF; never without a channel.
-async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Option<(Command, Option<OwnedFd>)>> {
+/// The next order from the master; `Ok(None)` at EOF; never without a channel.
+async fn from_master(master: &Option<tokio::net::UnixStream>) -> io::Result<Option<(ToWorker, Option<OwnedFd>)>> {
     let Some(stream) = master else {
         return std::future::pending().await;
     };
     loop {
         stream.readable().await?;
-        match stream.try_io(Interest::READABLE, || channel::receive_command(stream.as_fd())) {
+        match stream.try_io(Interest::READABLE, || channel::receive_order(stream.as_fd())) {
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             received => return received,
         }

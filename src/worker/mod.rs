@@ -36,7 +36,7 @@ use nix::unistd::getpid;
 use crate::config::Config;
 use crate::master::WorkerStart;
 use crate::service::WorkerApp;
-use crate::sys::channel::{self, Message};
+use crate::sys::channel::{self, ToMaster};
 use crate::sys::process::{self, exit_code};
 use crate::sys::scoreboard::{Record, State};
 use access::AccessLog;
@@ -90,7 +90,7 @@ where
             },
         };
         child_record.set_state(State::Ready);
-        if channel::send(&mut channel, &Message::Ready).is_err() {
+        if channel::send(&mut channel, &ToMaster::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
             return exit_code::OK;
         }
@@ -219,6 +219,6 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 fn boot_failed(name: &str, mut channel: UnixStream, code: i32, reason: String) -> i32 {
     error!("{name}: {reason}");
     // The master may already be gone; the exit code says the same thing.
-    let _ = channel::send(&mut channel, &Message::BootError(reason));
+    let _ = channel::send(&mut channel, &ToMaster::BootError(reason));
     code
 }

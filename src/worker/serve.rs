@@ -29,7 +29,7 @@ use super::park::{Idle, Parking};
 use super::protocol::Protocols;
 use crate::config::Config;
 use crate::service::{Made, WorkerApp};
-use crate::sys::channel::Message;
+use crate::sys::channel::ToMaster;
 use crate::sys::scoreboard::{Record, State};
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
@@ -263,7 +263,7 @@ async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (St
             () = shared.lifecycle.quota_reached() => {
                 let served = shared.lifecycle.served();
                 info!("{name}: served {served} requests (--max-requests): asking to be replaced");
-                control.tell_master(&Message::Recycle);
+                control.tell_master(&ToMaster::Recycle);
                 continue;
             }
         };
