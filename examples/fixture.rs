@@ -3,6 +3,8 @@
 //!
 //! Routes:
 //! - `/sleep?ms=N`: answers after N ms (a request in flight);
+//! - `/block?ms=N`: blocks the worker's thread N ms, as a synchronous database
+//!   call would; `/spin?ms=N`: burns N ms of CPU;
 //! - `/count`: requests this worker has served (per-worker state);
 //! - `/addr`: `client <addr> local <addr>`, the connection's two ends;
 //! - `/alloc?mb=N`: leaks N MiB (for `--max-worker-memory`);
@@ -113,6 +115,23 @@ async fn handle(
             tracing::info!("fixture (pid {pid}): sleeping {ms}ms"); // the tests wait for it
             tokio::time::sleep(Duration::from_millis(ms)).await;
             full(format!("slept {ms}ms in worker {pid}\n"))
+        }
+        (_, "/block") => {
+            // A synchronous call (a database driver's, say): the worker's
+            // thread, and so every connection of this worker, waits.
+            let ms = number("ms", 1000);
+            tracing::info!("fixture (pid {pid}): blocking {ms}ms"); // the tests wait for it
+            std::thread::sleep(Duration::from_millis(ms));
+            full(format!("blocked {ms}ms in worker {pid}\n"))
+        }
+        (_, "/spin") => {
+            let ms = number("ms", 10);
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut spins = 0u64;
+            while std::time::Instant::now() < until {
+                spins = std::hint::black_box(spins + 1);
+            }
+            full(format!("spun {ms}ms in worker {pid}\n"))
         }
         (_, "/count") => full(format!("worker {pid} has served {} requests\n", served.get())),
         (_, "/local-addr") => full(format!("{:?}\n", prefork_server::local_addr())),

@@ -46,6 +46,7 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
 
     let requests = Family::<Labels, Counter>::default();
     let connections = Family::<Labels, Gauge>::default();
+    let in_flight = Family::<Labels, Gauge>::default();
     let worker_uptime = Family::<Labels, Gauge>::default();
     let memory = Family::<Labels, Gauge>::default();
     for record in board.live() {
@@ -58,6 +59,9 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
         connections
             .get_or_create(&labels)
             .set(record.connections.load(Relaxed) as i64);
+        in_flight
+            .get_or_create(&labels)
+            .set(record.in_flight.load(Relaxed) as i64);
         let up = monotonic_ms().saturating_sub(record.started_ms.load(Relaxed)) / 1000;
         worker_uptime.get_or_create(&labels).set(up as i64);
         if let Some(rss) = resident(pid) {
@@ -66,6 +70,7 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
     }
     registry.register("requests", "Requests served by each live worker", requests);
     registry.register("connections", "Open connections of each live worker", connections);
+    registry.register("in_flight", "Requests each live worker has in flight", in_flight);
     registry.register(
         "worker_uptime_seconds",
         "Seconds since each live worker was spawned",
@@ -89,6 +94,32 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
         }
     }
     registry.register("restarts", "Workers replaced, by slot and reason", restarts);
+
+    let queue = Family::<Labels, Gauge>::default();
+    let steered = Family::<Labels, Counter>::default();
+    let stalled = Family::<Labels, Gauge>::default();
+    for slot in 0..header.workers.load(Relaxed) as usize {
+        let stats = board.slot(slot);
+        let labels = vec![("slot".to_owned(), slot.to_string())];
+        queue.get_or_create(&labels).set(stats.queue.load(Relaxed) as i64);
+        steered.get_or_create(&labels).inc_by(stats.steered.load(Relaxed));
+        stalled.get_or_create(&labels).set(stats.stalled.load(Relaxed) as i64);
+    }
+    registry.register(
+        "accept_queue",
+        "Connections waiting in the accept queue of each slot's socket",
+        queue,
+    );
+    registry.register(
+        "steered",
+        "New connections the steering program sent to each slot's socket",
+        steered,
+    );
+    registry.register(
+        "stalled",
+        "1 while a slot's worker is stalled (its socket lent to a sibling) or stopped",
+        stalled,
+    );
 
     let mut text = String::new();
     // Writing into a String cannot fail.

@@ -266,6 +266,12 @@ fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_j
         "uptime_s": seconds(record.started_ms.load(Relaxed)),
         "requests": record.requests.load(Relaxed),
         "connections": record.connections.load(Relaxed),
+        "in_flight": record.in_flight.load(Relaxed),
+        // The slot's socket: what waits in its accept queue, what the
+        // steering program sent there, whether its worker is stalled.
+        "queue": stats.queue.load(Relaxed),
+        "steered": stats.steered.load(Relaxed),
+        "stalled": stats.stalled.load(Relaxed) == 1,
         "rss_bytes": view.resident.of(pid),
         "restarts": stats.died.load(Relaxed) + stats.timed_out.load(Relaxed),
         "restarts_by_reason": {

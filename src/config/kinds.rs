@@ -10,8 +10,19 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Balance {
+    /// One SO_REUSEPORT socket per slot, and a program in the kernel that
+    /// sends each new connection to the less loaded of two ready slots; a
+    /// stalled worker's socket is also lent to a sibling, as with `lending`.
+    /// Where the kernel does not allow the program (no CAP_BPF, a kernel
+    /// before 5.5), `lending` alone, with the reason in the log.
+    Steered,
+    /// One SO_REUSEPORT socket per slot, placed by the kernel's hash; the
+    /// socket of a worker that stalls while connections wait on it is lent to
+    /// a sibling until it beats again. Needs no privilege.
+    Lending,
     /// One SO_REUSEPORT socket per slot, all bound by the master; the kernel
-    /// spreads connections by a hash of the 4-tuple; no shared accept queue.
+    /// spreads connections by a hash of the 4-tuple, blind to load; no shared
+    /// accept queue.
     Reuseport,
     /// One socket inherited by every worker (a single accept queue; simpler,
     /// but unbalanced under load).
@@ -107,11 +118,26 @@ impl FromStr for StopSignal {
 }
 
 impl Balance {
-    /// Its name, as the flag takes it (`reuseport`, `shared`).
+    /// Its name, as the flag takes it (`steered`, `reuseport`...).
     pub fn as_str(self) -> &'static str {
         match self {
+            Balance::Steered => "steered",
+            Balance::Lending => "lending",
             Balance::Reuseport => "reuseport",
             Balance::Shared => "shared",
         }
+    }
+
+    /// The sockets it needs: one per slot, or one for all.
+    pub(crate) fn layout(self) -> crate::sys::listener::Layout {
+        match self {
+            Balance::Shared => crate::sys::listener::Layout::Shared,
+            _ => crate::sys::listener::Layout::PerSlot,
+        }
+    }
+
+    /// Whether a stalled worker's socket is lent to a sibling.
+    pub(crate) fn lends(self) -> bool {
+        matches!(self, Balance::Steered | Balance::Lending)
     }
 }

@@ -51,7 +51,7 @@ impl Config {
     pub(crate) fn wanted_sockets(&self) -> crate::sys::listener::Wanted {
         crate::sys::listener::Wanted {
             addr: self.addr(),
-            balance: self.balance,
+            layout: self.balance.layout(),
             slots: self.workers.get(),
             backlog: self.backlog,
         }

@@ -47,9 +47,9 @@ pub struct Config;
     #[arg(long, env = "PREFORK_WORKERS", value_parser = clap::value_parser!(u16).range(1..=4096))]
     workers, set_workers: u16 => NonZeroUsize = workers;
 
-    /// How the workers share the port [default: reuseport]
+    /// How new connections reach the workers: steered (by load, in the kernel), lending, reuseport (the kernel's hash) or shared [default: steered]
     #[arg(long, env = "PREFORK_BALANCE", value_enum)]
-    balance, set_balance: Balance => Balance = or(Balance::Reuseport);
+    balance, set_balance: Balance => Balance = or(Balance::Steered);
 
     /// listen(2) backlog of each socket (the kernel caps it at net.core.somaxconn) [default: 1024]
     #[arg(long, env = "PREFORK_BACKLOG", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -6,7 +6,8 @@ use nix::sys::signal::Signal as Sig;
 use super::pool::Timeouts;
 use super::workers::Order;
 use super::{Master, Phase, Stop, FAST_STOP_DEADLINE, KILL_MARGIN};
-use crate::config::{Balance, Config};
+use crate::config::Config;
+use crate::sys::listener::Layout;
 use crate::sys::listener::{bind_admin, Listeners};
 use crate::sys::process::human;
 
@@ -139,6 +140,8 @@ impl Master<'_> {
         let workers = self.workers_after_reload(&new);
         self.config = new;
         self.run_as = run_as;
+        // The sockets may be new, or `--balance` another.
+        self.arrange_steering();
         self.warn_not_for_commands();
         self.fleet
             .pool
@@ -188,14 +191,14 @@ impl Master<'_> {
         let old_admin = self.sockets.listeners.replace_admin(None);
         fresh.replace_admin(old_admin);
         let old = std::mem::replace(&mut self.sockets.listeners, fresh);
-        let (addr, balance) = (self.sockets.listeners.addr(), self.sockets.listeners.balance().as_str());
+        let (addr, balance) = (self.sockets.listeners.addr(), self.sockets.listeners.layout().as_str());
         info!(
             "master: reload: {change}: listening on {addr} ({balance}); {} closes once its workers have exited",
             old.addr()
         );
         self.sockets.keep_old(old, self.fleet.pool.pids());
         self.fleet.pool.drop_vacant();
-        if self.sockets.listeners.balance() == Balance::Reuseport {
+        if self.sockets.listeners.layout() == Layout::PerSlot {
             self.sockets.listeners.ensure_slots(self.fleet.pool.slot_count())?;
         }
         Ok(())
@@ -243,10 +246,11 @@ impl Master<'_> {
             Ok(slots) => slots,
             Err(err) => return error!("master: {why} refused: {err}"),
         };
-        if self.sockets.listeners.balance() == Balance::Reuseport {
+        if self.sockets.listeners.layout() == Layout::PerSlot {
             if let Err(err) = self.sockets.listeners.ensure_slots(slots) {
                 return error!("master: {why} refused: {err}");
             }
+            self.arrange_steering();
         }
         let now = self.now;
         let kill_at = now + self.config.graceful_timeout + KILL_MARGIN;
@@ -282,7 +286,7 @@ fn needs_new_sockets(bound: &Listeners, new: &Config) -> Option<&'static str> {
         Some("changing host")
     } else if new.addr().port() != 0 && addr.port() != new.addr().port() {
         Some("changing port")
-    } else if bound.balance() != new.balance {
+    } else if bound.layout() != new.balance.layout() {
         Some("changing balance")
     } else {
         None

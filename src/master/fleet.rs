@@ -190,6 +190,11 @@ impl Fleet {
         self.live.iter().map(|live| (live.pid, live.record))
     }
 
+    /// The scoreboard record of the worker `pid`.
+    pub fn record(&self, pid: Pid) -> Option<usize> {
+        Some(self.live.iter().find(|live| live.pid == pid)?.record)
+    }
+
     pub fn is_live(&self, pid: Pid) -> bool {
         self.live.iter().any(|live| live.pid == pid)
     }

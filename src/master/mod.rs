@@ -37,6 +37,7 @@ mod phase;
 mod pool;
 mod sockets;
 mod startup;
+mod steering;
 mod systemd;
 mod upgrade;
 mod workers;
@@ -50,9 +51,9 @@ use crate::log::{error, info, warn};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::getpid;
 
-use crate::config::{Balance, Config};
+use crate::config::Config;
 use crate::error::Error;
-use crate::sys::listener::Listeners;
+use crate::sys::listener::{Layout, Listeners};
 use crate::sys::privileges::RunAs;
 use crate::sys::scoreboard::{Scoreboard, MASTER_BEAT};
 use crate::sys::sd_notify::Notifier;
@@ -86,6 +87,9 @@ pub(crate) struct WorkerStart<'a> {
     pub scoreboard: &'static Scoreboard,
     /// `--admin`: every worker accepts on it.
     pub admin: Option<&'a std::net::TcpListener>,
+    /// `--balance steered`: where the worker writes its slot's load for the
+    /// kernel's program (shared memory, no system call).
+    pub steer: Option<&'static crate::sys::steering::SlotLoad>,
 }
 
 /// What a forked worker runs; returns its exit code.
@@ -120,6 +124,8 @@ pub(crate) struct Origin {
     pub binary: Option<PathBuf>,
     /// The old master's readiness pipe.
     pub old_master: Option<File>,
+    /// The old master's steering (its maps and program), taken over.
+    pub steering: Option<[std::os::fd::OwnedFd; 3]>,
 }
 
 struct Master<'a> {
@@ -149,6 +155,8 @@ struct Master<'a> {
     systemd: Systemd,
     /// Exec mode: the notify socket, the accepting watch, the admin process.
     exec: exec::ExecMode,
+    /// How new connections reach the workers: the kernel program, stalls.
+    steer: steering::Steer,
     /// The children the process had before the server ran (not orphans of its).
     children_before: Vec<nix::unistd::Pid>,
     /// What the app had open before `run_with`: its Rust workers keep it.
@@ -157,17 +165,17 @@ struct Master<'a> {
 
 /// Supervises workers on `listeners` until a stop completes (Ok) or the master
 /// halts (Err, after every worker is gone).
-pub(crate) fn run(
+fn run(
     config: Config,
     run_as: Option<RunAs>,
     mut listeners: Listeners,
-    origin: Origin,
+    mut origin: Origin,
     scoreboard: &'static Scoreboard,
     app_fds: Vec<std::os::fd::RawFd>,
     entries: Entries<'_>,
 ) -> Result<(), Error> {
     let signals = Signals::install().map_err(Error::Signals)?;
-    let (addr, balance) = (listeners.addr(), listeners.balance().as_str());
+    let (addr, balance) = (listeners.addr(), config.balance.as_str());
     info!(
         "master (pid {}): starting {} workers on {addr} ({balance})",
         getpid(),
@@ -175,13 +183,14 @@ pub(crate) fn run(
     );
     // Sockets handed over by an upgrade may be more (or fewer) than the slots.
     let workers = config.workers.get();
-    let slots = match listeners.balance() {
-        Balance::Reuseport => listeners.slot_count().max(workers),
-        Balance::Shared => workers,
+    let slots = match listeners.layout() {
+        Layout::PerSlot => listeners.slot_count().max(workers),
+        Layout::Shared => workers,
     };
-    if listeners.balance() == Balance::Reuseport {
+    if listeners.layout() == Layout::PerSlot {
         listeners.ensure_slots(slots)?;
     }
+    let steer = steering::Steer::inherited(origin.steering.take());
     let now = Instant::now();
     let mut pool = Pool::new(slots, now);
     pool.resize(workers, now, now); // vacates the extra ones; there is no worker yet
@@ -201,10 +210,12 @@ pub(crate) fn run(
         health: health::Health::new(now),
         systemd: Systemd::new(Notifier::from_env(), now),
         exec: exec::ExecMode::default(),
+        steer,
         children_before: Vec::new(),
         app_fds,
     };
     master.become_subreaper();
+    master.arrange_steering();
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
     master.warn_not_for_commands();
@@ -259,8 +270,9 @@ impl Master<'_> {
                 return std::mem::replace(&mut self.phase, Phase::Running).into_result();
             }
             self.announce_when_ready();
-            // Last: it acts on everything above (a new ready line, a retired
+            // Last: they act on everything above (a new ready line, a retired
             // worker, a vacant slot) before the next, possibly long, sleep.
+            self.steer();
             self.arrange_adoptions();
             // After every write of this wake-up: the admin views re-render.
             self.scoreboard
@@ -282,6 +294,7 @@ impl Master<'_> {
             .chain(watchdog)
             .chain(self.phase.leaving_until())
             .chain(self.exec_deadline(now))
+            .chain(self.steer.deadline())
             // At least once a beat: `/livez` reads the master's last wake-up.
             .chain([now + MASTER_BEAT]);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
@@ -371,7 +384,10 @@ impl Master<'_> {
         let Some(Announcement { first, addr, admin }) = self.sockets.announcement() else {
             return;
         };
-        let (workers, balance) = (self.fleet.pool.len(), self.sockets.listeners.balance().as_str());
+        let workers = self.fleet.pool.len();
+        let balance = self
+            .steer
+            .describe(self.config.balance, self.sockets.listeners.layout());
         if first {
             // Before the ready line: whoever waits for it may read the file next.
             // The directory was checked at startup; a disk that filled since

@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, RawFd};
 
 use super::{Entries, Origin};
-use crate::config::{Balance, Config};
+use crate::config::Config;
 use crate::error::Error;
 use crate::sys::{listener, process, scoreboard, upgrade};
 
@@ -35,6 +35,7 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),
         old_master: None,
+        steering: None,
     };
     let listeners = match upgrade::inherited().map_err(Error::Handover)? {
         Some(inherited) => {
@@ -44,22 +45,23 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
                 inherited.from
             );
             origin.old_master = Some(inherited.ready);
-            listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.balance, config.backlog)?
+            origin.steering = inherited.steering;
+            listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.layout, config.backlog)?
         }
         None => match upgrade::activated().map_err(Error::Activation)? {
             Some(sockets) => {
-                let balance = if sockets.len() == 1 {
-                    Balance::Shared
+                let layout = if sockets.len() == 1 {
+                    listener::Layout::Shared
                 } else {
-                    Balance::Reuseport
+                    listener::Layout::PerSlot
                 };
                 let count = sockets.len();
                 crate::log::info!(
                     "master: socket activation: {count} sockets from systemd ({})",
-                    balance.as_str()
+                    layout.as_str()
                 );
                 let admin = config.admin.map(listener::bind_admin).transpose()?;
-                listener::Listeners::inherit(sockets, admin, balance, config.backlog)?
+                listener::Listeners::inherit(sockets, admin, layout, config.backlog)?
             }
             None => listener::Listeners::bind(config.wanted_sockets(), config.admin)?,
         },

@@ -41,6 +41,11 @@ pub(super) enum Upgrade {
 }
 
 impl Upgrade {
+    /// This master has handed over to a new one.
+    pub fn handed_over(&self) -> bool {
+        matches!(self, Upgrade::HandedOver(_))
+    }
+
     /// The readiness pipe, while it is worth polling.
     pub(super) fn fd(&self) -> Option<BorrowedFd<'_>> {
         match self {
@@ -133,7 +138,7 @@ impl Master<'_> {
         else {
             return error!("master: upgrade refused: the path of this binary is unknown; set --upgrade-binary");
         };
-        match upgrade::spawn_successor(&binary, &self.origin.args, &self.sockets.listeners) {
+        match upgrade::spawn_successor(&binary, &self.origin.args, &self.sockets.listeners, self.steer.fds()) {
             Ok(successor) => {
                 let timeout = human(self.config.upgrade_timeout);
                 info!(

@@ -10,9 +10,9 @@ use nix::unistd::Pid;
 use super::fleet::{Delivery, Kind};
 use super::pool::{Departure, Ready, Spawn};
 use super::{Master, Stop, FAST_STOP_DEADLINE};
-use crate::config::Balance;
 use crate::error::Error;
 use crate::sys::channel::{self, Channel, ToMaster, ToWorker};
+use crate::sys::listener::Layout;
 use crate::sys::process::{self, human, Exit};
 use crate::sys::spawn;
 
@@ -111,6 +111,7 @@ impl Master<'_> {
             self.scoreboard,
             &self.sockets.listeners,
         );
+        let steer = self.steer.slot_load(slot);
         let pid = spawn::spawn(&self.signals, start, worker_end, move |channel| {
             worker_main(super::WorkerStart {
                 slot,
@@ -120,6 +121,7 @@ impl Master<'_> {
                 record: scoreboard.record(record),
                 scoreboard,
                 admin: listeners.admin(),
+                steer,
             })
         })?;
         self.scoreboard
@@ -295,7 +297,7 @@ impl Master<'_> {
     pub(super) fn arrange_adoptions(&mut self) {
         // Before the first ready line every slot is booting at once: nobody to hand to.
         // A command cannot take another socket: its slot's queue waits for its respawn.
-        if self.sockets.listeners.balance() != Balance::Reuseport
+        if self.sockets.listeners.layout() != Layout::PerSlot
             || !self.sockets.announced_once()
             || self.config.command.is_some()
         {

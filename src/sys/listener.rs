@@ -11,8 +11,26 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 
-use crate::config::Balance;
 use crate::error::Error;
+
+/// How the serving sockets are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One SO_REUSEPORT socket per slot, in one reuseport group.
+    PerSlot,
+    /// One socket every worker accepts on.
+    Shared,
+}
+
+impl Layout {
+    /// As an old master hands it down, and as the log says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layout::PerSlot => "reuseport",
+            Layout::Shared => "shared",
+        }
+    }
+}
 
 /// The listening sockets, bound and listening. Their blocking mode is each
 /// child's to set as it needs it (the Rust workers make them non-blocking, for
@@ -21,7 +39,7 @@ use crate::error::Error;
 pub struct Listeners {
     sockets: Vec<TcpListener>,
     addr: SocketAddr,
-    balance: Balance,
+    layout: Layout,
     backlog: u32,
     /// `--admin`: one plain socket every worker accepts on.
     admin: Option<TcpListener>,
@@ -31,7 +49,7 @@ pub struct Listeners {
 #[derive(Debug, Clone, Copy)]
 pub struct Wanted {
     pub addr: SocketAddr,
-    pub balance: Balance,
+    pub layout: Layout,
     /// Slots: one socket each with `reuseport`, one for all with `shared`.
     pub slots: usize,
     pub backlog: u32,
@@ -44,16 +62,16 @@ impl Listeners {
     pub fn bind_serving(wanted: Wanted) -> Result<Listeners, Error> {
         let Wanted {
             addr: asked,
-            balance,
+            layout,
             slots,
             backlog,
         } = wanted;
         let fail = |addr| move |source| Error::Bind { addr, source };
-        let count = match balance {
-            Balance::Reuseport => slots,
-            Balance::Shared => 1,
+        let count = match layout {
+            Layout::PerSlot => slots,
+            Layout::Shared => 1,
         };
-        let reuseport = balance == Balance::Reuseport;
+        let reuseport = layout == Layout::PerSlot;
         if reuseport && asked.port() != 0 {
             // A SO_REUSEPORT bind silently *joins* any other server already
             // listening there with SO_REUSEPORT. A plain bind fails instead, which
@@ -69,7 +87,7 @@ impl Listeners {
         Ok(Listeners {
             sockets,
             addr,
-            balance,
+            layout,
             backlog,
             admin: None,
         })
@@ -118,7 +136,7 @@ impl Listeners {
     pub fn inherit(
         sockets: Vec<TcpListener>,
         admin: Option<TcpListener>,
-        balance: Balance,
+        layout: Layout,
         backlog: u32,
     ) -> Result<Listeners, Error> {
         let first = sockets
@@ -135,7 +153,7 @@ impl Listeners {
         Ok(Listeners {
             sockets,
             addr,
-            balance,
+            layout,
             backlog,
             admin,
         })
@@ -160,15 +178,15 @@ impl Listeners {
         self.addr
     }
 
-    pub fn balance(&self) -> Balance {
-        self.balance
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The socket worker `slot` accepts on.
     pub fn for_slot(&self, slot: usize) -> &TcpListener {
-        match self.balance {
-            Balance::Reuseport => &self.sockets[slot],
-            Balance::Shared => &self.sockets[0],
+        match self.layout {
+            Layout::PerSlot => &self.sockets[slot],
+            Layout::Shared => &self.sockets[0],
         }
     }
 
@@ -187,6 +205,30 @@ impl Listeners {
         use std::os::fd::AsRawFd;
         self.sockets.iter().chain(&self.admin).map(AsRawFd::as_raw_fd)
     }
+}
+
+/// Connections waiting in a listening socket's accept queue, and its backlog
+/// (`TCP_INFO`: for a listener, `tcpi_unacked` is the queue and `tcpi_sacked`
+/// the backlog, as `ss -lnt` shows them).
+pub fn queue(socket: &TcpListener) -> io::Result<(u32, u32)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `tcp_info` is plain integers; all zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: getsockopt on a socket this process holds, into a buffer of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 /// The `--admin` socket: a plain one, accepted on by every worker.

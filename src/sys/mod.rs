@@ -10,6 +10,9 @@
 //! - `signals`    the signal table, record-only handlers, the self-pipe
 //! - `channel`    the master ↔ worker channel: messages, commands with an fd, EOF
 //! - `listener`   every socket option; bound before any fork
+//! - `steering`   load-aware steering: the SK_REUSEPORT program, its maps, the
+//!   memory the workers write their load to
+//! - `bpf`        the bpf(2) commands the steering needs
 //! - `logfile`    `--log-file`, reopened on USR1
 //! - `output`     the master's stdout and stderr: written at once or dropped, never waited on
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
@@ -23,6 +26,7 @@
 //! - `orphans`    the master as child subreaper; which command an orphan came from
 
 pub(crate) mod accepting;
+pub(crate) mod bpf;
 pub(crate) mod channel;
 pub(crate) mod exec;
 pub(crate) mod listener;
@@ -37,4 +41,5 @@ pub(crate) mod scoreboard;
 pub(crate) mod sd_notify;
 pub(crate) mod signals;
 pub(crate) mod spawn;
+pub(crate) mod steering;
 pub(crate) mod upgrade;

@@ -37,11 +37,8 @@ pub fn reparented(known: impl Fn(Pid) -> bool) -> Vec<Pid> {
 }
 
 fn is_zombie(pid: Pid) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return true; // gone already
-    };
-    stat.rsplit_once(')')
-        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    // Gone already counts as one.
+    process::state(pid).map_or(true, |state| state == 'Z')
 }
 
 /// A master started by an upgrade (its environment says which master it

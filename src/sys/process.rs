@@ -136,6 +136,14 @@ pub fn family(pid: Pid, most: usize) -> Vec<Pid> {
 }
 
 /// The children of `parent` (live or not), from `/proc/<pid>/task/<tid>/children`.
+/// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` for stopped, `Z`...);
+/// `None` if the process is gone.
+pub fn state(pid: Pid) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
 pub fn children(parent: Pid) -> Vec<Pid> {
     let mut children = Vec::new();
     for task in tasks(parent) {

@@ -21,7 +21,7 @@ use nix::time::{clock_gettime, ClockId};
 /// The `--workers` limit.
 pub const SLOTS: usize = 4096;
 /// Enough for every slot with a replacement booting, and as many retiring.
-/// 128 bytes each; untouched pages cost nothing.
+/// 136 bytes each; untouched pages cost nothing.
 const RECORDS: usize = 4 * SLOTS;
 
 /// What the master writes about the whole server.
@@ -63,6 +63,14 @@ pub struct SlotStats {
     pub recycled: AtomicU64,
     /// The last worker exit of this slot: 0 none, `1 << 32 | code`, `2 << 32 | signal`.
     pub last_exit: AtomicU64,
+    /// Connections waiting in the accept queue of this slot's socket, as the
+    /// master last measured it (`--balance steered` or `lending`: ten times a
+    /// second; otherwise at its wake-ups).
+    pub queue: AtomicU64,
+    /// Connections the steering program sent to this slot's socket.
+    pub steered: AtomicU64,
+    /// 1 while its worker is stalled (its socket lent) or, a command, stopped.
+    pub stalled: AtomicU64,
 }
 
 /// The whole mapping.
@@ -86,6 +94,8 @@ pub struct Record {
     pub heartbeat_ms: AtomicU64,
     pub requests: AtomicU64,
     pub connections: AtomicU64,
+    /// Requests in flight now.
+    pub in_flight: AtomicU64,
     /// When the worker was spawned, in [`monotonic_ms`].
     pub started_ms: AtomicU64,
     /// Exec mode: the last `STATUS=` the command sent, up to [`STATUS_BYTES`]
@@ -163,6 +173,10 @@ impl Scoreboard {
         &self.board().slots[slot]
     }
 
+    pub fn slots(&self) -> &[SlotStats] {
+        &self.board().slots
+    }
+
     /// Every live worker's record (a snapshot: each field is read on its own).
     pub fn live(&self) -> impl Iterator<Item = &Record> {
         self.records()
@@ -186,6 +200,7 @@ impl Scoreboard {
         record.heartbeat_ms.store(monotonic_ms(), Relaxed);
         record.requests.store(0, Relaxed);
         record.connections.store(0, Relaxed);
+        record.in_flight.store(0, Relaxed);
         record.started_ms.store(monotonic_ms(), Relaxed);
         record.set_status("");
         Some(index)
@@ -242,8 +257,13 @@ impl Record {
 
 /// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process.
 pub fn monotonic_ms() -> u64 {
+    monotonic_ns() / 1_000_000
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of BPF's `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
     let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
-    (now.tv_sec() as u64) * 1000 + (now.tv_nsec() as u64) / 1_000_000
+    (now.tv_sec() as u64) * 1_000_000_000 + now.tv_nsec() as u64
 }
 
 #[cfg(test)]

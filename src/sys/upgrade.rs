@@ -21,7 +21,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
 use std::net::TcpListener;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -31,7 +31,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::unistd::Pid;
 use socket2::{SockRef, Type};
 
-use crate::config::Balance;
+use crate::sys::listener::Layout;
 use crate::sys::listener::Listeners;
 
 const FDS: &str = "PREFORK_LISTEN_FDS";
@@ -39,6 +39,8 @@ const BALANCE: &str = "PREFORK_BALANCE";
 const READY_FD: &str = "PREFORK_READY_FD";
 const FROM: &str = "PREFORK_UPGRADE_FROM";
 const ADMIN_FD: &str = "PREFORK_ADMIN_FD";
+/// The first of the steering's three fds (its maps and program, see `sys::steering`).
+const STEERING_FD: &str = "PREFORK_STEERING_FD";
 /// The first inherited fd, as in systemd's `LISTEN_FDS` protocol.
 const FIRST_FD: RawFd = 3;
 
@@ -52,7 +54,12 @@ pub struct Successor {
 /// Old master: starts `binary` with `args`, the listeners at fd 3.., and a
 /// readiness pipe. Uses `std::process::Command`, which execs at once in the child,
 /// so none of this process's state survives into the new master.
-pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) -> io::Result<Successor> {
+pub fn spawn_successor(
+    binary: &Path,
+    args: &[OsString],
+    listeners: &Listeners,
+    steering: Option<[BorrowedFd<'_>; 3]>,
+) -> io::Result<Successor> {
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let mut mappings = Vec::new();
     for (index, socket) in listeners.sockets().enumerate() {
@@ -74,15 +81,26 @@ pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) 
             child_fd: admin_fd,
         });
     }
+    let steering_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd) + 1;
+    for (index, fd) in steering.iter().flatten().enumerate() {
+        mappings.push(FdMapping {
+            parent_fd: fd.try_clone_to_owned()?,
+            child_fd: steering_fd + index as RawFd,
+        });
+    }
     let mut command = Command::new(binary);
     command
         .args(args)
         .env(FDS, listeners.sockets().count().to_string())
-        .env(BALANCE, listeners.balance().as_str())
+        .env(BALANCE, listeners.layout().as_str())
         .env(READY_FD, ready_fd.to_string())
         .env(FROM, std::process::id().to_string())
         .env_remove(ADMIN_FD)
+        .env_remove(STEERING_FD)
         .stdin(Stdio::null());
+    if steering.is_some() {
+        command.env(STEERING_FD, steering_fd.to_string());
+    }
     if listeners.admin().is_some() {
         command.env(ADMIN_FD, admin_fd.to_string());
     }
@@ -117,10 +135,12 @@ pub fn spawn_successor(binary: &Path, args: &[OsString], listeners: &Listeners) 
 /// What a new master inherited from the old one.
 pub struct Inherited {
     pub sockets: Vec<TcpListener>,
-    pub balance: Balance,
+    pub layout: Layout,
     /// Where to say `ready`.
     pub ready: File,
     pub admin: Option<TcpListener>,
+    /// The old master's steering (its two maps and its program), if it steered.
+    pub steering: Option<[OwnedFd; 3]>,
     pub from: String,
 }
 
@@ -136,9 +156,9 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .to_str()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| bad("PREFORK_LISTEN_FDS is not a number"))?;
-    let balance = match std::env::var(BALANCE).as_deref() {
-        Ok("shared") => Balance::Shared,
-        Ok("reuseport") => Balance::Reuseport,
+    let layout = match std::env::var(BALANCE).as_deref() {
+        Ok("shared") => Layout::Shared,
+        Ok("reuseport") => Layout::PerSlot,
         _ => return Err(bad("PREFORK_BALANCE is missing or unknown")),
     };
     let ready_fd: RawFd = std::env::var(READY_FD)
@@ -147,18 +167,24 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .ok_or_else(|| bad("no PREFORK_READY_FD"))?;
     let from = std::env::var(FROM).unwrap_or_default();
     let admin_fd: Option<RawFd> = std::env::var(ADMIN_FD).ok().and_then(|n| n.parse().ok());
-    for name in [FDS, BALANCE, READY_FD, FROM, ADMIN_FD] {
+    let steering_fd: Option<RawFd> = std::env::var(STEERING_FD).ok().and_then(|n| n.parse().ok());
+    for name in [FDS, BALANCE, READY_FD, FROM, ADMIN_FD, STEERING_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
     let sockets = inherit_listeners(count)?;
     let ready = File::from(claim_fd(ready_fd)?);
     let admin = admin_fd.map(claim_fd).transpose()?.map(TcpListener::from);
+    let steering = match steering_fd {
+        Some(fd) => Some([claim_fd(fd)?, claim_fd(fd + 1)?, claim_fd(fd + 2)?]),
+        None => None,
+    };
     Ok(Some(Inherited {
         sockets,
-        balance,
+        layout,
         ready,
         admin,
+        steering,
         from,
     }))
 }

@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use super::access::AccessLog;
 use super::io::Clock;
 use crate::sys::scoreboard::Record;
+use crate::sys::steering::SlotLoad;
 
 /// What every response of this worker looks at: has the drain started (then it
 /// carries `Connection: close`), and has the worker served its request quota.
@@ -29,10 +30,20 @@ pub struct Lifecycle {
     pub(super) access_log: Option<AccessLog>,
     /// `--max-body-size`, or `u64::MAX`.
     pub(super) max_body: u64,
+    /// Requests in flight on every connection of this worker.
+    in_flight: Cell<u32>,
+    /// `--balance steered`: where the kernel's program reads this slot's load.
+    steer: Option<&'static SlotLoad>,
 }
 
 impl Lifecycle {
-    pub fn new(quota: u64, record: &'static Record, access_log: Option<AccessLog>, max_body: Option<u64>) -> Lifecycle {
+    pub fn new(
+        quota: u64,
+        record: &'static Record,
+        steer: Option<&'static SlotLoad>,
+        access_log: Option<AccessLog>,
+        max_body: Option<u64>,
+    ) -> Lifecycle {
         Lifecycle {
             draining: Cell::new(false),
             served: Cell::new(0),
@@ -42,6 +53,27 @@ impl Lifecycle {
             clock: Arc::new(Clock::default()),
             access_log,
             max_body: max_body.unwrap_or(u64::MAX),
+            in_flight: Cell::new(0),
+            steer,
+        }
+    }
+
+    /// A request has begun: one more in flight (for the steering's load).
+    pub(super) fn request_began(&self) {
+        self.set_in_flight(self.in_flight.get() + 1);
+    }
+
+    /// A request's response is done, or dropped.
+    pub(super) fn request_ended(&self) {
+        self.set_in_flight(self.in_flight.get().saturating_sub(1));
+    }
+
+    fn set_in_flight(&self, requests: u32) {
+        self.in_flight.set(requests);
+        self.record.in_flight.store(u64::from(requests), Relaxed);
+        // Draining, the slot's load is its successor's to write.
+        if let (Some(steer), false) = (self.steer, self.draining.get()) {
+            steer.set_in_flight(requests);
         }
     }
 

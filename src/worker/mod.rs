@@ -68,6 +68,7 @@ where
             record: child_record,
             scoreboard,
             admin,
+            steer,
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
@@ -107,7 +108,11 @@ where
                 None
             }
         });
-        serve(listener, service, control, config, child_record, access_log, &name).await;
+        let reports = serve::Reports {
+            record: child_record,
+            steer,
+        };
+        serve(listener, service, control, config, reports, access_log, &name).await;
         admin.inspect(|task| task.abort());
         exit_code::OK
     });

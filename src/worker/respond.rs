@@ -167,6 +167,7 @@ const NO_STREAM: Stream = u32::MAX;
 impl InFlight {
     fn new(entry: Rc<Entry>, pending: Option<Box<Pending>>) -> InFlight {
         entry.in_flight.set(entry.in_flight.get() + 1);
+        entry.lifecycle.request_began();
         entry.request_came();
         let stream = entry.streams.get().map_or(NO_STREAM, |streams| streams.open());
         InFlight(entry, pending, stream)
@@ -184,6 +185,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let entry = &self.0;
         entry.in_flight.set(entry.in_flight.get() - 1);
+        entry.lifecycle.request_ended();
         entry.stamps.idle_now();
         if self.2 != NO_STREAM {
             if let Some(streams) = entry.streams.get() {

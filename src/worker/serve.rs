@@ -31,6 +31,7 @@ use crate::config::Config;
 use crate::service::{Made, WorkerApp};
 use crate::sys::channel::ToMaster;
 use crate::sys::scoreboard::{Record, State};
+use crate::sys::steering::SlotLoad;
 
 /// After a failed accept (EMFILE, ENOBUFS...), wait this long before the next:
 /// retrying at once would spin, since the connection is still queued.
@@ -50,6 +51,14 @@ const IDLE_GRACE: Duration = Duration::from_secs(1);
 /// hyper connection its next request needs.
 const PARK_AFTER: Duration = Duration::from_secs(1);
 
+/// Where this worker says how it is doing: its scoreboard record, and
+/// (`--balance steered`) its slot's load for the kernel's program.
+#[derive(Clone, Copy)]
+pub struct Reports {
+    pub record: &'static Record,
+    pub steer: Option<&'static SlotLoad>,
+}
+
 /// What every accept loop and connection of this worker shares.
 struct Shared<S: WorkerApp> {
     service: S,
@@ -59,6 +68,8 @@ struct Shared<S: WorkerApp> {
     /// `None` if its epoll instance could not be made: nothing is parked then.
     parking: Option<Parking<S::Service>>,
     name: String,
+    /// `--balance steered`: this slot's load, for the kernel's program.
+    steer: Option<&'static SlotLoad>,
 }
 
 /// Serves `service` on `listener` (and adopted sockets) until `control` says
@@ -68,20 +79,26 @@ pub async fn serve<S: WorkerApp>(
     service: S,
     control: Control,
     config: &Config,
-    record: &'static Record,
+    reports: Reports,
     access_log: Option<AccessLog>,
     name: &str,
 ) {
+    let Reports { record, steer } = reports;
+    let lifecycle = Lifecycle::new(quota(config), record, steer, access_log, config.max_body_size);
     let shared = Rc::new(Shared {
         service,
         protocols: Protocols::new(config),
-        lifecycle: Rc::new(Lifecycle::new(quota(config), record, access_log, config.max_body_size)),
+        lifecycle: Rc::new(lifecycle),
         connections: Rc::new(Connections::new(record, config.max_connections)),
         parking: Parking::new()
             .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))
             .ok(),
         name: name.to_owned(),
+        steer,
     });
+    if let Some(steer) = steer {
+        steer.start();
+    }
     let stopped = serve_until_stopped(Rc::new(listener), control, &shared, config, record).await;
     match stopped.how {
         Stop::Fast => info!("{name}: {}: exiting now", stopped.why),
@@ -107,7 +124,7 @@ async fn serve_until_stopped<S: WorkerApp>(
     config: &Config,
     record: &'static Record,
 ) -> Stopped {
-    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(shared)));
+    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(shared), shared.steer));
     let limits = Limits {
         idle: ticks(config.header_read_timeout),
         idle_close: Asked::Close,
@@ -214,6 +231,9 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     loop {
         interval.tick().await;
         record.beat();
+        if let Some(steer) = shared.steer.filter(|_| !shared.lifecycle.is_draining()) {
+            steer.beat();
+        }
         if parked_last_tick >= TRIM_AFTER_PARKING {
             give_freed_memory_back();
         }
@@ -273,7 +293,7 @@ async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (St
             Event::Adopt(slot, listener) => {
                 debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
                 let listener = Rc::new(listener);
-                let task = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared)));
+                let task = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared), None));
                 adopted.push((slot, task, listener));
             }
             Event::Release(slot) => {
@@ -290,13 +310,28 @@ async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (St
 /// Sibling slots' sockets this worker accepts on: the slot, its accept loop, the socket.
 type Adopted = Vec<(usize, JoinHandle<()>, Rc<TcpListener>)>;
 
-async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>) {
+/// Accepts on `listener` until aborted. `steer`: the slot's load, on the
+/// slot's own socket (the program counts what it steered there; what is taken
+/// from the queue is counted here, and an empty queue resets the difference).
+async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>, steer: Option<&'static SlotLoad>) {
     loop {
         // At --max-connections, the next connections wait in the kernel's
         // queue of this socket until one of this worker's closes.
         shared.connections.below_limit().await;
-        match listener.accept().await {
-            Ok((stream, client)) => start_connection(stream, client, &shared),
+        let accepted = std::future::poll_fn(|cx| {
+            let polled = listener.poll_accept(cx);
+            if let (Some(steer), true) = (steer, polled.is_pending()) {
+                steer.queue_empty();
+            }
+            polled
+        });
+        match accepted.await {
+            Ok((stream, client)) => {
+                if let Some(steer) = steer {
+                    steer.took_one();
+                }
+                start_connection(stream, client, &shared)
+            }
             Err(err) if is_transient(&err) => {}
             Err(err) => {
                 warn!(

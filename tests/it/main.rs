@@ -21,6 +21,7 @@ mod requests;
 mod rotation;
 mod serving;
 mod setup;
+mod steering;
 mod stopping;
 mod supervision;
 mod systemd;

@@ -371,7 +371,7 @@ impl Pool {
     }
 
     /// Gives every slot that has no ready worker (backing off, booting, or vacant)
-    /// an adopter: a ready worker of another slot. Connections the kernel hashes
+    /// or a stalled one an adopter: a ready worker of another slot. Connections the kernel hashes
     /// to its socket would otherwise wait in its queue. The adopter is the ready
     /// worker with the fewest sockets so far (its own and those it adopted), the
     /// nearest following slot's among equals: the kernel spreads new connections
@@ -385,7 +385,7 @@ impl Pool {
         let n = self.slots.len();
         // Sockets per ready worker: its own, and those it adopted already.
         let mut sockets: Vec<(Pid, usize)> = (0..n)
-            .filter_map(|slot| self.ready_pid(slot))
+            .filter_map(|slot| self.serving_pid(slot))
             .map(|pid| (pid, 1))
             .collect();
         for slot in &self.slots {
@@ -395,13 +395,13 @@ impl Pool {
         }
         let mut adopted = Vec::new();
         for index in 0..n {
-            if self.slots[index].adopter.is_some() || self.ready_pid(index).is_some() {
+            if self.slots[index].adopter.is_some() || self.serving_pid(index).is_some() {
                 continue;
             }
             let refused = &self.slots[index].refused_by;
             let candidates = (1..n)
                 .map(|step| (index + step) % n)
-                .filter_map(|other| self.ready_pid(other));
+                .filter_map(|other| self.serving_pid(other));
             let least = candidates.filter(|pid| !refused.contains(pid)).min_by_key(|pid| {
                 sockets
                     .iter()
@@ -437,7 +437,7 @@ impl Pool {
     pub fn releases(&mut self) -> Vec<(usize, Pid)> {
         let mut released = Vec::new();
         for index in 0..self.slots.len() {
-            if self.ready_pid(index).is_some() {
+            if self.serving_pid(index).is_some() {
                 self.slots[index].refused_by.clear();
                 if let Some(pid) = self.slots[index].adopter.take() {
                     released.push((index, pid));
@@ -449,6 +449,35 @@ impl Pool {
 
     fn ready_pid(&self, slot: usize) -> Option<Pid> {
         self.slots[slot].ready_pid()
+    }
+
+    /// Its ready worker, unless that worker is stalled.
+    fn serving_pid(&self, slot: usize) -> Option<Pid> {
+        let slot = &self.slots[slot];
+        slot.ready_pid().filter(|_| !slot.stalled)
+    }
+
+    /// Each slot with a ready worker: the slot, the worker, whether it is
+    /// marked stalled.
+    pub fn ready_workers(&self) -> Vec<(usize, Pid, bool)> {
+        let slots = self.slots.iter().enumerate();
+        slots
+            .filter_map(|(index, slot)| Some((index, slot.ready_pid()?, slot.stalled)))
+            .collect()
+    }
+
+    /// Marks `slot`'s ready worker as stalled or not (see `Slot::stalled`);
+    /// the next `adoptions` or `releases` acts on it. A worker that leaves
+    /// its slot, or is replaced, takes the mark with it.
+    pub fn set_stalled(&mut self, slot: usize, stalled: bool) {
+        if let Some(slot) = self.slots.get_mut(slot) {
+            slot.stalled = stalled && slot.ready_pid().is_some();
+        }
+    }
+
+    /// The slots whose ready worker is marked stalled.
+    pub fn stalled(&self) -> Vec<usize> {
+        (0..self.slots.len()).filter(|&slot| self.slots[slot].stalled).collect()
     }
 
     /// Every live worker: serving, booting as a replacement, or retiring.

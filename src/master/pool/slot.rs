@@ -25,6 +25,10 @@ pub(super) struct Slot {
     /// Workers that could not take this slot's socket, not asked again until the
     /// slot has a ready worker of its own.
     pub refused_by: Vec<Pid>,
+    /// Its ready worker has stopped beating while connections wait on its
+    /// socket (`--balance lending`, `steered`): the socket is lent to a sibling
+    /// as if the slot had no ready worker, until it beats again.
+    pub stalled: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -88,6 +92,7 @@ impl Slot {
             boot_failures: 0,
             adopter: None,
             refused_by: Vec::new(),
+            stalled: false,
         }
     }
 
@@ -162,6 +167,7 @@ impl Slot {
     /// The current worker leaves the slot (it died, or retires); a replacement,
     /// if any, stays.
     pub fn take_worker(&mut self) -> Option<Worker> {
+        self.stalled = false;
         match self.holds {
             Holds::One(worker) => {
                 self.holds = Holds::Empty;
@@ -193,6 +199,7 @@ impl Slot {
         };
         next.ready_at = Some(now);
         self.holds = Holds::One(next);
+        self.stalled = false;
         current
     }
 

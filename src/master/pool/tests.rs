@@ -266,3 +266,19 @@ fn a_failed_fork_backs_off_the_slot() {
     assert!(pool.due(now).is_empty());
     assert_eq!(pool.next_wakeup(now), Some(100 * MS));
 }
+
+#[test]
+fn a_stalled_slot_is_lent_to_a_sibling_until_it_beats_again() {
+    let now = Instant::now();
+    let mut pool = ready_pool(3, now);
+    pool.set_stalled(1, true);
+    assert_eq!(pool.stalled(), [1]);
+    assert_eq!(pool.adoptions(), [(1, pid(102))], "lent to a serving sibling");
+    pool.set_stalled(2, true);
+    assert_eq!(pool.adoptions(), [(2, pid(100))], "a stalled worker adopts nothing");
+    pool.set_stalled(1, false);
+    assert_eq!(pool.releases(), [(1, pid(102))], "taken back once it beats");
+    // A stalled worker that dies takes the mark with it: its replacement is not stalled.
+    pool.on_exit(pid(102), now + Duration::from_secs(5));
+    assert!(pool.stalled().is_empty());
+}

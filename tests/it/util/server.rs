@@ -182,6 +182,13 @@ impl Server {
     }
 
     /// The `--admin` address, from the ready line (`..., admin on ADDR`).
+    /// The first ready line (`prefork-server: listening on ...`).
+    pub fn ready_line(&self) -> String {
+        let out = self.out.lock().unwrap();
+        let line = out.iter().find(|line| line.contains("listening on"));
+        line.cloned().expect("a ready line")
+    }
+
     pub fn admin_addr(&self) -> SocketAddr {
         let out = self.out.lock().unwrap();
         let line = out
