@@ -20,7 +20,7 @@ fn file(name: &str, text: &str) -> PathBuf {
 fn defaults() {
     let config = parse(&[]).unwrap();
     assert_eq!(config.addr(), "0.0.0.0:8000".parse().unwrap());
-    assert_eq!(config.balance, Balance::Reuseport);
+    assert_eq!(config.balance, Balance::Steered);
     assert_eq!(config.backlog, 1024);
     assert_eq!(config.graceful_timeout, Duration::from_secs(30));
     assert_eq!(config.workers, std::thread::available_parallelism().unwrap());

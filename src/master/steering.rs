@@ -168,12 +168,21 @@ impl Master<'_> {
     /// stalled, for `/status` and `/metrics`.
     fn show_queues(&self) {
         let stalled = self.fleet.pool.stalled();
-        let shared = self.steer.program.as_ref().filter(|_| self.steer.attached).map(Steering::shared);
+        let shared = self
+            .steer
+            .program
+            .as_ref()
+            .filter(|_| self.steer.attached)
+            .map(Steering::shared);
         for (slot, socket) in self.sockets.listeners.sockets().enumerate() {
-            let Some(stats) = self.scoreboard.slots().get(slot) else { break };
+            let Some(stats) = self.scoreboard.slots().get(slot) else {
+                break;
+            };
             let queue = crate::sys::listener::queue(socket).map_or(0, |(queue, _)| queue);
             stats.queue.store(u64::from(queue), Relaxed);
-            let steered = shared.and_then(|shared| shared.slot(slot)).map_or(0, |load| load.steered.load(Relaxed));
+            let steered = shared
+                .and_then(|shared| shared.slot(slot))
+                .map_or(0, |load| load.steered.load(Relaxed));
             stats.steered.store(steered, Relaxed);
             stats.stalled.store(u64::from(stalled.contains(&slot)), Relaxed);
         }

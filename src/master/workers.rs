@@ -157,7 +157,7 @@ impl Master<'_> {
                         }
                     }
                     ToMaster::Refused(slot) => {
-                        if self.fleet.pool.adoption_refused(slot, pid) {
+                        if self.fleet.pool.adoption_refused(slot, pid, self.now) {
                             warn!("master: pid {pid} could not take slot {slot}'s socket; offering it to another worker, if any");
                         }
                     }
@@ -295,6 +295,9 @@ impl Master<'_> {
     /// takes it back once the slot serves again (reuseport only: a shared socket is
     /// accepted on by every worker anyway).
     pub(super) fn arrange_adoptions(&mut self) {
+        // Refusals expire whatever happens next (their expiry is a deadline
+        // of the pool's: one left in place would wake the master at once, forever).
+        self.fleet.pool.ask_again(self.now);
         // Before the first ready line every slot is booting at once: nobody to hand to.
         // A command cannot take another socket: its slot's queue waits for its respawn.
         if self.sockets.listeners.layout() != Layout::PerSlot

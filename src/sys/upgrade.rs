@@ -7,10 +7,11 @@
 //! | variable | value |
 //! |---|---|
 //! | `PREFORK_LISTEN_FDS` | how many sockets, starting at fd 3 |
-//! | `PREFORK_BALANCE` | `reuseport` or `shared`: how the old master used them |
+//! | `PREFORK_UPGRADE_LAYOUT` | `reuseport` (a socket per slot) or `shared` (`PREFORK_BALANCE` from a master before steering, which the new one also reads as `--balance`) |
 //! | `PREFORK_READY_FD` | a pipe: the new master writes `ready\n` once every worker serves |
 //! | `PREFORK_ADMIN_FD` | the `--admin` socket, if there is one |
 //! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
+//! | `PREFORK_STEERING_FD` | the first of the steering's three fds (its maps and program), if it steered |
 //!
 //! The new master inherits the very same socket objects. Nothing is closed or
 //! re-bound, so no accept queue is reset and no SO_REUSEPORT group changes. Once
@@ -35,7 +36,9 @@ use crate::sys::listener::Layout;
 use crate::sys::listener::Listeners;
 
 const FDS: &str = "PREFORK_LISTEN_FDS";
-const BALANCE: &str = "PREFORK_BALANCE";
+const LAYOUT: &str = "PREFORK_UPGRADE_LAYOUT";
+/// What a master before steering named it: also `--balance`'s variable.
+const OLD_LAYOUT: &str = "PREFORK_BALANCE";
 const READY_FD: &str = "PREFORK_READY_FD";
 const FROM: &str = "PREFORK_UPGRADE_FROM";
 const ADMIN_FD: &str = "PREFORK_ADMIN_FD";
@@ -92,7 +95,7 @@ pub fn spawn_successor(
     command
         .args(args)
         .env(FDS, listeners.sockets().count().to_string())
-        .env(BALANCE, listeners.layout().as_str())
+        .env(LAYOUT, listeners.layout().as_str())
         .env(READY_FD, ready_fd.to_string())
         .env(FROM, std::process::id().to_string())
         .env_remove(ADMIN_FD)
@@ -156,10 +159,11 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .to_str()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| bad("PREFORK_LISTEN_FDS is not a number"))?;
-    let layout = match std::env::var(BALANCE).as_deref() {
+    let given = std::env::var(LAYOUT).or_else(|_| std::env::var(OLD_LAYOUT));
+    let layout = match given.as_deref() {
         Ok("shared") => Layout::Shared,
         Ok("reuseport") => Layout::PerSlot,
-        _ => return Err(bad("PREFORK_BALANCE is missing or unknown")),
+        _ => return Err(bad("PREFORK_UPGRADE_LAYOUT is missing or unknown")),
     };
     let ready_fd: RawFd = std::env::var(READY_FD)
         .ok()
@@ -168,7 +172,7 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let from = std::env::var(FROM).unwrap_or_default();
     let admin_fd: Option<RawFd> = std::env::var(ADMIN_FD).ok().and_then(|n| n.parse().ok());
     let steering_fd: Option<RawFd> = std::env::var(STEERING_FD).ok().and_then(|n| n.parse().ok());
-    for name in [FDS, BALANCE, READY_FD, FROM, ADMIN_FD, STEERING_FD] {
+    for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }

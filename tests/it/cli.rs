@@ -263,7 +263,7 @@ fn the_usage_line_reads_as_the_three_ways_to_run_it() {
     assert!(!out.contains("[-- <COMMAND>...] [COMMAND]"), "{out}");
 }
 
-/// Every public field of `Config` has a type that can be named from the crate
+/// Every setting of `Config` has a type that can be named from the crate
 /// root (this test compiles only if they can).
 #[test]
 fn the_types_of_configs_public_fields_are_nameable() {
@@ -275,7 +275,7 @@ fn the_types_of_configs_public_fields_are_nameable() {
     let access: prefork_server::AccessLogFormat = config.access_log_format();
     assert_eq!(ready, prefork_server::ExecReady::Accepting);
     assert_eq!(stop.name(), "SIGTERM");
-    assert_eq!(balance, prefork_server::Balance::Reuseport);
+    assert_eq!(balance, prefork_server::Balance::Steered);
     assert_eq!(format, prefork_server::LogFormat::Text);
     assert_eq!(access, prefork_server::AccessLogFormat::Combined);
 }

@@ -1,6 +1,7 @@
-//! A keep-alive load from inside the test: `connections` clients, each sending
-//! `GET /` back to back on one connection, reconnecting when told
-//! `Connection: close`. Bounded in time; every failure is recorded.
+//! A load from inside the test: `connections` clients, each sending `GET /`
+//! back to back on one connection, reconnecting when told `Connection: close`
+//! (or, [`Load::start_closing`], on a new connection every time). Bounded in
+//! time; every failure is recorded.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,21 +50,27 @@ impl Tally {
 
 impl Load {
     pub fn start(addr: SocketAddr, connections: usize) -> Load {
-        Load::spawn(addr, connections, true)
+        Load::spawn(addr, connections, Clients::KeepAlive)
     }
 
     /// Clients that stop when told `Connection: close` instead of reconnecting.
     pub fn start_without_reconnecting(addr: SocketAddr, connections: usize) -> Load {
-        Load::spawn(addr, connections, false)
+        Load::spawn(addr, connections, Clients::StopAtClose)
     }
 
-    fn spawn(addr: SocketAddr, connections: usize, reconnect: bool) -> Load {
+    /// Clients that open a new connection for every request and send
+    /// `Connection: close`.
+    pub fn start_closing(addr: SocketAddr, connections: usize) -> Load {
+        Load::spawn(addr, connections, Clients::Closing)
+    }
+
+    fn spawn(addr: SocketAddr, connections: usize, clients: Clients) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(AtomicU64::new(0));
         let clients = (0..connections)
             .map(|_| {
                 let (stop, progress) = (Arc::clone(&stop), Arc::clone(&progress));
-                thread::spawn(move || client(addr, &stop, &progress, reconnect))
+                thread::spawn(move || client(addr, &stop, &progress, clients))
             })
             .collect();
         Load {
@@ -96,7 +103,18 @@ impl Load {
     }
 }
 
-fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, reconnect: bool) -> Tally {
+/// How a client uses its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Clients {
+    /// Keep-alive; a new connection when told `Connection: close`.
+    KeepAlive,
+    /// Keep-alive; stop when told `Connection: close`.
+    StopAtClose,
+    /// A new connection per request, with `Connection: close`.
+    Closing,
+}
+
+fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, clients: Clients) -> Tally {
     let mut tally = Tally::default();
     let mut stream: Option<TcpStream> = None;
     let started = Instant::now();
@@ -116,15 +134,18 @@ fn client(addr: SocketAddr, stop: &AtomicBool, progress: &AtomicU64, reconnect: 
             },
         };
         let mut conn = conn;
-        let result = send_request(&mut conn, "GET", "/", true).and_then(|()| read_response(&mut conn));
+        let keep_alive = clients != Clients::Closing;
+        let result = send_request(&mut conn, "GET", "/", keep_alive).and_then(|()| read_response(&mut conn));
         tally.slowest = tally.slowest.max(begun.elapsed());
         match result {
             Ok(response) if response.status == 200 => {
                 tally.ok += 1;
                 progress.fetch_add(1, Ordering::SeqCst);
-                if response.header("connection") == Some("close") {
+                if clients == Clients::Closing {
+                    // Asked for: a new connection next time.
+                } else if response.header("connection") == Some("close") {
                     tally.closes += 1; // the server asked: reconnect, or stop
-                    if !reconnect {
+                    if clients == Clients::StopAtClose {
                         break;
                     }
                 } else {

@@ -130,6 +130,7 @@ fn a_stopped_command_gets_no_new_connections_and_a_crash_looping_one_neither() {
     let waits = waits_of_new_connections(server.addr, 20);
     nix::sys::signal::kill(stopped, Signal::SIGCONT).unwrap();
     assert_eq!(over(&waits, Duration::from_secs(1)), 0, "{waits:?}");
+    server.wait_for_log("runs again: steered to as before", Duration::from_secs(2));
 
     // Slot 1 crash-looping: its socket gets nothing while it backs off.
     std::fs::write(&marker, "").unwrap();
@@ -152,4 +153,150 @@ fn slot_of_command(pid: nix::unistd::Pid) -> Option<usize> {
         .split(|byte| *byte == 0)
         .find_map(|entry| entry.strip_prefix(b"PREFORK_SLOT="))?;
     std::str::from_utf8(entry).ok()?.parse().ok()
+}
+
+/// Limits `pid` to the files it has open now and `room` more.
+fn limit_files(pid: nix::unistd::Pid, room: u64) {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: open + room,
+        rlim_max: open + room,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+    let rc = unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_slot_scaled_away_while_its_sibling_is_at_its_file_limit_is_never_left_without_a_taker() {
+    for balance in ["steered", "reuseport"] {
+        let server = Server::start_example(&["--workers", "2", "--balance", balance]);
+        server.wait_for_workers(2, Duration::from_secs(5));
+        let survivor = pid_in(&server.wait_for_log("worker 0 (pid", Duration::from_secs(5))).unwrap();
+        limit_files(survivor, 2);
+        let at_limit = format!("worker 0 (pid {survivor}): accept failed: Too many open files");
+        let mut held = Vec::new();
+        eventually(Duration::from_secs(10), "worker 0 at its file limit", || {
+            held.push(std::net::TcpStream::connect(server.addr).unwrap());
+            server.logs().contains(&at_limit).then_some(())
+        });
+        // Slot 1 scaled away: its socket goes to worker 0, which has no fd
+        // left to take it with.
+        server.signal(Signal::SIGTTOU);
+        server.wait_for_log(
+            &format!("pid {survivor} could not take slot 1's socket"),
+            Duration::from_secs(5),
+        );
+        server.wait_for_workers(1, Duration::from_secs(10));
+        drop(held);
+        let unanswered = (0..200)
+            .filter(|_| {
+                let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                send_request(&mut stream, "GET", "/", false).unwrap();
+                let mut answer = Vec::new();
+                std::io::Read::read_to_end(&mut stream, &mut answer).is_err() || answer.is_empty()
+            })
+            .count();
+        assert_eq!(
+            unanswered, 0,
+            "--balance {balance}: {unanswered} of 200 unanswered within 2 s"
+        );
+    }
+}
+
+#[test]
+fn steered_reloads_scaling_and_an_upgrade_under_load_lose_nothing() {
+    let mut server = Server::start_example(&["--workers", "2", "--graceful-timeout", "10s"]);
+    server.wait_for_workers(2, Duration::from_secs(5));
+    assert!(
+        server.ready_line().contains("steered by load"),
+        "{}",
+        server.ready_line()
+    );
+    let keep_alive = crate::load::Load::start(server.addr, 8);
+    let closing = crate::load::Load::start_closing(server.addr, 8);
+    let traffic = |at_least: u64| {
+        keep_alive.wait_for_traffic(at_least);
+        closing.wait_for_traffic(at_least);
+    };
+    traffic(200);
+    server.signal(Signal::SIGHUP);
+    server.wait_for_log_count("reload complete", 1, Duration::from_secs(30));
+    traffic(200);
+    // One at a time: signals of one kind sent together arrive as one.
+    for workers in 3..=12 {
+        server.signal(Signal::SIGTTIN);
+        server.wait_for_workers(workers, Duration::from_secs(10));
+    }
+    traffic(200);
+    for workers in (2..=11).rev() {
+        server.signal(Signal::SIGTTOU);
+        server.wait_for_workers(workers, Duration::from_secs(20));
+    }
+    traffic(200);
+    server.signal(Signal::SIGUSR2);
+    server.follow_upgrade(Duration::from_secs(30));
+    server.wait_for_workers(2, Duration::from_secs(10));
+    traffic(200);
+    let (keep_alive, closing) = (keep_alive.finish(), closing.finish());
+    keep_alive.assert_clean("keep-alive, steered", 1000);
+    closing.assert_clean("Connection: close, steered", 1000);
+
+    // The new master steers (it took the program over): a blocked worker
+    // gets no new connection.
+    let waits = waits_while_a_worker_blocks(&server, Duration::from_secs(2), 20);
+    assert_eq!(over(&waits, Duration::from_millis(250)), 0, "{waits:?}");
+
+    // A kill -9 fails at most the connections the killed worker held.
+    let closing = crate::load::Load::start_closing(server.addr, 8);
+    closing.wait_for_traffic(200);
+    let victim = server.workers()[0];
+    let held = established_connections(victim, server.addr.port());
+    nix::sys::signal::kill(victim, Signal::SIGKILL).unwrap();
+    server.wait_for_log(&format!("(pid {victim}) killed by SIGKILL"), Duration::from_secs(5));
+    server.wait_for_workers(2, Duration::from_secs(10));
+    closing.wait_for_traffic(200);
+    let tally = closing.finish();
+    assert!(
+        tally.failures.len() <= held,
+        "a kill -9 of a worker holding {held} connections failed {}: {:?}",
+        tally.failures.len(),
+        tally.failures
+    );
+}
+
+#[test]
+fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
+    let server = Server::start_example(&["--workers", "2", "--admin", "127.0.0.1:0"]);
+    server.wait_for_workers(2, Duration::from_secs(5));
+    for _ in 0..20 {
+        get(server.addr, "/").unwrap();
+    }
+    let addr = server.addr;
+    let blocking = std::thread::spawn(move || get(addr, "/block?ms=1500"));
+    server.wait_for_log("blocking", Duration::from_secs(5));
+    let status = eventually(Duration::from_secs(2), "20 steered, 1 in flight", || {
+        let response = get(server.admin_addr(), "/status").ok()?;
+        let status: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+        let slots = status["slots"].as_array()?.clone();
+        let sum = |key: &str| slots.iter().filter_map(|slot| slot[key].as_u64()).sum::<u64>();
+        (sum("steered") >= 21 && sum("in_flight") == 1).then_some(slots)
+    });
+    assert!(
+        status
+            .iter()
+            .all(|slot| slot["queue"].is_u64() && slot["stalled"] == false),
+        "{status:?}"
+    );
+    let metrics = get(server.admin_addr(), "/metrics").unwrap().body;
+    for name in [
+        "prefork_in_flight{",
+        "prefork_accept_queue{",
+        "prefork_steered_total{",
+        "prefork_stalled{",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
+    }
+    blocking.join().unwrap().unwrap();
 }

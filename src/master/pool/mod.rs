@@ -26,6 +26,9 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// time its own setup (an async one) fail first, with its cause.
 const LATE_BOOT_MARGIN: Duration = Duration::from_secs(1);
 
+/// A worker that refused a slot's socket is asked again after this.
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(1);
+
 /// The worker pool. A worker's identity is its slot number `0..N`, not its pid: a
 /// respawned worker takes its slot (and the slot's socket).
 #[derive(Debug)]
@@ -402,12 +405,14 @@ impl Pool {
             let candidates = (1..n)
                 .map(|step| (index + step) % n)
                 .filter_map(|other| self.serving_pid(other));
-            let least = candidates.filter(|pid| !refused.contains(pid)).min_by_key(|pid| {
-                sockets
-                    .iter()
-                    .find(|(ready, _)| ready == pid)
-                    .map_or(usize::MAX, |(_, count)| *count)
-            });
+            let least = candidates
+                .filter(|pid| !refused.iter().any(|(by, _)| by == pid))
+                .min_by_key(|pid| {
+                    sockets
+                        .iter()
+                        .find(|(ready, _)| ready == pid)
+                        .map_or(usize::MAX, |(_, count)| *count)
+                });
             if let Some(pid) = least {
                 if let Some(entry) = sockets.iter_mut().find(|(ready, _)| *ready == pid) {
                     entry.1 += 1;
@@ -419,9 +424,10 @@ impl Pool {
         adopted
     }
 
-    /// `pid` could not take `slot`'s socket: the slot has no adopter again, and
-    /// the next one is another worker. False if `pid` was not its adopter.
-    pub fn adoption_refused(&mut self, slot: usize, pid: Pid) -> bool {
+    /// `pid` could not take `slot`'s socket (at its file limit, say) at
+    /// `now`: the slot has no adopter again, and the next one is another
+    /// worker. False if `pid` was not its adopter.
+    pub fn adoption_refused(&mut self, slot: usize, pid: Pid, now: Instant) -> bool {
         let Some(slot) = self.slots.get_mut(slot) else {
             return false;
         };
@@ -429,8 +435,18 @@ impl Pool {
             return false;
         }
         slot.adopter = None;
-        slot.refused_by.push(pid);
+        slot.refused_by.push((pid, now));
         true
+    }
+
+    /// Forgets refusals older than [`ASK_AGAIN_AFTER`] as of `now`: a worker
+    /// that was at its file limit may have room now, and a socket must not be
+    /// left without a taker because everyone once refused it.
+    pub fn ask_again(&mut self, now: Instant) {
+        for slot in &mut self.slots {
+            slot.refused_by
+                .retain(|(_, at)| now.saturating_duration_since(*at) < ASK_AGAIN_AFTER);
+        }
     }
 
     /// Slots that have a ready worker again: `(slot, adopter)` to release.
@@ -502,7 +518,7 @@ impl Pool {
     /// How long the master may sleep before something is due: a respawn or a kill.
     pub fn next_wakeup(&self, now: Instant) -> Option<Duration> {
         // Each deadline as the code that acts on it states it (`due`,
-        // `overdue`, `late_replacement`, `late_boots`).
+        // `overdue`, `late_replacement`, `late_boots`, `ask_again`).
         let respawns = self
             .slots
             .iter()
@@ -516,10 +532,16 @@ impl Pool {
             .iter()
             .filter_map(Slot::worker)
             .filter_map(|w| w.boot_deadline(limit));
+        let asks = self
+            .slots
+            .iter()
+            .flat_map(|slot| &slot.refused_by)
+            .map(|(_, at)| *at + ASK_AGAIN_AFTER);
         respawns
             .chain(kills)
             .chain(ready_deadlines)
             .chain(boot_deadlines)
+            .chain(asks)
             .min()
             .map(|at| at.saturating_duration_since(now))
     }

@@ -22,9 +22,10 @@ pub(super) struct Slot {
     /// A ready worker of another slot accepting on this slot's socket while this
     /// slot has no ready worker (reuseport only; see `Pool::adoptions`).
     pub adopter: Option<Pid>,
-    /// Workers that could not take this slot's socket, not asked again until the
-    /// slot has a ready worker of its own.
-    pub refused_by: Vec<Pid>,
+    /// Workers that could not take this slot's socket, and when: not asked
+    /// again until the slot has a ready worker of its own, or a while later
+    /// (see `Pool::ask_again`).
+    pub refused_by: Vec<(Pid, Instant)>,
     /// Its ready worker has stopped beating while connections wait on its
     /// socket (`--balance lending`, `steered`): the socket is lent to a sibling
     /// as if the slot had no ready worker, until it beats again.

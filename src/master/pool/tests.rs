@@ -231,10 +231,10 @@ fn a_refused_adoption_goes_to_another_worker_and_never_back_until_the_slot_serve
     let mut pool = ready_pool(3, now);
     pool.on_exit(pid(100), now);
     assert_eq!(pool.adoptions(), [(0, pid(101))]);
-    assert!(!pool.adoption_refused(0, pid(102)), "not its adopter");
-    assert!(pool.adoption_refused(0, pid(101)));
+    assert!(!pool.adoption_refused(0, pid(102), now), "not its adopter");
+    assert!(pool.adoption_refused(0, pid(101), now));
     assert_eq!(pool.adoptions(), [(0, pid(102))], "the next one is asked");
-    assert!(pool.adoption_refused(0, pid(102)));
+    assert!(pool.adoption_refused(0, pid(102), now));
     assert!(pool.adoptions().is_empty(), "nobody left: the master keeps the socket");
     pool.on_spawned(0, Spawn::Fill, pid(200), now);
     pool.on_ready(pid(200), now);
@@ -281,4 +281,17 @@ fn a_stalled_slot_is_lent_to_a_sibling_until_it_beats_again() {
     // A stalled worker that dies takes the mark with it: its replacement is not stalled.
     pool.on_exit(pid(102), now + Duration::from_secs(5));
     assert!(pool.stalled().is_empty());
+}
+
+#[test]
+fn a_socket_everyone_refused_is_offered_again_a_second_later() {
+    let now = Instant::now();
+    let mut pool = ready_pool(2, now);
+    pool.on_exit(pid(100), now);
+    assert_eq!(pool.adoptions(), [(0, pid(101))]);
+    assert!(pool.adoption_refused(0, pid(101), now));
+    pool.ask_again(now + ASK_AGAIN_AFTER / 2);
+    assert!(pool.adoptions().is_empty(), "not at once");
+    pool.ask_again(now + ASK_AGAIN_AFTER);
+    assert_eq!(pool.adoptions(), [(0, pid(101))], "asked again: it may have room now");
 }
