@@ -385,9 +385,11 @@ impl Master<'_> {
             return;
         };
         let workers = self.fleet.pool.len();
-        let balance = self
-            .steer
-            .describe(self.config.balance, self.sockets.listeners.layout());
+        let balance = self.steer.describe(
+            self.config.balance,
+            self.sockets.listeners.layout(),
+            self.config.command.is_some(),
+        );
         if first {
             // Before the ready line: whoever waits for it may read the file next.
             // The directory was checked at startup; a disk that filled since
@@ -415,6 +417,8 @@ impl Master<'_> {
         self.systemd.send(&format!("READY=1\n{status}"));
         if let Some(old_master) = self.origin.old_master.take() {
             crate::sys::upgrade::report_ready(old_master);
+            // Taken over: the group is this master's to steer now.
+            self.arrange_steering();
         }
     }
 

@@ -18,6 +18,9 @@ use crate::sys::steering::{self, SlotLoad, Steering};
 /// How often the workers' heartbeats and their sockets' queues are looked at.
 const CHECK: Duration = Duration::from_millis(100);
 
+/// How often each slot's queue is measured for `/status` and `/metrics`.
+const SHOW_EVERY: Duration = Duration::from_secs(1);
+
 /// A ready worker whose heartbeat (every 250 ms, see `worker::serve`) is older
 /// than this while connections wait on its socket is stalled: a handler that
 /// blocks its thread, say.
@@ -32,8 +35,8 @@ pub(super) struct Steer {
     why_not: Option<String>,
     /// The program is attached to the current sockets' group.
     attached: bool,
-    /// The slots last listed for the program.
-    listed: Vec<usize>,
+    /// `arrange_steering` has run once.
+    arranged: bool,
     /// Not before this, the next look at heartbeats and queues.
     next_check: Option<Instant>,
     /// When the queues were last measured for the admin views.
@@ -70,14 +73,16 @@ impl Steer {
     }
 
     /// What the ready line says of it.
-    pub(super) fn describe(&self, balance: Balance, layout: Layout) -> String {
+    /// (`commands`: exec mode, where a command's socket is never lent.)
+    pub(super) fn describe(&self, balance: Balance, layout: Layout, commands: bool) -> String {
         match (layout, balance) {
             (Layout::Shared, _) => "shared".into(),
             (_, Balance::Steered) if self.attached => "reuseport, steered by load".into(),
+            (_, Balance::Steered) if commands => "reuseport; not steered by load, see the log".into(),
             (_, Balance::Steered) => {
                 "reuseport, lending stalled workers' sockets; not steered by load, see the log".into()
             }
-            (_, Balance::Lending) => "reuseport, lending stalled workers' sockets".into(),
+            (_, Balance::Lending) if !commands => "reuseport, lending stalled workers' sockets".into(),
             _ => "reuseport".into(),
         }
     }
@@ -90,23 +95,38 @@ impl Steer {
 
 impl Master<'_> {
     /// Attaches the program to the current sockets' group (loading it the
-    /// first time `--balance steered` asks for it), puts every slot's socket in
-    /// its map, or detaches it for a `--balance` that does not steer. At the
-    /// start, and whenever the sockets or `--balance` change.
+    /// first time `--balance steered` asks for it) with every slot's socket in
+    /// its map, or detaches any program from the group for a `--balance` that
+    /// does not steer (one an earlier master of these sockets left, too). At
+    /// the start, and whenever the sockets or `--balance` change.
     pub(super) fn arrange_steering(&mut self) {
+        // A new master changes nothing of the group before it has taken over:
+        // the old master steers with it until then, and goes on if this one
+        // fails (see `announce_when_ready`).
+        if self.origin.old_master.is_some() {
+            return;
+        }
         let listeners = &self.sockets.listeners;
-        let wanted = self.config.balance == Balance::Steered && listeners.layout() == Layout::PerSlot;
+        if listeners.layout() != Layout::PerSlot {
+            // One plain socket: no group to steer (the old group's program
+            // goes with its sockets).
+            self.steer.attached = false;
+            return;
+        }
         let Some(first) = listeners.sockets().next() else {
             return;
         };
-        if !wanted {
-            if self.steer.attached {
+        let first_time = !std::mem::replace(&mut self.steer.arranged, true);
+        if self.config.balance != Balance::Steered {
+            if self.steer.attached || first_time {
                 if let Err(err) = steering::detach(first.as_fd()) {
                     warn!("master: cannot detach the steering program: {err}");
                 }
-                self.steer.attached = false;
+            }
+            if self.steer.attached {
                 info!("master: new connections are placed by the kernel's hash");
             }
+            self.steer.attached = false;
             return;
         }
         if self.steer.program.is_none() && self.steer.why_not.is_none() {
@@ -121,10 +141,30 @@ impl Master<'_> {
         let Some(program) = &self.steer.program else {
             return;
         };
-        for (slot, socket) in listeners.sockets().enumerate() {
-            if let Err(err) = program.put(slot, socket.as_fd()) {
-                warn!("master: cannot steer to slot {slot}'s socket: {err}; the kernel's hash places its share");
+        let mut failed = put_every_socket(program, listeners);
+        if failed.iter().any(|(_, err)| err.raw_os_error() == Some(libc::EBUSY)) {
+            // In another program's map: one an earlier master of these
+            // sockets attached (systemd keeps the sockets across restarts).
+            // Detached, it lets go of them a few milliseconds later.
+            info!("master: the sockets are in an earlier steering program's map: detaching it");
+            if let Err(err) = steering::detach(first.as_fd()) {
+                warn!("master: cannot detach the earlier steering program: {err}");
             }
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(5));
+                failed = put_every_socket(program, listeners);
+                if failed.is_empty() {
+                    break;
+                }
+            }
+        }
+        if let Some((slot, err)) = failed.first() {
+            warn!(
+                "master: cannot steer to slot {slot}'s socket: {err}; new connections are placed by the kernel's hash"
+            );
+            let _ = steering::detach(first.as_fd());
+            self.steer.attached = false;
+            return;
         }
         match program.attach(first.as_fd()) {
             Ok(()) => self.steer.attached = true,
@@ -133,8 +173,6 @@ impl Master<'_> {
                 self.steer.attached = false;
             }
         }
-        // A new group (a reload that moved) starts from nothing listed.
-        self.steer.listed.clear();
     }
 
     /// Every wake-up: the slots the program may pick (those whose worker is
@@ -142,6 +180,7 @@ impl Master<'_> {
     /// workers and the commands' queues.
     pub(super) fn steer(&mut self) {
         if self.sockets.listeners.layout() != Layout::PerSlot {
+            self.steer.next_check = None;
             return;
         }
         let lends = self.config.balance.lends() && self.config.command.is_none();
@@ -158,7 +197,7 @@ impl Master<'_> {
             self.steer.next_check = None;
         }
         self.publish_steering();
-        if self.steer.measured_at.map_or(true, |at| self.now >= at + CHECK) {
+        if self.steer.measured_at.map_or(true, |at| self.now >= at + SHOW_EVERY) {
             self.steer.measured_at = Some(self.now);
             self.show_queues();
         }
@@ -205,9 +244,10 @@ impl Master<'_> {
                 .collect(),
             false => Vec::new(),
         };
-        if serving != self.steer.listed {
+        // Against the memory, not a copy: the other master of a handover may
+        // have written it last.
+        if serving != program.shared().listed() {
             program.shared().publish(&serving);
-            self.steer.listed = serving;
         }
     }
 
@@ -255,4 +295,11 @@ impl Master<'_> {
             }
         }
     }
+}
+
+/// Puts each slot's socket in the program's map; returns the ones that failed.
+fn put_every_socket(program: &Steering, listeners: &crate::sys::listener::Listeners) -> Vec<(usize, std::io::Error)> {
+    (listeners.sockets().enumerate())
+        .filter_map(|(slot, socket)| program.put(slot, socket.as_fd()).err().map(|err| (slot, err)))
+        .collect()
 }

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 
 const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 const BPF_PROG_LOAD: libc::c_long = 5;
@@ -129,9 +130,9 @@ pub fn create_map(
     owned(bpf(BPF_MAP_CREATE, &mut attr)?)
 }
 
-/// Puts `socket` in a `REUSEPORT_SOCKARRAY` at `key`. A socket is in one
-/// such map at most, and a key holds one socket: take the old one out first
-/// (`EBUSY` otherwise).
+/// Puts `socket` in a `REUSEPORT_SOCKARRAY` at `key`, in place of what the
+/// key held. A socket is in one such map at most: `EBUSY` if it is in one
+/// already (this one included, at another key or the same).
 pub fn put_socket(map: BorrowedFd<'_>, key: u32, socket: BorrowedFd<'_>) -> io::Result<()> {
     let value = socket.as_raw_fd() as u64;
     let mut attr = MapElem {
@@ -141,6 +142,43 @@ pub fn put_socket(map: BorrowedFd<'_>, key: u32, socket: BorrowedFd<'_>) -> io::
         ..MapElem::default()
     };
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// The socket at `key` of a `REUSEPORT_SOCKARRAY`, as its cookie
+/// (`SO_COOKIE`); `None` for an empty key.
+pub fn socket_at(map: BorrowedFd<'_>, key: u32) -> io::Result<Option<u64>> {
+    let mut cookie = 0u64;
+    let mut attr = MapElem {
+        map_fd: map.as_raw_fd() as u32,
+        key: &key as *const u32 as u64,
+        value: &mut cookie as *mut u64 as u64,
+        ..MapElem::default()
+    };
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut attr) {
+        Ok(_) => Ok(Some(cookie)),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// A socket's cookie, the kernel's id for it (`SO_COOKIE`).
+pub fn cookie(socket: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt on a socket this process holds, into a u64 of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Takes the socket at `key` out of a `REUSEPORT_SOCKARRAY`; an empty key is

@@ -135,7 +135,6 @@ pub fn family(pid: Pid, most: usize) -> Vec<Pid> {
     found
 }
 
-/// The children of `parent` (live or not), from `/proc/<pid>/task/<tid>/children`.
 /// The state letter of `/proc/<pid>/stat` (`R`, `S`, `T` for stopped, `Z`...);
 /// `None` if the process is gone.
 pub fn state(pid: Pid) -> Option<char> {
@@ -144,6 +143,7 @@ pub fn state(pid: Pid) -> Option<char> {
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
+/// The children of `parent` (live or not), from `/proc/<pid>/task/<tid>/children`.
 pub fn children(parent: Pid) -> Vec<Pid> {
     let mut children = Vec::new();
     for task in tasks(parent) {

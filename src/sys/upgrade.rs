@@ -159,6 +159,7 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         .to_str()
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| bad("PREFORK_LISTEN_FDS is not a number"))?;
+    let from_before_steering = std::env::var_os(LAYOUT).is_none();
     let given = std::env::var(LAYOUT).or_else(|_| std::env::var(OLD_LAYOUT));
     let layout = match given.as_deref() {
         Ok("shared") => Layout::Shared,
@@ -175,6 +176,10 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
+    }
+    if from_before_steering {
+        // Set by that master, not by the operator: not passed on.
+        std::env::remove_var(OLD_LAYOUT);
     }
     let sockets = inherit_listeners(count)?;
     let ready = File::from(claim_fd(ready_fd)?);

@@ -170,10 +170,14 @@ pub struct Open {
 }
 
 impl Connections {
-    pub fn new(record: &'static Record, limit: Option<std::num::NonZeroUsize>) -> Connections {
+    pub fn new(
+        record: &'static Record,
+        steer: Option<&'static crate::sys::steering::SlotLoad>,
+        limit: Option<std::num::NonZeroUsize>,
+    ) -> Connections {
         Connections {
             table: RefCell::new(Slab::new()),
-            count: Arc::new(OpenCount::new(record, limit)),
+            count: Arc::new(OpenCount::new(record, steer, limit)),
         }
     }
 

@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use super::frames::{Frames, ENHANCE_YOUR_CALM};
 use crate::sys::scoreboard::Record;
+use crate::sys::steering::SlotLoad;
 
 /// "Not waiting", for the blocked stamps. The clock skips it.
 const NONE: u32 = u32::MAX;
@@ -150,16 +151,30 @@ pub struct OpenCount {
     below_limit: Notify,
     /// Where the master and the status views see it.
     record: &'static Record,
+    /// `--balance steered`: where the kernel's program sees it.
+    steer: Option<&'static SlotLoad>,
 }
 
 impl OpenCount {
-    pub fn new(record: &'static Record, limit: Option<std::num::NonZeroUsize>) -> OpenCount {
+    pub fn new(
+        record: &'static Record,
+        steer: Option<&'static SlotLoad>,
+        limit: Option<std::num::NonZeroUsize>,
+    ) -> OpenCount {
         OpenCount {
             open: AtomicUsize::new(0),
             closed: Notify::new(),
             limit: limit.map_or(usize::MAX, std::num::NonZeroUsize::get),
             below_limit: Notify::new(),
             record,
+            steer,
+        }
+    }
+
+    fn show(&self, open: usize) {
+        self.record.connections.store(open as u64, Relaxed);
+        if let Some(steer) = self.steer {
+            steer.set_connections(open);
         }
     }
 
@@ -194,7 +209,7 @@ impl OpenCount {
     /// Counts one more open connection until the guard is dropped.
     pub fn count(self: &Arc<Self>) -> Counted {
         let open = self.open.fetch_add(1, Relaxed) + 1;
-        self.record.connections.store(open as u64, Relaxed);
+        self.show(open);
         Counted(Arc::clone(self))
     }
 }
@@ -206,7 +221,7 @@ impl Drop for Counted {
     fn drop(&mut self) {
         let count = &self.0;
         let open = count.open.fetch_sub(1, Relaxed) - 1;
-        count.record.connections.store(open as u64, Relaxed);
+        count.show(open);
         if open == 0 {
             count.closed.notify_waiters();
         }

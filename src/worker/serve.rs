@@ -89,7 +89,7 @@ pub async fn serve<S: WorkerApp>(
         service,
         protocols: Protocols::new(config),
         lifecycle: Rc::new(lifecycle),
-        connections: Rc::new(Connections::new(record, config.max_connections)),
+        connections: Rc::new(Connections::new(record, steer, config.max_connections)),
         parking: Parking::new()
             .inspect_err(|err| warn!("{name}: cannot watch parked connections: {err}; idle ones keep their buffers"))
             .ok(),
@@ -319,8 +319,11 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
         // queue of this socket until one of this worker's closes.
         shared.connections.below_limit().await;
         let accepted = std::future::poll_fn(|cx| {
+            // Pending with budget left is the socket's: nothing queued. (Out
+            // of tokio's cooperative budget, it is Pending whatever waits.)
+            let budget = tokio::task::coop::has_budget_remaining();
             let polled = listener.poll_accept(cx);
-            if let (Some(steer), true) = (steer, polled.is_pending()) {
+            if let (Some(steer), true) = (steer, budget && polled.is_pending()) {
                 steer.queue_empty();
             }
             polled

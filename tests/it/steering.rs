@@ -87,6 +87,21 @@ fn the_kernels_hash_alone_keeps_connections_behind_a_blocked_worker() {
 }
 
 #[test]
+fn cap_bpf_alone_is_enough_to_steer() {
+    let mut command = bare_command("setpriv".into(), &["--inh-caps=-all", "--bounding-set=-all,+bpf", "--"]);
+    command
+        .arg(example_binary())
+        .args(["--host", "127.0.0.1", "--port", "0", "--workers", "2"]);
+    let server = Server::start_command(command);
+    server.wait_for_workers(2, Duration::from_secs(5));
+    assert!(
+        server.ready_line().contains("steered by load"),
+        "{}",
+        server.ready_line()
+    );
+}
+
+#[test]
 fn without_the_privilege_to_load_it_the_server_lends_and_says_why() {
     let mut command = bare_command(
         "setpriv".into(),
@@ -252,6 +267,8 @@ fn steered_reloads_scaling_and_an_upgrade_under_load_lose_nothing() {
     let closing = crate::load::Load::start_closing(server.addr, 8);
     closing.wait_for_traffic(200);
     let victim = server.workers()[0];
+    // Stopped first, so that what it holds is counted as it is killed.
+    nix::sys::signal::kill(victim, Signal::SIGSTOP).unwrap();
     let held = established_connections(victim, server.addr.port());
     nix::sys::signal::kill(victim, Signal::SIGKILL).unwrap();
     server.wait_for_log(&format!("(pid {victim}) killed by SIGKILL"), Duration::from_secs(5));
@@ -264,6 +281,34 @@ fn steered_reloads_scaling_and_an_upgrade_under_load_lose_nothing() {
         tally.failures.len(),
         tally.failures
     );
+}
+
+#[test]
+fn the_admin_views_show_a_stalled_slot() {
+    let server = Server::start_example(&["--workers", "2", "--admin", "127.0.0.1:0", "--balance", "lending"]);
+    server.wait_for_workers(2, Duration::from_secs(5));
+    let addr = server.addr;
+    let blocking = std::thread::spawn(move || get(addr, "/block?ms=2500"));
+    server.wait_for_log("blocking", Duration::from_secs(5));
+    // New connections, some of them hashed to the blocked worker's socket.
+    let clients: Vec<_> = (0..8).map(|_| std::thread::spawn(move || get(addr, "/"))).collect();
+    let stalled = eventually(Duration::from_secs(2), "a slot shown stalled", || {
+        let response = get(server.admin_addr(), "/status").ok()?;
+        let status: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+        let slots = status["slots"].as_array()?.clone();
+        slots.into_iter().find(|slot| slot["stalled"] == true)
+    });
+    assert_eq!(stalled["in_flight"], 1, "the blocked request: {stalled}");
+    let metrics = get(server.admin_addr(), "/metrics").unwrap().body;
+    let slot = stalled["slot"].as_u64().unwrap();
+    assert!(
+        metrics.contains(&format!("prefork_stalled{{slot=\"{slot}\"}} 1")),
+        "{metrics}"
+    );
+    for client in clients {
+        client.join().unwrap().expect("answered, by the sibling");
+    }
+    blocking.join().unwrap().unwrap();
 }
 
 #[test]
@@ -283,12 +328,7 @@ fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
         let sum = |key: &str| slots.iter().filter_map(|slot| slot[key].as_u64()).sum::<u64>();
         (sum("steered") >= 21 && sum("in_flight") == 1).then_some(slots)
     });
-    assert!(
-        status
-            .iter()
-            .all(|slot| slot["queue"].is_u64() && slot["stalled"] == false),
-        "{status:?}"
-    );
+    assert!(status.iter().all(|slot| slot["queue"].is_u64()), "{status:?}");
     let metrics = get(server.admin_addr(), "/metrics").unwrap().body;
     for name in [
         "prefork_in_flight{",
@@ -299,4 +339,67 @@ fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
         assert!(metrics.contains(name), "{name} in /metrics:\n{metrics}");
     }
     blocking.join().unwrap().unwrap();
+}
+
+/// Two SO_REUSEPORT sockets on one port, bound by the test, as systemd binds
+/// a socket unit's `ListenStream=` twice with `ReusePort=yes`.
+fn systemd_sockets() -> Vec<std::net::TcpListener> {
+    let mut addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    (0..2)
+        .map(|_| {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            socket.set_reuse_port(true).unwrap();
+            socket.bind(&addr.into()).unwrap();
+            socket.listen(128).unwrap();
+            let listener: std::net::TcpListener = socket.into();
+            addr = listener.local_addr().unwrap();
+            listener
+        })
+        .collect()
+}
+
+/// The fixture on `sockets`, passed as systemd's socket activation does.
+fn activated(sockets: &[std::net::TcpListener]) -> Server {
+    use command_fds::{CommandFdExt, FdMapping};
+    let mut command = std::process::Command::new("sh");
+    let script = format!(
+        "LISTEN_PID=$$ LISTEN_FDS=2 exec {} --workers 2",
+        example_binary().display()
+    );
+    command.arg("-c").arg(script);
+    let mappings = (sockets.iter().enumerate())
+        .map(|(index, socket)| FdMapping {
+            parent_fd: socket.try_clone().unwrap().into(),
+            child_fd: 3 + index as i32,
+        })
+        .collect();
+    command.fd_mappings(mappings).unwrap();
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Server::start_command(command)
+}
+
+#[test]
+fn a_restart_on_sockets_systemd_kept_steers_again() {
+    // systemd keeps the sockets, and the program the first master attached to
+    // them stays with their group: the next master must take them back.
+    let sockets = systemd_sockets();
+    let first = activated(&sockets);
+    first.wait_for_workers(2, Duration::from_secs(5));
+    assert!(first.ready_line().contains("steered by load"), "{}", first.ready_line());
+    first.signal(Signal::SIGKILL);
+    eventually(Duration::from_secs(5), "the first server's workers gone", || {
+        first.workers().is_empty().then_some(())
+    });
+    drop(first);
+    let second = activated(&sockets);
+    second.wait_for_workers(2, Duration::from_secs(5));
+    assert!(
+        second.ready_line().contains("steered by load"),
+        "{}",
+        second.ready_line()
+    );
+    let waits = waits_while_a_worker_blocks(&second, Duration::from_secs(2), 20);
+    assert_eq!(over(&waits, Duration::from_millis(250)), 0, "{waits:?}");
 }

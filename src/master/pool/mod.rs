@@ -449,12 +449,22 @@ impl Pool {
         }
     }
 
-    /// Slots that have a ready worker again: `(slot, adopter)` to release.
+    /// Slots that have a ready worker again, and slots whose adopter has
+    /// stalled itself (the next `adoptions` finds them another):
+    /// `(slot, adopter)` to release.
     pub fn releases(&mut self) -> Vec<(usize, Pid)> {
+        let stalled: Vec<Pid> = (self.slots.iter())
+            .filter(|slot| slot.stalled)
+            .filter_map(Slot::ready_pid)
+            .collect();
         let mut released = Vec::new();
         for index in 0..self.slots.len() {
-            if self.serving_pid(index).is_some() {
+            let serving = self.serving_pid(index).is_some();
+            if serving {
                 self.slots[index].refused_by.clear();
+            }
+            let adopter_stalled = self.slots[index].adopter.is_some_and(|pid| stalled.contains(&pid));
+            if serving || adopter_stalled {
                 if let Some(pid) = self.slots[index].adopter.take() {
                     released.push((index, pid));
                 }

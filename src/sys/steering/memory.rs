@@ -29,12 +29,14 @@ pub struct Header {
     reserved: [AtomicU64; 5],
 }
 
-/// One slot's load, as the program scores it.
-#[repr(C)]
+/// One slot's load, as the program scores it. A cache line of its own: its
+/// worker writes it on every request, the program on every new connection.
+#[repr(C, align(64))]
 pub struct SlotLoad {
     /// Requests its worker has in flight.
     pub in_flight: AtomicU32,
-    reserved: AtomicU32,
+    /// Connections its worker has open (ties between equal loads go to fewer).
+    pub connections: AtomicU32,
     /// Its worker's last heartbeat, `CLOCK_MONOTONIC` in ns (the program's
     /// clock); [`NEVER_STALE`] for a command, which does not beat.
     pub beat_ns: AtomicU64,
@@ -44,6 +46,7 @@ pub struct SlotLoad {
     /// `steered` whenever the queue is found empty, so that connections that
     /// never arrived (a SYN without its handshake) are not counted forever.
     pub taken: AtomicU64,
+    reserved: [AtomicU64; 4],
 }
 
 /// A heartbeat that is never stale (a command's: the master measures it).
@@ -58,8 +61,10 @@ pub struct Shared {
     pub slots: [SlotLoad; MAX_SLOTS],
 }
 
-// The program computes a slot's address as `index << 5`, and reads the list at 64.
-const _: () = assert!(size_of::<SlotLoad>() == 32);
+// The program computes a slot's address as `index << 6`, and reads the list at 64.
+const _: () = assert!(size_of::<SlotLoad>() == 64);
+// The program's offsets into the element are 16-bit.
+const _: () = assert!(offset_of!(Shared, slots) + size_of::<SlotLoad>() < i16::MAX as usize);
 const _: () = assert!(offset_of!(Shared, list) == 64);
 
 /// The size of the element, the map's value size.
@@ -101,6 +106,7 @@ impl SlotLoad {
     /// it knows of, a fresh heartbeat.
     pub fn start(&self) {
         self.in_flight.store(0, Relaxed);
+        self.connections.store(0, Relaxed);
         self.taken.store(self.steered.load(Relaxed), Relaxed);
         self.beat();
     }
@@ -111,6 +117,10 @@ impl SlotLoad {
 
     pub fn set_in_flight(&self, requests: u32) {
         self.in_flight.store(requests, Relaxed);
+    }
+
+    pub fn set_connections(&self, open: usize) {
+        self.connections.store(u32::try_from(open).unwrap_or(u32::MAX), Relaxed);
     }
 
     /// One connection taken from the socket's queue. (A load and a store: the

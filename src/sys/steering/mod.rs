@@ -47,6 +47,9 @@ impl Steering {
     /// Creates the maps and loads the program. The error says why the kernel
     /// would not, in words an operator can act on.
     pub fn load() -> Result<Steering, String> {
+        // Before Linux 5.11 maps and programs are charged to RLIMIT_MEMLOCK,
+        // often 64 KiB (the maps need about 300): raised as far as allowed.
+        raise_memlock();
         let memory_map = bpf::create_map(
             bpf::MAP_TYPE_ARRAY,
             4,
@@ -55,7 +58,12 @@ impl Steering {
             bpf::F_MMAPABLE,
             "prefork_load",
         )
-        .map_err(|err| cannot("create the load map", &err))?;
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::EINVAL) => {
+                format!("cannot create the load map: {err} (a kernel before 5.5 has no mmapable BPF arrays)")
+            }
+            _ => cannot("create the load map", &err),
+        })?;
         let sockets_map = bpf::create_map(
             bpf::MAP_TYPE_REUSEPORT_SOCKARRAY,
             4,
@@ -115,16 +123,19 @@ impl Steering {
         [self.memory_map.as_fd(), self.sockets_map.as_fd(), self.program.as_fd()]
     }
 
-    /// Makes `socket` the one the program selects for `slot`.
+    /// Makes `socket` the one the program selects for `slot`. `EBUSY`: the
+    /// socket is in another program's map (a socket is in one at most), which
+    /// frees it only once that program is gone.
+    /// A socket already at its key is left there: taking it out, even for a
+    /// moment, would let the kernel's hash place that moment's connections.
     pub fn put(&self, slot: usize, socket: BorrowedFd<'_>) -> io::Result<()> {
         let key = u32::try_from(slot).map_err(io::Error::other)?;
-        bpf::take_socket(self.sockets_map.as_fd(), key)?;
-        match bpf::put_socket(self.sockets_map.as_fd(), key, socket) {
-            // Already there (a socket is in one map at most): an inherited
-            // map holds the inherited sockets at their slots.
-            Err(err) if err.raw_os_error() == Some(libc::EBUSY) => Ok(()),
-            other => other,
+        let map = self.sockets_map.as_fd();
+        if bpf::socket_at(map, key)? == Some(bpf::cookie(socket)?) {
+            return Ok(());
         }
+        bpf::take_socket(map, key)?;
+        bpf::put_socket(map, key, socket)
     }
 
     /// Attaches the program to the reuseport group of `socket`.
@@ -143,6 +154,27 @@ pub fn detach(socket: BorrowedFd<'_>) -> io::Result<()> {
     bpf::detach_reuseport(socket)
 }
 
+fn raise_memlock() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads the struct given; a refusal (not root) changes nothing.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } != 0 {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct given, then setrlimit reads it.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+            }
+        }
+    }
+}
+
 fn map_shared(map: BorrowedFd<'_>) -> Result<&'static Shared, String> {
     let memory = bpf::map_memory(map, memory::SIZE).map_err(|err| cannot("map the load map's memory", &err))?;
     // SAFETY: the mapping is at least `SIZE` bytes, page-aligned, shared, and
@@ -154,11 +186,10 @@ fn map_shared(map: BorrowedFd<'_>) -> Result<&'static Shared, String> {
 /// `cannot <what>: <why>`, with the usual causes named.
 fn cannot(what: &str, err: &io::Error) -> String {
     let why = match err.raw_os_error() {
-        Some(libc::EPERM) => {
-            "not permitted (loading BPF needs CAP_BPF, or root; a container may drop it or block bpf(2))".to_string()
-        }
+        Some(libc::EPERM) => "not permitted (loading BPF needs CAP_BPF, or CAP_SYS_ADMIN before Linux 5.8, or root; \
+             a container may drop it or block bpf(2); before 5.11, RLIMIT_MEMLOCK may be too low)"
+            .to_string(),
         Some(libc::ENOSYS) => "bpf(2) is not available (a kernel without BPF, or a seccomp filter)".to_string(),
-        Some(libc::EINVAL) => format!("{err} (a kernel older than 5.5 has no mmapable BPF arrays)"),
         _ => err.to_string(),
     };
     format!("cannot {what}: {why}")
@@ -226,6 +257,8 @@ mod tests {
         }
         steering.attach(listeners[0].as_fd()).unwrap();
         let shared = steering.shared();
+        // Stale only where the test makes it so, however slow the machine.
+        shared.header.stall_ns.store(60_000_000_000, Relaxed);
         shared.publish(&[0, 1, 2]);
         let load = |slot: usize| shared.slot(slot).unwrap();
         load(0).set_in_flight(5);
@@ -255,8 +288,15 @@ mod tests {
             20,
             "none taken yet: all counted as queued"
         );
+        // Equal loads: fewer open connections wins.
+        load(0).queue_empty();
+        load(1).queue_empty();
+        load(0).set_connections(5);
+        let counts = landings(&listeners, 10, Some(shared));
+        assert_eq!(counts, [0, 10, 0], "the slot with fewer connections");
         // Nothing listed: the kernel's hash, over all three.
         shared.publish(&[]);
-        assert_eq!(landings(&listeners, 30, None).iter().sum::<usize>(), 30);
+        let counts = landings(&listeners, 30, None);
+        assert!(counts.iter().all(|n| *n > 0), "{counts:?}");
     }
 }

@@ -8,12 +8,14 @@
 //! high bits), scores each, and selects the lower score's socket:
 //!
 //! ```text
-//! score = in flight + queued + (stale heartbeat ? STALE : 0)
+//! score = (in flight + queued + (stale heartbeat ? STALE : 0)) << 16
+//!         + min(open connections, 65535)
 //! queued = steered there - taken from its queue (never below 0)
 //! ```
 //!
-//! A tie goes to the first candidate, so that equal loads spread as the hash
-//! does. Nothing listed, a map lookup that fails or a socket the selection
+//! Between equal loads the one with fewer open connections wins (keep-alive
+//! connections spread evenly), and a full tie goes to the first candidate, as
+//! the hash would. Nothing listed, a map lookup that fails or a socket the selection
 //! cannot use: it passes without selecting, and the kernel's hash decides as
 //! without a program. No loop, so that the verifier accepts it from a process
 //! with `CAP_BPF` alone.
@@ -25,8 +27,9 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use super::memory::{Header, Shared, SlotLoad, MAX_SLOTS};
 use crate::sys::bpf::Insn;
 
-/// What a stale heartbeat adds to a score: more than any real load, so a
-/// stalled slot wins only against another stalled one.
+/// What a stale heartbeat adds to a load: more than any real one, so a
+/// stalled slot wins only against another stalled one. (Shifted by 16 with
+/// the load, the score still fits: loads are far below 2^40.)
 const STALE: i32 = 1 << 20;
 
 // Registers.
@@ -62,6 +65,7 @@ const LD_IMM64: u8 = 0x18;
 const JEQ_IMM: u8 = 0x15;
 const JNE_IMM: u8 = 0x55;
 const JGT_IMM: u8 = 0x25;
+const JLE_IMM: u8 = 0xb5;
 const JSGT_IMM: u8 = 0x65;
 const JSGT_REG: u8 = 0x6d;
 const JLE_REG: u8 = 0xbd;
@@ -124,7 +128,8 @@ impl Asm {
     /// `dst = score of the slot whose index is in `slot``, with `tmp` clobbered
     /// and R5 the slot's address; `R8` holds the shared memory, `R1` the cutoff
     /// below which a heartbeat is stale.
-    fn score(&mut self, dst: u8, slot: u8, tmp: u8, fresh: &'static str, positive: &'static str) {
+    fn score(&mut self, dst: u8, slot: u8, tmp: u8, labels: [&'static str; 3]) {
+        let [fresh, positive, few] = labels;
         let base = offset_of!(Shared, slots);
         let field = |name: usize| offset(base + name);
         self.op(MOV_REG, R5, slot, 0, 0);
@@ -151,6 +156,12 @@ impl Asm {
         self.jump(JSGT_REG, tmp, R1, 0, fresh);
         self.op(ADD_IMM, dst, 0, 0, STALE);
         self.label(fresh);
+        self.op(LSH_IMM, dst, 0, 0, 16);
+        self.op(LDX_W, tmp, R5, field(offset_of!(SlotLoad, connections)), 0);
+        self.jump(JLE_IMM, tmp, 0, 0xffff, few);
+        self.op(MOV_IMM, tmp, 0, 0, 0xffff);
+        self.label(few);
+        self.op(ADD_REG, dst, tmp, 0, 0);
     }
 
     /// `reg = list[reg] & (MAX_SLOTS - 1)`: the slot listed at that place,
@@ -216,8 +227,8 @@ pub fn program(shared: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> {
     asm.listed(R2);
     asm.listed(R3);
     // Their scores: R4 the first's, R9 the second's (R7 is free now).
-    asm.score(R4, R2, R7, "first fresh", "first queued");
-    asm.score(R9, R3, R7, "second fresh", "second queued");
+    asm.score(R4, R2, R7, ["first fresh", "first queued", "first few"]);
+    asm.score(R9, R3, R7, ["second fresh", "second queued", "second few"]);
     // The lower; a tie to the first.
     asm.op(MOV_REG, R7, R2, 0, 0);
     asm.jump(JLE_REG, R4, R9, 0, "chosen");

@@ -181,7 +181,6 @@ impl Server {
         })
     }
 
-    /// The `--admin` address, from the ready line (`..., admin on ADDR`).
     /// The first ready line (`prefork-server: listening on ...`).
     pub fn ready_line(&self) -> String {
         let out = self.out.lock().unwrap();
@@ -189,6 +188,7 @@ impl Server {
         line.cloned().expect("a ready line")
     }
 
+    /// The `--admin` address, from the ready line (`..., admin on ADDR`).
     pub fn admin_addr(&self) -> SocketAddr {
         let out = self.out.lock().unwrap();
         let line = out
