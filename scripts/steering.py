@@ -13,8 +13,10 @@ time; the runs of each phase alternate the modes, and the tables give medians.
           (oha -q, latency-corrected, a new connection per request)
   hello   the default app's `GET /`: user CPU per request and requests/s, one
           worker pinned to CPU 1 and wrk on CPU 0, keep-alive and
-          `Connection: close`; and the split of requests between 2 unpinned
-          workers (keep-alive)
+          `Connection: close`; the split of requests between 2 unpinned
+          workers (keep-alive; wrk shares their CPUs, so this is the
+          scheduler's split as much as the placement's), and of 64 keep-alive
+          connections opened one after another (the placement alone)
 
 Usage: python3 scripts/steering.py [--runs N] [--seconds S]
 Needs wrk and oha (scripts/bench.sh installs them) and root, to load the
@@ -158,6 +160,30 @@ def split(mode, seconds):
     return max(counts) / max(1, sum(counts))
 
 
+def connection_split(mode):
+    """The busiest worker's share of 64 keep-alive connections opened one after another."""
+    import socket
+    import urllib.request
+    admin = bench.free_port()
+    server = Hello(mode, 2, None)
+    server.command = lambda: Hello.command(server) + ["--admin", f"127.0.0.1:{admin}"]
+    server.start()
+    try:
+        held = []
+        for _ in range(64):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            s.recv(4096)
+            held.append(s)
+        status = json.load(urllib.request.urlopen(f"http://127.0.0.1:{admin}/status", timeout=5))
+        counts = [w["connections"] for w in status["slots"]]
+        for s in held:
+            s.close()
+    finally:
+        server.stop()
+    return max(counts) / max(1, sum(counts))
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
@@ -183,16 +209,17 @@ def main():
             print(f"| {mode} | {r['50']:.2f} | {r['90']:.2f} | {r['99']:.2f} | {r['99.9']:.2f} | "
                   f"{r['rps']:,.0f} | {r['errors']:.0f} |")
         print("\n## Uniform hello: user CPU per request (µs) and requests/s, 1 worker pinned\n")
-        print("| --balance | keep-alive µs | keep-alive req/s | close µs | close req/s | busiest of 2 workers |")
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| --balance | keep-alive µs | keep-alive req/s | close µs | close req/s | busiest of 2 workers: "
+              "requests | connections |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         pair = ["steered", "reuseport"]
         keep = rounds(pair, args.runs, lambda mode: hello_run(mode, "pinned", args.seconds))
         close = rounds(pair, args.runs, lambda mode: hello_run(mode, "close", args.seconds))
-        shares = rounds(pair, 1, lambda mode: {"share": split(mode, args.seconds)})
+        shares = rounds(pair, 1, lambda mode: {"share": split(mode, args.seconds), "conns": connection_split(mode)})
         for mode in pair:
-            k, c, s = keep[mode], close[mode], shares[mode]["share"]
+            k, c, s = keep[mode], close[mode], shares[mode]
             print(f"| {mode} | {k['user_us']:.2f} | {k['rps']:,.0f} | {c['user_us']:.2f} | {c['rps']:,.0f} | "
-                  f"{s:.1%} |")
+                  f"{s['share']:.1%} | {s['conns']:.1%} |")
         ratio = lambda table, key: table["steered"][key] / table["reuseport"][key]  # noqa: E731
         print(f"\nsteered / reuseport: keep-alive CPU {ratio(keep, 'user_us'):.3f}, "
               f"req/s {ratio(keep, 'rps'):.3f}; close CPU {ratio(close, 'user_us'):.3f}, "
