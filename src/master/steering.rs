@@ -67,6 +67,11 @@ impl Steer {
         self.program.as_ref().filter(|_| self.attached)?.shared().slot(slot)
     }
 
+    /// The shared memory, while the program is attached.
+    pub(super) fn shared(&self) -> Option<&'static steering::Shared> {
+        self.program.as_ref().filter(|_| self.attached).map(Steering::shared)
+    }
+
     /// The fds a new master takes over (see `sys::steering`).
     pub(super) fn fds(&self) -> Option<[std::os::fd::BorrowedFd<'_>; 3]> {
         self.program.as_ref().map(Steering::fds)

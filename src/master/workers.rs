@@ -112,7 +112,11 @@ impl Master<'_> {
             &self.sockets.listeners,
         );
         let steer = self.steer.slot_load(slot);
+        let shared = self.steer.shared();
         let pid = spawn::spawn(&self.signals, start, worker_end, move |channel| {
+            if let Some(shared) = shared {
+                shared.protect_for_worker();
+            }
             worker_main(super::WorkerStart {
                 slot,
                 listener,

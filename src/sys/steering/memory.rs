@@ -52,17 +52,23 @@ pub struct SlotLoad {
 /// A heartbeat that is never stale (a command's: the master measures it).
 pub const NEVER_STALE: u64 = i64::MAX as u64;
 
-/// The whole element.
+/// The whole element: the master's part (header and list), then, from a page
+/// boundary, the workers' (each slot's load), so that a worker can make the
+/// master's part read-only in its own mapping (see [`Shared::protect_for_worker`]).
 #[repr(C)]
 pub struct Shared {
     pub header: Header,
     /// The slots that may take connections, `count` of them.
     pub list: [AtomicU32; MAX_SLOTS],
+    to_page: [u8; PAGE - (size_of::<Header>() + 4 * MAX_SLOTS) % PAGE],
     pub slots: [SlotLoad; MAX_SLOTS],
 }
 
+const PAGE: usize = 4096;
+
 // The program computes a slot's address as `index << 6`, and reads the list at 64.
 const _: () = assert!(size_of::<SlotLoad>() == 64);
+const _: () = assert!(offset_of!(Shared, slots) % PAGE == 0);
 // The program's offsets into the element are 16-bit.
 const _: () = assert!(offset_of!(Shared, slots) + size_of::<SlotLoad>() < i16::MAX as usize);
 const _: () = assert!(offset_of!(Shared, list) == 64);
@@ -93,6 +99,23 @@ impl Shared {
             .iter()
             .map(|slot| slot.load(Relaxed) as usize)
             .collect()
+    }
+
+    /// In a worker, right after the fork: the master's part of this
+    /// process's mapping becomes read-only, so that a worker (its app's code
+    /// included) cannot change which slots are listed, only write loads.
+    pub fn protect_for_worker(&self) {
+        let start = (self as *const Shared).cast_mut().cast::<libc::c_void>();
+        // SAFETY: `start` is the page-aligned start of this mapping (an mmap
+        // result), and `offset_of!(Shared, slots)` bytes of it are mapped; the
+        // master's part is only read through atomics in a worker afterwards.
+        let rc = unsafe { libc::mprotect(start, offset_of!(Shared, slots), libc::PROT_READ) };
+        if rc != 0 {
+            crate::log::debug!(
+                "cannot make the steering list read-only: {}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 
     /// `slot`'s part; `None` past the steered slots.
