@@ -352,6 +352,7 @@ fn scale(pid_file: &Found<PathBuf>, admin: &Found<SocketAddr>, target: u64) -> R
             current = workers(admin)?;
         }
     }
-    say!("the master (pid {pid}) runs {target} workers");
+    let plural = if target == 1 { "" } else { "s" };
+    say!("the master (pid {pid}) runs {target} worker{plural}");
     Ok(())
 }

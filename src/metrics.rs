@@ -95,6 +95,17 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
     }
     registry.register("restarts", "Workers replaced, by slot and reason", restarts);
 
+    let steering = Family::<Labels, Gauge>::default();
+    let mode = crate::sys::scoreboard::Steering::name(header.steering.load(Relaxed));
+    steering
+        .get_or_create(&vec![("mode".to_owned(), mode.to_owned())])
+        .set(1);
+    registry.register(
+        "steering",
+        "How new connections reach the workers: steered by load, lending, hash or shared",
+        steering,
+    );
+
     let queue = Family::<Labels, Gauge>::default();
     let steered = Family::<Labels, Counter>::default();
     let stalled = Family::<Labels, Gauge>::default();

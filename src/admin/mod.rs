@@ -244,6 +244,8 @@ fn status(view: &View) -> serde_json::Value {
         "workers": header.workers.load(Relaxed),
         "generation": header.generation.load(Relaxed),
         "reloads": header.reloads.load(Relaxed),
+        // What `--balance` came to (`config.balance` is what was asked).
+        "steering": crate::sys::scoreboard::Steering::name(header.steering.load(Relaxed)),
         "config": view.summary,
         "slots": workers,
     })

@@ -177,9 +177,9 @@ fn run(
     let signals = Signals::install().map_err(Error::Signals)?;
     let (addr, balance) = (listeners.addr(), config.balance.as_str());
     info!(
-        "master (pid {}): starting {} workers on {addr} ({balance})",
+        "master (pid {}): starting {} on {addr} (--balance {balance})",
         getpid(),
-        config.workers
+        workers_count(config.workers.get())
     );
     // Sockets handed over by an upgrade may be more (or fewer) than the slots.
     let workers = config.workers.get();
@@ -408,9 +408,12 @@ impl Master<'_> {
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
-        let line = format!("prefork-server: listening on {addr} with {workers} workers ({balance}){admin}\n");
+        let line = format!(
+            "prefork-server: listening on {addr} with {} ({balance}){admin}\n",
+            workers_count(workers)
+        );
         print_ready_line(&line);
-        let status = format!("STATUS={workers} workers serving on {addr}");
+        let status = format!("STATUS={} serving on {addr}", workers_count(workers));
         if !first {
             return self.systemd.send(&status);
         }
@@ -460,5 +463,13 @@ fn print_ready_line(line: &str) {
             warn!("master: stdout is closed ({err}): ready lines are not printed from now on; the log says `ready`")
         }
         Err(Unwritten::Closed(None)) => {}
+    }
+}
+
+/// `1 worker`, `2 workers`.
+pub(crate) fn workers_count(n: usize) -> String {
+    match n {
+        1 => "1 worker".into(),
+        n => format!("{n} workers"),
     }
 }

@@ -77,6 +77,22 @@ impl Steer {
         self.program.as_ref().map(Steering::fds)
     }
 
+    /// What `--balance` came to, for the admin views.
+    pub(super) fn in_force(
+        &self,
+        balance: Balance,
+        layout: Layout,
+        commands: bool,
+    ) -> crate::sys::scoreboard::Steering {
+        use crate::sys::scoreboard::Steering as Mode;
+        match (layout, balance) {
+            (Layout::Shared, _) => Mode::Shared,
+            _ if self.attached => Mode::ByLoad,
+            (_, Balance::Steered | Balance::Lending) if !commands => Mode::Lending,
+            _ => Mode::Hash,
+        }
+    }
+
     /// What the ready line says of it.
     /// (`commands`: exec mode, where a command's socket is never lent.)
     pub(super) fn describe(&self, balance: Balance, layout: Layout, commands: bool) -> String {
@@ -172,7 +188,12 @@ impl Master<'_> {
             return;
         }
         match program.attach(first.as_fd()) {
-            Ok(()) => self.steer.attached = true,
+            Ok(()) => {
+                if !self.steer.attached {
+                    info!("master: new connections are steered by load");
+                }
+                self.steer.attached = true;
+            }
             Err(err) => {
                 warn!("master: cannot attach the steering program: {err}; new connections are placed by the kernel's hash");
                 self.steer.attached = false;
@@ -184,6 +205,12 @@ impl Master<'_> {
     /// ready and not stalled), if they changed; every [`CHECK`], the stalled
     /// workers and the commands' queues.
     pub(super) fn steer(&mut self) {
+        let mode = self.steer.in_force(
+            self.config.balance,
+            self.sockets.listeners.layout(),
+            self.config.command.is_some(),
+        );
+        self.scoreboard.header().steering.store(mode as u64, Relaxed);
         if self.sockets.listeners.layout() != Layout::PerSlot {
             self.steer.next_check = None;
             return;

@@ -313,8 +313,12 @@ impl Master<'_> {
         for (slot, pid) in self.fleet.pool.releases() {
             self.tell(pid, ToWorker::Release(slot));
         }
+        let stalled = self.fleet.pool.stalled();
         for (slot, pid) in self.fleet.pool.adoptions() {
-            info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile");
+            match stalled.contains(&slot) {
+                true => info!("slot {slot}'s worker is stalled: pid {pid} accepts on its socket meanwhile"),
+                false => info!("slot {slot} has no ready worker: pid {pid} accepts on its socket meanwhile"),
+            }
             self.tell(pid, ToWorker::Adopt(slot));
         }
     }

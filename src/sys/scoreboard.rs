@@ -46,6 +46,33 @@ pub struct Header {
     /// The master's last wake-up, in [`monotonic_ms`]: it wakes at least every
     /// [`MASTER_BEAT`], so an older one means its loop is stuck (`/livez`).
     pub master_beat_ms: AtomicU64,
+    /// How new connections reach the workers in fact (see [`Steering`]).
+    pub steering: AtomicU64,
+}
+
+/// [`Header::steering`]: what `--balance` came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u64)]
+pub enum Steering {
+    /// The kernel's hash over per-slot sockets (`reuseport`).
+    Hash = 0,
+    /// The steering program is attached (`steered`).
+    ByLoad = 1,
+    /// A stalled worker's socket is lent (`lending`, or `steered` refused).
+    Lending = 2,
+    /// One socket for all (`shared`).
+    Shared = 3,
+}
+
+impl Steering {
+    pub fn name(code: u64) -> &'static str {
+        match code {
+            1 => "steered by load",
+            2 => "lending",
+            3 => "shared",
+            _ => "hash",
+        }
+    }
 }
 
 /// The master wakes at least this often, to stamp [`Header::master_beat_ms`].

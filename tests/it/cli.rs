@@ -187,7 +187,7 @@ fn control_commands_read_the_environment_and_the_config_file() {
 
     let (code, out, err) = control_with(&[("PREFORK_CONFIG", file_arg)], &["scale", "1"]);
     assert_eq!(code, Some(0), "{err}");
-    assert!(out.contains("runs 1 workers"), "{out}");
+    assert!(out.contains("runs 1 worker"), "{out}");
 
     // Only what the command needs is read: an admin address on all
     // interfaces (which the server takes with --admin-allow-remote) is no

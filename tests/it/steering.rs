@@ -295,6 +295,7 @@ fn the_admin_views_show_a_stalled_slot() {
     let stalled = eventually(Duration::from_secs(2), "a slot shown stalled", || {
         let response = get(server.admin_addr(), "/status").ok()?;
         let status: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+        assert_eq!(status["steering"], "lending", "the mode in force");
         let slots = status["slots"].as_array()?.clone();
         slots.into_iter().find(|slot| slot["stalled"] == true)
     });
@@ -324,12 +325,17 @@ fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
     let status = eventually(Duration::from_secs(2), "20 steered, 1 in flight", || {
         let response = get(server.admin_addr(), "/status").ok()?;
         let status: serde_json::Value = serde_json::from_str(&response.body).ok()?;
+        assert_eq!(status["steering"], "steered by load", "the mode in force");
         let slots = status["slots"].as_array()?.clone();
         let sum = |key: &str| slots.iter().filter_map(|slot| slot[key].as_u64()).sum::<u64>();
         (sum("steered") >= 21 && sum("in_flight") == 1).then_some(slots)
     });
     assert!(status.iter().all(|slot| slot["queue"].is_u64()), "{status:?}");
     let metrics = get(server.admin_addr(), "/metrics").unwrap().body;
+    assert!(
+        metrics.contains("prefork_steering{mode=\"steered by load\"} 1"),
+        "{metrics}"
+    );
     for name in [
         "prefork_in_flight{",
         "prefork_accept_queue{",
