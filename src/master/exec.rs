@@ -308,6 +308,12 @@ impl Master<'_> {
     pub(super) fn exec_ready(&self, pid: Pid) {
         if let Some(record) = self.fleet.exec_record(pid) {
             self.scoreboard.record(record).set_state(State::Ready);
+            // Its load as the steering sees it, from now: nothing queued that
+            // it knows of, never stale (the master measures it from here on).
+            let load = self.fleet.pool.slot_of(pid).and_then(|slot| self.steer.slot_load(slot));
+            if let Some(load) = load {
+                load.measured(0);
+            }
         }
     }
 

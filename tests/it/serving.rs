@@ -40,7 +40,7 @@ fn both_balance_modes_serve() {
         let pid = get(server.addr, "/").unwrap().worker_pid().unwrap();
         assert!(workers.contains(&pid), "{balance}: {pid} not in {workers:?}");
         let logs = server.logs();
-        assert!(logs.contains(&format!("({balance})")), "{balance}: {logs}");
+        assert!(logs.contains(&format!("(--balance {balance})")), "{balance}: {logs}");
     }
 }
 
