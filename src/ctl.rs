@@ -277,22 +277,25 @@ fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
         other => other.to_string(),
     };
     say!(
-        "master {} · {} workers · generation {} · {} reloads · up {}",
+        "master {} · {} workers · generation {} · {} reloads · up {} · {}",
         status["master_pid"],
         status["workers"],
         status["generation"],
         status["reloads"],
-        field(&status["uptime_s"])
+        field(&status["uptime_s"]),
+        field(&status["steering"])
     );
     say!(
-        "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  last exit",
+        "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>6} {:>5} {:>10} {:>8}  last exit",
         "slot",
         "pid",
         "gen",
         "state",
         "uptime",
         "requests",
+        "flight",
         "conns",
+        "queue",
         "memory",
         "restarts"
     );
@@ -300,15 +303,21 @@ fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
         let memory = worker["rss_bytes"]
             .as_u64()
             .map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0));
+        let queue = match worker["stalled"].as_bool() {
+            Some(true) => format!("{}!", field(&worker["queue"])),
+            _ => field(&worker["queue"]),
+        };
         say!(
-            "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>10} {:>8}  {}",
+            "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>6} {:>5} {:>10} {:>8}  {}",
             field(&worker["slot"]),
             field(&worker["pid"]),
             field(&worker["generation"]),
             field(&worker["state"]),
             field(&worker["uptime_s"]),
             field(&worker["requests"]),
+            field(&worker["in_flight"]),
             field(&worker["connections"]),
+            queue,
             memory,
             field(&worker["restarts"]),
             field(&worker["last_exit"]),

@@ -180,6 +180,7 @@ fn control_commands_read_the_environment_and_the_config_file() {
     let (code, out, err) = control_with(&[("PREFORK_ADMIN", &admin)], &["status"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("2 workers · generation 2"), "{out}");
+    assert!(out.contains("· steered by load") && out.contains("flight"), "{out}");
 
     let (code, out, err) = control_with(&[], &["status", "--config", file_arg]);
     assert_eq!(code, Some(0), "{err}");
