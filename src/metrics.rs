@@ -96,7 +96,7 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
     registry.register("restarts", "Workers replaced, by slot and reason", restarts);
 
     let steering = Family::<Labels, Gauge>::default();
-    let mode = crate::sys::scoreboard::Steering::name(header.steering.load(Relaxed));
+    let mode = crate::sys::scoreboard::SteeringMode::name(header.steering.load(Relaxed));
     steering
         .get_or_create(&vec![("mode".to_owned(), mode.to_owned())])
         .set(1);

@@ -245,7 +245,7 @@ fn status(view: &View) -> serde_json::Value {
         "generation": header.generation.load(Relaxed),
         "reloads": header.reloads.load(Relaxed),
         // What `--balance` came to (`config.balance` is what was asked).
-        "steering": crate::sys::scoreboard::Steering::name(header.steering.load(Relaxed)),
+        "steering": crate::sys::scoreboard::SteeringMode::name(header.steering.load(Relaxed)),
         "config": view.summary,
         "slots": workers,
     })

@@ -64,7 +64,7 @@ impl Steer {
 
     /// Each slot's load, for its workers to write.
     pub(super) fn slot_load(&self, slot: usize) -> Option<&'static SlotLoad> {
-        self.program.as_ref().filter(|_| self.attached)?.shared().slot(slot)
+        self.shared()?.slot(slot)
     }
 
     /// The shared memory, while the program is attached.
@@ -83,8 +83,8 @@ impl Steer {
         balance: Balance,
         layout: Layout,
         commands: bool,
-    ) -> crate::sys::scoreboard::Steering {
-        use crate::sys::scoreboard::Steering as Mode;
+    ) -> crate::sys::scoreboard::SteeringMode {
+        use crate::sys::scoreboard::SteeringMode as Mode;
         match (layout, balance) {
             (Layout::Shared, _) => Mode::Shared,
             _ if self.attached => Mode::ByLoad,
@@ -239,12 +239,7 @@ impl Master<'_> {
     /// stalled, for `/status` and `/metrics`.
     fn show_queues(&self) {
         let stalled = self.fleet.pool.stalled();
-        let shared = self
-            .steer
-            .program
-            .as_ref()
-            .filter(|_| self.steer.attached)
-            .map(Steering::shared);
+        let shared = self.steer.shared();
         for (slot, socket) in self.sockets.listeners.sockets().enumerate() {
             let Some(stats) = self.scoreboard.slots().get(slot) else {
                 break;
@@ -263,7 +258,7 @@ impl Master<'_> {
     /// handed over to a new one (it lists its own), nor by a new one before it
     /// has: the old master's list stands until then.
     fn publish_steering(&mut self) {
-        let Some(program) = self.steer.program.as_ref().filter(|_| self.steer.attached) else {
+        let Some(shared) = self.steer.shared() else {
             return;
         };
         if self.origin.old_master.is_some() || self.upgrade.handed_over() {
@@ -278,8 +273,8 @@ impl Master<'_> {
         };
         // Against the memory, not a copy: the other master of a handover may
         // have written it last.
-        if serving != program.shared().listed() {
-            program.shared().publish(&serving);
+        if serving != shared.listed() {
+            shared.publish(&serving);
         }
     }
 
@@ -308,13 +303,12 @@ impl Master<'_> {
     /// connections waiting on its socket. A stopped one (`SIGSTOP`, a
     /// debugger) is not listed until it runs again.
     fn measure_commands(&mut self) {
-        let Some(program) = &self.steer.program else { return };
         for (slot, pid, was) in self.fleet.pool.ready_workers() {
             if !matches!(self.fleet.kind(pid), Some(Kind::Exec(_))) {
                 continue;
             }
             let socket = self.sockets.listeners.for_slot(slot);
-            if let (Ok((queue, _)), Some(load)) = (crate::sys::listener::queue(socket), program.shared().slot(slot)) {
+            if let (Ok((queue, _)), Some(load)) = (crate::sys::listener::queue(socket), self.steer.slot_load(slot)) {
                 load.measured(u64::from(queue));
             }
             let stopped = matches!(crate::sys::process::state(pid), Some('T' | 't'));

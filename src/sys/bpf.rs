@@ -241,15 +241,28 @@ pub fn load_program(prog_type: u32, insns: &[Insn], label: &str) -> Result<Owned
 /// Attaches `program` to the reuseport group of `socket` (the whole group:
 /// sockets that join it later are steered too), replacing any program there.
 pub fn attach_reuseport(socket: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
-    let fd: libc::c_int = program.as_raw_fd();
+    set_int_option(socket, SO_ATTACH_REUSEPORT_EBPF, program.as_raw_fd())
+}
+
+/// Detaches whatever program steers the reuseport group of `socket`; none is
+/// no error.
+pub fn detach_reuseport(socket: BorrowedFd<'_>) -> io::Result<()> {
+    match set_int_option(socket, SO_DETACH_REUSEPORT_BPF, 0) {
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+/// `setsockopt(SOL_SOCKET, option, &value)` for an int option.
+fn set_int_option(socket: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
     // SAFETY: setsockopt on a socket this process holds, with a pointer to an
     // int valid for the call and its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_EBPF,
-            &fd as *const libc::c_int as *const libc::c_void,
+            option,
+            &value as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
@@ -257,29 +270,6 @@ pub fn attach_reuseport(socket: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::
         return Err(io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Detaches whatever program steers the reuseport group of `socket`; none is
-/// no error.
-pub fn detach_reuseport(socket: BorrowedFd<'_>) -> io::Result<()> {
-    let unused: libc::c_int = 0;
-    // SAFETY: as in `attach_reuseport`.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_DETACH_REUSEPORT_BPF,
-            &unused as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    match rc {
-        0 => Ok(()),
-        _ => match io::Error::last_os_error() {
-            err if err.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            err => Err(err),
-        },
-    }
 }
 
 /// Maps the memory of an `F_MMAPABLE` array map, shared: what this process

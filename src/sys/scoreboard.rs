@@ -46,14 +46,14 @@ pub struct Header {
     /// The master's last wake-up, in [`monotonic_ms`]: it wakes at least every
     /// [`MASTER_BEAT`], so an older one means its loop is stuck (`/livez`).
     pub master_beat_ms: AtomicU64,
-    /// How new connections reach the workers in fact (see [`Steering`]).
+    /// How new connections reach the workers in fact (see [`SteeringMode`]).
     pub steering: AtomicU64,
 }
 
 /// [`Header::steering`]: what `--balance` came to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u64)]
-pub enum Steering {
+pub enum SteeringMode {
     /// The kernel's hash over per-slot sockets (`reuseport`).
     Hash = 0,
     /// The steering program is attached (`steered`).
@@ -64,7 +64,7 @@ pub enum Steering {
     Shared = 3,
 }
 
-impl Steering {
+impl SteeringMode {
     pub fn name(code: u64) -> &'static str {
         match code {
             1 => "steered by load",

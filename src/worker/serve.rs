@@ -321,9 +321,12 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
         let accepted = std::future::poll_fn(|cx| {
             // Pending with budget left is the socket's: nothing queued. (Out
             // of tokio's cooperative budget, it is Pending whatever waits.)
+            let Some(steer) = steer else {
+                return listener.poll_accept(cx);
+            };
             let budget = tokio::task::coop::has_budget_remaining();
             let polled = listener.poll_accept(cx);
-            if let (Some(steer), true) = (steer, budget && polled.is_pending()) {
+            if budget && polled.is_pending() {
                 steer.queue_empty();
             }
             polled

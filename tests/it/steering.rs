@@ -39,19 +39,24 @@ fn waits_of_new_connections(addr: SocketAddr, n: usize) -> Vec<Duration> {
     clients.into_iter().map(|client| client.join().unwrap()).collect()
 }
 
+/// The fixture with 2 workers and `args`, both started; its ready line says
+/// `mode`, if one is given.
+fn two_workers(args: &[&str], mode: Option<&str>) -> Server {
+    let server = Server::start_example(&[&["--workers", "2"], args].concat());
+    server.wait_for_workers(2, Duration::from_secs(5));
+    if let Some(mode) = mode {
+        assert!(server.ready_line().contains(mode), "{}", server.ready_line());
+    }
+    server
+}
+
 fn over(waits: &[Duration], limit: Duration) -> usize {
     waits.iter().filter(|wait| **wait > limit).count()
 }
 
 #[test]
 fn a_new_connection_never_waits_behind_a_blocked_worker() {
-    let server = Server::start_example(&["--workers", "2"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
-    assert!(
-        server.ready_line().contains("(reuseport, steered by load)"),
-        "{}",
-        server.ready_line()
-    );
+    let server = two_workers(&[], Some("(reuseport, steered by load)"));
     let waits = waits_while_a_worker_blocks(&server, Duration::from_secs(3), 40);
     let worst = waits.iter().max().unwrap();
     assert_eq!(
@@ -63,13 +68,7 @@ fn a_new_connection_never_waits_behind_a_blocked_worker() {
 
 #[test]
 fn without_the_kernel_program_a_stalled_workers_socket_is_lent_within_a_second() {
-    let server = Server::start_example(&["--workers", "2", "--balance", "lending"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
-    assert!(
-        server.ready_line().contains("(reuseport, lending"),
-        "{}",
-        server.ready_line()
-    );
+    let server = two_workers(&["--balance", "lending"], Some("(reuseport, lending"));
     let waits = waits_while_a_worker_blocks(&server, Duration::from_secs(3), 40);
     let worst = waits.iter().max().unwrap();
     assert_eq!(over(&waits, Duration::from_secs(1)), 0, "worst {worst:?}: {waits:?}");
@@ -80,8 +79,7 @@ fn without_the_kernel_program_a_stalled_workers_socket_is_lent_within_a_second()
 #[test]
 fn the_kernels_hash_alone_keeps_connections_behind_a_blocked_worker() {
     // The mechanism, proved by its absence: half the connections wait.
-    let server = Server::start_example(&["--workers", "2", "--balance", "reuseport"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
+    let server = two_workers(&["--balance", "reuseport"], None);
     let waits = waits_while_a_worker_blocks(&server, Duration::from_secs(3), 40);
     assert!(over(&waits, Duration::from_secs(1)) >= 5, "{waits:?}");
 }
@@ -170,23 +168,10 @@ fn slot_of_command(pid: nix::unistd::Pid) -> Option<usize> {
     std::str::from_utf8(entry).ok()?.parse().ok()
 }
 
-/// Limits `pid` to the files it has open now and `room` more.
-fn limit_files(pid: nix::unistd::Pid, room: u64) {
-    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
-    let limit = libc::rlimit {
-        rlim_cur: open + room,
-        rlim_max: open + room,
-    };
-    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
-    let rc = unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
-}
-
 #[test]
 fn a_slot_scaled_away_while_its_sibling_is_at_its_file_limit_is_never_left_without_a_taker() {
     for balance in ["steered", "reuseport"] {
-        let server = Server::start_example(&["--workers", "2", "--balance", balance]);
-        server.wait_for_workers(2, Duration::from_secs(5));
+        let server = two_workers(&["--balance", balance], None);
         let survivor = pid_in(&server.wait_for_log("worker 0 (pid", Duration::from_secs(5))).unwrap();
         limit_files(survivor, 2);
         let at_limit = format!("worker 0 (pid {survivor}): accept failed: Too many open files");
@@ -222,13 +207,7 @@ fn a_slot_scaled_away_while_its_sibling_is_at_its_file_limit_is_never_left_witho
 
 #[test]
 fn steered_reloads_scaling_and_an_upgrade_under_load_lose_nothing() {
-    let mut server = Server::start_example(&["--workers", "2", "--graceful-timeout", "10s"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
-    assert!(
-        server.ready_line().contains("steered by load"),
-        "{}",
-        server.ready_line()
-    );
+    let mut server = two_workers(&["--graceful-timeout", "10s"], Some("steered by load"));
     let keep_alive = crate::load::Load::start(server.addr, 8);
     let closing = crate::load::Load::start_closing(server.addr, 8);
     let traffic = |at_least: u64| {
@@ -285,8 +264,7 @@ fn steered_reloads_scaling_and_an_upgrade_under_load_lose_nothing() {
 
 #[test]
 fn the_admin_views_show_a_stalled_slot() {
-    let server = Server::start_example(&["--workers", "2", "--admin", "127.0.0.1:0", "--balance", "lending"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
+    let server = two_workers(&["--admin", "127.0.0.1:0", "--balance", "lending"], None);
     let addr = server.addr;
     let blocking = std::thread::spawn(move || get(addr, "/block?ms=2500"));
     server.wait_for_log("blocking", Duration::from_secs(5));
@@ -314,8 +292,7 @@ fn the_admin_views_show_a_stalled_slot() {
 
 #[test]
 fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
-    let server = Server::start_example(&["--workers", "2", "--admin", "127.0.0.1:0"]);
-    server.wait_for_workers(2, Duration::from_secs(5));
+    let server = two_workers(&["--admin", "127.0.0.1:0"], None);
     for _ in 0..20 {
         get(server.addr, "/").unwrap();
     }

@@ -271,14 +271,7 @@ fn a_worker_at_its_file_limit_refuses_a_sibling_socket_and_serves_on() {
     let server = Server::start_command(command);
     let workers = server.wait_for_workers(2, Duration::from_secs(5));
     // Worker 1 may open two more files, then no more.
-    let open_fds = || std::fs::read_dir(format!("/proc/{}/fd", workers[1])).unwrap().count() as u64;
-    let limit = libc::rlimit {
-        rlim_cur: open_fds() + 2,
-        rlim_max: open_fds() + 2,
-    };
-    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
-    let rc = unsafe { libc::prlimit(workers[1].as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
-    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    limit_files(workers[1], 2);
     let mut clients = Vec::new();
     let at_limit = format!("worker 1 (pid {}): accept failed: Too many open files", workers[1]);
     eventually(Duration::from_secs(10), "worker 1 at its file limit", || {

@@ -125,6 +125,20 @@ impl Asm {
         self.op(0, 0, 0, 0, 0);
     }
 
+    /// `dst = the address of the load of the slot whose index is in `slot``,
+    /// less the offset of the slots in the element (`R8` holds the element).
+    fn slot_address(&mut self, dst: u8, slot: u8) {
+        self.op(MOV_REG, dst, slot, 0, 0);
+        self.op(
+            LSH_IMM,
+            dst,
+            0,
+            0,
+            std::mem::size_of::<SlotLoad>().trailing_zeros() as i32,
+        );
+        self.op(ADD_REG, dst, R8, 0, 0);
+    }
+
     /// `dst = score of the slot whose index is in `slot``, with `tmp` clobbered
     /// and R5 the slot's address; `R8` holds the shared memory, `R1` the cutoff
     /// below which a heartbeat is stale.
@@ -132,15 +146,7 @@ impl Asm {
         let [fresh, positive, few] = labels;
         let base = offset_of!(Shared, slots);
         let field = |name: usize| offset(base + name);
-        self.op(MOV_REG, R5, slot, 0, 0);
-        self.op(
-            LSH_IMM,
-            R5,
-            0,
-            0,
-            std::mem::size_of::<SlotLoad>().trailing_zeros() as i32,
-        );
-        self.op(ADD_REG, R5, R8, 0, 0);
+        self.slot_address(R5, slot);
         self.op(LDX_DW, dst, R5, field(offset_of!(SlotLoad, steered)), 0);
         self.op(LDX_DW, tmp, R5, field(offset_of!(SlotLoad, taken)), 0);
         self.op(SUB_REG, dst, tmp, 0, 0);
@@ -244,15 +250,7 @@ pub fn program(shared: BorrowedFd<'_>, sockets: BorrowedFd<'_>) -> Vec<Insn> {
     asm.op(CALL, 0, 0, 0, SK_SELECT_REUSEPORT);
     asm.jump(JNE_IMM, R0, 0, 0, "unselected");
     // Count it as steered there: queued until its worker takes it.
-    asm.op(MOV_REG, R1, R7, 0, 0);
-    asm.op(
-        LSH_IMM,
-        R1,
-        0,
-        0,
-        std::mem::size_of::<SlotLoad>().trailing_zeros() as i32,
-    );
-    asm.op(ADD_REG, R1, R8, 0, 0);
+    asm.slot_address(R1, R7);
     asm.op(MOV_IMM, R2, 0, 0, 1);
     let steered = offset(offset_of!(Shared, slots) + offset_of!(SlotLoad, steered));
     asm.op(XADD_DW, R1, R2, steered, 0);

@@ -107,3 +107,15 @@ pub fn established_connections(pid: Pid, port: u16) -> usize {
         .filter(|socket| held.contains(*socket))
         .count()
 }
+
+/// Limits `pid` to the files it has open now and `room` more.
+pub fn limit_files(pid: Pid, room: u64) {
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let limit = libc::rlimit {
+        rlim_cur: open + room,
+        rlim_max: open + room,
+    };
+    // SAFETY: prlimit reads `limit` and writes nothing (no old-limit pointer).
+    let rc = unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
