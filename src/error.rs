@@ -65,6 +65,11 @@ pub enum Error {
         /// What opening it said.
         source: io::Error,
     },
+    /// A TLS file (`--tls-cert`, `--tls-key`, ...) cannot be used.
+    Tls {
+        /// Which file, and why.
+        cause: String,
+    },
     /// `--pid-file` cannot be written: control commands would find no master.
     PidFile {
         /// The file.
@@ -96,6 +101,7 @@ impl fmt::Display for Error {
             Error::Channel(err) => write!(f, "cannot create the pipe to a worker: {err}"),
             Error::Poll(err) => write!(f, "master loop: poll failed: {err}"),
             Error::Command { cause } => write!(f, "cannot run the command: {cause}"),
+            Error::Tls { cause } => write!(f, "cannot serve TLS: {cause}"),
             Error::NotifySocket(err) => write!(f, "cannot bind the notify socket for the command: {err}"),
             Error::BootFailed { cause } => write!(f, "every worker failed to boot; {cause}"),
             Error::RunAs { cause } => write!(f, "cannot run the workers as --user/--group asks: {cause}"),
@@ -120,7 +126,7 @@ impl std::error::Error for Error {
             Error::Multithreaded { .. } | Error::BootFailed { .. } | Error::ScoreboardFull | Error::RunAs { .. } => {
                 None
             }
-            Error::Command { .. } => None,
+            Error::Command { .. } | Error::Tls { .. } => None,
         }
     }
 }

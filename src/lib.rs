@@ -37,6 +37,7 @@ mod master;
 mod metrics;
 mod service;
 mod sys;
+mod tls;
 mod worker;
 
 use std::fmt::Display;
@@ -46,11 +47,14 @@ use sys::{process, signals};
 pub use body::RequestBody;
 pub use config::{
     parse_socket_addr, AccessLogFormat, Balance, Config, ConfigError, ExecReady, Located, LogFormat, ServerFlags,
-    StopSignal,
+    StopSignal, TlsClientAuth,
 };
 pub use error::Error;
 pub use http::{Answer, Answered, Hello};
 pub use process::exit_code;
+/// A certificate in DER, as [`TlsInfo::client_certificates`] gives them.
+pub use rustls::pki_types::CertificateDer;
+pub use tls::TlsInfo;
 pub use worker::{draining, is_draining, local_addr};
 
 /// The signal table and the exit codes, as `prefork-server --help` ends.

@@ -58,6 +58,7 @@ macro_rules! settings {
                     file,
                     flags,
                     chosen: Chosen::default(),
+                    tls: None,
                 })
             }
         }
@@ -78,6 +79,8 @@ macro_rules! settings {
             pub(super) flags: Settings,
             /// What the program set in code: a reload keeps it over the file and the flags.
             pub(super) chosen: Chosen,
+            /// The TLS files it names, read and checked (see `Config::with_tls`).
+            pub(crate) tls: Option<std::sync::Arc<crate::tls::Loaded>>,
         }
 
         impl Config {

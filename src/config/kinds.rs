@@ -29,6 +29,16 @@ pub enum Balance {
     Shared,
 }
 
+/// With `--tls-client-ca`: whether a client must show a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsClientAuth {
+    /// A client without a certificate the CAs issued fails the handshake.
+    Required,
+    /// A client may show none (and is served); one it shows must verify.
+    Optional,
+}
+
 /// How the access log writes a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -29,7 +29,7 @@ mod units;
 
 pub(crate) use flags::OnlyServerFlags;
 pub use flags::{Located, ServerFlags};
-pub use kinds::{AccessLogFormat, Balance, ExecReady, LogFormat, StopSignal};
+pub use kinds::{AccessLogFormat, Balance, ExecReady, LogFormat, StopSignal, TlsClientAuth};
 pub use settings::Config;
 use settings::Settings;
 pub use units::parse_socket_addr;
@@ -98,13 +98,33 @@ impl Config {
                 _ => Err("not a number of workers from 1 to 4096".into()),
             })?;
         }
-        Config::load(flags.config, settings)
+        Config::load(flags.config, settings)?.with_tls()
     }
 
     /// The config for a reload (HUP): the file re-read, under the same
     /// command-line flags, with every setting the program set in code kept.
+    /// The TLS files are read again too: a new certificate is applied by a HUP.
     pub fn reload(&self) -> Result<Config, ConfigError> {
-        Ok(Config::load(self.file.clone(), self.flags.clone())?.keep_chosen(self))
+        Config::load(self.file.clone(), self.flags.clone())?
+            .keep_chosen(self)
+            .with_tls()
+    }
+
+    /// `self` with the TLS files it names read and checked: a file that
+    /// cannot be read, a key that is not its certificate's, an expired
+    /// certificate is an error that names the file.
+    pub(crate) fn with_tls(mut self) -> Result<Config, ConfigError> {
+        self.tls = crate::tls::Loaded::load(&self).map_err(ConfigError)?;
+        Ok(self)
+    }
+
+    /// Whether the TLS files this config names are still to be read (a config
+    /// built in code, or changed through a setter since).
+    pub(crate) fn tls_unread(&self) -> bool {
+        match &self.tls {
+            Some(loaded) => !loaded.is_of(self),
+            None => !self.tls_cert.is_empty(),
+        }
     }
 
     /// The address to listen on: `host` and `port`.

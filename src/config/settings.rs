@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::declare::{resolve, settings};
-use super::kinds::{AccessLogFormat, Balance, ExecReady, LogFormat, StopSignal};
+use super::kinds::{AccessLogFormat, Balance, ExecReady, LogFormat, StopSignal, TlsClientAuth};
 use super::units::{
-    duration, header_list_size, parse_duration, parse_header_list_size, parse_host, parse_positive_duration,
-    parse_size, parse_socket_addr, parsed, size, MIN_WORKER_MEMORY,
+    duration, header_list_size, one_or_many, parse_duration, parse_header_list_size, parse_host,
+    parse_positive_duration, parse_size, parse_socket_addr, parse_ticket_rotation, parsed, size, ticket_rotation,
+    MIN_WORKER_MEMORY,
 };
 use super::ConfigError;
 
@@ -42,6 +43,34 @@ pub struct Config;
     /// TCP port; 0 picks a free one (the ready line says which) [default: 8000]
     #[arg(long, env = "PREFORK_PORT")]
     port, set_port: u16 => u16 = or(8000);
+
+    /// Serve TLS on the port with this certificate chain (PEM); repeat it for more certificates, chosen by the name the client asks for (SNI), the first the default
+    #[arg(long, env = "PREFORK_TLS_CERT", value_name = "FILE")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    tls_cert, set_tls_cert: Vec<PathBuf> => Vec<PathBuf> = list;
+
+    /// The private key (PEM) of each --tls-cert, in the same order
+    #[arg(long, env = "PREFORK_TLS_KEY", value_name = "FILE")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    tls_key, set_tls_key: Vec<PathBuf> => Vec<PathBuf> = list;
+
+    /// Ask TLS clients for a certificate issued by one of these CAs (PEM); the service finds the verified chain in each request's TlsInfo [default: off]
+    #[arg(long, env = "PREFORK_TLS_CLIENT_CA", value_name = "FILE")]
+    tls_client_ca, set_tls_client_ca: PathBuf => Option<PathBuf> = optional;
+
+    /// With --tls-client-ca: required (a client without a valid certificate fails the handshake) or optional (it is served, without one) [default: required]
+    #[arg(long, env = "PREFORK_TLS_CLIENT_AUTH", value_enum)]
+    tls_client_auth, set_tls_client_auth: TlsClientAuth => TlsClientAuth = or(TlsClientAuth::Required);
+
+    /// Session-ticket keys from these files (48 or 80 random bytes each, as nginx's): the first encrypts, all decrypt; re-read on HUP [default: made in memory by the master, rotated]
+    #[arg(long, env = "PREFORK_TLS_TICKET_KEY", value_name = "FILE")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    tls_ticket_key, set_tls_ticket_key: Vec<PathBuf> => Vec<PathBuf> = list;
+
+    /// How often the master replaces the in-memory ticket key; tickets of the one before still resume for one more period [default: 1h]
+    #[arg(long, env = "PREFORK_TLS_TICKET_ROTATION", value_name = "DURATION", value_parser = parse_ticket_rotation)]
+    #[serde(default, deserialize_with = "ticket_rotation")]
+    tls_ticket_rotation, set_tls_ticket_rotation: Duration => Duration = or(Duration::from_secs(3600));
 
     /// Number of workers, 1 to 4096 [default: the number of CPUs this process may use]
     #[arg(long, env = "PREFORK_WORKERS", value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -239,6 +268,7 @@ impl Settings {
     /// every check is made again here.
     pub(super) fn resolve(self, file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
         let config = self.resolve_each(file, flags)?;
+        check_tls(&config)?;
         if let Some(admin) = config.admin {
             if !admin.ip().is_loopback() && !config.admin_allow_remote {
                 return Err(ConfigError(format!(
@@ -250,12 +280,45 @@ impl Settings {
     }
 }
 
+/// The TLS settings that only make sense together.
+fn check_tls(config: &Config) -> Result<(), ConfigError> {
+    let fail = |why: String| Err(ConfigError(why));
+    let (certs, keys) = (config.tls_cert.len(), config.tls_key.len());
+    if certs != keys {
+        return fail(format!(
+            "tls_key: {certs} certificates (--tls-cert) but {keys} keys (--tls-key): give one key per certificate, in the same order"
+        ));
+    }
+    if certs == 0 {
+        if config.tls_client_ca.is_some() {
+            return fail("tls_client_ca: client certificates need TLS: give --tls-cert and --tls-key".into());
+        }
+        if !config.tls_ticket_key.is_empty() {
+            return fail("tls_ticket_key: session tickets need TLS: give --tls-cert and --tls-key".into());
+        }
+        return Ok(());
+    }
+    if config.command.is_some() {
+        return fail(
+            "tls_cert: exec mode hands the command a plain TCP socket, so TLS is the command's own business \
+             (gunicorn --certfile, uvicorn --ssl-certfile, Node's https): give it the certificate, not prefork-server"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 // The resolvers the entries name: each takes the setting as the layers left it
 // (`None`: set nowhere) and gives its value or why it cannot be used.
 
 /// The value, or `default` where it is set nowhere.
 fn or<T>(default: T) -> impl FnOnce(Option<T>) -> Result<T, String> {
     move |given| Ok(given.unwrap_or(default))
+}
+
+/// A list: empty where it is set nowhere.
+fn list<T>(given: Option<Vec<T>>) -> Result<Vec<T>, String> {
+    Ok(given.unwrap_or_default())
 }
 
 /// A setting that may stay unset.

@@ -153,3 +153,50 @@ pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Opt
     };
     parsed.map(Some).map_err(serde::de::Error::custom)
 }
+
+/// The shortest ticket-key rotation: a ticket outlives its key by at most one
+/// period, and clients resume only within the lifetime they were told (the
+/// period), so a shorter one would make resumption rare for nothing.
+const MIN_TICKET_ROTATION: Duration = Duration::from_secs(60);
+
+/// A ticket-key rotation period: a duration of at least a minute and at most a
+/// week (tickets are told to live as long, and TLS 1.3 caps that at 7 days).
+pub(super) fn parse_ticket_rotation(text: &str) -> Result<Duration, String> {
+    let period = parse_duration(text)?;
+    match period {
+        p if p < MIN_TICKET_ROTATION => Err(format!("'{}' is shorter than a minute", text.trim())),
+        p if p > Duration::from_secs(7 * 24 * 3600) => Err(format!(
+            "'{}' is longer than a week, the most a TLS 1.3 ticket may live",
+            text.trim()
+        )),
+        p => Ok(p),
+    }
+}
+
+/// A file ticket-key rotation: seconds as a number, or a string like the flag.
+pub(super) fn ticket_rotation<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let Some(period) = duration(deserializer)? else {
+        return Ok(None);
+    };
+    parse_ticket_rotation(&format!("{}s", period.as_secs_f64()))
+        .map(Some)
+        .map_err(serde::de::Error::custom)
+}
+
+/// A file list given as a list, or as one value (`tls_cert = "cert.pem"`).
+pub(super) fn one_or_many<'de, D, T>(deserializer: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Many(Vec<T>),
+        One(T),
+    }
+    Ok(Some(match Raw::deserialize(deserializer)? {
+        Raw::Many(many) => many,
+        Raw::One(one) => vec![one],
+    }))
+}

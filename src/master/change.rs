@@ -138,8 +138,15 @@ impl Master<'_> {
             error!("master: log_level changes need a restart; the other settings are applied");
         }
         let workers = self.workers_after_reload(&new);
+        if let Some(tls) = &new.tls {
+            info!(
+                "master: reload: TLS: {} (the workers of this reload serve it)",
+                tls.describe()
+            );
+        }
         self.config = new;
         self.run_as = run_as;
+        self.arrange_tickets();
         // The sockets may be new, or `--balance` another.
         self.arrange_steering();
         self.warn_not_for_commands();

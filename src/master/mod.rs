@@ -39,6 +39,7 @@ mod sockets;
 mod startup;
 mod steering;
 mod systemd;
+mod tickets;
 mod upgrade;
 mod workers;
 
@@ -90,6 +91,8 @@ pub(crate) struct WorkerStart<'a> {
     /// `--balance steered`: where the worker writes its slot's load for the
     /// kernel's program (shared memory, no system call).
     pub steer: Option<&'static crate::sys::steering::SlotLoad>,
+    /// The TLS session-ticket keys the master shares (read-only here).
+    pub tickets: &'static crate::sys::tickets::TicketKeys,
 }
 
 /// What a forked worker runs; returns its exit code.
@@ -126,6 +129,8 @@ pub(crate) struct Origin {
     pub old_master: Option<File>,
     /// The old master's steering (its maps and program), taken over.
     pub steering: Option<[std::os::fd::OwnedFd; 3]>,
+    /// The old master's ticket keys (their memory), taken over.
+    pub tickets: Option<std::os::fd::OwnedFd>,
 }
 
 struct Master<'a> {
@@ -157,6 +162,8 @@ struct Master<'a> {
     exec: exec::ExecMode,
     /// How new connections reach the workers: the kernel program, stalls.
     steer: steering::Steer,
+    /// The TLS session-ticket keys every worker reads.
+    tickets: tickets::Tickets,
     /// The children the process had before the server ran (not orphans of its).
     children_before: Vec<nix::unistd::Pid>,
     /// What the app had open before `run_with`: its Rust workers keep it.
@@ -181,6 +188,9 @@ fn run(
         getpid(),
         workers_count(config.workers.get())
     );
+    if let Some(tls) = &config.tls {
+        info!("master: TLS on {addr}: {}", tls.describe());
+    }
     // Sockets handed over by an upgrade may be more (or fewer) than the slots.
     let workers = config.workers.get();
     let slots = match listeners.layout() {
@@ -191,6 +201,7 @@ fn run(
         listeners.ensure_slots(slots)?;
     }
     let steer = steering::Steer::inherited(origin.steering.take());
+    let tickets = tickets::Tickets::new(origin.tickets.take()).map_err(Error::Scoreboard)?;
     let now = Instant::now();
     let mut pool = Pool::new(slots, now);
     pool.resize(workers, now, now); // vacates the extra ones; there is no worker yet
@@ -211,11 +222,13 @@ fn run(
         systemd: Systemd::new(Notifier::from_env(), now),
         exec: exec::ExecMode::default(),
         steer,
+        tickets,
         children_before: Vec::new(),
         app_fds,
     };
     master.become_subreaper();
     master.arrange_steering();
+    master.arrange_tickets();
     master.fleet.pool.set_timeouts(master.timeouts());
     master.publish_pool();
     master.warn_not_for_commands();
@@ -273,6 +286,7 @@ impl Master<'_> {
             // Last: they act on everything above (a new ready line, a retired
             // worker, a vacant slot) before the next, possibly long, sleep.
             self.steer();
+            self.tickets.rotate_if_due(&self.config, self.now);
             self.arrange_adoptions();
             // After every write of this wake-up: the admin views re-render.
             self.scoreboard
@@ -295,6 +309,7 @@ impl Master<'_> {
             .chain(self.phase.leaving_until())
             .chain(self.exec_deadline(now))
             .chain(self.steer.deadline())
+            .chain(self.tickets.deadline())
             // At least once a beat: `/livez` reads the master's last wake-up.
             .chain([now + MASTER_BEAT]);
         let others = deadlines.map(|at| at.saturating_duration_since(now));
@@ -408,8 +423,9 @@ impl Master<'_> {
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
+        let tls = if self.config.tls.is_some() { " (TLS)" } else { "" };
         let line = format!(
-            "prefork-server: listening on {addr} with {} ({balance}){admin}\n",
+            "prefork-server: listening on {addr}{tls} with {} ({balance}){admin}\n",
             workers_count(workers)
         );
         print_ready_line(&line);
@@ -420,8 +436,10 @@ impl Master<'_> {
         self.systemd.send(&format!("READY=1\n{status}"));
         if let Some(old_master) = self.origin.old_master.take() {
             crate::sys::upgrade::report_ready(old_master);
-            // Taken over: the group is this master's to steer now.
+            // Taken over: the group is this master's to steer now, and the
+            // ticket keys its to write.
             self.arrange_steering();
+            self.arrange_tickets();
         }
     }
 
@@ -437,6 +455,14 @@ impl Master<'_> {
         let dropped = crate::sys::logfile::take_dropped();
         if dropped > 0 {
             warn!("master: {dropped} log lines dropped: the --log-file pipe did not take them at once (its reader stalled)");
+        }
+    }
+
+    /// The ticket keys the config asks for, once this master serves (a new
+    /// master leaves them to the old one until it has taken over).
+    pub(super) fn arrange_tickets(&mut self) {
+        if self.origin.old_master.is_none() {
+            self.tickets.arrange(&self.config, self.now);
         }
     }
 

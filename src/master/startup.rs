@@ -31,11 +31,18 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
             source,
         })?;
     }
+    // A config built in code (or changed through a setter) has not had its
+    // TLS files read yet.
+    let config = match config.tls_unread() {
+        true => config.with_tls().map_err(|err| Error::Tls { cause: err.to_string() })?,
+        false => config,
+    };
     let mut origin = Origin {
         args: std::env::args_os().skip(1).collect(),
         binary: std::env::current_exe().ok(),
         old_master: None,
         steering: None,
+        tickets: None,
     };
     let listeners = match upgrade::inherited().map_err(Error::Handover)? {
         Some(inherited) => {
@@ -46,6 +53,7 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
             );
             origin.old_master = Some(inherited.ready);
             origin.steering = inherited.steering;
+            origin.tickets = inherited.tickets;
             listener::Listeners::inherit(inherited.sockets, inherited.admin, inherited.layout, config.backlog)?
         }
         None => match upgrade::activated().map_err(Error::Activation)? {
@@ -71,6 +79,8 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
     // which are the master's now, nor the log file (every child keeps it).
     let masters: Vec<RawFd> = (listeners.raw_fds())
         .chain(origin.old_master.as_ref().map(AsRawFd::as_raw_fd))
+        .chain(origin.steering.iter().flatten().map(AsRawFd::as_raw_fd))
+        .chain(origin.tickets.as_ref().map(AsRawFd::as_raw_fd))
         .chain(crate::sys::logfile::raw_fd())
         .collect();
     let apps = before

@@ -138,7 +138,13 @@ impl Master<'_> {
         else {
             return error!("master: upgrade refused: the path of this binary is unknown; set --upgrade-binary");
         };
-        match upgrade::spawn_successor(&binary, &self.origin.args, &self.sockets.listeners, self.steer.fds()) {
+        match upgrade::spawn_successor(
+            &binary,
+            &self.origin.args,
+            &self.sockets.listeners,
+            self.steer.fds(),
+            self.tickets.fd(),
+        ) {
             Ok(successor) => {
                 let timeout = human(self.config.upgrade_timeout);
                 info!(

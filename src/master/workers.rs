@@ -113,10 +113,12 @@ impl Master<'_> {
         );
         let steer = self.steer.slot_load(slot);
         let shared = self.steer.shared();
+        let tickets = self.tickets.keys();
         let pid = spawn::spawn(&self.signals, start, worker_end, move |channel| {
             if let Some(shared) = shared {
                 shared.protect_for_worker();
             }
+            crate::sys::tickets::TicketMemory::protect_for_worker(tickets);
             worker_main(super::WorkerStart {
                 slot,
                 listener,
@@ -126,6 +128,7 @@ impl Master<'_> {
                 scoreboard,
                 admin: listeners.admin(),
                 steer,
+                tickets,
             })
         })?;
         self.scoreboard

@@ -16,6 +16,7 @@
 //! - `logfile`    `--log-file`, reopened on USR1
 //! - `output`     the master's stdout and stderr: written at once or dropped, never waited on
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
+//! - `tickets`    shared memory: the TLS session-ticket keys the master writes
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
 //! - `sd_notify`  what the master tells systemd (sd_notify)
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
@@ -42,4 +43,5 @@ pub(crate) mod sd_notify;
 pub(crate) mod signals;
 pub(crate) mod spawn;
 pub(crate) mod steering;
+pub(crate) mod tickets;
 pub(crate) mod upgrade;

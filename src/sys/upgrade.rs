@@ -12,6 +12,7 @@
 //! | `PREFORK_ADMIN_FD` | the `--admin` socket, if there is one |
 //! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
 //! | `PREFORK_STEERING_FD` | the first of the steering's three fds (its maps and program), if it steered |
+//! | `PREFORK_TICKETS_FD` | the memory of the TLS session-ticket keys (a memfd) |
 //!
 //! The new master inherits the very same socket objects. Nothing is closed or
 //! re-bound, so no accept queue is reset and no SO_REUSEPORT group changes. Once
@@ -44,6 +45,8 @@ const FROM: &str = "PREFORK_UPGRADE_FROM";
 const ADMIN_FD: &str = "PREFORK_ADMIN_FD";
 /// The first of the steering's three fds (its maps and program, see `sys::steering`).
 const STEERING_FD: &str = "PREFORK_STEERING_FD";
+/// The TLS session-ticket keys' memory (see `sys::tickets`).
+const TICKETS_FD: &str = "PREFORK_TICKETS_FD";
 /// The first inherited fd, as in systemd's `LISTEN_FDS` protocol.
 const FIRST_FD: RawFd = 3;
 
@@ -62,6 +65,7 @@ pub fn spawn_successor(
     args: &[OsString],
     listeners: &Listeners,
     steering: Option<[BorrowedFd<'_>; 3]>,
+    tickets: BorrowedFd<'_>,
 ) -> io::Result<Successor> {
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let mut mappings = Vec::new();
@@ -91,6 +95,11 @@ pub fn spawn_successor(
             child_fd: steering_fd + index as RawFd,
         });
     }
+    let tickets_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd) + 1;
+    mappings.push(FdMapping {
+        parent_fd: tickets.try_clone_to_owned()?,
+        child_fd: tickets_fd,
+    });
     let mut command = Command::new(binary);
     command
         .args(args)
@@ -100,6 +109,7 @@ pub fn spawn_successor(
         .env(FROM, std::process::id().to_string())
         .env_remove(ADMIN_FD)
         .env_remove(STEERING_FD)
+        .env(TICKETS_FD, tickets_fd.to_string())
         .stdin(Stdio::null());
     if steering.is_some() {
         command.env(STEERING_FD, steering_fd.to_string());
@@ -144,6 +154,8 @@ pub struct Inherited {
     pub admin: Option<TcpListener>,
     /// The old master's steering (its two maps and its program), if it steered.
     pub steering: Option<[OwnedFd; 3]>,
+    /// The TLS ticket keys' memory (absent from a master before TLS).
+    pub tickets: Option<OwnedFd>,
     pub from: String,
 }
 
@@ -173,7 +185,8 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let from = std::env::var(FROM).unwrap_or_default();
     let admin_fd: Option<RawFd> = std::env::var(ADMIN_FD).ok().and_then(|n| n.parse().ok());
     let steering_fd: Option<RawFd> = std::env::var(STEERING_FD).ok().and_then(|n| n.parse().ok());
-    for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD] {
+    let tickets_fd: Option<RawFd> = std::env::var(TICKETS_FD).ok().and_then(|n| n.parse().ok());
+    for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD, TICKETS_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
@@ -188,12 +201,14 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         Some(fd) => Some([claim_fd(fd)?, claim_fd(fd + 1)?, claim_fd(fd + 2)?]),
         None => None,
     };
+    let tickets = tickets_fd.map(claim_fd).transpose()?;
     Ok(Some(Inherited {
         sockets,
         layout,
         ready,
         admin,
         steering,
+        tickets,
         from,
     }))
 }

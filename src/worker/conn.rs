@@ -4,7 +4,7 @@
 //!              accepted
 //!                 │
 //!                 ▼
-//!            Detecting ──── the HTTP/2 preface ─────────────────► Http2
+//!            Detecting ── the HTTP/2 preface, or ALPN h2 ───────► Http2
 //!                 │                                                 │
 //!           other bytes                                             │
 //!                 ▼                                                 │
@@ -23,6 +23,8 @@
 //!  Reset) or closed by the client or hyper ──► closing ──► closed ◄─┘
 //! ```
 //!
+//! Over TLS, `Detecting` is the handshake, and ALPN tells the protocol.
+//!
 //! The states in the table (`Detecting` to `Http2`) are [`State`], kept in
 //! the connection's entry for the sweep (see `connections`); what the sweep
 //! asks of it is an [`Asked`]; parked and upgraded connections are out of the
@@ -35,11 +37,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use hyper::server::conn::{http1, http2};
-use tokio::net::TcpStream;
 
 use super::connections::{Asked, Open};
 use super::frames::NO_ERROR;
-use super::io::{Counted, Io};
+use super::io::{Counted, H2Io, Io, Stream};
 use super::protocol::{Protocol, Protocols};
 use super::respond::Tracked;
 use crate::service::WorkerService;
@@ -59,14 +60,15 @@ pub enum State {
     /// when it was to be parked: not idle, so the header read timeout bounds
     /// it, and it is not parked again.
     Http1HeadBegun,
-    /// HTTP/2 (prior knowledge).
+    /// HTTP/2 (prior knowledge, or chosen by ALPN over TLS).
     Http2,
 }
 
 /// Where a connection starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
-    /// Newly accepted: its first bytes tell HTTP/2 from HTTP/1.1.
+    /// Newly accepted: its first bytes tell HTTP/2 from HTTP/1.1 (over TLS,
+    /// the handshake comes first, and ALPN tells).
     New,
     /// Back from the parking: HTTP/1.1 that has had a request.
     Unparked,
@@ -88,7 +90,7 @@ pub enum Ended<S> {
     Closed,
     /// Idle HTTP/1.1 keep-alive, taken back from hyper, for the parking.
     Idle {
-        stream: TcpStream,
+        stream: Stream,
         service: S,
         counted: Counted,
         /// When it became idle, in housekeeping ticks.
@@ -97,9 +99,11 @@ pub enum Ended<S> {
 }
 
 /// Serves one connection until the client closes it, until the sweep closes
-/// it, or until the sweep asks to park it.
+/// it, or until the sweep asks to park it. `stream` is a new connection's
+/// socket (`Start::New`: TLS, if the port serves it, is still to be
+/// negotiated) or a parked connection's stream.
 pub async fn serve_connection<S: WorkerService>(
-    stream: TcpStream,
+    stream: Stream,
     service: S,
     protocols: &Protocols,
     open: Open,
@@ -107,18 +111,34 @@ pub async fn serve_connection<S: WorkerService>(
     start: Start,
 ) -> Ended<S> {
     let entry = Rc::clone(open.entry());
-    let protocol = match start {
-        Start::Unparked => Protocol::Http1(bytes::Bytes::new()),
-        Start::New => {
+    let (stream, protocol) = match (start, stream, &protocols.tls) {
+        (Start::Unparked, stream, _) => (stream, Protocol::Http1(bytes::Bytes::new())),
+        (Start::New, Stream::Plain(tcp), Some(tls)) => {
+            let asked = || entry.is_asked();
+            let keep_waker = |waker: &Waker| entry.keep_waker(waker);
+            let Some(conn) = super::tls::handshake(tls, tcp, asked, keep_waker).await else {
+                return Ended::Closed;
+            };
+            // ALPN said which: what follows the handshake is that protocol's.
+            let protocol = match conn.info.is_h2() {
+                true => Protocol::Http2(bytes::Bytes::new()),
+                false => Protocol::Http1(bytes::Bytes::new()),
+            };
+            (Stream::Tls(Box::new(conn)), protocol)
+        }
+        (Start::New, stream, _) => {
             let asked = || entry.is_asked();
             let keep_waker = |waker: &Waker| entry.keep_waker(waker);
             // `None`: closed, reset or timed out before it said anything: nothing to answer.
-            match super::protocol::detect(&stream, asked, keep_waker).await {
-                Some(protocol) => protocol,
+            match super::protocol::detect(stream.tcp(), asked, keep_waker).await {
+                Some(protocol) => (stream, protocol),
                 None => return Ended::Closed,
             }
         }
     };
+    if let Stream::Tls(conn) = &stream {
+        entry.set_tls(&conn.info);
+    }
     let tracked = Tracked {
         inner: service,
         entry: Rc::clone(&entry),
@@ -146,7 +166,7 @@ pub async fn serve_connection<S: WorkerService>(
                 };
                 io = parts.io;
                 io.give_back(parts.read_buf);
-                if io.has_prefix() {
+                if io.has_begun() {
                     // The next request has begun: serve it now. (Parked, it would
                     // wait for the socket, and a whole head already read, from a
                     // client that pipelines, would wait forever.)
@@ -171,7 +191,7 @@ pub async fn serve_connection<S: WorkerService>(
                 // Taken from the queue during the drain: its GOAWAY is now.
                 entry.ask(Asked::Drain);
             }
-            let io = Io::h2(stream, read, stamps, counted);
+            let io = H2Io::new(stream, read, stamps, counted);
             let conn = protocols.h2.serve_connection(io, tracked);
             Watched::new(Box::pin(conn), Rc::clone(&entry)).await;
             if entry.stamps.goaway() == Some(super::frames::ENHANCE_YOUR_CALM) {
@@ -207,7 +227,7 @@ impl<S: WorkerService> Served for http1::UpgradeableConnection<Io, Tracked<S>> {
     }
 }
 
-impl<S: WorkerService> Served for http2::Connection<Io, Tracked<S>, super::streams::LocalExec> {
+impl<S: WorkerService> Served for http2::Connection<H2Io, Tracked<S>, super::streams::LocalExec> {
     fn graceful(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }

@@ -66,6 +66,8 @@ pub struct Entry {
     pub(super) streams: std::cell::OnceCell<Rc<Streams>>,
     /// The connection task's waker, for the sweep to wake it.
     waker: RefCell<Option<Waker>>,
+    /// Over TLS: what the handshake settled, for every request's extensions.
+    pub(super) tls: std::cell::OnceCell<crate::TlsInfo>,
     pub(super) lifecycle: Rc<Lifecycle>,
 }
 
@@ -118,6 +120,11 @@ impl Entry {
 
     pub(super) fn asked(&self) -> Asked {
         self.asked.get()
+    }
+
+    /// The connection speaks TLS, as `info` says.
+    pub(super) fn set_tls(&self, info: &crate::TlsInfo) {
+        let _ = self.tls.set(info.clone());
     }
 
     /// Forgets what the sweep asked (a park that found a request begun).
@@ -202,6 +209,7 @@ impl Connections {
             asked_at: Cell::new(0),
             streams: std::cell::OnceCell::new(),
             waker: RefCell::new(None),
+            tls: std::cell::OnceCell::new(),
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));

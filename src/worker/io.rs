@@ -26,8 +26,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
+use std::os::fd::AsRawFd;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio_rustls::server::TlsStream;
 
 use super::frames::{Frames, ENHANCE_YOUR_CALM};
 use crate::sys::scoreboard::Record;
@@ -231,14 +234,149 @@ impl Drop for Counted {
     }
 }
 
-/// The socket. Shutting down is left to the close that follows, which sends the
-/// same FIN: `shutdown(2)` first would be one more system call per connection
-/// for nothing. (An upgraded connection ends its own protocol, a WebSocket close
-/// frame for one, before it is dropped.)
+/// A connection's byte stream: the socket, or TLS over it.
+pub enum Stream {
+    Plain(TcpStream),
+    /// Boxed: rustls's connection state is large, and moves with the stream.
+    Tls(Box<TlsConn>),
+}
+
+/// A TLS connection, and what its handshake settled (every request's
+/// [`TlsInfo`](crate::TlsInfo)).
+pub struct TlsConn {
+    pub stream: TlsStream<TcpStream>,
+    pub info: crate::TlsInfo,
+}
+
+impl Stream {
+    /// The socket under it.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(stream) => stream,
+            Stream::Tls(tls) => tls.stream.get_ref().0,
+        }
+    }
+
+    /// Bytes the worker has read but hyper has not been given: TLS records
+    /// already decrypted. (A parked connection must have none: it is woken only
+    /// by its socket.)
+    pub fn has_buffered(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => tls
+                .stream
+                .get_mut()
+                .1
+                .process_new_packets()
+                .map_or(true, |state| state.plaintext_bytes_to_read() > 0),
+        }
+    }
+
+    /// Writes `bytes` now if the socket takes them, without waiting: best
+    /// effort (a `GOAWAY` as the connection closes). Over TLS, as a record.
+    fn send_now(&mut self, bytes: &[u8]) {
+        let fd = self.tcp().as_raw_fd();
+        // SAFETY: `fd` is this stream's socket, open for the whole call.
+        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let mut socket = NoWait(socket2::SockRef::from(&socket));
+        match self {
+            Stream::Plain(_) => {
+                let _ = io::Write::write(&mut socket, bytes);
+            }
+            Stream::Tls(tls) => {
+                let conn = tls.stream.get_mut().1;
+                if io::Write::write_all(&mut conn.writer(), bytes).is_err() {
+                    return;
+                }
+                while conn.wants_write() {
+                    if !matches!(conn.write_tls(&mut socket), Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A socket written without waiting (`MSG_DONTWAIT`) and without `SIGPIPE`.
+struct NoWait<'a>(socket2::SockRef<'a>);
+
+impl io::Write for NoWait<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsyncRead for Stream {
+    #[inline]
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut tls.stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    #[inline]
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut tls.stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Tls(tls) => Pin::new(&mut tls.stream).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(tls) => tls.stream.is_write_vectored(),
+        }
+    }
+
+    #[inline]
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Tls(tls) => Pin::new(&mut tls.stream).poll_flush(cx),
+        }
+    }
+
+    /// Shutting down a plain socket is left to the close that follows, which
+    /// sends the same FIN: `shutdown(2)` first would be one more system call
+    /// per connection for nothing. TLS says `close_notify` first (and leaves
+    /// the FIN to the close too), so that the client knows the end is the end.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(_) => Poll::Ready(Ok(())),
+            Stream::Tls(tls) => {
+                if !tls.stream.get_ref().1.wants_write() {
+                    tls.stream.get_mut().1.send_close_notify();
+                }
+                Pin::new(&mut tls.stream).poll_flush(cx)
+            }
+        }
+    }
+}
+
+/// An HTTP/1.1 connection's socket. (An upgraded connection ends its own
+/// protocol, a WebSocket close frame for one, before it is dropped.)
 pub struct Io {
-    /// HTTP/2 only. Before `inner`: dropped while the socket is still open.
-    h2: Option<Box<H2>>,
-    inner: TokioIo<TcpStream>,
+    inner: TokioIo<Stream>,
     /// What the worker read to tell HTTP/2 from HTTP/1, given back first.
     prefix: Bytes,
     stamps: Arc<Stamps>,
@@ -246,9 +384,8 @@ pub struct Io {
 }
 
 impl Io {
-    pub fn new(stream: TcpStream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
+    pub fn new(stream: Stream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
         Io {
-            h2: None,
             inner: TokioIo::new(stream),
             prefix,
             stamps,
@@ -256,17 +393,58 @@ impl Io {
         }
     }
 
-    /// An HTTP/2 connection's socket, whose `prefix` starts with the preface.
-    pub fn h2(stream: TcpStream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
-        use std::os::fd::AsRawFd;
+    /// Bytes hyper read but did not use (a next head begun): read first next time.
+    pub fn give_back(&mut self, read: Bytes) {
+        if !read.is_empty() {
+            self.prefix = read;
+        }
+    }
+
+    /// Whether something of a next request has been read already: bytes given
+    /// back, or TLS records decrypted and waiting.
+    pub fn has_begun(&mut self) -> bool {
+        !self.prefix.is_empty() || self.inner.inner_mut().has_buffered()
+    }
+
+    /// The stream and its place in the open count (the stamps stay with the
+    /// connection's entry; bytes given back are the caller's to check first).
+    pub fn into_parts(self) -> (Stream, Counted) {
+        (self.inner.into_inner(), self.counted)
+    }
+
+    /// Gives back what is left of `prefix` (see [`Io::give_back`]).
+    #[inline]
+    fn read_prefix(&mut self, buf: &mut ReadBufCursor<'_>) -> Option<Bytes> {
+        if self.prefix.is_empty() {
+            return None;
+        }
+        let n = self.prefix.len().min(buf.remaining());
+        let given = self.prefix.split_to(n);
+        buf.put_slice(&given);
+        if self.prefix.is_empty() {
+            // An empty slice of it would keep the whole read buffer alive.
+            self.prefix = Bytes::new();
+        }
+        Some(given)
+    }
+}
+
+/// An HTTP/2 connection's socket: [`Io`], whose prefix starts with the
+/// preface, and the frames that pass through it.
+pub struct H2Io {
+    io: Io,
+    h2: Box<H2>,
+}
+
+impl H2Io {
+    pub fn new(stream: Stream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> H2Io {
         let h2 = H2 {
             frames: Frames::new(stamps.now()),
-            fd: stream.as_raw_fd(),
             stamps: Arc::clone(&stamps),
         };
-        Io {
-            h2: Some(Box::new(h2)),
-            ..Io::new(stream, prefix, stamps, counted)
+        H2Io {
+            io: Io::new(stream, prefix, stamps, counted),
+            h2: Box::new(h2),
         }
     }
 }
@@ -274,8 +452,6 @@ impl Io {
 /// What an HTTP/2 connection's socket keeps of its frames.
 struct H2 {
     frames: Frames,
-    /// The socket (owned by [`Io::inner`], which outlives this).
-    fd: std::os::fd::RawFd,
     stamps: Arc<Stamps>,
 }
 
@@ -325,59 +501,39 @@ impl H2 {
     }
 }
 
-/// The worker's own `GOAWAY`, if it ends the connection and the socket is
+/// The worker's own `GOAWAY`, if it ends the connection and the stream is
 /// between two frames: best effort, without waiting (a socket that cannot take
 /// 17 bytes now has a client that is not reading).
-impl Drop for H2 {
+impl Drop for H2Io {
     fn drop(&mut self) {
-        let Some(frame) = self.stamps.goaway().and_then(|code| self.frames.goaway(code)) else {
+        let Some(frame) = self.h2.stamps.goaway().and_then(|code| self.h2.frames.goaway(code)) else {
             return;
         };
-        // SAFETY: `fd` is the connection's socket, owned by the `Io` this is
-        // part of, which drops it only after this field (declared first).
-        let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.fd) };
-        let _ = socket2::SockRef::from(&socket).send_with_flags(&frame, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL);
+        self.io.inner.inner_mut().send_now(&frame);
     }
 }
 
-impl Io {
-    /// Bytes hyper read but did not use (a next head begun): read first next time.
-    pub fn give_back(&mut self, read: Bytes) {
-        if !read.is_empty() {
-            self.prefix = read;
+impl H2Io {
+    /// Reads into `buf`, and passes what was read through the frame watch
+    /// before hyper sees it.
+    fn poll_read_frames(&mut self, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        if let Some(given) = self.io.read_prefix(&mut buf) {
+            self.h2.read(&given)?;
+            return Poll::Ready(Ok(()));
         }
-    }
-
-    pub fn has_prefix(&self) -> bool {
-        !self.prefix.is_empty()
-    }
-
-    /// The socket and its place in the open count (the stamps stay with the
-    /// connection's entry; bytes given back are the caller's to check first).
-    pub fn into_parts(self) -> (TcpStream, Counted) {
-        (self.inner.into_inner(), self.counted)
-    }
-
-    /// HTTP/2: reads into `buf`, and passes what was read through the frame
-    /// watch before hyper sees it. (Out of line: the HTTP/1.1 path stays small.)
-    #[inline(never)]
-    fn poll_read_h2(&mut self, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        let Some(h2) = self.h2.as_mut() else {
-            unreachable!("only called for HTTP/2")
-        };
         // SAFETY: as hyper-util's `TokioIo` reads: a tokio `ReadBuf` over the
-        // cursor's unfilled part, into which the socket writes only initialised
+        // cursor's unfilled part, into which the stream writes only initialised
         // bytes; the cursor is advanced over exactly the bytes it filled.
         let mut read = tokio::io::ReadBuf::uninit(unsafe { buf.as_mut() });
-        let poll = tokio::io::AsyncRead::poll_read(Pin::new(self.inner.inner_mut()), cx, &mut read);
-        self.stamps.stamp(&self.stamps.read_blocked, &poll);
+        let poll = AsyncRead::poll_read(Pin::new(self.io.inner.inner_mut()), cx, &mut read);
+        self.io.stamps.stamp(&self.io.stamps.read_blocked, &poll);
         match poll {
             Poll::Ready(Ok(())) => {}
             other => return other,
         }
         let filled = read.filled().len();
-        h2.read(read.filled())?;
-        // SAFETY: the socket filled `filled` bytes of the cursor (see above).
+        self.h2.read(read.filled())?;
+        // SAFETY: the stream filled `filled` bytes of the cursor (see above).
         unsafe { buf.advance(filled) };
         Poll::Ready(Ok(()))
     }
@@ -401,21 +557,8 @@ pub async fn readable(stream: &TcpStream, closed: impl Fn() -> bool, keep_waker:
 impl Read for Io {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.prefix.is_empty() {
-            let n = this.prefix.len().min(buf.remaining());
-            let given = this.prefix.split_to(n);
-            if let Some(h2) = this.h2.as_mut() {
-                h2.read(&given)?;
-            }
-            buf.put_slice(&given);
-            if this.prefix.is_empty() {
-                // An empty slice of it would keep the whole read buffer alive.
-                this.prefix = Bytes::new();
-            }
+        if this.read_prefix(&mut buf).is_some() {
             return Poll::Ready(Ok(()));
-        }
-        if this.h2.is_some() {
-            return this.poll_read_h2(cx, buf);
         }
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
         this.stamps.stamp(&this.stamps.read_blocked, &poll);
@@ -427,9 +570,6 @@ impl Write for Io {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.stamps.wrote(&poll);
-        if let (Some(h2), Poll::Ready(Ok(n))) = (self.h2.as_mut(), &poll) {
-            h2.written(&buf[..*n]);
-        }
         poll
     }
 
@@ -440,9 +580,6 @@ impl Write for Io {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.stamps.wrote(&poll);
-        if let (Some(h2), Poll::Ready(Ok(n))) = (self.h2.as_mut(), &poll) {
-            h2.written_vectored(bufs, *n);
-        }
         poll
     }
 
@@ -451,10 +588,54 @@ impl Write for Io {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.stamps.wrote(&poll);
+        poll
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Read for H2Io {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_frames(cx, buf)
+    }
+}
+
+impl Write for H2Io {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.h2.written(&buf[..*n]);
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &poll {
+            this.h2.written_vectored(bufs, *n);
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }

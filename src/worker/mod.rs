@@ -20,6 +20,7 @@ mod protocol;
 mod respond;
 mod serve;
 mod streams;
+mod tls;
 
 pub use draining::{draining, is_draining, local_addr};
 
@@ -69,6 +70,7 @@ where
             scoreboard,
             admin,
             steer,
+            tickets,
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
@@ -89,6 +91,13 @@ where
                     return boot_failed(&name, channel, exit_code::BOOT_FAILED, reason);
                 }
             },
+        };
+        // The master read and checked the files; this builds rustls's
+        // configuration from them, with the master's ticket keys.
+        let tls = match config.tls.as_deref().map(|loaded| tls::Tls::new(loaded, tickets)) {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(reason)) => return boot_failed(&name, channel, exit_code::BOOT_FAILED, reason),
         };
         child_record.set_state(State::Ready);
         if channel::send(&mut channel, &ToMaster::Ready).is_err() {
@@ -112,7 +121,8 @@ where
             record: child_record,
             steer,
         };
-        serve(listener, service, control, config, reports, access_log, &name).await;
+        let extras = serve::Extras { access_log, tls };
+        serve(listener, service, control, config, reports, extras, &name).await;
         admin.inspect(|task| task.abort());
         exit_code::OK
     });

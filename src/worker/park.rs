@@ -10,22 +10,50 @@
 //! epoll instance of its own watches every parked socket; the runtime watches
 //! that one descriptor. When a client sends its next request (or closes), its
 //! connection leaves the table and a new task serves it, as it would a new
-//! connection (without the protocol detection: it speaks HTTP/1.1).
+//! connection (without the protocol detection: it speaks HTTP/1.1). A TLS
+//! connection is parked too, with its rustls state (see [`Parked::Tls`]).
 
 use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use slab::Slab;
 use tokio::io::unix::AsyncFd;
 use tokio::net::TcpStream;
 
-use super::io::Counted;
+use super::io::{Counted, Stream, TlsConn};
+
+/// A parked connection's stream.
+pub enum Parked {
+    /// Out of the runtime altogether: its socket is watched by the parking only.
+    Plain(std::net::TcpStream),
+    /// TLS: rustls's state (keys, sequence numbers) must live on, and tokio's
+    /// stream cannot be rebuilt around it, so the stream stays registered with
+    /// the runtime; hyper's buffers and the task are freed all the same.
+    Tls(Box<TlsConn>),
+}
+
+impl Parked {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Parked::Plain(stream) => stream.as_fd(),
+            Parked::Tls(conn) => conn.stream.get_ref().0.as_fd(),
+        }
+    }
+
+    /// The stream, back in the runtime.
+    pub fn resume(self) -> io::Result<Stream> {
+        Ok(match self {
+            Parked::Plain(stream) => Stream::Plain(TcpStream::from_std(stream)?),
+            Parked::Tls(conn) => Stream::Tls(conn),
+        })
+    }
+}
 
 /// An idle connection out of the runtime.
 pub struct Idle<S> {
-    pub stream: std::net::TcpStream,
+    pub stream: Parked,
     pub service: S,
     /// Its place in the open count: a parked connection is open.
     pub counted: Counted,
@@ -73,18 +101,21 @@ impl<S> Parking<S> {
     /// request on a keep-alive connection that closes before answering).
     pub fn park(
         &self,
-        stream: TcpStream,
+        stream: Stream,
         service: S,
         counted: Counted,
         client: std::net::SocketAddr,
         since: u32,
     ) -> io::Result<()> {
-        let stream = stream.into_std()?;
+        let stream = match stream {
+            Stream::Plain(stream) => Parked::Plain(stream.into_std()?),
+            Stream::Tls(conn) => Parked::Tls(conn),
+        };
         let mut parked = self.parked.borrow_mut();
         let slot = parked.vacant_entry();
         // Level-triggered: a socket stays ready until it is taken out.
         let event = EpollEvent::new(EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP, slot.key() as u64);
-        self.epoll().add(stream.as_fd(), event)?;
+        self.epoll().add(stream.fd(), event)?;
         slot.insert(Idle {
             stream,
             service,
@@ -122,7 +153,7 @@ impl<S> Parking<S> {
             let woken = events[..n]
                 .iter()
                 .filter_map(|event| parked.try_remove(event.data() as usize))
-                .filter(|idle| self.epoll().delete(idle.stream.as_fd()).is_ok())
+                .filter(|idle| self.epoll().delete(idle.stream.fd()).is_ok())
                 .collect();
             return woken;
         }
@@ -137,7 +168,7 @@ impl<S> Parking<S> {
             if !keep {
                 // Before the close: the epoll instance would otherwise watch the
                 // socket until every copy of it is closed.
-                let _ = self.epoll().delete(idle.stream.as_fd());
+                let _ = self.epoll().delete(idle.stream.fd());
                 closed += 1;
             }
             keep

@@ -54,14 +54,16 @@ pub async fn detect(
     }
 }
 
-/// The HTTP/1.1 and HTTP/2 connection settings of this worker.
+/// The HTTP/1.1 and HTTP/2 connection settings of this worker, and its TLS.
 pub struct Protocols {
     pub h1: http1::Builder,
     pub h2: http2::Builder<LocalExec>,
+    /// `--tls-cert`: every new connection starts with a handshake.
+    pub tls: Option<super::tls::Tls>,
 }
 
 impl Protocols {
-    pub fn new(config: &Config) -> Protocols {
+    pub fn new(config: &Config, tls: Option<super::tls::Tls>) -> Protocols {
         let mut h1 = http1::Builder::new();
         // No hyper timer: the housekeeping sweep enforces the header read
         // timeout for every connection at once, instead of a timer per request.
@@ -83,7 +85,7 @@ impl Protocols {
         let mut h2 = http2::Builder::new(LocalExec);
         h2.max_concurrent_streams(config.h2_max_concurrent_streams)
             .max_header_list_size(config.h2_max_header_list_size);
-        Protocols { h1, h2 }
+        Protocols { h1, h2, tls }
     }
 }
 

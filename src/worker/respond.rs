@@ -48,7 +48,10 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
     type Error = S::Error;
     type Future = TrackedFuture<S::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if let Some(tls) = self.entry.tls.get() {
+            request.extensions_mut().insert(tls.clone());
+        }
         // Taken from the request only when there is an access log to write.
         let pending =
             (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));

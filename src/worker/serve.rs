@@ -23,7 +23,7 @@ use super::access::AccessLog;
 use super::conn::{self, Ended, Start};
 use super::connections::{Asked, Connections, Limits, Open};
 use super::control::{Control, Event, Stop};
-use super::io::Counted;
+use super::io::{Counted, Stream};
 use super::lifecycle::Lifecycle;
 use super::park::{Idle, Parking};
 use super::protocol::Protocols;
@@ -59,6 +59,12 @@ pub struct Reports {
     pub steer: Option<&'static SlotLoad>,
 }
 
+/// What a worker serves with beside its service, made at its boot.
+pub struct Extras {
+    pub access_log: Option<AccessLog>,
+    pub tls: Option<super::tls::Tls>,
+}
+
 /// What every accept loop and connection of this worker shares.
 struct Shared<S: WorkerApp> {
     service: S,
@@ -80,14 +86,15 @@ pub async fn serve<S: WorkerApp>(
     control: Control,
     config: &Config,
     reports: Reports,
-    access_log: Option<AccessLog>,
+    extras: Extras,
     name: &str,
 ) {
+    let Extras { access_log, tls } = extras;
     let Reports { record, steer } = reports;
     let lifecycle = Lifecycle::new(quota(config), record, steer, access_log, config.max_body_size);
     let shared = Rc::new(Shared {
         service,
-        protocols: Protocols::new(config),
+        protocols: Protocols::new(config, tls),
         lifecycle: Rc::new(lifecycle),
         connections: Rc::new(Connections::new(record, steer, config.max_connections)),
         parking: Parking::new()
@@ -366,14 +373,23 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        serve_until_parked(stream, service, open, counted, client, Start::New, &shared).await;
+        serve_until_parked(
+            Stream::Plain(stream),
+            service,
+            open,
+            counted,
+            client,
+            Start::New,
+            &shared,
+        )
+        .await;
     });
 }
 
 /// Serves a connection until it ends, or parks it once it has been idle long
 /// enough (and serves it again from there when the client sends).
 async fn serve_until_parked<S: WorkerApp>(
-    stream: tokio::net::TcpStream,
+    stream: Stream,
     service: S::Service,
     open: Open,
     counted: Counted,
@@ -412,7 +428,7 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
             ..
         } in parking.woken().await
         {
-            let stream = match tokio::net::TcpStream::from_std(stream) {
+            let stream = match stream.resume() {
                 Ok(stream) => stream,
                 Err(err) => {
                     debug!(
@@ -422,9 +438,12 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
                     continue;
                 }
             };
-            let open = shared
-                .connections
-                .enter(&shared.lifecycle, stream.as_raw_fd(), client, Start::Unparked.state());
+            let open = shared.connections.enter(
+                &shared.lifecycle,
+                stream.tcp().as_raw_fd(),
+                client,
+                Start::Unparked.state(),
+            );
             let shared = Rc::clone(&shared);
             tokio::task::spawn_local(async move {
                 serve_until_parked(stream, service, open, counted, client, Start::Unparked, &shared).await;

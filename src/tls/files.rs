@@ -1,0 +1,171 @@
+//! The PEM files: certificate chains, their keys, the client CAs and the
+//! ticket-key files, each read and checked, every error naming its file and
+//! saying what is wrong with it.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+
+use super::names::Certified;
+use crate::config::TlsClientAuth;
+
+/// A ticket key: its name (16 bytes, sent in every ticket so the right key is
+/// found) and the AES-256-GCM key (32 bytes).
+pub(crate) const TICKET_KEY_LEN: usize = 48;
+
+fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|err| format!("cannot read the {what} {}: {err}", path.display()))
+}
+
+/// A certificate chain and its key: parsed, matched, in date, and its names.
+pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Certified, String> {
+    let chain = chain(cert)?;
+    let pem = read(key, "key (--tls-key)")?;
+    let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
+        format!(
+            "{}: no private key in it ({err}; a PEM file with -----BEGIN PRIVATE KEY-----, EC PRIVATE KEY or RSA PRIVATE KEY)",
+            key.display()
+        )
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(der)
+        .map_err(|err| format!("{}: cannot use this key: {err}", key.display()))?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) => {}
+        // A key type whose public half rustls cannot derive: nothing to compare.
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(_) => {
+            return Err(format!(
+                "{} is not the key of the certificate {} (its public key is another's)",
+                key.display(),
+                cert.display()
+            ))
+        }
+    }
+    let end_entity = certified
+        .end_entity_cert()
+        .map_err(|err| format!("{}: {err}", cert.display()))?;
+    let parsed = Parsed::of(end_entity, cert)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    if parsed.not_after < now {
+        return Err(format!(
+            "{}: the certificate expired on {}",
+            cert.display(),
+            parsed.not_after_text
+        ));
+    }
+    Ok(Certified {
+        key: Arc::new(certified),
+        names: parsed.names,
+        file: cert.to_path_buf(),
+        not_after: parsed.not_after_text,
+    })
+}
+
+/// Every certificate in a PEM file, in order (the server's own first).
+fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path, "certificate (--tls-cert)")?;
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| format!("{}: not a PEM certificate chain: {err}", path.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "{}: no certificate in it (a PEM file with -----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(chain)
+}
+
+/// What the server needs of its own certificate.
+struct Parsed {
+    /// The DNS names it is for (subjectAltName, or its common name without one), lower case.
+    names: Vec<String>,
+    not_after: i64,
+    not_after_text: String,
+}
+
+impl Parsed {
+    fn of(der: &CertificateDer<'_>, path: &Path) -> Result<Parsed, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|err| format!("{}: not an X.509 certificate: {err}", path.display()))?;
+        let mut names = Vec::new();
+        if let Ok(Some(san)) = cert.subject_alternative_name() {
+            for name in &san.value.general_names {
+                if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
+                    names.push(dns.to_ascii_lowercase());
+                }
+            }
+        }
+        if names.is_empty() {
+            let common = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
+            names.extend(common.map(str::to_ascii_lowercase));
+        }
+        let validity = cert.validity();
+        Ok(Parsed {
+            names,
+            not_after: validity.not_after.timestamp(),
+            not_after_text: validity.not_after.to_string(),
+        })
+    }
+}
+
+/// `--tls-client-ca`: the verifier of client certificates issued by its CAs.
+pub(super) fn client_verifier(
+    provider: &Arc<CryptoProvider>,
+    path: &Path,
+    auth: TlsClientAuth,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in chain(path)? {
+        roots
+            .add(ca)
+            .map_err(|err| format!("{}: cannot use this CA certificate: {err}", path.display()))?;
+    }
+    let builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider));
+    let builder = match auth {
+        TlsClientAuth::Required => builder,
+        TlsClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    builder
+        .build()
+        .map_err(|err| format!("{}: cannot verify clients with it: {err}", path.display()))
+}
+
+/// `--tls-ticket-key`: a file of 48 or 80 random bytes, as nginx's
+/// `ssl_session_ticket_key` (`openssl rand 80 > ticket.key`).
+pub(super) fn ticket_key(path: &Path) -> Result<[u8; TICKET_KEY_LEN], String> {
+    let bytes = read(path, "ticket key (--tls-ticket-key)")?;
+    ticket_key_from(&bytes).ok_or_else(|| {
+        format!(
+            "{}: {} bytes; a ticket key file holds 48 or 80 random bytes (openssl rand 80 > {})",
+            path.display(),
+            bytes.len(),
+            path.display()
+        )
+    })
+}
+
+/// A ticket key from a file's bytes: the name is the first 16; the key the
+/// next 32 of a 48-byte file, the last 32 of an 80-byte one (nginx's AES key).
+pub(crate) fn ticket_key_from(bytes: &[u8]) -> Option<[u8; TICKET_KEY_LEN]> {
+    let key = match bytes.len() {
+        48 => &bytes[16..48],
+        80 => &bytes[48..80],
+        _ => return None,
+    };
+    let mut out = [0u8; TICKET_KEY_LEN];
+    out[..16].copy_from_slice(&bytes[..16]);
+    out[16..].copy_from_slice(key);
+    Some(out)
+}
