@@ -8,6 +8,11 @@
 //! curl -d hello localhost:8000/echo # hello
 //! curl localhost:8000/ip            # 127.0.0.1:<port>: the client's address
 //! websocat ws://localhost:8000/ws   # echoes every message
+//!
+//! # over TLS, HTTP/2 by ALPN (sh scripts/make-certs.sh certs):
+//! cargo run --release --example axum_app -- --port 8443 \
+//!     --tls-cert certs/server.pem --tls-key certs/server.key
+//! curl --cacert certs/ca.pem https://localhost:8443/json
 //! ```
 //!
 //! The two long-lived responses end themselves when their worker drains

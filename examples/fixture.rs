@@ -7,6 +7,7 @@
 //!   call would; `/spin?ms=N`: burns N ms of CPU;
 //! - `/count`: requests this worker has served (per-worker state);
 //! - `/addr`: `client <addr> local <addr>`, the connection's two ends;
+//! - `/tls`: what the TLS handshake settled (`TlsInfo`), or `plain`;
 //! - `/alloc?mb=N`: leaks N MiB (for `--max-worker-memory`);
 //! - `/bytes?kb=N`: an N KiB body of a repeating pattern (the write path);
 //! - `POST /echo`: reads the whole request body and returns it;
@@ -136,6 +137,17 @@ async fn handle(
         (_, "/count") => full(format!("worker {pid} has served {} requests\n", served.get())),
         (_, "/local-addr") => full(format!("{:?}\n", prefork_server::local_addr())),
         (_, "/addr") => full(format!("client {} local {}\n", addresses.client, addresses.local)),
+        (_, "/tls") => full(match request.extensions().get::<prefork_server::TlsInfo>() {
+            None => "plain\n".to_owned(),
+            Some(tls) => format!(
+                "{} alpn {} sni {} resumed {} client certificates {}\n",
+                tls.version().unwrap_or("?"),
+                String::from_utf8_lossy(tls.alpn_protocol().unwrap_or(b"none")),
+                tls.server_name().unwrap_or("none"),
+                tls.resumed(),
+                tls.client_certificates().map_or(0, <[_]>::len),
+            ),
+        }),
         (_, "/alloc") => {
             let mb = number("mb", 1) as usize;
             std::mem::forget(vec![1u8; mb << 20]); // written, so resident

@@ -1,10 +1,18 @@
 //! gRPC under prefork-server: tonic's helloworld `Greeter`, its `Routes` served
-//! as they are, over HTTP/2 with prior knowledge (h2c).
+//! as they are, over HTTP/2 with prior knowledge (h2c), or over TLS with the
+//! server's flags.
 //!
 //! ```text
 //! cargo run --release --example grpc -- --port 50051
 //! grpcurl -plaintext -d '{"name":"you"}' localhost:50051 helloworld.Greeter/SayHello
 //! # {"message": "Hello you from worker <pid>"}
+//!
+//! sh scripts/make-certs.sh certs
+//! cargo run --release --example grpc -- --port 50051 \
+//!     --tls-cert certs/server.pem --tls-key certs/server.key --tls-client-ca certs/ca.pem
+//! grpcurl -cacert certs/ca.pem -cert certs/client.pem -key certs/client.key \
+//!     -d '{"name":"you"}' localhost:50051 helloworld.Greeter/SayHello
+//! # {"message": "Hello you from worker <pid> (client certificate verified)"}
 //! ```
 //!
 //! `GreeterServer` below is what `tonic-build` generates for `helloworld.proto`,
@@ -73,8 +81,16 @@ impl UnaryService<HelloRequest> for SayHello {
     type Future = Pin<Box<dyn Future<Output = Result<Response<HelloReply>, Status>> + Send>>;
 
     fn call(&mut self, request: Request<HelloRequest>) -> Self::Future {
+        // Over TLS with --tls-client-ca, the client's verified certificate
+        // chain is in the request's extensions, as tonic hands them on.
+        let verified = (request.extensions().get::<prefork_server::TlsInfo>())
+            .and_then(prefork_server::TlsInfo::client_certificates)
+            .is_some_and(|chain| !chain.is_empty());
         let name = request.into_inner().name;
-        let message = format!("Hello {name} from worker {}", std::process::id());
+        let mut message = format!("Hello {name} from worker {}", std::process::id());
+        if verified {
+            message.push_str(" (client certificate verified)");
+        }
         Box::pin(async move { Ok(Response::new(HelloReply { message })) })
     }
 }

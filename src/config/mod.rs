@@ -133,6 +133,11 @@ impl Config {
         SocketAddr::new(self.host, self.port)
     }
 
+    /// The plain port beside the TLS one (`--plain-port`), on `host`.
+    pub(crate) fn plain_addr(&self) -> Option<SocketAddr> {
+        self.plain_port.map(|port| SocketAddr::new(self.host, port))
+    }
+
     /// Sets `host` and `port` as the program's own choice (see [`Config::set_host`]).
     pub fn set_addr(&mut self, addr: SocketAddr) -> &mut Config {
         self.set_host(addr.ip()).set_port(addr.port())

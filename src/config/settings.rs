@@ -72,6 +72,19 @@ pub struct Config;
     #[serde(default, deserialize_with = "ticket_rotation")]
     tls_ticket_rotation, set_tls_ticket_rotation: Duration => Duration = or(Duration::from_secs(3600));
 
+    /// With --tls-cert: also serve plain HTTP (and h2c) on this port of --host, for a redirect to HTTPS or a health check; 0 picks a free one [default: off]
+    #[arg(long, env = "PREFORK_PLAIN_PORT", value_name = "PORT")]
+    plain_port, set_plain_port: u16 => Option<u16> = optional;
+
+    /// With --plain-port: answer every request there with 308 Permanent Redirect to the same URL over HTTPS, without calling the service
+    #[arg(
+        long,
+        env = "PREFORK_PLAIN_REDIRECT",
+        num_args = 0,
+        default_missing_value = "true"
+    )]
+    plain_redirect, set_plain_redirect: bool => bool = or(false);
+
     /// Number of workers, 1 to 4096 [default: the number of CPUs this process may use]
     #[arg(long, env = "PREFORK_WORKERS", value_parser = clap::value_parser!(u16).range(1..=4096))]
     workers, set_workers: u16 => NonZeroUsize = workers;
@@ -289,7 +302,16 @@ fn check_tls(config: &Config) -> Result<(), ConfigError> {
             "tls_key: {certs} certificates (--tls-cert) but {keys} keys (--tls-key): give one key per certificate, in the same order"
         ));
     }
+    if config.plain_redirect && config.plain_port.is_none() {
+        return fail("plain_redirect: redirects are answered on the plain port: give --plain-port too".into());
+    }
     if certs == 0 {
+        if config.plain_port.is_some() {
+            return fail(
+                "plain_port: the port already serves plain HTTP; --plain-port is a plain port beside a TLS one (--tls-cert)"
+                    .into(),
+            );
+        }
         if config.tls_client_ca.is_some() {
             return fail("tls_client_ca: client certificates need TLS: give --tls-cert and --tls-key".into());
         }
@@ -297,6 +319,15 @@ fn check_tls(config: &Config) -> Result<(), ConfigError> {
             return fail("tls_ticket_key: session tickets need TLS: give --tls-cert and --tls-key".into());
         }
         return Ok(());
+    }
+    if config
+        .plain_port
+        .is_some_and(|plain| plain != 0 && plain == config.port)
+    {
+        return fail(format!(
+            "plain_port: {} is --port itself, which serves TLS",
+            config.port
+        ));
     }
     if config.command.is_some() {
         return fail(

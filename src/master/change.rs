@@ -104,6 +104,16 @@ impl Master<'_> {
             Some(Ok(admin)) => Some(admin),
             Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
         };
+        // So is a new plain port.
+        let plain = match (new.plain_addr() != self.config.plain_addr()).then(|| {
+            new.plain_addr()
+                .map(|addr| crate::sys::listener::bind_plain(addr, new.backlog))
+                .transpose()
+        }) {
+            None => None,
+            Some(Ok(plain)) => Some(plain),
+            Some(Err(err)) => return error!("master: reload refused: {err}; the current config stays"),
+        };
         // New users and groups are looked up before anything changes, too.
         let run_as = match (new.user != self.config.user || new.group != self.config.group)
             .then(|| crate::sys::privileges::resolve(new.user.as_deref(), new.group.as_deref()))
@@ -121,6 +131,13 @@ impl Master<'_> {
             if let Err(err) = self.sockets.listeners.set_backlog(new.backlog) {
                 return error!("master: reload refused: cannot change the backlog: {err}; the current config stays");
             }
+        }
+        if let Some(plain) = plain {
+            match plain.as_ref().and_then(|plain| plain.local_addr().ok()) {
+                Some(addr) => info!("master: reload: plain HTTP on {addr} (the workers of this reload serve it)"),
+                None => info!("master: reload: plain HTTP off (the workers of this reload do not serve it)"),
+            }
+            self.sockets.listeners.replace_plain(plain);
         }
         if let Some(admin) = admin {
             match admin.as_ref().and_then(|admin| admin.local_addr().ok()) {
@@ -193,10 +210,13 @@ impl Master<'_> {
     /// reload that follows replaces them all), then close.
     fn move_to_new_sockets(&mut self, new: &Config, change: &str) -> Result<(), crate::error::Error> {
         let mut fresh = Listeners::bind_serving(new.wanted_sockets())?;
-        // The admin socket is not part of the move (a change of it is applied on
-        // its own): it goes to the new set, the old set closes without it.
+        // The admin and plain sockets are not part of the move (a change of
+        // them is applied on its own): they go to the new set, the old set
+        // closes without them.
         let old_admin = self.sockets.listeners.replace_admin(None);
         fresh.replace_admin(old_admin);
+        let old_plain = self.sockets.listeners.replace_plain(None);
+        fresh.replace_plain(old_plain);
         let old = std::mem::replace(&mut self.sockets.listeners, fresh);
         let (addr, balance) = (self.sockets.listeners.addr(), self.sockets.listeners.layout().as_str());
         info!(

@@ -88,6 +88,8 @@ pub(crate) struct WorkerStart<'a> {
     pub scoreboard: &'static Scoreboard,
     /// `--admin`: every worker accepts on it.
     pub admin: Option<&'a std::net::TcpListener>,
+    /// `--plain-port`: every worker accepts on it too.
+    pub plain: Option<&'a std::net::TcpListener>,
     /// `--balance steered`: where the worker writes its slot's load for the
     /// kernel's program (shared memory, no system call).
     pub steer: Option<&'static crate::sys::steering::SlotLoad>,
@@ -396,7 +398,13 @@ impl Master<'_> {
         if !self.phase.is_running() || !serving {
             return;
         }
-        let Some(Announcement { first, addr, admin }) = self.sockets.announcement() else {
+        let Some(Announcement {
+            first,
+            addr,
+            admin,
+            plain,
+        }) = self.sockets.announcement()
+        else {
             return;
         };
         let workers = self.fleet.pool.len();
@@ -423,6 +431,10 @@ impl Master<'_> {
         }
         // Contract: tests and scripts wait for this exact line on stdout.
         let admin = admin.map_or(String::new(), |admin| format!(", admin on {admin}"));
+        let admin = match plain {
+            Some(plain) => format!(", plain HTTP on {plain}{admin}"),
+            None => admin,
+        };
         let tls = if self.config.tls.is_some() { " (TLS)" } else { "" };
         let line = format!(
             "prefork-server: listening on {addr}{tls} with {} ({balance}){admin}\n",

@@ -15,15 +15,19 @@ pub(super) struct Sockets {
     /// Sockets replaced by a reload that changed the address, with the workers
     /// that may still use them: each set closes when the last of those is gone.
     old: Vec<(Listeners, Vec<Pid>)>,
-    /// The server and admin addresses of the last ready line; `None` before the first.
-    announced: Option<(SocketAddr, Option<SocketAddr>)>,
+    /// The server, admin and plain addresses of the last ready line; `None` before the first.
+    announced: Option<Announced>,
 }
+
+type Announced = (SocketAddr, Option<SocketAddr>, Option<SocketAddr>);
 
 /// What the ready line is to say, when it is due.
 pub(super) struct Announcement {
     pub first: bool,
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// `--plain-port`.
+    pub plain: Option<SocketAddr>,
 }
 
 impl Sockets {
@@ -72,10 +76,16 @@ impl Sockets {
     pub fn announcement(&mut self) -> Option<Announcement> {
         let addr = self.listeners.addr();
         let admin = self.listeners.admin().and_then(|admin| admin.local_addr().ok());
-        if self.announced == Some((addr, admin)) {
+        let plain = self.listeners.plain().and_then(|plain| plain.local_addr().ok());
+        if self.announced == Some((addr, admin, plain)) {
             return None;
         }
-        let first = self.announced.replace((addr, admin)).is_none();
-        Some(Announcement { first, addr, admin })
+        let first = self.announced.replace((addr, admin, plain)).is_none();
+        Some(Announcement {
+            first,
+            addr,
+            admin,
+            plain,
+        })
     }
 }

@@ -44,8 +44,10 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
         steering: None,
         tickets: None,
     };
+    let mut plain_inherited = None;
     let listeners = match upgrade::inherited().map_err(Error::Handover)? {
         Some(inherited) => {
+            plain_inherited = inherited.plain;
             let count = inherited.sockets.len();
             crate::log::info!(
                 "master: taking over {count} sockets from the old master (pid {})",
@@ -74,6 +76,18 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
             None => listener::Listeners::bind(config.wanted_sockets(), config.admin)?,
         },
     };
+    // `--plain-port`: handed over by the old master, or bound (systemd passes
+    // only the serving sockets).
+    let mut listeners = listeners;
+    let plain = match plain_inherited {
+        Some(plain) => Some(plain),
+        None => {
+            let addr = config.plain_addr();
+            addr.map(|addr| listener::bind_plain(addr, config.backlog))
+                .transpose()?
+        }
+    };
+    listeners.replace_plain(plain);
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;
     // ...but not the sockets and the pipe an old master or systemd handed in,
     // which are the master's now, nor the log file (every child keeps it).

@@ -94,6 +94,7 @@ impl Master<'_> {
         let keep: Vec<RawFd> = [listener.as_raw_fd(), worker_end.as_raw_fd()]
             .into_iter()
             .chain(self.sockets.listeners.admin().map(AsRawFd::as_raw_fd))
+            .chain(self.sockets.listeners.plain().map(AsRawFd::as_raw_fd))
             .chain(self.app_fds.iter().copied())
             .collect();
         let start = spawn::Spawn {
@@ -127,6 +128,7 @@ impl Master<'_> {
                 record: scoreboard.record(record),
                 scoreboard,
                 admin: listeners.admin(),
+                plain: listeners.plain(),
                 steer,
                 tickets,
             })

@@ -43,6 +43,8 @@ pub struct Listeners {
     backlog: u32,
     /// `--admin`: one plain socket every worker accepts on.
     admin: Option<TcpListener>,
+    /// `--plain-port`: plain HTTP beside TLS, one socket every worker accepts on.
+    plain: Option<TcpListener>,
 }
 
 /// The serving sockets to bind: where, how shared, for how many slots.
@@ -90,6 +92,7 @@ impl Listeners {
             layout,
             backlog,
             admin: None,
+            plain: None,
         })
     }
 
@@ -106,6 +109,16 @@ impl Listeners {
     /// copy of it until they are replaced.
     pub fn replace_admin(&mut self, admin: Option<TcpListener>) -> Option<TcpListener> {
         std::mem::replace(&mut self.admin, admin)
+    }
+
+    /// Replaces the plain port's socket (`--plain-port`), as [`Listeners::replace_admin`] does.
+    pub fn replace_plain(&mut self, plain: Option<TcpListener>) -> Option<TcpListener> {
+        std::mem::replace(&mut self.plain, plain)
+    }
+
+    /// The plain port's socket, if `--plain-port` is on.
+    pub fn plain(&self) -> Option<&TcpListener> {
+        self.plain.as_ref()
     }
 
     /// Binds more SO_REUSEPORT sockets on the same address until there are `count`
@@ -156,6 +169,7 @@ impl Listeners {
             layout,
             backlog,
             admin,
+            plain: None,
         })
     }
 
@@ -190,12 +204,13 @@ impl Listeners {
         }
     }
 
-    /// Closes the master's copies of the serving sockets (not the admin one), at
+    /// Closes the master's copies of the serving sockets and the plain port's (not the admin one), at
     /// the start of a stop: once the workers have taken what is queued and closed
     /// theirs, new connections are refused instead of waiting in a queue nobody
     /// accepts from. Nothing may ask for a slot's socket afterwards.
     pub fn close_for_stop(&mut self) {
         self.sockets.clear();
+        self.plain = None;
     }
 }
 
@@ -203,7 +218,7 @@ impl Listeners {
     /// Every fd of these sockets, the admin one included.
     pub fn raw_fds(&self) -> impl Iterator<Item = std::os::fd::RawFd> + '_ {
         use std::os::fd::AsRawFd;
-        self.sockets.iter().chain(&self.admin).map(AsRawFd::as_raw_fd)
+        (self.sockets.iter().chain(&self.admin).chain(&self.plain)).map(AsRawFd::as_raw_fd)
     }
 }
 
@@ -234,6 +249,12 @@ pub fn queue(socket: &TcpListener) -> io::Result<(u32, u32)> {
 /// The `--admin` socket: a plain one, accepted on by every worker.
 pub fn bind_admin(addr: SocketAddr) -> Result<TcpListener, Error> {
     open(addr, false, 64).map_err(|source| Error::Bind { addr, source })
+}
+
+/// The `--plain-port` socket: one, accepted on by every worker (redirects and
+/// health checks are few and short: no steering, one queue).
+pub fn bind_plain(addr: SocketAddr, backlog: u32) -> Result<TcpListener, Error> {
+    open(addr, false, backlog).map_err(|source| Error::Bind { addr, source })
 }
 
 fn open(addr: SocketAddr, reuseport: bool, backlog: u32) -> io::Result<TcpListener> {

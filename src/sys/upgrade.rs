@@ -13,6 +13,7 @@
 //! | `PREFORK_UPGRADE_FROM` | the old master's pid (for the logs) |
 //! | `PREFORK_STEERING_FD` | the first of the steering's three fds (its maps and program), if it steered |
 //! | `PREFORK_TICKETS_FD` | the memory of the TLS session-ticket keys (a memfd) |
+//! | `PREFORK_PLAIN_FD` | the `--plain-port` socket, if there is one |
 //!
 //! The new master inherits the very same socket objects. Nothing is closed or
 //! re-bound, so no accept queue is reset and no SO_REUSEPORT group changes. Once
@@ -45,6 +46,8 @@ const FROM: &str = "PREFORK_UPGRADE_FROM";
 const ADMIN_FD: &str = "PREFORK_ADMIN_FD";
 /// The first of the steering's three fds (its maps and program, see `sys::steering`).
 const STEERING_FD: &str = "PREFORK_STEERING_FD";
+/// The `--plain-port` socket.
+const PLAIN_FD: &str = "PREFORK_PLAIN_FD";
 /// The TLS session-ticket keys' memory (see `sys::tickets`).
 const TICKETS_FD: &str = "PREFORK_TICKETS_FD";
 /// The first inherited fd, as in systemd's `LISTEN_FDS` protocol.
@@ -100,6 +103,13 @@ pub fn spawn_successor(
         parent_fd: tickets.try_clone_to_owned()?,
         child_fd: tickets_fd,
     });
+    let plain_fd = tickets_fd + 1;
+    if let Some(plain) = listeners.plain() {
+        mappings.push(FdMapping {
+            parent_fd: plain.try_clone()?.into(),
+            child_fd: plain_fd,
+        });
+    }
     let mut command = Command::new(binary);
     command
         .args(args)
@@ -110,12 +120,16 @@ pub fn spawn_successor(
         .env_remove(ADMIN_FD)
         .env_remove(STEERING_FD)
         .env(TICKETS_FD, tickets_fd.to_string())
+        .env_remove(PLAIN_FD)
         .stdin(Stdio::null());
     if steering.is_some() {
         command.env(STEERING_FD, steering_fd.to_string());
     }
     if listeners.admin().is_some() {
         command.env(ADMIN_FD, admin_fd.to_string());
+    }
+    if listeners.plain().is_some() {
+        command.env(PLAIN_FD, plain_fd.to_string());
     }
     let last_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd);
     command.fd_mappings(mappings).map_err(io::Error::other)?;
@@ -156,6 +170,8 @@ pub struct Inherited {
     pub steering: Option<[OwnedFd; 3]>,
     /// The TLS ticket keys' memory (absent from a master before TLS).
     pub tickets: Option<OwnedFd>,
+    /// The `--plain-port` socket.
+    pub plain: Option<TcpListener>,
     pub from: String,
 }
 
@@ -186,7 +202,8 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
     let admin_fd: Option<RawFd> = std::env::var(ADMIN_FD).ok().and_then(|n| n.parse().ok());
     let steering_fd: Option<RawFd> = std::env::var(STEERING_FD).ok().and_then(|n| n.parse().ok());
     let tickets_fd: Option<RawFd> = std::env::var(TICKETS_FD).ok().and_then(|n| n.parse().ok());
-    for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD, TICKETS_FD] {
+    let plain_fd: Option<RawFd> = std::env::var(PLAIN_FD).ok().and_then(|n| n.parse().ok());
+    for name in [FDS, LAYOUT, READY_FD, FROM, ADMIN_FD, STEERING_FD, TICKETS_FD, PLAIN_FD] {
         // Edition 2021: safe; and the master is single-threaded here.
         std::env::remove_var(name);
     }
@@ -202,6 +219,10 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         None => None,
     };
     let tickets = tickets_fd.map(claim_fd).transpose()?;
+    let plain = plain_fd.map(claim_fd).transpose()?.map(TcpListener::from);
+    if let Some(socket) = &plain {
+        socket.set_nonblocking(true)?;
+    }
     Ok(Some(Inherited {
         sockets,
         layout,
@@ -209,6 +230,7 @@ pub fn inherited() -> io::Result<Option<Inherited>> {
         admin,
         steering,
         tickets,
+        plain,
         from,
     }))
 }

@@ -70,6 +70,9 @@ pub enum Start {
     /// Newly accepted: its first bytes tell HTTP/2 from HTTP/1.1 (over TLS,
     /// the handshake comes first, and ALPN tells).
     New,
+    /// Newly accepted on the plain port beside a TLS one (`--plain-port`):
+    /// no TLS; with `--plain-redirect`, every request is redirected to HTTPS.
+    NewPlain,
     /// Back from the parking: HTTP/1.1 that has had a request.
     Unparked,
 }
@@ -78,7 +81,7 @@ impl Start {
     /// The state it enters the table in.
     pub fn state(self) -> State {
         match self {
-            Start::New => State::Detecting,
+            Start::New | Start::NewPlain => State::Detecting,
             Start::Unparked => State::Http1,
         }
     }
@@ -126,7 +129,10 @@ pub async fn serve_connection<S: WorkerService>(
             };
             (Stream::Tls(Box::new(conn)), protocol)
         }
-        (Start::New, stream, _) => {
+        (Start::New | Start::NewPlain, stream, _) => {
+            if start == Start::NewPlain {
+                entry.redirect_to.set(protocols.redirect_to);
+            }
             let asked = || entry.is_asked();
             let keep_waker = |waker: &Waker| entry.keep_waker(waker);
             // `None`: closed, reset or timed out before it said anything: nothing to answer.

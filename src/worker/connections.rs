@@ -68,6 +68,8 @@ pub struct Entry {
     waker: RefCell<Option<Waker>>,
     /// Over TLS: what the handshake settled, for every request's extensions.
     pub(super) tls: std::cell::OnceCell<crate::TlsInfo>,
+    /// `--plain-redirect`, on the plain port: the TLS port every request is sent to.
+    pub(super) redirect_to: Cell<Option<u16>>,
     pub(super) lifecycle: Rc<Lifecycle>,
 }
 
@@ -210,6 +212,7 @@ impl Connections {
             streams: std::cell::OnceCell::new(),
             waker: RefCell::new(None),
             tls: std::cell::OnceCell::new(),
+            redirect_to: Cell::new(None),
             lifecycle: Rc::clone(lifecycle),
         });
         let key = self.table.borrow_mut().insert(Rc::clone(&entry));

@@ -71,6 +71,7 @@ where
             admin,
             steer,
             tickets,
+            plain,
             ..
         } = child;
         let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
@@ -99,6 +100,19 @@ where
             Some(Ok(tls)) => Some(tls),
             Some(Err(reason)) => return boot_failed(&name, channel, exit_code::BOOT_FAILED, reason),
         };
+        // `--plain-port`: this worker's own copy, as of its slot's socket (see `boot`).
+        let plain = match plain.map(|inherited| {
+            let own = inherited.try_clone().and_then(control::accepting);
+            let _ = nix::unistd::close(inherited.as_raw_fd());
+            own
+        }) {
+            None => None,
+            Some(Ok(plain)) => Some(plain),
+            Some(Err(err)) => {
+                let reason = format!("cannot use the --plain-port socket: {err}");
+                return boot_failed(&name, channel, exit_code::BOOT_FAILED, reason);
+            }
+        };
         child_record.set_state(State::Ready);
         if channel::send(&mut channel, &ToMaster::Ready).is_err() {
             info!("{name}: the master is gone before this worker was ready; exiting");
@@ -121,7 +135,7 @@ where
             record: child_record,
             steer,
         };
-        let extras = serve::Extras { access_log, tls };
+        let extras = serve::Extras { access_log, tls, plain };
         serve(listener, service, control, config, reports, extras, &name).await;
         admin.inspect(|task| task.abort());
         exit_code::OK

@@ -60,10 +60,12 @@ pub struct Protocols {
     pub h2: http2::Builder<LocalExec>,
     /// `--tls-cert`: every new connection starts with a handshake.
     pub tls: Option<super::tls::Tls>,
+    /// `--plain-redirect`: the TLS port the plain port's requests are sent to.
+    pub redirect_to: Option<u16>,
 }
 
 impl Protocols {
-    pub fn new(config: &Config, tls: Option<super::tls::Tls>) -> Protocols {
+    pub fn new(config: &Config, tls: Option<super::tls::Tls>, redirect_to: Option<u16>) -> Protocols {
         let mut h1 = http1::Builder::new();
         // No hyper timer: the housekeeping sweep enforces the header read
         // timeout for every connection at once, instead of a timer per request.
@@ -85,7 +87,12 @@ impl Protocols {
         let mut h2 = http2::Builder::new(LocalExec);
         h2.max_concurrent_streams(config.h2_max_concurrent_streams)
             .max_header_list_size(config.h2_max_header_list_size);
-        Protocols { h1, h2, tls }
+        Protocols {
+            h1,
+            h2,
+            tls,
+            redirect_to,
+        }
     }
 }
 

@@ -57,7 +57,11 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let max = self.entry.lifecycle.max_body;
-        let inner = match admit(&request, max) {
+        let admission = match self.entry.redirect_to.get() {
+            None => admit(&request, max),
+            Some(port) => redirect(&request, port),
+        };
+        let inner = match admission {
             Admission::Whole => Inner::Service {
                 future: self.inner.call(request.map(RequestBody::whole)),
                 overflow: None,
@@ -71,6 +75,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
                 }
             }
             Admission::Refused(status) => Inner::Refused { status },
+            Admission::Redirect(location) => Inner::Redirect { location },
         };
         if in_flight.2 != NO_STREAM {
             // Last: hyper hands the executor this stream's task next (see `streams`).
@@ -95,6 +100,32 @@ enum Admission {
     /// Not at all: the worker answers itself, 400 for the `Host`, 413 for a
     /// `Content-Length` over `--max-body-size` (`max`).
     Refused(StatusCode),
+    /// Not at all: `--plain-redirect` sends it to this URL.
+    Redirect(HeaderValue),
+}
+
+/// `--plain-redirect`: the same URL over HTTPS, on the TLS `port`; 400 for a
+/// request whose host cannot be told.
+fn redirect<B>(request: &Request<B>, port: u16) -> Admission {
+    let host = match request.uri().authority() {
+        Some(authority) => Some(authority.host().to_owned()),
+        None => (request.headers().get(HOST))
+            .and_then(|host| host.to_str().ok())
+            .and_then(|host| host.parse::<hyper::http::uri::Authority>().ok())
+            .map(|authority| authority.host().to_owned()),
+    };
+    let Some(host) = host.filter(|host| !host.is_empty() && !bad_host(request)) else {
+        return Admission::Refused(StatusCode::BAD_REQUEST);
+    };
+    let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+    let location = match port {
+        443 => format!("https://{host}{path}"),
+        port => format!("https://{host}:{port}{path}"),
+    };
+    match HeaderValue::from_str(&location) {
+        Ok(location) => Admission::Redirect(location),
+        Err(_) => Admission::Refused(StatusCode::BAD_REQUEST),
+    }
 }
 
 /// Judged from the head alone; the request is moved only once, into the
@@ -218,6 +249,7 @@ pin_project_lite::pin_project! {
     enum Inner<F> {
         Service { #[pin] future: F, overflow: Option<Overflow> },
         Refused { status: StatusCode },
+        Redirect { location: HeaderValue },
     }
 }
 
@@ -235,6 +267,10 @@ where
             InnerProjection::Refused { status } => {
                 let in_flight = this.in_flight.take();
                 return Poll::Ready(Ok(refuse(*status, in_flight)));
+            }
+            InnerProjection::Redirect { location } => {
+                let in_flight = this.in_flight.take();
+                return Poll::Ready(Ok(moved(location.clone(), in_flight)));
             }
         };
         // The service is the user's code: a panic in it must cost this request,
@@ -308,6 +344,30 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
     });
     *response.status_mut() = status;
     if h1 {
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// `308 Permanent Redirect` to `location` (no body); the connection stays
+/// open (but for a drain), as for any answer.
+fn moved<B: Body>(location: HeaderValue, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
+    let Some(mut in_flight) = in_flight else {
+        unreachable!("a response future is polled to Ready once")
+    };
+    in_flight.answered(StatusCode::PERMANENT_REDIRECT);
+    let lifecycle = &in_flight.0.lifecycle;
+    lifecycle.served_one();
+    let close = lifecycle.is_draining() && !in_flight.0.is_h2();
+    let mut response = Response::new(TrackedBody {
+        inner: Either::Right(Empty::new()),
+        in_flight_guard: in_flight,
+    });
+    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    response.headers_mut().insert(hyper::header::LOCATION, location);
+    if close {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

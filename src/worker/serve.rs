@@ -63,6 +63,8 @@ pub struct Reports {
 pub struct Extras {
     pub access_log: Option<AccessLog>,
     pub tls: Option<super::tls::Tls>,
+    /// `--plain-port`: plain HTTP beside the TLS port.
+    pub plain: Option<TcpListener>,
 }
 
 /// What every accept loop and connection of this worker shares.
@@ -89,12 +91,16 @@ pub async fn serve<S: WorkerApp>(
     extras: Extras,
     name: &str,
 ) {
-    let Extras { access_log, tls } = extras;
+    let Extras { access_log, tls, plain } = extras;
+    // `--plain-redirect`: to this worker's TLS port (the real one, with port 0).
+    let redirect_to = (config.plain_redirect)
+        .then(|| listener.local_addr().ok().map(|addr| addr.port()))
+        .flatten();
     let Reports { record, steer } = reports;
     let lifecycle = Lifecycle::new(quota(config), record, steer, access_log, config.max_body_size);
     let shared = Rc::new(Shared {
         service,
-        protocols: Protocols::new(config, tls),
+        protocols: Protocols::new(config, tls, redirect_to),
         lifecycle: Rc::new(lifecycle),
         connections: Rc::new(Connections::new(record, steer, config.max_connections)),
         parking: Parking::new()
@@ -106,7 +112,8 @@ pub async fn serve<S: WorkerApp>(
     if let Some(steer) = steer {
         steer.start();
     }
-    let stopped = serve_until_stopped(Rc::new(listener), control, &shared, config, record).await;
+    let plain = plain.map(Rc::new);
+    let stopped = serve_until_stopped(Rc::new(listener), plain, control, &shared, config, record).await;
     match stopped.how {
         Stop::Fast => info!("{name}: {}: exiting now", stopped.why),
         Stop::Graceful => drain(&shared, stopped, config, record).await,
@@ -118,20 +125,28 @@ struct Stopped {
     how: Stop,
     why: &'static str,
     control: Control,
-    /// The slot's socket, then those adopted; no longer accepted on.
-    listeners: Vec<Rc<TcpListener>>,
+    /// The slot's socket, then those adopted, then the plain port's; no longer accepted on.
+    listeners: Vec<(Rc<TcpListener>, Port)>,
 }
 
 /// Accepts and serves, with the housekeeping, the parking and the steering
 /// running beside, until told to stop; then stops accepting.
 async fn serve_until_stopped<S: WorkerApp>(
     listener: Rc<TcpListener>,
+    plain: Option<Rc<TcpListener>>,
     control: Control,
     shared: &Rc<Shared<S>>,
     config: &Config,
     record: &'static Record,
 ) -> Stopped {
-    let own = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(shared), shared.steer));
+    let own = tokio::task::spawn_local(accept_loop(
+        Rc::clone(&listener),
+        Rc::clone(shared),
+        shared.steer,
+        Port::Main,
+    ));
+    let plain_task = (plain.as_ref())
+        .map(|plain| tokio::task::spawn_local(accept_loop(Rc::clone(plain), Rc::clone(shared), None, Port::Plain)));
     let limits = Limits {
         idle: ticks(config.header_read_timeout),
         idle_close: Asked::Close,
@@ -158,9 +173,11 @@ async fn serve_until_stopped<S: WorkerApp>(
         },
     };
     own.abort();
+    plain_task.inspect(JoinHandle::abort);
     adopted.iter().for_each(|(_, task, _)| task.abort());
-    let listeners = std::iter::once(listener)
-        .chain(adopted.into_iter().map(|(_, _, listener)| listener))
+    let listeners = std::iter::once((listener, Port::Main))
+        .chain(adopted.into_iter().map(|(_, _, listener)| (listener, Port::Main)))
+        .chain(plain.map(|plain| (plain, Port::Plain)))
         .collect();
     Stopped {
         how,
@@ -191,8 +208,8 @@ async fn drain<S: WorkerApp>(shared: &Rc<Shared<S>>, stopped: Stopped, config: &
     // letting them wait in a queue nobody accepts from (a reload or an upgrade
     // keeps the master's, and a successor's, open).
     let mut queued = 0;
-    for listener in listeners {
-        queued += accept_queued(&listener, shared).await;
+    for (listener, port) in listeners {
+        queued += accept_queued(&listener, shared, port).await;
     }
     info!(
         "{name}: {why}: draining {} connections ({queued} taken from the queue)",
@@ -300,7 +317,8 @@ async fn steer<S: WorkerApp>(mut control: Control, shared: Rc<Shared<S>>) -> (St
             Event::Adopt(slot, listener) => {
                 debug!("{name}: also accepting on slot {slot}'s socket until it has a ready worker");
                 let listener = Rc::new(listener);
-                let task = tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared), None));
+                let task =
+                    tokio::task::spawn_local(accept_loop(Rc::clone(&listener), Rc::clone(&shared), None, Port::Main));
                 adopted.push((slot, task, listener));
             }
             Event::Release(slot) => {
@@ -320,7 +338,12 @@ type Adopted = Vec<(usize, JoinHandle<()>, Rc<TcpListener>)>;
 /// Accepts on `listener` until aborted. `steer`: the slot's load, on the
 /// slot's own socket (the program counts what it steered there; what is taken
 /// from the queue is counted here, and an empty queue resets the difference).
-async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<S>>, steer: Option<&'static SlotLoad>) {
+async fn accept_loop<S: WorkerApp>(
+    listener: Rc<TcpListener>,
+    shared: Rc<Shared<S>>,
+    steer: Option<&'static SlotLoad>,
+    port: Port,
+) {
     loop {
         // At --max-connections, the next connections wait in the kernel's
         // queue of this socket until one of this worker's closes.
@@ -343,7 +366,7 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
                 if let Some(steer) = steer {
                     steer.took_one();
                 }
-                start_connection(stream, client, &shared)
+                start_connection(stream, client, &shared, port)
             }
             Err(err) if is_transient(&err) => {}
             Err(err) => {
@@ -358,10 +381,28 @@ async fn accept_loop<S: WorkerApp>(listener: Rc<TcpListener>, shared: Rc<Shared<
     }
 }
 
-fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketAddr, shared: &Rc<Shared<S>>) {
+/// Which of the worker's ports a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Port {
+    /// The serving port (TLS, with `--tls-cert`), the slot's or an adopted one.
+    Main,
+    /// `--plain-port`.
+    Plain,
+}
+
+fn start_connection<S: WorkerApp>(
+    stream: tokio::net::TcpStream,
+    client: SocketAddr,
+    shared: &Rc<Shared<S>>,
+    port: Port,
+) {
+    let start = match port {
+        Port::Main => Start::New,
+        Port::Plain => Start::NewPlain,
+    };
     let open = shared
         .connections
-        .enter(&shared.lifecycle, stream.as_raw_fd(), client, Start::New.state());
+        .enter(&shared.lifecycle, stream.as_raw_fd(), client, start.state());
     let counted = shared.connections.count_one();
     let made = shared.service.connection(&stream, client);
     let shared = Rc::clone(shared);
@@ -373,16 +414,7 @@ fn start_connection<S: WorkerApp>(stream: tokio::net::TcpStream, client: SocketA
                 Err(err) => return warn!("{}: cannot make the service for {client}: {err}", shared.name),
             },
         };
-        serve_until_parked(
-            Stream::Plain(stream),
-            service,
-            open,
-            counted,
-            client,
-            Start::New,
-            &shared,
-        )
-        .await;
+        serve_until_parked(Stream::Plain(stream), service, open, counted, client, start, &shared).await;
     });
 }
 
@@ -454,7 +486,7 @@ async fn unpark<S: WorkerApp>(shared: Rc<Shared<S>>) {
 
 /// Accepts every connection queued on `listener` now, without waiting for more;
 /// returns how many.
-async fn accept_queued<S: WorkerApp>(listener: &TcpListener, shared: &Rc<Shared<S>>) -> usize {
+async fn accept_queued<S: WorkerApp>(listener: &TcpListener, shared: &Rc<Shared<S>>, port: Port) -> usize {
     let mut taken = 0;
     loop {
         let next = std::future::poll_fn(|cx| match listener.poll_accept(cx) {
@@ -463,7 +495,7 @@ async fn accept_queued<S: WorkerApp>(listener: &TcpListener, shared: &Rc<Shared<
         });
         match next.await {
             Some(Ok((stream, client))) => {
-                start_connection(stream, client, shared);
+                start_connection(stream, client, shared, port);
                 taken += 1;
             }
             Some(Err(err)) if is_transient(&err) => {}

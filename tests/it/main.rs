@@ -26,4 +26,5 @@ mod stopping;
 mod supervision;
 mod systemd;
 mod timeouts;
+mod tls;
 mod util;
