@@ -210,3 +210,18 @@ fn file_errors_name_the_key() {
         .to_string();
     assert!(err.starts_with("cannot read /nonexistent/prefork.toml"), "{err}");
 }
+
+#[test]
+fn tls_files_set_in_code_are_read_at_the_start() {
+    let mut config = Config::default();
+    assert!(!config.tls_unread(), "no TLS, nothing to read");
+    config
+        .set_tls_cert(vec!["cert.pem".into()])
+        .set_tls_key(vec!["key.pem".into()]);
+    assert!(config.tls_unread());
+    let err = config.clone().with_tls().unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read the certificate (--tls-cert) cert.pem"),
+        "{err}"
+    );
+}

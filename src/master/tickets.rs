@@ -98,7 +98,7 @@ impl Tickets {
     /// If the in-memory key is due, a new one seals from now, and the one it
     /// replaces still opens.
     pub(super) fn rotate_if_due(&mut self, config: &crate::config::Config, now: Instant) {
-        if self.next_rotation.is_none_or(|at| now < at) {
+        if !matches!(self.next_rotation, Some(at) if now >= at) {
             return;
         }
         let kept = self.memory.keys().read().map_or(Vec::new(), |keys| keys.keys);

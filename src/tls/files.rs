@@ -27,6 +27,14 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Certified, String> {
     let chain = chain(cert)?;
     let pem = read(key, "key (--tls-key)")?;
+    if pem.windows(24).any(|w| w == b"-----BEGIN ENCRYPTED PRI") {
+        return Err(format!(
+            "{}: the private key is encrypted (a passphrase would have to be typed at every start and reload); \
+             decrypt it to a file only the server can read: openssl pkey -in {} -out server.key",
+            key.display(),
+            key.display()
+        ));
+    }
     let der = PrivateKeyDer::from_pem_slice(&pem).map_err(|err| {
         format!(
             "{}: no private key in it ({err}; a PEM file with -----BEGIN PRIVATE KEY-----, EC PRIVATE KEY or RSA PRIVATE KEY)",

@@ -119,7 +119,10 @@ pub async fn serve_connection<S: WorkerService>(
         (Start::New, Stream::Plain(tcp), Some(tls)) => {
             let asked = || entry.is_asked();
             let keep_waker = |waker: &Waker| entry.keep_waker(waker);
-            let Some(conn) = super::tls::handshake(tls, tcp, asked, keep_waker).await else {
+            // Boxed: rustls's handshake state is large, and would otherwise
+            // make every connection's task larger, plain ones too (the task's
+            // future is copied whole when it is spawned).
+            let Some(conn) = Box::pin(super::tls::handshake(tls, tcp, asked, keep_waker)).await else {
                 return Ended::Closed;
             };
             // ALPN said which: what follows the handshake is that protocol's.
