@@ -169,7 +169,9 @@ pub fn run(command: Command, server: prefork_server::ServerFlags) -> std::proces
             let sources = Sources::new(server, target.config.clone());
             sources.admin(&target).and_then(|admin| status(&admin))
         }
-        Command::Reload { target } => signal_with(server, target, Signal::SIGHUP),
+        Command::Reload { target } => {
+            check_before_reload(&server, &target).and_then(|()| signal_with(server, target, Signal::SIGHUP))
+        }
         Command::Stop { target, fast } => {
             signal_with(server, target, if fast { Signal::SIGQUIT } else { Signal::SIGTERM })
         }
@@ -190,6 +192,19 @@ pub fn run(command: Command, server: prefork_server::ServerFlags) -> std::proces
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// A reload the master would refuse for its TLS files is refused here, before
+/// any signal, with the reason and exit 1: a renewal hook (certbot's
+/// `--deploy-hook`) then fails as it should instead of reporting success.
+fn check_before_reload(server: &prefork_server::ServerFlags, target: &Target) -> Result<(), String> {
+    let mut server = server.clone();
+    if let Some(file) = &target.config {
+        server.set_config_file(file.clone());
+    }
+    server
+        .check_tls_files()
+        .map_err(|err| format!("not reloading: the master would refuse it: {err}"))
 }
 
 fn signal_with(server: prefork_server::ServerFlags, target: Target, signal: Signal) -> Result<(), String> {

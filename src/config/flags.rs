@@ -54,6 +54,18 @@ impl ServerFlags {
         })
     }
 
+    /// The TLS files these flags (and their variables and config file) name,
+    /// read and checked as a reload would: `Err` with the reason when a HUP
+    /// would be refused for them (a renewal half done: a new certificate, the
+    /// old key). Settings that cannot be resolved here are not judged: the
+    /// running server may have been given flags this command was not.
+    pub fn check_tls_files(&self) -> Result<(), ConfigError> {
+        match super::Config::load(self.config.clone(), self.settings.clone()) {
+            Ok(config) => config.with_tls().map(drop),
+            Err(_) => Ok(()),
+        }
+    }
+
     /// Prints a usage error from parsing a command line that holds these flags,
     /// followed, for a value that came from a `PREFORK_*` variable rather than
     /// the command line (clap names only the flag), by a line that says so; then

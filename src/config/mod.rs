@@ -114,17 +114,20 @@ impl Config {
     /// cannot be read, a key that is not its certificate's, an expired
     /// certificate is an error that names the file.
     pub(crate) fn with_tls(mut self) -> Result<Config, ConfigError> {
+        settings::check_tls(&self)?;
         self.tls = crate::tls::Loaded::load(&self).map_err(ConfigError)?;
         Ok(self)
     }
 
     /// Whether the TLS files this config names are still to be read (a config
-    /// built in code, or changed through a setter since).
+    /// built in code, or changed through a setter since), or its TLS settings
+    /// still to be checked together.
     pub(crate) fn tls_unread(&self) -> bool {
-        match &self.tls {
-            Some(loaded) => !loaded.is_of(self),
-            None => !self.tls_cert.is_empty(),
-        }
+        let read = match &self.tls {
+            Some(loaded) => loaded.is_of(self),
+            None => self.tls_cert.is_empty(),
+        };
+        !read || settings::check_tls(self).is_err()
     }
 
     /// The address to listen on: `host` and `port`.

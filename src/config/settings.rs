@@ -60,7 +60,7 @@ pub struct Config;
 
     /// With --tls-client-ca: required (a client without a valid certificate fails the handshake) or optional (it is served, without one) [default: required]
     #[arg(long, env = "PREFORK_TLS_CLIENT_AUTH", value_enum)]
-    tls_client_auth, set_tls_client_auth: TlsClientAuth => TlsClientAuth = or(TlsClientAuth::Required);
+    tls_client_auth, set_tls_client_auth: TlsClientAuth => Option<TlsClientAuth> = optional;
 
     /// Session-ticket keys from these files (48 or 80 random bytes each, as nginx's): the first encrypts, all decrypt; re-read on HUP [default: made in memory by the master, rotated]
     #[arg(long, env = "PREFORK_TLS_TICKET_KEY", value_name = "FILE")]
@@ -281,7 +281,6 @@ impl Settings {
     /// every check is made again here.
     pub(super) fn resolve(self, file: Option<PathBuf>, flags: Settings) -> Result<Config, ConfigError> {
         let config = self.resolve_each(file, flags)?;
-        check_tls(&config)?;
         if let Some(admin) = config.admin {
             if !admin.ip().is_loopback() && !config.admin_allow_remote {
                 return Err(ConfigError(format!(
@@ -293,13 +292,28 @@ impl Settings {
     }
 }
 
-/// The TLS settings that only make sense together.
-fn check_tls(config: &Config) -> Result<(), ConfigError> {
+/// The TLS settings that only make sense together, checked on the config as
+/// it will run (after a reload has kept what the program chose in code).
+pub(super) fn check_tls(config: &Config) -> Result<(), ConfigError> {
     let fail = |why: String| Err(ConfigError(why));
     let (certs, keys) = (config.tls_cert.len(), config.tls_key.len());
     if certs != keys {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
         return fail(format!(
-            "tls_key: {certs} certificates (--tls-cert) but {keys} keys (--tls-key): give one key per certificate, in the same order"
+            "tls_key: {} (--tls-cert) but {} (--tls-key): give one key per certificate, in the same order",
+            count(certs, "certificate"),
+            count(keys, "key")
+        ));
+    }
+    let period = config.tls_ticket_rotation;
+    if let Err(why) = super::units::parse_ticket_rotation(&format!("{}s", period.as_secs_f64())) {
+        return fail(format!("tls_ticket_rotation: {why}"));
+    }
+    if config.tls_ticket_key.len() > crate::sys::tickets::MAX_KEYS {
+        return fail(format!(
+            "tls_ticket_key: {} files; at most {} keys are accepted at once (the one that seals and the ones before it)",
+            config.tls_ticket_key.len(),
+            crate::sys::tickets::MAX_KEYS
         ));
     }
     if config.plain_redirect && config.plain_port.is_none() {
@@ -315,10 +329,18 @@ fn check_tls(config: &Config) -> Result<(), ConfigError> {
         if config.tls_client_ca.is_some() {
             return fail("tls_client_ca: client certificates need TLS: give --tls-cert and --tls-key".into());
         }
+        if config.tls_client_auth.is_some() {
+            return fail("tls_client_auth: client certificates need TLS: give --tls-cert and --tls-key".into());
+        }
         if !config.tls_ticket_key.is_empty() {
             return fail("tls_ticket_key: session tickets need TLS: give --tls-cert and --tls-key".into());
         }
         return Ok(());
+    }
+    if config.tls_client_auth.is_some() && config.tls_client_ca.is_none() {
+        return fail(
+            "tls_client_auth: it says whether a client certificate is required: give --tls-client-ca too".into(),
+        );
     }
     if config
         .plain_port

@@ -66,7 +66,12 @@ impl Master<'_> {
         if self.phase.is_running() {
             // The workers take what is queued and close their copies; with these
             // closed too, new connections are refused at once.
-            info!("master: closing the listening sockets: new connections are refused from now on");
+            match self.upgrade.handed_over() {
+                true => {
+                    info!("master: closing this master's copies of the listening sockets (the new master serves them)")
+                }
+                false => info!("master: closing the listening sockets: new connections are refused from now on"),
+            }
             self.sockets.close_for_stop();
         }
         self.phase = std::mem::replace(&mut self.phase, Phase::Running).with_stop(stop);

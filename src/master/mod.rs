@@ -288,7 +288,11 @@ impl Master<'_> {
             // Last: they act on everything above (a new ready line, a retired
             // worker, a vacant slot) before the next, possibly long, sleep.
             self.steer();
-            self.tickets.rotate_if_due(&self.config, self.now);
+            match self.upgrade.handed_over() {
+                // The new master writes the keys from now on.
+                true => self.tickets.stop_rotating(),
+                false => self.tickets.rotate_if_due(self.now),
+            }
             self.arrange_adoptions();
             // After every write of this wake-up: the admin views re-render.
             self.scoreboard
@@ -473,8 +477,8 @@ impl Master<'_> {
     /// The ticket keys the config asks for, once this master serves (a new
     /// master leaves them to the old one until it has taken over).
     pub(super) fn arrange_tickets(&mut self) {
-        if self.origin.old_master.is_none() {
-            self.tickets.arrange(&self.config, self.now);
+        if self.origin.old_master.is_none() && !self.upgrade.handed_over() {
+            self.tickets.arrange(&tickets::Wanted::of(&self.config), self.now);
         }
     }
 

@@ -79,13 +79,18 @@ pub(crate) fn start(config: Config, entries: Entries<'_>) -> Result<(), Error> {
     // `--plain-port`: handed over by the old master, or bound (systemd passes
     // only the serving sockets).
     let mut listeners = listeners;
+    // An old master's is kept only where this config still wants it (a new
+    // master's config may have moved it, or turned it off).
+    let wanted = config.plain_addr();
+    let keep = |plain: &std::net::TcpListener| {
+        let bound = plain.local_addr().ok();
+        wanted.is_some_and(|addr| bound == Some(addr) || (addr.port() == 0 && bound.map(|b| b.ip()) == Some(addr.ip())))
+    };
     let plain = match plain_inherited {
-        Some(plain) => Some(plain),
-        None => {
-            let addr = config.plain_addr();
-            addr.map(|addr| listener::bind_plain(addr, config.backlog))
-                .transpose()?
-        }
+        Some(plain) if keep(&plain) => Some(plain),
+        _ => wanted
+            .map(|addr| listener::bind_plain(addr, config.backlog))
+            .transpose()?,
     };
     listeners.replace_plain(plain);
     let scoreboard = scoreboard::Scoreboard::create().map_err(Error::Scoreboard)?;

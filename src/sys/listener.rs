@@ -137,7 +137,7 @@ impl Listeners {
     /// Changes the backlog of every socket in place: `listen(2)` again on a
     /// listening socket only resizes its queue, nothing queued is lost.
     pub fn set_backlog(&mut self, backlog: u32) -> io::Result<()> {
-        for socket in &self.sockets {
+        for socket in self.sockets.iter().chain(&self.plain) {
             SockRef::from(socket).listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
         }
         self.backlog = backlog;

@@ -97,8 +97,10 @@ impl TicketKeys {
         self.sequence.store(odd, Relaxed);
         fence(Release);
         let count = keys.keys.len().min(MAX_KEYS);
-        for (slot, key) in self.keys.iter().zip(&keys.keys[..count]) {
-            pack(slot, key);
+        // The slots past `count` are zeroed: a retired key does not stay here.
+        let none = [0u8; TICKET_KEY_LEN];
+        for (index, slot) in self.keys.iter().enumerate() {
+            pack(slot, keys.keys[..count].get(index).unwrap_or(&none));
         }
         self.count.store(count as u32, Relaxed);
         self.lifetime.store(keys.lifetime, Relaxed);
@@ -126,18 +128,43 @@ fn pack(words: &[AtomicU64; WORDS], key: &[u8; TICKET_KEY_LEN]) {
 /// The page, mapped, and the memfd behind it (handed on at an upgrade).
 pub struct TicketMemory {
     keys: &'static TicketKeys,
-    fd: OwnedFd,
+    /// `None` where memfds are not allowed (a seccomp filter): an anonymous
+    /// shared page then, which a new master cannot take over.
+    fd: Option<OwnedFd>,
 }
 
 impl TicketMemory {
     /// A new page, no key in it yet.
     pub fn create() -> io::Result<TicketMemory> {
         use nix::sys::memfd::{memfd_create, MFdFlags};
-        let fd = memfd_create("prefork-server-tickets", MFdFlags::MFD_CLOEXEC)?;
-        nix::unistd::ftruncate(&fd, SIZE as i64)?;
-        let memory = TicketMemory::map(fd)?;
+        let memory = match memfd_create("prefork-server-tickets", MFdFlags::MFD_CLOEXEC) {
+            Ok(fd) => {
+                nix::unistd::ftruncate(&fd, SIZE as i64)?;
+                TicketMemory::map(fd)?
+            }
+            Err(err) => {
+                crate::log::debug!("no memfd for the ticket keys ({err}): an anonymous page, kept by this master only");
+                TicketMemory::anonymous()?
+            }
+        };
         memory.keys.magic.store(MAGIC, Release);
         Ok(memory)
+    }
+
+    fn anonymous() -> io::Result<TicketMemory> {
+        let length = NonZeroUsize::new(SIZE).expect("a page is not 0 bytes");
+        // SAFETY: a fresh anonymous shared mapping of one page, never unmapped
+        // (the reference is 'static); zeros are a valid `TicketKeys` (see `map`).
+        let keys = unsafe {
+            let start = nix::sys::mman::mmap_anonymous(
+                None,
+                length,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )?;
+            &*start.as_ptr().cast::<TicketKeys>()
+        };
+        Ok(TicketMemory { keys, fd: None })
     }
 
     /// The page an old master handed over (USR2), checked to be one.
@@ -173,7 +200,7 @@ impl TicketMemory {
             )?;
             &*start.as_ptr().cast::<TicketKeys>()
         };
-        Ok(TicketMemory { keys, fd })
+        Ok(TicketMemory { keys, fd: Some(fd) })
     }
 
     pub fn keys(&self) -> &'static TicketKeys {
@@ -181,11 +208,14 @@ impl TicketMemory {
     }
 
     /// The memfd, for a new master.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
     }
 
-    /// In a worker: the page becomes read-only (only the master writes keys).
+    /// In a worker: the page becomes read-only, so that nothing in it writes
+    /// keys by mistake. (Not a barrier against a worker's own code: it could
+    /// make it writable again; but every worker holds the keys anyway, to seal
+    /// and open tickets.)
     pub fn protect_for_worker(keys: &'static TicketKeys) {
         let start = (keys as *const TicketKeys).cast_mut().cast::<libc::c_void>();
         // SAFETY: `start` is the page-aligned start of the mapping (an mmap
@@ -212,7 +242,7 @@ mod tests {
         };
         memory.keys().write(&keys);
         assert!(memory.keys().read().unwrap() == keys);
-        let inherited = TicketMemory::inherit(memory.fd().try_clone_to_owned().unwrap()).unwrap();
+        let inherited = TicketMemory::inherit(memory.fd().unwrap().try_clone_to_owned().unwrap()).unwrap();
         assert!(inherited.keys().read().unwrap() == keys);
         // One write, seen through the other mapping.
         let more = Keys {

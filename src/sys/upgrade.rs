@@ -68,7 +68,7 @@ pub fn spawn_successor(
     args: &[OsString],
     listeners: &Listeners,
     steering: Option<[BorrowedFd<'_>; 3]>,
-    tickets: BorrowedFd<'_>,
+    tickets: Option<BorrowedFd<'_>>,
 ) -> io::Result<Successor> {
     let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
     let mut mappings = Vec::new();
@@ -99,10 +99,12 @@ pub fn spawn_successor(
         });
     }
     let tickets_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd) + 1;
-    mappings.push(FdMapping {
-        parent_fd: tickets.try_clone_to_owned()?,
-        child_fd: tickets_fd,
-    });
+    if let Some(tickets) = tickets {
+        mappings.push(FdMapping {
+            parent_fd: tickets.try_clone_to_owned()?,
+            child_fd: tickets_fd,
+        });
+    }
     let plain_fd = tickets_fd + 1;
     if let Some(plain) = listeners.plain() {
         mappings.push(FdMapping {
@@ -119,7 +121,7 @@ pub fn spawn_successor(
         .env(FROM, std::process::id().to_string())
         .env_remove(ADMIN_FD)
         .env_remove(STEERING_FD)
-        .env(TICKETS_FD, tickets_fd.to_string())
+        .env_remove(TICKETS_FD)
         .env_remove(PLAIN_FD)
         .stdin(Stdio::null());
     if steering.is_some() {
@@ -130,6 +132,9 @@ pub fn spawn_successor(
     }
     if listeners.plain().is_some() {
         command.env(PLAIN_FD, plain_fd.to_string());
+    }
+    if tickets.is_some() {
+        command.env(TICKETS_FD, tickets_fd.to_string());
     }
     let last_fd = mappings.last().map_or(FIRST_FD, |mapping| mapping.child_fd);
     command.fd_mappings(mappings).map_err(io::Error::other)?;

@@ -25,7 +25,7 @@ fn read(path: &Path, what: &str) -> Result<Vec<u8>, String> {
 
 /// A certificate chain and its key: parsed, matched, in date, and its names.
 pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> Result<Certified, String> {
-    let chain = chain(cert)?;
+    let chain = chain(cert, "certificate (--tls-cert)")?;
     let pem = read(key, "key (--tls-key)")?;
     if pem.windows(24).any(|w| w == b"-----BEGIN ENCRYPTED PRI") {
         return Err(format!(
@@ -45,17 +45,31 @@ pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> R
         .key_provider
         .load_private_key(der)
         .map_err(|err| format!("{}: cannot use this key: {err}", key.display()))?;
-    let certified = CertifiedKey::new(chain, signing);
+    let certified = CertifiedKey::new(chain, Arc::clone(&signing));
     match certified.keys_match() {
         Ok(()) => {}
         // A key type whose public half rustls cannot derive: nothing to compare.
         Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
         Err(_) => {
-            return Err(format!(
-                "{} is not the key of the certificate {} (its public key is another's)",
-                key.display(),
-                cert.display()
-            ))
+            // The key of a later certificate in the file: the order is wrong.
+            let later = certified.cert.iter().skip(1).position(|other| {
+                CertifiedKey::new(vec![other.clone()], Arc::clone(&signing))
+                    .keys_match()
+                    .is_ok()
+            });
+            return Err(match later {
+                Some(index) => format!(
+                    "{} is the key of certificate {} in {}, not of the first: the server's own certificate comes first in the file, then the intermediates",
+                    key.display(),
+                    index + 2,
+                    cert.display()
+                ),
+                None => format!(
+                    "{} is not the key of the certificate {} (its public key is another's)",
+                    key.display(),
+                    cert.display()
+                ),
+            });
         }
     }
     let end_entity = certified
@@ -72,17 +86,41 @@ pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> R
             parsed.not_after_text
         ));
     }
+    let fingerprint = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, end_entity);
+    let fingerprint: String = fingerprint.as_ref()[..8]
+        .iter()
+        .map(|byte| format!("{byte:02X}"))
+        .collect();
     Ok(Certified {
         key: Arc::new(certified),
         names: parsed.names,
+        shown: parsed.shown,
         file: cert.to_path_buf(),
         not_after: parsed.not_after_text,
+        about: format!("{}, SHA-256 {fingerprint}…", key_kind(&signing)),
     })
 }
 
+/// What kind of key signs: `ECDSA P-256`, `RSA`, `Ed25519`.
+fn key_kind(key: &Arc<dyn rustls::sign::SigningKey>) -> &'static str {
+    use rustls::SignatureScheme as Scheme;
+    let offers = |scheme| key.choose_scheme(&[scheme]).is_some();
+    if offers(Scheme::ECDSA_NISTP256_SHA256) {
+        "ECDSA P-256"
+    } else if offers(Scheme::ECDSA_NISTP384_SHA384) {
+        "ECDSA P-384"
+    } else if offers(Scheme::ED25519) {
+        "Ed25519"
+    } else if offers(Scheme::RSA_PSS_SHA256) || offers(Scheme::RSA_PKCS1_SHA256) {
+        "RSA"
+    } else {
+        "key"
+    }
+}
+
 /// Every certificate in a PEM file, in order (the server's own first).
-fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let pem = read(path, "certificate (--tls-cert)")?;
+fn chain(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = read(path, what)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| format!("{}: not a PEM certificate chain: {err}", path.display()))?;
@@ -99,6 +137,8 @@ fn chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
 struct Parsed {
     /// The DNS names it is for (subjectAltName, or its common name without one), lower case.
     names: Vec<String>,
+    /// Its names as written, IP addresses included, for the log.
+    shown: Vec<String>,
     not_after: i64,
     not_after_text: String,
 }
@@ -107,24 +147,41 @@ impl Parsed {
     fn of(der: &CertificateDer<'_>, path: &Path) -> Result<Parsed, String> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|err| format!("{}: not an X.509 certificate: {err}", path.display()))?;
-        let mut names = Vec::new();
+        use x509_parser::extensions::GeneralName;
+        let (mut names, mut shown) = (Vec::new(), Vec::new());
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
-                if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
-                    names.push(dns.to_ascii_lowercase());
+                match name {
+                    GeneralName::DNSName(dns) => {
+                        names.push(dns.to_ascii_lowercase());
+                        shown.push((*dns).to_owned());
+                    }
+                    GeneralName::IPAddress(bytes) => shown.extend(ip(bytes).map(|ip| ip.to_string())),
+                    _ => {}
                 }
             }
         }
         if names.is_empty() {
             let common = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
             names.extend(common.map(str::to_ascii_lowercase));
+            shown.extend(common.map(str::to_owned));
         }
         let validity = cert.validity();
         Ok(Parsed {
             names,
+            shown,
             not_after: validity.not_after.timestamp(),
             not_after_text: validity.not_after.to_string(),
         })
+    }
+}
+
+/// An IP address in a subjectAltName.
+fn ip(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
     }
 }
 
@@ -135,7 +192,7 @@ pub(super) fn client_verifier(
     auth: TlsClientAuth,
 ) -> Result<Arc<dyn ClientCertVerifier>, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for ca in chain(path)? {
+    for ca in chain(path, "client CA (--tls-client-ca)")? {
         roots
             .add(ca)
             .map_err(|err| format!("{}: cannot use this CA certificate: {err}", path.display()))?;

@@ -31,7 +31,7 @@ struct Sources {
     certs: Vec<PathBuf>,
     keys: Vec<PathBuf>,
     client_ca: Option<PathBuf>,
-    client_auth: TlsClientAuth,
+    client_auth: Option<TlsClientAuth>,
     ticket_keys: Vec<PathBuf>,
 }
 
@@ -82,7 +82,11 @@ impl Loaded {
         }
         let client = match &config.tls_client_ca {
             None => None,
-            Some(path) => Some(files::client_verifier(&provider, path, config.tls_client_auth)?),
+            Some(path) => Some(files::client_verifier(
+                &provider,
+                path,
+                config.tls_client_auth.unwrap_or(TlsClientAuth::Required),
+            )?),
         };
         let ticket_keys = config
             .tls_ticket_key
@@ -108,8 +112,8 @@ impl Loaded {
         let mut text = self.certificates.describe();
         if let Some(ca) = &self.sources.client_ca {
             let auth = match self.sources.client_auth {
-                TlsClientAuth::Required => "required",
-                TlsClientAuth::Optional => "optional",
+                Some(TlsClientAuth::Optional) => "optional",
+                _ => "required",
             };
             text.push_str(&format!("; client certificates from {} ({auth})", ca.display()));
         }

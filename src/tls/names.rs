@@ -16,6 +16,10 @@ pub(crate) struct Certified {
     pub(crate) key: Arc<CertifiedKey>,
     /// Its DNS names, lower case (wildcards as written: `*.example.com`).
     pub(crate) names: Vec<String>,
+    /// Its names as written, IP addresses included, for the log.
+    pub(crate) shown: Vec<String>,
+    /// Its key's kind and its fingerprint, for the log (a renewal shows).
+    pub(crate) about: String,
     pub(crate) file: PathBuf,
     /// When it expires, as the log says it.
     pub(crate) not_after: String,
@@ -62,16 +66,16 @@ impl ByName {
         &self.all[index.copied().unwrap_or(0)].key
     }
 
-    /// Each certificate: its file, its names, its expiry.
+    /// Each certificate: its file, its names, its key and fingerprint, its expiry.
     pub(crate) fn describe(&self) -> String {
         let each: Vec<String> = self
             .all
             .iter()
             .enumerate()
             .map(|(index, certified)| {
-                let names = match certified.names.is_empty() {
-                    true => "no DNS name".to_owned(),
-                    false => certified.names.join(", "),
+                let names = match certified.shown.is_empty() {
+                    true => "no name".to_owned(),
+                    false => certified.shown.join(", "),
                 };
                 let default = if index == 0 && self.all.len() > 1 {
                     ", the default"
@@ -79,8 +83,9 @@ impl ByName {
                     ""
                 };
                 format!(
-                    "{} ({names}; expires {}{default})",
+                    "{} ({names}; {}; expires {}{default})",
                     certified.file.display(),
+                    certified.about,
                     certified.not_after
                 )
             })

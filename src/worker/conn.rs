@@ -122,7 +122,7 @@ pub async fn serve_connection<S: WorkerService>(
             // Boxed: rustls's handshake state is large, and would otherwise
             // make every connection's task larger, plain ones too (the task's
             // future is copied whole when it is spawned).
-            let Some(conn) = Box::pin(super::tls::handshake(tls, tcp, asked, keep_waker)).await else {
+            let Some(conn) = Box::pin(super::tls::handshake(tls, tcp, entry.client, asked, keep_waker)).await else {
                 return Ended::Closed;
             };
             // ALPN said which: what follows the handshake is that protocol's.

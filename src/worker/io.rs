@@ -288,6 +288,8 @@ impl Stream {
                 if io::Write::write_all(&mut conn.writer(), bytes).is_err() {
                     return;
                 }
+                // The connection ends here: the client hears it from TLS too.
+                conn.send_close_notify();
                 while conn.wants_write() {
                     if !matches!(conn.write_tls(&mut socket), Ok(n) if n > 0) {
                         return;
@@ -364,9 +366,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(_) => Poll::Ready(Ok(())),
             Stream::Tls(tls) => {
-                if !tls.stream.get_ref().1.wants_write() {
-                    tls.stream.get_mut().1.send_close_notify();
-                }
+                // Queued once, however often this is polled (rustls sends one).
+                tls.stream.get_mut().1.send_close_notify();
                 Pin::new(&mut tls.stream).poll_flush(cx)
             }
         }
@@ -588,6 +589,11 @@ impl Write for Io {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // A socket has nothing to flush; TLS may have records still to write,
+        // and a flush that waits for the client is a write that waits.
+        if let Stream::Plain(_) = self.inner.inner() {
+            return Poll::Ready(Ok(()));
+        }
         let poll = Pin::new(&mut self.inner).poll_flush(cx);
         self.stamps.wrote(&poll);
         poll

@@ -117,7 +117,11 @@ fn redirect<B>(request: &Request<B>, port: u16) -> Admission {
     let Some(host) = host.filter(|host| !host.is_empty() && !bad_host(request)) else {
         return Admission::Refused(StatusCode::BAD_REQUEST);
     };
-    let path = request.uri().path_and_query().map_or("/", |path| path.as_str());
+    // `OPTIONS *` (no path) goes to the root.
+    let path = match request.uri().path_and_query().map(|path| path.as_str()) {
+        Some(path) if path.starts_with('/') => path,
+        _ => "/",
+    };
     let location = match port {
         443 => format!("https://{host}{path}"),
         port => format!("https://{host}:{port}{path}"),
@@ -351,8 +355,9 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
     response
 }
 
-/// `308 Permanent Redirect` to `location` (no body); the connection stays
-/// open (but for a drain), as for any answer.
+/// `308 Permanent Redirect` to `location` (no body). HTTP/1.1 closes after
+/// it: the client's next request goes to the HTTPS port, and a connection
+/// left open would be parked and served again as any other.
 fn moved<B: Body>(location: HeaderValue, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
     let Some(mut in_flight) = in_flight else {
         unreachable!("a response future is polled to Ready once")
@@ -360,7 +365,7 @@ fn moved<B: Body>(location: HeaderValue, in_flight: Option<InFlight>) -> Respons
     in_flight.answered(StatusCode::PERMANENT_REDIRECT);
     let lifecycle = &in_flight.0.lifecycle;
     lifecycle.served_one();
-    let close = lifecycle.is_draining() && !in_flight.0.is_h2();
+    let close = !in_flight.0.is_h2();
     let mut response = Response::new(TrackedBody {
         inner: Either::Right(Empty::new()),
         in_flight_guard: in_flight,

@@ -16,10 +16,11 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use rustls::server::ServerConfig;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::LazyConfigAcceptor;
 
-use super::io::{readable, TlsConn};
+use super::io::TlsConn;
 use crate::sys::tickets::TicketKeys;
 use crate::tls::{Loaded, Negotiated, SharedTickets, TlsInfo};
 
@@ -38,9 +39,36 @@ const PLAIN_HTTP: &[u8] = b"HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain
 /// connection under the answer.
 const PLAIN_HTTP_LINGER: Duration = Duration::from_secs(1);
 
-/// The worker's TLS: its rustls configuration.
+/// The worker's TLS: its rustls configurations.
 pub struct Tls {
-    acceptor: tokio_rustls::TlsAcceptor,
+    /// ALPN `h2` and `http/1.1`.
+    offered: Arc<ServerConfig>,
+    /// No ALPN: for a client that offers only protocols this server does not
+    /// speak (`http/1.0`, say), which rustls would refuse with an alert; it
+    /// gets HTTP/1.1, as nginx gives it.
+    unoffered: Arc<ServerConfig>,
+}
+
+/// A session-ticket producer that produces none.
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+
+    fn lifetime(&self) -> u32 {
+        0
+    }
+
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 impl Tls {
@@ -54,31 +82,57 @@ impl Tls {
             None => builder.with_no_client_auth(),
         };
         let mut config = builder.with_cert_resolver(Arc::clone(&loaded.certificates) as _);
-        config.alpn_protocols = vec![H2.to_vec(), HTTP_1_1.to_vec()];
-        // Resumption works on every worker: the tickets' keys are the master's.
-        config.ticketer = Arc::new(SharedTickets::new(tickets));
+        match loaded.client {
+            // Resumption works on every worker: the tickets' keys are the master's.
+            None => config.ticketer = Arc::new(SharedTickets::new(tickets)),
+            // With client certificates, none: a resumed session carries the
+            // chain verified at its first handshake without verifying it again,
+            // so a client whose certificate has expired since, or whose CA a
+            // reload removed, would still be served.
+            Some(_) => {
+                config.ticketer = Arc::new(NoTickets);
+                config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+                config.send_tls13_tickets = 0;
+            }
+        }
         // No 0-RTT (its data can be replayed): rustls's default, said here.
         config.max_early_data_size = 0;
+        let unoffered = Arc::new(config.clone());
+        config.alpn_protocols = vec![H2.to_vec(), HTTP_1_1.to_vec()];
         Ok(Tls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            offered: Arc::new(config),
+            unoffered,
         })
+    }
+
+    /// The configuration for a client that offers `alpn`.
+    fn for_offer<'a>(&self, alpn: Option<impl Iterator<Item = &'a [u8]>>) -> Arc<ServerConfig> {
+        let ours = |protocol: &[u8]| protocol == H2 || protocol == HTTP_1_1;
+        match alpn.map(|mut offered| offered.any(ours)) {
+            Some(false) => Arc::clone(&self.unoffered),
+            _ => Arc::clone(&self.offered),
+        }
     }
 }
 
-/// The handshake of a new connection. `None`: it failed, the client went
-/// away, spoke plain HTTP (answered), or `closed()` said to give up (the
-/// sweep's header read timeout); the connection is closed.
+/// The handshake of a new connection from `client`. `None`: it failed, the
+/// client went away, spoke plain HTTP (answered), or `closed()` said to give
+/// up (the sweep's header read timeout); the connection is closed.
 pub async fn handshake(
     tls: &Tls,
     stream: TcpStream,
+    client: std::net::SocketAddr,
     closed: impl Fn() -> bool,
     keep_waker: impl Fn(&Waker),
 ) -> Option<TlsConn> {
-    if !readable(&stream, &closed, &keep_waker).await {
-        return None;
-    }
     let mut first = [0u8; 1];
-    match stream.peek(&mut first).await {
+    let peeked = watched(
+        std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut first))),
+        &closed,
+        &keep_waker,
+    )
+    .await;
+    match peeked {
         Ok(1) if first[0] == HANDSHAKE_RECORD => {}
         Ok(1) if first[0].is_ascii_uppercase() => {
             answer_plain_http(stream).await;
@@ -86,19 +140,18 @@ pub async fn handshake(
         }
         _ => return None,
     }
-    let mut accepting = tls.acceptor.accept(stream);
-    let accepted = std::future::poll_fn(|cx| {
-        if closed() {
-            return Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut)));
+    let hello = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let accepted = match watched(hello, &closed, &keep_waker).await {
+        Ok(start) => {
+            let config = tls.for_offer(start.client_hello().alpn());
+            watched(start.into_stream(config), &closed, &keep_waker).await
         }
-        keep_waker(cx.waker());
-        std::pin::Pin::new(&mut accepting).poll(cx)
-    })
-    .await;
+        Err(err) => Err(err),
+    };
     let stream = match accepted {
         Ok(stream) => stream,
         Err(err) => {
-            crate::log::debug!("TLS handshake failed: {err}");
+            failed(client, &err);
             return None;
         }
     };
@@ -118,6 +171,39 @@ pub async fn handshake(
             inner: Arc::new(negotiated),
         },
     })
+}
+
+/// `future`, given up (`TimedOut`) once `closed()` says so; `keep_waker` is
+/// given the waker, so that whoever decides (the sweep) can wake this.
+async fn watched<T>(
+    future: impl Future<Output = io::Result<T>>,
+    closed: impl Fn() -> bool,
+    keep_waker: impl Fn(&Waker),
+) -> io::Result<T> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        if closed() {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::TimedOut)));
+        }
+        keep_waker(cx.waker());
+        future.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// Logs a failed handshake: at `info` when the client's certificate was the
+/// reason (an operator setting up client certificates needs to see why a
+/// client is refused), at `debug` otherwise (scanners and clients that give up
+/// fail handshakes all day).
+fn failed(client: std::net::SocketAddr, err: &io::Error) {
+    use rustls::Error as Tls;
+    let reason = err.get_ref().and_then(|inner| inner.downcast_ref::<Tls>());
+    match reason {
+        Some(reason @ (Tls::InvalidCertificate(_) | Tls::NoCertificatesPresented)) => {
+            crate::log::info!("{client}: TLS handshake refused: the client's certificate: {reason}");
+        }
+        _ => crate::log::debug!("{client}: TLS handshake failed: {err}"),
+    }
 }
 
 /// `400`, then what the client sends is read and dropped until it closes, or

@@ -394,11 +394,26 @@ fn bad_certificates_are_usage_errors_that_name_the_file() {
         ),
         (
             vec!["--tls-cert".into(), show(&cert)],
-            vec!["1 certificates (--tls-cert) but 0 keys".into()],
+            vec!["1 certificate (--tls-cert) but 0 keys".into()],
         ),
         (
             vec!["--tls-client-ca".into(), show(&cert)],
             vec!["client certificates need TLS".into()],
+        ),
+        (
+            vec!["--tls-client-auth".into(), "optional".into()],
+            vec!["client certificates need TLS".into()],
+        ),
+        (
+            vec![
+                "--tls-cert".into(),
+                show(&cert),
+                "--tls-key".into(),
+                show(&key),
+                "--tls-client-ca".into(),
+                show(&missing),
+            ],
+            vec![show(&missing), "client CA (--tls-client-ca)".into()],
         ),
         (
             vec![
@@ -535,7 +550,10 @@ ctx = ssl.create_default_context(cafile=sys.argv[1])
 c = ctx.wrap_socket(socket.create_connection(("127.0.0.1", int(sys.argv[2]))), server_hostname="localhost")
 for i in range(3):
     c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    print(c.recv(4096).split(b"\r\n\r\n", 1)[1].decode().strip())
+    data = b""
+    while b"\n" not in data.split(b"\r\n\r\n", 1)[-1] or b"\r\n\r\n" not in data:
+        data += c.recv(4096)
+    print(data.split(b"\r\n\r\n", 1)[1].decode().strip())
     time.sleep(1.5)
 "#;
     let output = Command::new("python3")
@@ -606,6 +624,16 @@ fn a_plain_port_beside_the_tls_one_serves_the_app_or_redirects_to_https() {
     assert_eq!(response.status, 308);
     let https = format!("https://localhost:{}/a/b?c=d", server.addr.port());
     assert_eq!(response.header("location"), Some(https.as_str()));
+    // ...and the connection closes: its next request goes to HTTPS (left open,
+    // it would be parked, and served again as any other).
+    assert_eq!(response.header("connection"), Some("close"));
+    let mut rest = Vec::new();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(
+        stream.read_to_end(&mut rest).map(|_| rest.len()).ok(),
+        Some(0),
+        "closed after the 308"
+    );
     // curl follows it to the TLS port.
     let output = Command::new("curl")
         .args(["-sSL", "--cacert"])
@@ -626,4 +654,112 @@ fn a_plain_port_beside_the_tls_one_serves_the_app_or_redirects_to_https() {
         assert_eq!(status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
+}
+
+#[test]
+fn with_client_certificates_every_connection_is_verified_and_none_resumes() {
+    let dir = certs("tls-mtls");
+    let ca = dir.join("ca.pem").display().to_string();
+    let server = start(
+        example_binary(),
+        &dir,
+        &["server"],
+        &[
+            "--workers",
+            "1",
+            "--tls-client-ca",
+            &ca,
+            "--tls-client-auth",
+            "optional",
+        ],
+    );
+    let session = dir.join("session.pem");
+    let (cert, key) = (dir.join("client.pem"), dir.join("client.key"));
+    let with_cert = ["-cert", &cert.display().to_string(), "-key", &key.display().to_string()].map(str::to_owned);
+    let with_cert: Vec<&str> = with_cert.iter().map(String::as_str).collect();
+    for n in 0..3 {
+        let answer = s_client(server.addr, &session, &with_cert);
+        assert!(answer.starts_with("New,"), "connection {n} was resumed: {answer}");
+    }
+    let (ok, text) = curl(
+        &server,
+        &dir,
+        "/tls",
+        &[
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+    );
+    // (curl may send the CA after the client's own certificate: a chain of 2.)
+    let shown: usize = text.trim().rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(ok && shown >= 1, "{text}");
+    let (ok, text) = curl(&server, &dir, "/tls", &[]);
+    assert!(ok && text.trim().ends_with("client certificates 0"), "optional: {text}");
+}
+
+#[test]
+fn a_client_offering_only_protocols_the_server_does_not_speak_gets_http1() {
+    let dir = certs("tls-alpn");
+    let server = start(example_binary(), &dir, &["server"], &["--workers", "1"]);
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "printf 'GET /tls HTTP/1.1\\r\\nHost: localhost\\r\\nConnection: close\\r\\n\\r\\n' | \
+             openssl s_client -connect {} -servername localhost -alpn http/1.0 -ign_eof 2>&1",
+            server.addr
+        ))
+        .output()
+        .expect("run openssl");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("alpn none sni localhost"), "{text}");
+}
+
+#[test]
+fn prefork_server_reload_refuses_a_half_done_renewal_before_signalling() {
+    let dir = certs("tls-ctl");
+    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+    std::fs::copy(dir.join("server.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("server.key"), &key).unwrap();
+    let pid_file = dir.join("server.pid");
+    let file = dir.join("prefork.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\npid_file = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            pid_file.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = file.display().to_string();
+    let server = Server::start(&["--workers", "1", "--config", &config]);
+    let reload = || {
+        run_to_exit(
+            bare_command(server_binary(), &["--config", &config, "reload"]),
+            Duration::from_secs(10),
+        )
+    };
+    std::fs::copy(dir.join("rsa.pem"), &cert).unwrap();
+    let (status, _, stderr) = reload();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not reloading") && stderr.contains("is not the key of the certificate"),
+        "{stderr}"
+    );
+    assert!(
+        !server.logs().contains("master: reload"),
+        "no signal was sent: {}",
+        server.logs()
+    );
+    std::fs::copy(dir.join("rsa.key"), &key).unwrap();
+    let (status, _, stderr) = reload();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    server.wait_for_log("reload complete", Duration::from_secs(15));
+    assert_eq!(
+        fingerprint_served(server.addr, "localhost"),
+        fingerprint_of(&dir.join("rsa.pem"))
+    );
 }
