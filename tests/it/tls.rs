@@ -290,7 +290,14 @@ fn a_client_hello_sent_a_byte_at_a_time_is_closed_at_the_header_read_timeout() {
 #[test]
 fn sessions_resume_on_every_worker_and_after_a_reload_and_an_upgrade() {
     let dir = certs("tls-resume");
-    let mut server = start(server_binary(), &dir, &["server"], &["--workers", "2"]);
+    // The kernel's hash places each reconnect (a new source port) on either
+    // worker; steering would place them by load, and an idle pair by ties.
+    let mut server = start(
+        server_binary(),
+        &dir,
+        &["server"],
+        &["--workers", "2", "--balance", "reuseport"],
+    );
     for version in ["-tls1_3", "-tls1_2"] {
         let session = dir.join(format!("session{version}.pem"));
         let first = s_client(server.addr, &session, &[version]);
