@@ -14,7 +14,11 @@ use crate::sys::scoreboard::{monotonic_ms, Scoreboard};
 type Labels = Vec<(String, String)>;
 
 /// The text exposition of everything the scoreboard knows.
-pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> String {
+pub fn render(
+    board: &Scoreboard,
+    resident: &dyn Fn(u64) -> Option<u64>,
+    certificates: &[crate::tls::Expiry],
+) -> String {
     let mut registry = Registry::with_prefix("prefork");
     let header = board.header();
     let gauge = |value: u64| {
@@ -77,6 +81,22 @@ pub fn render(board: &Scoreboard, resident: &dyn Fn(u64) -> Option<u64>) -> Stri
         worker_uptime,
     );
     registry.register("worker_resident_bytes", "Resident memory of each live worker", memory);
+
+    if !certificates.is_empty() {
+        let expiry = Family::<Labels, Gauge>::default();
+        for cert in certificates {
+            let labels = vec![
+                ("file".to_owned(), cert.file.clone()),
+                ("name".to_owned(), cert.name.clone()),
+            ];
+            expiry.get_or_create(&labels).set(cert.expires_at);
+        }
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When each certificate served expires, in seconds since the epoch (alert on it minus time())",
+            expiry,
+        );
+    }
 
     let restarts = Family::<Labels, Counter>::default();
     for slot in 0..header.workers.load(Relaxed) as usize {

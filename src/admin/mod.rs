@@ -43,6 +43,8 @@ struct View {
     metrics: Rendered,
     /// The config this worker was started with (addresses, balance).
     summary: serde_json::Value,
+    /// `--tls-cert`: the certificates this worker serves, and their expiry.
+    certificates: Vec<crate::tls::Expiry>,
 }
 
 /// Exec mode: the admin process, which serves the admin listener on its own
@@ -79,7 +81,12 @@ pub fn start(
     config: &Config,
 ) -> std::io::Result<impl std::future::Future<Output = ()> + 'static> {
     let listener = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let certificates = config.tls.as_ref().map_or(Vec::new(), |tls| tls.expiries());
+    let tls: Vec<serde_json::Value> = (certificates.iter())
+        .map(|cert| json!({"file": cert.file, "name": cert.name, "expires_at": cert.expires_at}))
+        .collect();
     let summary = json!({
+        "tls": tls,
         "listen": config.addr().to_string(),
         "balance": config.balance.as_str(),
         "graceful_timeout_s": config.graceful_timeout.as_secs_f64(),
@@ -94,6 +101,7 @@ pub fn start(
         status: Rendered::default(),
         metrics: Rendered::default(),
         summary,
+        certificates,
     });
     let mut builder = http1::Builder::new();
     builder
@@ -139,7 +147,7 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             recent(view, &view.metrics, || {
-                crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid))
+                crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid), &view.certificates)
             }),
         ),
         "/healthz" => health(readiness(view.scoreboard, false)),

@@ -97,6 +97,7 @@ pub(super) fn certified(provider: &CryptoProvider, cert: &Path, key: &Path) -> R
         shown: parsed.shown,
         file: cert.to_path_buf(),
         not_after: parsed.not_after_text,
+        expires_at: parsed.not_after,
         about: format!("{}, SHA-256 {fingerprint}…", key_kind(&signing)),
     })
 }

@@ -22,6 +22,7 @@ use rustls::server::danger::ClientCertVerifier;
 
 use crate::config::{Config, TlsClientAuth};
 pub(crate) use files::TICKET_KEY_LEN;
+pub(crate) use names::Expiry;
 pub(crate) use tickets::SharedTickets;
 
 /// The files a [`Loaded`] was read from: a config that names others needs a
@@ -105,6 +106,11 @@ impl Loaded {
     /// Whether this was read from the files `config` names.
     pub(crate) fn is_of(&self, config: &Config) -> bool {
         self.sources == Sources::of(config)
+    }
+
+    /// When each certificate expires (the admin views).
+    pub(crate) fn expiries(&self) -> Vec<names::Expiry> {
+        self.certificates.expiries()
     }
 
     /// What the log says of it: each certificate's names and when it expires.

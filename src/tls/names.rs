@@ -23,6 +23,18 @@ pub(crate) struct Certified {
     pub(crate) file: PathBuf,
     /// When it expires, as the log says it.
     pub(crate) not_after: String,
+    /// When it expires, in seconds since the epoch.
+    pub(crate) expires_at: i64,
+}
+
+/// When a certificate expires, as `/metrics` and `/status` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct Expiry {
+    pub(crate) file: String,
+    /// Its first name (a DNS name, or an address).
+    pub(crate) name: String,
+    /// Seconds since the epoch.
+    pub(crate) expires_at: i64,
 }
 
 /// Certificates by name.
@@ -64,6 +76,17 @@ impl ByName {
             })
         });
         &self.all[index.copied().unwrap_or(0)].key
+    }
+
+    /// Each certificate, for the admin views: its file, its first name, its expiry.
+    pub(crate) fn expiries(&self) -> Vec<Expiry> {
+        (self.all.iter())
+            .map(|certified| Expiry {
+                file: certified.file.display().to_string(),
+                name: certified.shown.first().cloned().unwrap_or_default(),
+                expires_at: certified.expires_at,
+            })
+            .collect()
     }
 
     /// Each certificate: its file, its names, its key and fingerprint, its expiry.

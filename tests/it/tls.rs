@@ -770,3 +770,37 @@ fn prefork_server_reload_refuses_a_half_done_renewal_before_signalling() {
         fingerprint_of(&dir.join("rsa.pem"))
     );
 }
+
+#[test]
+fn the_admin_views_say_when_each_certificate_expires() {
+    let dir = certs("tls-expiry");
+    let server = start(
+        server_binary(),
+        &dir,
+        &["server", "other"],
+        &["--workers", "1", "--admin", "127.0.0.1:0"],
+    );
+    let admin = server.admin_addr();
+    let metrics = get(admin, "/metrics").expect("/metrics").body;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // scripts/make-certs.sh signs for 825 days.
+    let day = 24 * 3600;
+    for name in ["localhost", "other.test"] {
+        let line = metrics
+            .lines()
+            .find(|line| {
+                line.starts_with("prefork_tls_certificate_expiry_timestamp_seconds{")
+                    && line.contains(&format!("name=\"{name}\""))
+            })
+            .unwrap_or_else(|| panic!("no expiry for {name} in {metrics}"));
+        let at: u64 = line.rsplit(' ').next().and_then(|n| n.parse().ok()).expect("a number");
+        assert!(at > now + 824 * day && at < now + 826 * day, "{line}");
+    }
+    let status: serde_json::Value = serde_json::from_str(&get(admin, "/status").expect("/status").body).unwrap();
+    let tls = status["config"]["tls"].as_array().expect("config.tls");
+    assert_eq!(tls.len(), 2, "{tls:?}");
+    assert!(tls[0]["file"].as_str().unwrap().ends_with("server.pem"), "{tls:?}");
+}
