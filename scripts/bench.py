@@ -553,22 +553,24 @@ def memory():
     return out
 
 
-def idle_connections(n):
+def idle_connections(n, servers=None, connect=None, what="idle connections"):
     """Memory per idle keep-alive connection: `n` connections, one request each,
     then idle; PSS (KiB) of the whole tree before and 3 s after (so that
-    prefork-server has parked them), per connection. 1 worker."""
+    prefork-server has parked them), per connection. 1 worker. `connect(port)`
+    opens one connection (a plain socket by default)."""
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    connect = connect or (lambda port: socket.create_connection(("127.0.0.1", port)))
     out = {}
-    for cls in (Prefork, NginxMany):
+    for cls in servers or (Prefork, NginxMany):
         server = cls(1, None).start()
         try:
             time.sleep(1)
             before = sum(smaps(p)[1] for p in server.pids())
             conns = []
             for _ in range(n):
-                c = socket.create_connection(("127.0.0.1", server.port))
+                c = connect(server.port)
                 c.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
                 conns.append(c)
             for c in conns:
@@ -584,7 +586,7 @@ def idle_connections(n):
         # (nginx's preallocated connection array counts in "before": only what
         # the connections add is compared.)
         out[cls.name] = dict(per_connection=(after - before) * 1024 / n, before=before, after=after)
-        log(f"idle connections {cls.name}: PSS {before} -> {after} KiB for {n}: "
+        log(f"{what} {cls.name}: PSS {before} -> {after} KiB for {n}: "
             f"{out[cls.name]['per_connection']:,.0f} B each")
     return out
 

@@ -22,7 +22,6 @@ utime + stime from /proc), the median of the runs, the servers alternating.
 import argparse
 import os
 import re
-import resource
 import socket
 import ssl
 import statistics
@@ -191,36 +190,14 @@ def phase(name, pair, load, runs, seconds):
 
 
 def idle_memory(n):
-    """PSS per idle TLS keep-alive connection: n connections, one request each."""
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    """PSS per idle TLS keep-alive connection: n connections, one request each
+    (bench.py's phase, over TLS)."""
     context = ssl.create_default_context(cafile=os.path.join(CERTS, "ca.pem"))
     context.set_alpn_protocols(["http/1.1"])
-    out = {}
-    for cls in (Prefork, NginxMany):
-        server = cls(1, None).start()
-        try:
-            time.sleep(1)
-            before = sum(bench.smaps(p)[1] for p in server.pids())
-            conns = []
-            for _ in range(n):
-                raw = socket.create_connection(("127.0.0.1", server.port))
-                c = context.wrap_socket(raw, server_hostname="localhost")
-                c.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-                conns.append(c)
-            for c in conns:
-                c.settimeout(10)
-                if not c.recv(4096).startswith(b"HTTP/1.1 200"):
-                    raise RuntimeError(f"{cls.name}: a connection was not answered")
-            time.sleep(3)
-            after = sum(bench.smaps(p)[1] for p in server.pids())
-            for c in conns:
-                c.close()
-        finally:
-            server.stop()
-        out[cls.name] = (after - before) * 1024 / n
-        log(f"idle TLS connections {cls.name}: PSS {before} -> {after} KiB for {n}: {out[cls.name]:,.0f} B each")
-    return out
+    connect = lambda port: context.wrap_socket(socket.create_connection(("127.0.0.1", port)),
+                                               server_hostname="localhost")
+    out = bench.idle_connections(n, (Prefork, NginxMany), connect, "idle TLS connections")
+    return {name: result["per_connection"] for name, result in out.items()}
 
 
 def main():

@@ -274,7 +274,8 @@ where
             }
             InnerProjection::Redirect { location } => {
                 let in_flight = this.in_flight.take();
-                return Poll::Ready(Ok(moved(location.clone(), in_flight)));
+                let (status, location) = (StatusCode::PERMANENT_REDIRECT, Some(location.clone()));
+                return Poll::Ready(Ok(own_answer(status, location, in_flight)));
             }
         };
         // The service is the user's code: a panic in it must cost this request,
@@ -335,6 +336,18 @@ where
 
 /// The worker's own answer (no body), after which the connection closes.
 fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
+    own_answer(status, None, in_flight)
+}
+
+/// The worker's own answer, with no body: a refusal, or (`location`)
+/// `--plain-redirect`'s 308. HTTP/1.1 closes after it (after a redirect, the
+/// client's next request goes to the HTTPS port; a connection left open would
+/// be parked and served again as any other).
+fn own_answer<B: Body>(
+    status: StatusCode,
+    location: Option<HeaderValue>,
+    in_flight: Option<InFlight>,
+) -> Response<TrackedBody<B>> {
     let Some(mut in_flight) = in_flight else {
         unreachable!("a response future is polled to Ready once")
     };
@@ -347,32 +360,10 @@ fn refuse<B: Body>(status: StatusCode, in_flight: Option<InFlight>) -> Response<
         in_flight_guard: in_flight,
     });
     *response.status_mut() = status;
-    if h1 {
-        response
-            .headers_mut()
-            .insert(CONNECTION, HeaderValue::from_static("close"));
+    if let Some(location) = location {
+        response.headers_mut().insert(hyper::header::LOCATION, location);
     }
-    response
-}
-
-/// `308 Permanent Redirect` to `location` (no body). HTTP/1.1 closes after
-/// it: the client's next request goes to the HTTPS port, and a connection
-/// left open would be parked and served again as any other.
-fn moved<B: Body>(location: HeaderValue, in_flight: Option<InFlight>) -> Response<TrackedBody<B>> {
-    let Some(mut in_flight) = in_flight else {
-        unreachable!("a response future is polled to Ready once")
-    };
-    in_flight.answered(StatusCode::PERMANENT_REDIRECT);
-    let lifecycle = &in_flight.0.lifecycle;
-    lifecycle.served_one();
-    let close = !in_flight.0.is_h2();
-    let mut response = Response::new(TrackedBody {
-        inner: Either::Right(Empty::new()),
-        in_flight_guard: in_flight,
-    });
-    *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
-    response.headers_mut().insert(hyper::header::LOCATION, location);
-    if close {
+    if h1 {
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

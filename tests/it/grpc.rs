@@ -16,6 +16,11 @@ async fn say_hello(addr: std::net::SocketAddr, name: &str) -> Result<String, Box
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await?;
+    greet(channel, name).await
+}
+
+/// One `SayHello` call on `channel`.
+async fn greet(channel: tonic::transport::Channel, name: &str) -> Result<String, Box<dyn std::error::Error>> {
     let mut client = tonic::client::Grpc::new(channel);
     client.ready().await?;
     let request = tonic::Request::new(HelloRequest { name: name.into() });
@@ -69,13 +74,7 @@ async fn say_hello_tls(
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await?;
-    let mut client = tonic::client::Grpc::new(channel);
-    client.ready().await?;
-    let request = tonic::Request::new(HelloRequest { name: "tls".into() });
-    let path = hyper::http::uri::PathAndQuery::from_static(SAY_HELLO);
-    let codec = tonic_prost::ProstCodec::<HelloRequest, HelloReply>::default();
-    let reply = client.unary(request, path, codec).await?;
-    Ok(reply.into_inner().message)
+    greet(channel, "tls").await
 }
 
 #[test]

@@ -44,6 +44,21 @@ fn start(binary: PathBuf, dir: &Path, names: &[&str], more: &[&str]) -> Server {
     Server::start_command(command(binary, &args))
 }
 
+/// The files a server is given and an operator renews in place:
+/// `live.pem` and `live.key`, the `server` pair to begin with.
+fn live(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
+    std::fs::copy(dir.join("server.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("server.key"), &key).unwrap();
+    (cert, key)
+}
+
+/// The default app with 2 workers on `cert` and `key`.
+fn start_live(cert: &Path, key: &Path) -> Server {
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    Server::start(&["--workers", "2", "--tls-cert", &cert, "--tls-key", &key])
+}
+
 /// curl over TLS to `https://localhost:PORT/path` (resolved to the server),
 /// trusting the test CA: its exit status and what `-w` and the body printed.
 fn curl(server: &Server, dir: &Path, path: &str, args: &[&str]) -> (bool, String) {
@@ -449,20 +464,8 @@ fn bad_certificates_are_usage_errors_that_name_the_file() {
 #[test]
 fn a_key_that_is_not_its_certificates_refuses_the_reload_and_the_old_one_serves() {
     let dir = certs("tls-refused");
-    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
-    std::fs::copy(dir.join("server.pem"), &cert).unwrap();
-    std::fs::copy(dir.join("server.key"), &key).unwrap();
-    let args = [
-        "--workers",
-        "2",
-        "--tls-cert",
-        &cert.display().to_string(),
-        "--tls-key",
-        &key.display().to_string(),
-    ]
-    .map(str::to_owned);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&args);
+    let (cert, key) = live(&dir);
+    let server = start_live(&cert, &key);
     let before = fingerprint_served(server.addr, "localhost");
     assert_eq!(before, fingerprint_of(&dir.join("server.pem")));
     let workers = server.workers();
@@ -486,20 +489,8 @@ fn a_key_that_is_not_its_certificates_refuses_the_reload_and_the_old_one_serves(
 #[test]
 fn a_new_certificate_is_applied_by_hup_under_keep_alive_load_without_a_failed_request() {
     let dir = certs("tls-hup-load");
-    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
-    std::fs::copy(dir.join("server.pem"), &cert).unwrap();
-    std::fs::copy(dir.join("server.key"), &key).unwrap();
-    let args = [
-        "--workers",
-        "2",
-        "--tls-cert",
-        &cert.display().to_string(),
-        "--tls-key",
-        &key.display().to_string(),
-    ]
-    .map(str::to_owned);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let server = Server::start(&args);
+    let (cert, key) = live(&dir);
+    let server = start_live(&cert, &key);
     // HTTP/1.1 keep-alive over TLS, 16 connections, for 4 s: h2load does not
     // retry a request on a new connection, so every request a reload cut would
     // count as failed.
@@ -726,9 +717,7 @@ fn a_client_offering_only_protocols_the_server_does_not_speak_gets_http1() {
 #[test]
 fn prefork_server_reload_refuses_a_half_done_renewal_before_signalling() {
     let dir = certs("tls-ctl");
-    let (cert, key) = (dir.join("live.pem"), dir.join("live.key"));
-    std::fs::copy(dir.join("server.pem"), &cert).unwrap();
-    std::fs::copy(dir.join("server.key"), &key).unwrap();
+    let (cert, key) = live(&dir);
     let pid_file = dir.join("server.pid");
     let file = dir.join("prefork.toml");
     std::fs::write(
