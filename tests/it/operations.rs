@@ -477,7 +477,10 @@ fn a_reload_moves_the_admin_listener_and_the_pid_file() {
 /// (one worker took 98% when one sibling adopted them all).
 #[test]
 fn scaling_up_and_back_down_keeps_the_split_even() {
-    let server = Server::start(&["--workers", "2"]);
+    // The kernel's hash, whose split this checks after the sockets changed:
+    // steering places one connection after another by load, and on two idle
+    // workers it has been seen to split 600 of them 62/38 (see docs/operations.md).
+    let server = Server::start(&["--workers", "2", "--balance", "reuseport"]);
     for (signal, name) in [(Signal::SIGTTIN, "TTIN"), (Signal::SIGTTOU, "TTOU")] {
         for step in 1..=50 {
             let workers = if signal == Signal::SIGTTIN { 2 + step } else { 52 - step };
