@@ -122,7 +122,7 @@ async fn handle(
             // thread, and so every connection of this worker, waits.
             let ms = number("ms", 1000);
             tracing::info!("fixture (pid {pid}): blocking {ms}ms"); // the tests wait for it
-            std::thread::sleep(Duration::from_millis(ms));
+            block(ms);
             full(format!("blocked {ms}ms in worker {pid}\n"))
         }
         (_, "/spin") => {
@@ -215,4 +215,10 @@ fn query_number(query: Option<&str>, key: &str) -> Option<u64> {
     query?
         .split('&')
         .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// `/block`: out of line, so that a hung worker's stack names it.
+#[inline(never)]
+fn block(ms: u64) {
+    std::thread::sleep(Duration::from_millis(ms));
 }

@@ -54,6 +54,9 @@ pub use http::{Answer, Answered, Hello};
 pub use process::exit_code;
 /// A certificate in DER, as [`TlsInfo::client_certificates`] gives them.
 pub use rustls::pki_types::CertificateDer;
+/// For `prefork-server top`: a quantile of `/status`'s bucket counts.
+#[doc(hidden)]
+pub use sys::traffic::quantile;
 pub use tls::TlsInfo;
 pub use worker::{draining, is_draining, local_addr};
 

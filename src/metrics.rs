@@ -4,20 +4,26 @@
 use std::sync::atomic::Ordering::Relaxed;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::sys::scoreboard::{monotonic_ms, Scoreboard};
+use crate::sys::traffic::{HistogramSnapshot, Snapshot};
 
 type Labels = Vec<(String, String)>;
 
-/// The text exposition of everything the scoreboard knows.
+/// The text exposition of everything the scoreboard knows. `requests_counted`:
+/// the workers count their requests (not commands, whose requests the
+/// master cannot see).
 pub fn render(
     board: &Scoreboard,
     resident: &dyn Fn(u64) -> Option<u64>,
     certificates: &[crate::tls::Expiry],
+    requests_counted: bool,
 ) -> String {
     let mut registry = Registry::with_prefix("prefork");
     let header = board.header();
@@ -127,19 +133,26 @@ pub fn render(
     );
 
     let queue = Family::<Labels, Gauge>::default();
+    let backlog = Family::<Labels, Gauge>::default();
     let steered = Family::<Labels, Counter>::default();
     let stalled = Family::<Labels, Gauge>::default();
     for slot in 0..header.workers.load(Relaxed) as usize {
         let stats = board.slot(slot);
         let labels = vec![("slot".to_owned(), slot.to_string())];
         queue.get_or_create(&labels).set(stats.queue.load(Relaxed) as i64);
+        backlog.get_or_create(&labels).set(stats.backlog.load(Relaxed) as i64);
         steered.get_or_create(&labels).inc_by(stats.steered.load(Relaxed));
         stalled.get_or_create(&labels).set(stats.stalled.load(Relaxed) as i64);
     }
     registry.register(
-        "accept_queue",
-        "Connections waiting in the accept queue of each slot's socket",
+        "listen_queue",
+        "Connections waiting in the accept queue of each slot's socket (measured once a second)",
         queue,
+    );
+    registry.register(
+        "listen_backlog",
+        "The accept queue's limit of each slot's socket (--backlog, capped by net.core.somaxconn)",
+        backlog,
     );
     registry.register(
         "steered",
@@ -152,8 +165,88 @@ pub fn render(
         stalled,
     );
 
+    if requests_counted {
+        register_traffic(&mut registry, &board.traffic_by_slot());
+    }
+
     let mut text = String::new();
     // Writing into a String cannot fail.
     encode(&mut text, &registry).expect("encoding into a String");
     text
+}
+
+/// The request metrics: for the whole server (workers since reaped
+/// included), and per slot under `prefork_slot_*` (two families, not one
+/// with and without a `slot` label, so that `sum()` counts nothing twice).
+fn register_traffic(registry: &mut Registry, by_slot: &[Snapshot]) {
+    let mut total = Snapshot::default();
+    by_slot.iter().for_each(|slot| total.add(slot));
+    let per_slot = |pick: fn(&Snapshot) -> HistogramSnapshot| Histograms {
+        series: (by_slot.iter().enumerate())
+            .map(|(slot, traffic)| (vec![("slot".to_owned(), slot.to_string())], pick(traffic)))
+            .collect(),
+    };
+    let whole = |histogram: HistogramSnapshot| Histograms {
+        series: vec![(Vec::new(), histogram)],
+    };
+    let duration_help = "Requests from head to the end of the response body";
+    let wait_help = "New connections: time from the handshake to the worker's accept, in the kernel's accept queue";
+    registry.register("request_duration_seconds", duration_help, whole(total.duration));
+    registry.register("queue_wait_seconds", wait_help, whole(total.queue_wait));
+    registry.register("slot_request_duration_seconds", duration_help, per_slot(|t| t.duration));
+    registry.register("slot_queue_wait_seconds", wait_help, per_slot(|t| t.queue_wait));
+
+    let responses = Family::<Labels, Counter>::default();
+    let slot_responses = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    for (class, count) in total.classes() {
+        responses
+            .get_or_create(&vec![("code".to_owned(), class.to_owned())])
+            .inc_by(count);
+    }
+    for (slot, traffic) in by_slot.iter().enumerate() {
+        for (class, count) in traffic.classes() {
+            let labels = vec![
+                ("slot".to_owned(), slot.to_string()),
+                ("code".to_owned(), class.to_owned()),
+            ];
+            slot_responses.get_or_create(&labels).inc_by(count);
+        }
+        bytes
+            .get_or_create(&vec![("slot".to_owned(), slot.to_string())])
+            .inc_by(traffic.bytes);
+    }
+    let total_bytes = Counter::<u64>::default();
+    total_bytes.inc_by(total.bytes);
+    registry.register("responses", "Responses by status class", responses);
+    registry.register("slot_responses", "Responses by slot and status class", slot_responses);
+    registry.register("response_bytes", "Response body bytes sent", total_bytes);
+    registry.register("slot_response_bytes", "Response body bytes sent, by slot", bytes);
+}
+
+/// Histograms read from the scoreboard, one per label set: `prometheus_client`'s
+/// own `Histogram` observes values itself, these are counted already.
+#[derive(Debug)]
+struct Histograms {
+    series: Vec<(Labels, HistogramSnapshot)>,
+}
+
+impl EncodeMetric for Histograms {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
+        for (labels, histogram) in &self.series {
+            let buckets = histogram.prometheus_buckets();
+            let (sum, count) = (histogram.sum_us as f64 / 1e6, histogram.count());
+            match labels.is_empty() {
+                true => encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?,
+                false => encoder
+                    .encode_family(labels)?
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }

@@ -18,11 +18,13 @@ import socket
 import socketserver
 import threading
 import time
+import urllib.parse
 
 BODY = f"Hello from worker {os.getpid()}\n".encode()
 draining = threading.Event()
 connections_lock = threading.Lock()
 connections = 0
+busy = {}  # thread -> when its /block began
 
 
 def notify(message):
@@ -54,6 +56,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
             connections -= 1
 
     def do_GET(self):
+        if self.path.startswith("/block"):
+            # A synchronous call that takes ms (a slow query): with more than
+            # the watchdog's time, the beat stops and the master's --timeout
+            # takes this worker for hung (and PYTHONFAULTHANDLER, which the
+            # master sets, prints where it hung).
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            busy[threading.get_ident()] = time.monotonic()
+            try:
+                time.sleep(int(query.get("ms", ["1000"])[0]) / 1000)
+            finally:
+                busy.pop(threading.get_ident(), None)
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Content-Length", str(len(BODY)))
@@ -93,7 +106,9 @@ def main():
     watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
     if watchdog:
         def beat():
-            notify("WATCHDOG=1")
+            # Only while no request has been running for the watchdog's time.
+            if all(time.monotonic() - began < watchdog for began in list(busy.values())):
+                notify("WATCHDOG=1")
             timer = threading.Timer(watchdog / 2, beat)
             timer.daemon = True
             timer.start()

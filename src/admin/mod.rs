@@ -25,6 +25,7 @@ use crate::sys::scoreboard::{monotonic_ms, Record, Scoreboard, State};
 const DASHBOARD: &str = include_str!("dashboard.html");
 
 mod resident;
+mod traffic;
 
 /// How long a rendered `/status` or `/metrics` may be served again, while the
 /// master has changed nothing (no spawn, exit, reload...): a flood of requests
@@ -45,6 +46,8 @@ struct View {
     summary: serde_json::Value,
     /// `--tls-cert`: the certificates this worker serves, and their expiry.
     certificates: Vec<crate::tls::Expiry>,
+    /// The workers count their requests (they are not commands).
+    requests_counted: bool,
 }
 
 /// Exec mode: the admin process, which serves the admin listener on its own
@@ -102,6 +105,7 @@ pub fn start(
         metrics: Rendered::default(),
         summary,
         certificates,
+        requests_counted: config.command.is_none(),
     });
     let mut builder = http1::Builder::new();
     builder
@@ -147,7 +151,8 @@ fn answer(view: &View, request: &Request<hyper::body::Incoming>) -> Response<Ful
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
             recent(view, &view.metrics, || {
-                crate::metrics::render(view.scoreboard, &|pid| view.resident.of(pid), &view.certificates)
+                let (board, certificates) = (view.scoreboard, &view.certificates);
+                crate::metrics::render(board, &|pid| view.resident.of(pid), certificates, view.requests_counted)
             }),
         ),
         "/healthz" => health(readiness(view.scoreboard, false)),
@@ -244,6 +249,7 @@ fn status(view: &View) -> serde_json::Value {
     let seconds = |since_ms: u64| now.saturating_sub(since_ms) as f64 / 1000.0;
     let mut workers: Vec<&Record> = board.live().collect();
     workers.sort_by_key(|r| (r.slot.load(Relaxed), r.started_ms.load(Relaxed)));
+    let server = server(view, &workers);
     let workers: Vec<serde_json::Value> = workers.into_iter().map(|r| worker(view, r, &seconds)).collect();
     json!({
         "master_pid": header.master_pid.load(Relaxed),
@@ -255,8 +261,41 @@ fn status(view: &View) -> serde_json::Value {
         // What `--balance` came to (`config.balance` is what was asked).
         "steering": crate::sys::scoreboard::SteeringMode::name(header.steering.load(Relaxed)),
         "config": view.summary,
+        "bucket_bounds_s": traffic::bounds(),
+        "server": server,
         "slots": workers,
     })
+}
+
+/// The whole server: what its live workers hold now, and what every worker
+/// served since the start, those reaped since included (so these counters
+/// only grow, where a worker's start again with its replacement).
+fn server(view: &View, workers: &[&Record]) -> serde_json::Value {
+    let board = view.scoreboard;
+    let sum = |field: fn(&Record) -> &std::sync::atomic::AtomicU64| -> u64 {
+        workers.iter().map(|record| field(record).load(Relaxed)).sum()
+    };
+    let active = (board.header().workers.load(Relaxed) as usize).min(crate::sys::scoreboard::SLOTS);
+    let queue: u64 = board.slots()[..active]
+        .iter()
+        .map(|slot| slot.queue.load(Relaxed))
+        .sum();
+    let rss: u64 = workers
+        .iter()
+        .filter_map(|r| view.resident.of(r.pid.load(Relaxed)))
+        .sum();
+    let mut server = serde_json::Map::new();
+    server.insert("connections".into(), json!(sum(|r| &r.connections)));
+    server.insert("in_flight".into(), json!(sum(|r| &r.in_flight)));
+    server.insert("queue".into(), json!(queue));
+    server.insert("rss_bytes".into(), json!(rss));
+    if view.requests_counted {
+        let mut total = crate::sys::traffic::Snapshot::default();
+        board.traffic_by_slot().iter().for_each(|slot| total.add(slot));
+        server.insert("requests".into(), json!(total.duration.count()));
+        traffic::insert(&mut server, &total);
+    }
+    serde_json::Value::Object(server)
 }
 
 fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_json::Value {
@@ -268,7 +307,7 @@ fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_j
         _ => "booting",
     };
     let stats = board.slot(slot);
-    json!({
+    let mut worker = json!({
         "slot": slot,
         "pid": pid,
         "generation": record.generation.load(Relaxed),
@@ -280,6 +319,7 @@ fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_j
         // The slot's socket: what waits in its accept queue, what the
         // steering program sent there, whether its worker is stalled.
         "queue": stats.queue.load(Relaxed),
+        "backlog": stats.backlog.load(Relaxed),
         "steered": stats.steered.load(Relaxed),
         "stalled": stats.stalled.load(Relaxed) == 1,
         "rss_bytes": view.resident.of(pid),
@@ -292,5 +332,9 @@ fn worker(view: &View, record: &Record, seconds: &dyn Fn(u64) -> f64) -> serde_j
         "last_exit": Exit::decode(stats.last_exit.load(Relaxed)).map(|exit| exit.to_string()),
         // Exec mode: the command's last `STATUS=`.
         "status": Some(record.status()).filter(|text| !text.is_empty()),
-    })
+    });
+    if let (true, Some(worker)) = (view.requests_counted, worker.as_object_mut()) {
+        traffic::insert(worker, &record.traffic.snapshot());
+    }
+    worker
 }

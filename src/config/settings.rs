@@ -152,6 +152,11 @@ pub struct Config;
     #[arg(long, env = "PREFORK_ACCESS_LOG_FORMAT", value_enum)]
     access_log_format, set_access_log_format: AccessLogFormat => AccessLogFormat = or(AccessLogFormat::Combined);
 
+    /// Log every request slower than this, head to end of body (method, target, status, duration, worker), e.g. 500ms, 2s [default: off]
+    #[arg(long, env = "PREFORK_SLOW_REQUEST", value_name = "DURATION", value_parser = parse_positive_duration)]
+    #[serde(default, deserialize_with = "duration")]
+    slow_request, set_slow_request: Duration => Option<Duration> = optional;
+
     /// On HUP, how many slots are replaced at a time [default: 1]
     #[arg(long, env = "PREFORK_RELOAD_BATCH", value_parser = clap::value_parser!(u16).range(1..))]
     reload_batch, set_reload_batch: u16 => NonZeroUsize = nonzero(1);

@@ -46,6 +46,7 @@ pub(super) fn not_for_commands(config: &crate::config::Config) -> Vec<&'static s
     let set = [
         (config.max_requests > 0, "--max-requests"),
         (config.access_log.is_some(), "--access-log"),
+        (config.slow_request.is_some(), "--slow-request"),
         (config.max_body_size.is_some(), "--max-body-size"),
         (config.max_connections.is_some(), "--max-connections"),
     ];
@@ -106,6 +107,12 @@ impl Master<'_> {
             ),
         ];
         env.extend(notices.map(|name| ("NOTIFY_SOCKET".to_string(), name)));
+        // A Python command prints every thread's traceback to stderr (the
+        // log) on the SIGABRT a hung worker gets (`--timeout`), and on a
+        // crash. Unless the environment says otherwise.
+        if std::env::var_os("PYTHONFAULTHANDLER").is_none() {
+            env.push(("PYTHONFAULTHANDLER".to_string(), "1".to_string()));
+        }
         if !self.config.timeout.is_zero() {
             // As systemd says it: a program that beats does so every half of it.
             let usec = self.config.timeout.as_micros().to_string();

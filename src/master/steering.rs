@@ -244,8 +244,9 @@ impl Master<'_> {
             let Some(stats) = self.scoreboard.slots().get(slot) else {
                 break;
             };
-            let queue = crate::sys::listener::queue(socket).map_or(0, |(queue, _)| queue);
+            let (queue, backlog) = crate::sys::listener::queue(socket).unwrap_or((0, 0));
             stats.queue.store(u64::from(queue), Relaxed);
+            stats.backlog.store(u64::from(backlog), Relaxed);
             let steered = shared
                 .and_then(|shared| shared.slot(slot))
                 .map_or(0, |load| load.steered.load(Relaxed));

@@ -227,13 +227,31 @@ impl Listeners {
 /// the backlog, as `ss -lnt` shows them).
 pub fn queue(socket: &TcpListener) -> io::Result<(u32, u32)> {
     use std::os::fd::AsRawFd;
+    let info = tcp_info(socket.as_raw_fd(), size_of::<libc::tcp_info>())?;
+    Ok((info.tcpi_unacked, info.tcpi_sacked))
+}
+
+/// How long an accepted connection waited in the accept queue, in ms: the
+/// kernel stamps a connection's "last data sent" when its handshake completes
+/// (`tcp_create_openreq_child`), and nothing is sent on it before the accept,
+/// so right after the accept `tcpi_last_data_sent` is the time since it
+/// joined the queue (at the kernel's tick, 1 to 4 ms). Only the fields up to
+/// it are copied out.
+pub fn waited_in_queue(fd: std::os::fd::RawFd) -> Option<u32> {
+    let wanted = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_sent) + size_of::<u32>();
+    tcp_info(fd, wanted).ok().map(|info| info.tcpi_last_data_sent)
+}
+
+/// `TCP_INFO` of a TCP socket, its first `len` bytes (the rest zero).
+fn tcp_info(fd: std::os::fd::RawFd, len: usize) -> io::Result<libc::tcp_info> {
     // SAFETY: `tcp_info` is plain integers; all zero is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: getsockopt on a socket this process holds, into a buffer of `len` bytes.
+    let mut len = len.min(size_of::<libc::tcp_info>()) as libc::socklen_t;
+    // SAFETY: getsockopt on a socket this process holds, into a buffer of at
+    // least `len` bytes.
     let rc = unsafe {
         libc::getsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::IPPROTO_TCP,
             libc::TCP_INFO,
             (&mut info as *mut libc::tcp_info).cast(),
@@ -243,7 +261,7 @@ pub fn queue(socket: &TcpListener) -> io::Result<(u32, u32)> {
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok((info.tcpi_unacked, info.tcpi_sacked))
+    Ok(info)
 }
 
 /// The `--admin` socket: a plain one, accepted on by every worker.

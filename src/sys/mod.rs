@@ -15,8 +15,10 @@
 //! - `bpf`        the bpf(2) commands the steering needs
 //! - `logfile`    `--log-file`, reopened on USR1
 //! - `output`     the master's stdout and stderr: written at once or dropped, never waited on
+//! - `hung`       a hung worker's stack, taken on the master's SIGABRT, in the log
 //! - `scoreboard` shared memory: one record of atomics per worker, the monotonic clock
 //! - `tickets`    shared memory: the TLS session-ticket keys the master writes
+//! - `traffic`    in the scoreboard: request durations, queue waits, statuses, bytes
 //! - `upgrade`    sockets handed in: by an old master (USR2) or by systemd (`LISTEN_FDS`)
 //! - `sd_notify`  what the master tells systemd (sd_notify)
 //! - `pidfile`    the pid file: atomic, 0644, never through a symlink
@@ -30,6 +32,7 @@ pub(crate) mod accepting;
 pub(crate) mod bpf;
 pub(crate) mod channel;
 pub(crate) mod exec;
+pub(crate) mod hung;
 pub(crate) mod listener;
 pub(crate) mod logfile;
 pub(crate) mod notify_socket;
@@ -44,4 +47,5 @@ pub(crate) mod signals;
 pub(crate) mod spawn;
 pub(crate) mod steering;
 pub(crate) mod tickets;
+pub(crate) mod traffic;
 pub(crate) mod upgrade;

@@ -18,10 +18,12 @@ use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
 use nix::time::{clock_gettime, ClockId};
 
+use super::traffic::{Snapshot, Traffic};
+
 /// The `--workers` limit.
 pub const SLOTS: usize = 4096;
 /// Enough for every slot with a replacement booting, and as many retiring.
-/// 136 bytes each; untouched pages cost nothing.
+/// 472 bytes each; untouched pages cost nothing.
 const RECORDS: usize = 4 * SLOTS;
 
 /// What the master writes about the whole server.
@@ -48,6 +50,12 @@ pub struct Header {
     pub master_beat_ms: AtomicU64,
     /// How new connections reach the workers in fact (see [`SteeringMode`]).
     pub steering: AtomicU64,
+    /// One past the highest slot a worker was ever claimed for: the slots
+    /// whose sums may hold something.
+    pub slots_used: AtomicU64,
+    /// Odd while the master adds a reaped worker's traffic to its slot's sums
+    /// (see [`Scoreboard::traffic_by_slot`]).
+    folding: AtomicU64,
 }
 
 /// [`Header::steering`]: what `--balance` came to.
@@ -98,6 +106,10 @@ pub struct SlotStats {
     pub steered: AtomicU64,
     /// 1 while its worker is stalled (its socket lent) or, a command, stopped.
     pub stalled: AtomicU64,
+    /// The accept queue's limit (the backlog the kernel applies), measured with `queue`.
+    pub backlog: AtomicU64,
+    /// What the reaped workers of this slot served (the live ones' is in their records).
+    reaped: Traffic,
 }
 
 /// The whole mapping.
@@ -125,6 +137,8 @@ pub struct Record {
     pub in_flight: AtomicU64,
     /// When the worker was spawned, in [`monotonic_ms`].
     pub started_ms: AtomicU64,
+    /// What it served (not written for a command: the master cannot see its requests).
+    pub traffic: Traffic,
     /// Exec mode: the last `STATUS=` the command sent, up to [`STATUS_BYTES`]
     /// bytes of UTF-8, zero-padded. Written by the master under `status_seq`
     /// (odd while a write is under way), read by the admin views.
@@ -229,13 +243,49 @@ impl Scoreboard {
         record.connections.store(0, Relaxed);
         record.in_flight.store(0, Relaxed);
         record.started_ms.store(monotonic_ms(), Relaxed);
+        record.traffic.clear();
         record.set_status("");
+        self.header().slots_used.fetch_max(slot as u64 + 1, Relaxed);
         Some(index)
     }
 
-    /// Master: frees the record of a reaped worker.
+    /// Master: frees the record of a reaped worker, adding what it served to
+    /// its slot's sums, so that the slot's counters never go back.
     pub fn release(&self, index: usize) {
-        self.records()[index].pid.store(0, Relaxed);
+        let record = &self.records()[index];
+        let folding = &self.header().folding;
+        if let Some(stats) = self.slots().get(record.slot.load(Relaxed) as usize) {
+            folding.fetch_add(1, Ordering::AcqRel);
+            stats.reaped.add(&record.traffic.snapshot());
+            record.pid.store(0, Relaxed);
+            folding.fetch_add(1, Ordering::AcqRel);
+        }
+        record.pid.store(0, Relaxed);
+    }
+
+    /// What each slot served, its reaped workers and its live ones, up to
+    /// the highest slot ever used. Read under `folding`, so that a worker
+    /// being reaped is counted once, in its record or in its slot's sums, and
+    /// a counter never seems to go back between two reads.
+    pub fn traffic_by_slot(&self) -> Vec<Snapshot> {
+        let header = self.header();
+        loop {
+            let before = header.folding.load(Ordering::Acquire);
+            if before % 2 == 0 {
+                let slots = (header.slots_used.load(Relaxed) as usize).min(SLOTS);
+                let mut sums: Vec<Snapshot> = self.slots()[..slots].iter().map(|s| s.reaped.snapshot()).collect();
+                for record in self.live() {
+                    if let Some(sum) = sums.get_mut(record.slot.load(Relaxed) as usize) {
+                        sum.add(&record.traffic.snapshot());
+                    }
+                }
+                std::sync::atomic::fence(Ordering::Acquire);
+                if header.folding.load(Relaxed) == before {
+                    return sums;
+                }
+            }
+            std::hint::spin_loop();
+        }
     }
 }
 
@@ -285,6 +335,17 @@ impl Record {
 /// `CLOCK_MONOTONIC` in milliseconds: the same clock in every process.
 pub fn monotonic_ms() -> u64 {
     monotonic_ns() / 1_000_000
+}
+
+/// `CLOCK_MONOTONIC` in µs, for the request path: the vDSO's clock (no
+/// system call), without `nix`'s `Result` or `Instant`'s checks.
+#[inline]
+pub fn monotonic_us() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec, which `now` is; it cannot
+    // fail for CLOCK_MONOTONIC and a valid pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of BPF's `bpf_ktime_get_ns`.

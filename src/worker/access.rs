@@ -90,6 +90,24 @@ impl Pending {
         }
     }
 
+    /// `--slow-request`: one line in the server's log about this request,
+    /// which took `micros` (in worker `slot`).
+    #[inline(never)]
+    pub fn log_slow(&self, micros: u64, slot: u64) {
+        let status = match self.status {
+            0 => "no response".to_owned(),
+            status => format!("status {status}"),
+        };
+        crate::log::warn!(
+            "slow request: {} {} from {}: {status} in {:.1} ms, worker {slot} (pid {})",
+            self.method,
+            self.target(),
+            self.client,
+            micros as f64 / 1000.0,
+            std::process::id()
+        );
+    }
+
     /// The request target as sent: path and query (or the whole URI, for the
     /// absolute form).
     fn target(&self) -> &str {

@@ -12,6 +12,7 @@ use super::access::AccessLog;
 use super::io::Clock;
 use crate::sys::scoreboard::Record;
 use crate::sys::steering::SlotLoad;
+use crate::sys::traffic::Traffic;
 
 /// What every response of this worker looks at: has the drain started (then it
 /// carries `Connection: close`), and has the worker served its request quota.
@@ -34,6 +35,8 @@ pub struct Lifecycle {
     in_flight: Cell<u32>,
     /// `--balance steered`: where the kernel's program reads this slot's load.
     steer: Option<&'static SlotLoad>,
+    /// `--slow-request`, in µs.
+    pub(super) slow_request: Option<u64>,
 }
 
 impl Lifecycle {
@@ -43,6 +46,7 @@ impl Lifecycle {
         steer: Option<&'static SlotLoad>,
         access_log: Option<AccessLog>,
         max_body: Option<u64>,
+        slow_request: Option<std::time::Duration>,
     ) -> Lifecycle {
         Lifecycle {
             draining: Cell::new(false),
@@ -55,7 +59,19 @@ impl Lifecycle {
             max_body: max_body.unwrap_or(u64::MAX),
             in_flight: Cell::new(0),
             steer,
+            slow_request: slow_request.map(|slow| slow.as_micros() as u64),
         }
+    }
+
+    /// Where this worker counts what it serves.
+    #[inline]
+    pub(super) fn traffic(&self) -> &'static Traffic {
+        &self.record.traffic
+    }
+
+    /// This worker's slot.
+    pub(super) fn slot(&self) -> u64 {
+        self.record.slot.load(Relaxed)
     }
 
     /// A request has begun: one more in flight (for the steering's load).

@@ -31,8 +31,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::log::{error, info};
+use crate::log::{error, info, warn};
 use nix::unistd::getpid;
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::Config;
 use crate::master::WorkerStart;
@@ -183,6 +184,11 @@ where
     E: Display,
 {
     let mut control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
+    // Before the unblock: its thread keeps every signal blocked.
+    let name = format!("worker {} (pid {})", record.slot.load(Relaxed), getpid());
+    if let Err(err) = crate::sys::hung::install(name) {
+        warn!("worker: cannot arrange to report its stack if it hangs: {err}");
+    }
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     let accepting = listener
         .try_clone()

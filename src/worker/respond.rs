@@ -32,6 +32,7 @@ use super::access::Pending;
 use super::connections::Entry;
 use crate::body::{Overflow, RequestBody};
 use crate::service::{BoxError, WorkerService};
+use crate::sys::scoreboard::monotonic_us;
 
 /// The body of every response: the service's, or the worker's own empty one.
 pub type ResponseBody<S> = TrackedBody<<S as WorkerService>::Body>;
@@ -52,9 +53,11 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         if let Some(tls) = self.entry.tls.get() {
             request.extensions_mut().insert(tls.clone());
         }
-        // Taken from the request only when there is an access log to write.
-        let pending =
-            (self.entry.lifecycle.access_log.as_ref()).map(|_| Box::new(Pending::new(&request, self.entry.client)));
+        // Taken from the request only when there is an access log to write
+        // or slow requests to log.
+        let lifecycle = &self.entry.lifecycle;
+        let pending = (lifecycle.access_log.is_some() || lifecycle.slow_request.is_some())
+            .then(|| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let max = self.entry.lifecycle.max_body;
         let admission = match self.entry.redirect_to.get() {
@@ -192,9 +195,12 @@ const HOST_BYTE: [bool; 256] = {
 
 /// A request counted as in flight: dropping it (when the response body is done,
 /// or when the request is abandoned) ends that, starts the idle clock, and
-/// writes the request's access log line, if there is an access log. On
-/// HTTP/2 it also holds the stream's place among those the sweep can reset.
-pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Stream);
+/// writes the request's access log line, if there is an access log, and
+/// counts its duration in the scoreboard. On HTTP/2 it also holds the
+/// stream's place among those the sweep can reset. The last field is when the
+/// request came, in µs of [`monotonic_us`] (wrapping: a `u32` keeps the value
+/// at 24 bytes, and holds durations up to 71 minutes).
+pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Stream, u32);
 
 /// An HTTP/2 stream's place among its connection's (see `streams`), or
 /// [`NO_STREAM`] for HTTP/1.1. (A `u32`, not an `Option<usize>`: it fits in
@@ -208,11 +214,12 @@ impl InFlight {
         entry.lifecycle.request_began();
         entry.request_came();
         let stream = entry.streams.get().map_or(NO_STREAM, |streams| streams.open());
-        InFlight(entry, pending, stream)
+        InFlight(entry, pending, stream, monotonic_us() as u32)
     }
 
-    /// The response's status, for the access log.
+    /// The response's status: counted by class, and kept for the access log.
     fn answered(&mut self, status: StatusCode) {
+        self.0.lifecycle.traffic().answered(status.as_u16());
         if let Some(pending) = &mut self.1 {
             pending.status = status.as_u16();
         }
@@ -230,8 +237,16 @@ impl Drop for InFlight {
                 streams.close(self.2);
             }
         }
-        if let (Some(pending), Some(access_log)) = (&self.1, &entry.lifecycle.access_log) {
-            access_log.log(pending);
+        let micros = u64::from((monotonic_us() as u32).wrapping_sub(self.3));
+        let lifecycle = &entry.lifecycle;
+        lifecycle.traffic().duration.observe(micros);
+        if let Some(pending) = &self.1 {
+            if let Some(access_log) = &lifecycle.access_log {
+                access_log.log(pending);
+            }
+            if lifecycle.slow_request.is_some_and(|slow| micros >= slow) {
+                pending.log_slow(micros, lifecycle.slot());
+            }
         }
     }
 }
@@ -409,8 +424,13 @@ where
                     held_by_hyper(guard, &polled);
                 }
                 let polled = ready!(polled);
-                if let (Some(pending), Some(Ok(frame))) = (&mut this.in_flight_guard.1, &polled) {
-                    pending.bytes += frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);
+                if let Some(Ok(frame)) = &polled {
+                    let bytes = frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);
+                    let guard = &mut *this.in_flight_guard;
+                    guard.0.lifecycle.traffic().sent(bytes);
+                    if let Some(pending) = &mut guard.1 {
+                        pending.bytes += bytes;
+                    }
                 }
                 Poll::Ready(polled)
             }

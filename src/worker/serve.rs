@@ -97,7 +97,14 @@ pub async fn serve<S: WorkerApp>(
         .then(|| listener.local_addr().ok().map(|addr| addr.port()))
         .flatten();
     let Reports { record, steer } = reports;
-    let lifecycle = Lifecycle::new(quota(config), record, steer, access_log, config.max_body_size);
+    let lifecycle = Lifecycle::new(
+        quota(config),
+        record,
+        steer,
+        access_log,
+        config.max_body_size,
+        config.slow_request,
+    );
     let shared = Rc::new(Shared {
         service,
         protocols: Protocols::new(config, tls, redirect_to),
@@ -400,6 +407,13 @@ fn start_connection<S: WorkerApp>(
         Port::Main => Start::New,
         Port::Plain => Start::NewPlain,
     };
+    if let Some(waited_ms) = crate::sys::listener::waited_in_queue(stream.as_raw_fd()) {
+        shared
+            .lifecycle
+            .traffic()
+            .queue_wait
+            .observe(u64::from(waited_ms) * 1000);
+    }
     let open = shared
         .connections
         .enter(&shared.lifecycle, stream.as_raw_fd(), client, start.state());

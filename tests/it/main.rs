@@ -28,3 +28,4 @@ mod systemd;
 mod timeouts;
 mod tls;
 mod util;
+mod visibility;

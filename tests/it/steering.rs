@@ -315,7 +315,7 @@ fn the_admin_views_show_each_slots_load_queue_and_what_was_steered_there() {
     );
     for name in [
         "prefork_in_flight{",
-        "prefork_accept_queue{",
+        "prefork_listen_queue{",
         "prefork_steered_total{",
         "prefork_stalled{",
     ] {

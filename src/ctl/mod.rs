@@ -1,4 +1,4 @@
-//! The control commands (`prefork-server status|reload|stop|upgrade|scale`): they
+//! The control commands (`prefork-server status|top|reload|stop|upgrade|scale`): they
 //! act on a running server, like `nginx -s`, and exit. The binary's, not the
 //! library's: a program built on the library parses its own command line.
 
@@ -9,6 +9,9 @@ macro_rules! say {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+
+mod table;
+mod top;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,6 +29,17 @@ pub enum Command {
     Status {
         #[command(flatten)]
         target: Target,
+    },
+    /// The status table redrawn every second, with each worker's requests/s and p99 (Ctrl-C ends it)
+    Top {
+        #[command(flatten)]
+        target: Target,
+        /// Time between two frames (500ms, 2s...)
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this many frames [default: until interrupted]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        count: Option<u64>,
     },
     /// Reload the running master (HUP): re-read its config, replace its workers
     Reload {
@@ -70,7 +84,7 @@ pub struct Target {
     /// The running server's pid file (the master's --pid-file); else PREFORK_PID_FILE, or pid_file in the config file
     #[arg(long = "pid-file", value_name = "FILE")]
     pid_file: Option<PathBuf>,
-    /// The running server's --admin address (status and scale); else PREFORK_ADMIN, or admin in the config file
+    /// The running server's --admin address (status, top and scale); else PREFORK_ADMIN, or admin in the config file
     #[arg(long = "admin", value_name = "ADDR", value_parser = prefork_server::parse_socket_addr)]
     admin: Option<SocketAddr>,
     /// The running server's config file, to read pid_file and admin from; else PREFORK_CONFIG
@@ -168,6 +182,16 @@ pub fn run(command: Command, server: prefork_server::ServerFlags) -> std::proces
         Command::Status { target } => {
             let sources = Sources::new(server, target.config.clone());
             sources.admin(&target).and_then(|admin| status(&admin))
+        }
+        Command::Top {
+            target,
+            interval,
+            count,
+        } => {
+            let sources = Sources::new(server, target.config.clone());
+            sources
+                .admin(&target)
+                .and_then(|admin| top::top(&admin, interval, count))
         }
         Command::Reload { target } => {
             check_before_reload(&server, &target).and_then(|()| signal_with(server, target, Signal::SIGHUP))
@@ -285,59 +309,8 @@ fn fetch_status(found: &Found<SocketAddr>) -> Result<serde_json::Value, String> 
 
 fn status(admin: &Found<SocketAddr>) -> Result<(), String> {
     let status = fetch_status(admin)?;
-    let field = |value: &serde_json::Value| match value {
-        serde_json::Value::String(text) => text.clone(),
-        serde_json::Value::Null => "-".into(),
-        serde_json::Value::Number(n) if n.is_f64() => format!("{:.0}s", n.as_f64().unwrap_or_default()),
-        other => other.to_string(),
-    };
-    say!(
-        "master {} · {} workers · generation {} · {} reloads · up {} · {}",
-        status["master_pid"],
-        status["workers"],
-        status["generation"],
-        status["reloads"],
-        field(&status["uptime_s"]),
-        field(&status["steering"])
-    );
-    say!(
-        "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>6} {:>5} {:>10} {:>8}  last exit",
-        "slot",
-        "pid",
-        "gen",
-        "state",
-        "uptime",
-        "requests",
-        "flight",
-        "conns",
-        "queue",
-        "memory",
-        "restarts"
-    );
-    for worker in status["slots"].as_array().into_iter().flatten() {
-        let memory = worker["rss_bytes"]
-            .as_u64()
-            .map_or("-".into(), |b| format!("{:.1}MiB", b as f64 / 1048576.0));
-        let queue = match worker["stalled"].as_bool() {
-            Some(true) => format!("{}!", field(&worker["queue"])),
-            _ => field(&worker["queue"]),
-        };
-        say!(
-            "{:>4} {:>8} {:>4} {:>9} {:>8} {:>10} {:>6} {:>6} {:>5} {:>10} {:>8}  {}",
-            field(&worker["slot"]),
-            field(&worker["pid"]),
-            field(&worker["generation"]),
-            field(&worker["state"]),
-            field(&worker["uptime_s"]),
-            field(&worker["requests"]),
-            field(&worker["in_flight"]),
-            field(&worker["connections"]),
-            queue,
-            memory,
-            field(&worker["restarts"]),
-            field(&worker["last_exit"]),
-        );
-    }
+    let text = table::render(&status, None);
+    say!("{}", text.trim_end());
     Ok(())
 }
 
