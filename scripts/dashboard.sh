@@ -3,8 +3,8 @@
 #
 # Starts the release build with --admin on 127.0.0.1, sends it some traffic
 # (curl, bounded), kills one worker so a restart shows, then renders the page
-# at / in headless Chromium (Debian's package; installed if missing) for 3.5 s
-# of real time, so it polls /status several times, and writes the PNG
+# at / in headless Chromium (Debian's package; installed if missing) for 14 s
+# of real time, so it polls /status and draws that much history, and writes the PNG
 # (scripts/screenshot.js drives Chromium; it needs Node.js).
 # Usage: scripts/dashboard.sh [OUTPUT.png]     (default: docs/dashboard.png)
 set -eu
@@ -39,12 +39,12 @@ echo "dashboard: server on $url, admin on $admin"
 
 kill -KILL "$(ps -o pid= --ppid "$master" | head -1 | tr -d ' ')"
 sleep 0.5
-# Traffic while the page polls: 6 s of back-to-back requests, then it stops.
-( end=$(($(date +%s) + 6)); while [ "$(date +%s)" -lt "$end" ]; do curl -s "http://$url/" >/dev/null; done ) &
+# Traffic while the page polls: 16 s of back-to-back requests, then it stops.
+( end=$(($(date +%s) + 16)); while [ "$(date +%s)" -lt "$end" ]; do curl -s "http://$url/" >/dev/null; done ) &
 traffic=$!
 mkdir -p "$(dirname "$out")"
 # Real time, not Chromium's virtual time: the page computes requests/s between polls.
-node scripts/screenshot.js "http://$admin/" "$out" 3500 1280x420
+node scripts/screenshot.js "http://$admin/" "$out" 14000 1280x760
 wait "$traffic"
 [ -s "$out" ] || { echo "dashboard: no screenshot written" >&2; exit 1; }
 echo "dashboard: wrote $out ($(wc -c < "$out") bytes)"

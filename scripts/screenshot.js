@@ -31,8 +31,15 @@ const chrome = spawn(
 const finish = (code, message) => {
   if (message) console.error(`screenshot: ${message}`);
   chrome.kill("SIGKILL");
-  fs.rmSync(profile, { recursive: true, force: true });
-  process.exit(code);
+  // Chromium may still be writing its profile as it dies: remove it once it
+  // has exited (or after 3 s), with retries, and never fail for it.
+  const remove = () => {
+    try { fs.rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 }); } catch { /* best effort */ }
+    process.exit(code);
+  };
+  if (chrome.exitCode !== null || chrome.signalCode !== null) return remove();
+  chrome.once("exit", remove);
+  setTimeout(remove, 3000);
 };
 // The whole run is bounded: a stuck browser does not hang the script.
 const deadline = setTimeout(() => finish(1, "timed out"), Number(waitMs) + 30000);

@@ -198,7 +198,7 @@ fn register_traffic(registry: &mut Registry, by_slot: &[Snapshot]) {
 
     let responses = Family::<Labels, Counter>::default();
     let slot_responses = Family::<Labels, Counter>::default();
-    let bytes = Family::<Labels, Counter>::default();
+    let sent = Family::<Labels, Counter>::default();
     for (class, count) in total.classes() {
         responses
             .get_or_create(&vec![("code".to_owned(), class.to_owned())])
@@ -212,16 +212,16 @@ fn register_traffic(registry: &mut Registry, by_slot: &[Snapshot]) {
             ];
             slot_responses.get_or_create(&labels).inc_by(count);
         }
-        bytes
-            .get_or_create(&vec![("slot".to_owned(), slot.to_string())])
-            .inc_by(traffic.bytes);
+        sent.get_or_create(&vec![("slot".to_owned(), slot.to_string())])
+            .inc_by(traffic.sent);
     }
-    let total_bytes = Counter::<u64>::default();
-    total_bytes.inc_by(total.bytes);
+    let total_sent = Counter::<u64>::default();
+    total_sent.inc_by(total.sent);
     registry.register("responses", "Responses by status class", responses);
     registry.register("slot_responses", "Responses by slot and status class", slot_responses);
-    registry.register("response_bytes", "Response body bytes sent", total_bytes);
-    registry.register("slot_response_bytes", "Response body bytes sent, by slot", bytes);
+    let sent_help = "Bytes written to clients: response heads and bodies, HTTP/2 framing (before TLS)";
+    registry.register("sent_bytes", sent_help, total_sent);
+    registry.register("slot_sent_bytes", sent_help, sent);
 }
 
 /// Histograms read from the scoreboard, one per label set: `prometheus_client`'s
@@ -235,7 +235,7 @@ impl EncodeMetric for Histograms {
     fn encode(&self, mut encoder: MetricEncoder) -> std::fmt::Result {
         for (labels, histogram) in &self.series {
             let buckets = histogram.prometheus_buckets();
-            let (sum, count) = (histogram.sum_us as f64 / 1e6, histogram.count());
+            let (sum, count) = (histogram.sum_seconds(), histogram.count());
             match labels.is_empty() {
                 true => encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?,
                 false => encoder

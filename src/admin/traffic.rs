@@ -16,7 +16,7 @@ pub fn bounds() -> Value {
 fn histogram(histogram: &HistogramSnapshot) -> Value {
     json!({
         "count": histogram.count(),
-        "sum_s": histogram.sum_us as f64 / 1e6,
+        "sum_s": histogram.sum_seconds(),
         "buckets": histogram.buckets,
         "p50_s": histogram.quantile(0.5),
         "p90_s": histogram.quantile(0.9),
@@ -31,7 +31,7 @@ pub fn insert(into: &mut Map<String, Value>, traffic: &Snapshot) {
         .map(|(class, n)| (class.to_owned(), json!(n)))
         .collect();
     into.insert("responses".into(), Value::Object(responses));
-    into.insert("response_bytes".into(), json!(traffic.bytes));
+    into.insert("sent_bytes".into(), json!(traffic.sent));
     into.insert("duration".into(), histogram(&traffic.duration));
     into.insert("queue_wait".into(), histogram(&traffic.queue_wait));
 }

@@ -2,67 +2,64 @@
 //!
 //! The master sends a worker that missed its heartbeat (`--timeout`) SIGABRT,
 //! and SIGKILL a second later. A worker's SIGABRT handler runs on the thread
-//! that hung (its runtime's, the only one that beats) and takes the return
-//! addresses of its stack there: `_Unwind_Backtrace` into a static array, no
-//! allocation, no lock of ours. Naming them (symbols, files and lines, from the
-//! binary's own tables) allocates and reads files, which a signal handler must
-//! not do: a thread started at boot, which waits on a pipe, does it and
-//! logs the stack as one record, then ends the process with SIGABRT as before
-//! (a core dump, where they are on, shows the same place).
+//! that hung (its runtime's, the only one that beats), takes the return
+//! addresses of its stack there (`_Unwind_Backtrace`), names them (symbols,
+//! files and lines, from the binary's own tables), logs them as one record,
+//! and ends the process with SIGABRT as before (a core dump, where they are
+//! on, shows the same place).
+//!
+//! Walking the stack (`_Unwind_Backtrace` may take the dynamic loader's
+//! lock), naming and logging allocate and take locks, which a signal handler
+//! should not. The process is being killed either way; what this risks is
+//! only the report: interrupted inside the allocator, a report that
+//! allocates may corrupt the heap and die of SIGSEGV (then the log says so
+//! instead of SIGABRT); hung holding a lock the report needs (the
+//! `--log-file` writer's, stuck on a dead disk), it waits, and the master's
+//! SIGKILL a second later ends the worker as it would have without a report.
+//! (A thread of its own, started at boot to report, would avoid both, but a
+//! second thread makes glibc take the multi-threaded path of every `send`
+//! and `recv`: about 100 more instructions per keep-alive request, measured with
+//! `scripts/instructions.sh`, more than the report is worth. An app that
+//! starts threads of its own pays that anyway.)
 //!
 //! Only the master's SIGABRT is taken for a report: a SIGABRT of the process's
 //! own (`abort()`) or from anyone else is the default action, at once.
 
 use std::ffi::c_void;
 use std::fmt::Write as _;
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering::SeqCst};
+use std::sync::OnceLock;
 
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
 /// The innermost frames kept: where it hung, and what called it.
 const FRAMES: usize = 64;
 
-static TAKEN: [AtomicUsize; FRAMES] = [const { AtomicUsize::new(0) }; FRAMES];
-static TAKEN_COUNT: AtomicUsize = AtomicUsize::new(0);
-/// The instruction the signal interrupted (0: not known): frames above it are
-/// the handler's own.
-static INTERRUPTED_AT: AtomicUsize = AtomicUsize::new(0);
-/// The reporting thread's pipe, the end the handler writes to.
-static WAKE: AtomicI32 = AtomicI32::new(-1);
 /// The thread whose stack is wanted: the runtime's (the main thread).
 static HUNG_THREAD: AtomicI32 = AtomicI32::new(0);
 static MASTER: AtomicI32 = AtomicI32::new(0);
+/// The worker's name, for the record ("worker 0 (pid 123)").
+static NAME: OnceLock<String> = OnceLock::new();
 /// A SIGABRT passed on to the runtime's thread by this handler itself.
 static PASSED_ON: AtomicBool = AtomicBool::new(false);
 /// One report per process.
 static REPORTING: AtomicBool = AtomicBool::new(false);
 
-/// In a worker, at boot, while every signal is still blocked (the reporting
-/// thread keeps them all blocked): the handler and the thread. `name` is the
+/// In a worker, at boot, on the runtime's thread: the handler. `name` is the
 /// worker's ("worker 0 (pid 123)").
-pub fn install(name: String) -> std::io::Result<()> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+pub fn install(name: String) -> nix::Result<()> {
     // SAFETY: gettid and getppid cannot fail.
     let (thread, master) = unsafe { (libc::gettid(), libc::getppid()) };
     HUNG_THREAD.store(thread, SeqCst);
     MASTER.store(master, SeqCst);
-    let wake = write.as_raw_fd();
-    std::thread::Builder::new()
-        .name("hung-report".into())
-        .stack_size(256 << 10)
-        .spawn(move || wait_and_report(read, &name))?;
-    // The write end lives as long as the process (the handler may need it).
-    std::mem::forget(write);
-    WAKE.store(wake, SeqCst);
+    let _ = NAME.set(name);
     let action = SigAction::new(
         SigHandler::SigAction(on_abort),
         SaFlags::SA_SIGINFO | SaFlags::SA_RESTART,
         SigSet::empty(),
     );
-    // SAFETY: the handler only does async-signal-safe work: atomics, the
-    // unwinder's walk of the stack, write(2), kill(2), tgkill(2), signal(2).
+    // SAFETY: installing a handler; what it does, and why that is acceptable
+    // here, is in the module's comment.
     unsafe { sigaction(Signal::SIGABRT, &action) }?;
     Ok(())
 }
@@ -75,46 +72,54 @@ extern "C" fn on_abort(signal: libc::c_int, info: *mut libc::siginfo_t, context:
     if !(from_master || passed_on) || REPORTING.swap(true, SeqCst) {
         return abort_now(signal);
     }
-    // SAFETY: gettid, getpid and tgkill are async-signal-safe.
+    let hung = HUNG_THREAD.load(SeqCst);
+    // SAFETY: gettid, getpid and tgkill are async-signal-safe; errno is
+    // restored before returning to the thread the signal interrupted.
     unsafe {
-        let hung = HUNG_THREAD.load(SeqCst);
         if libc::gettid() != hung {
             // A process-directed signal may land on another thread (the app's):
             // the stack wanted is the runtime's.
+            let errno = *libc::__errno_location();
             REPORTING.store(false, SeqCst);
             PASSED_ON.store(true, SeqCst);
             libc::syscall(libc::SYS_tgkill, libc::getpid(), hung, signal);
+            *libc::__errno_location() = errno;
             return;
         }
     }
-    INTERRUPTED_AT.store(interrupted_at(context), SeqCst);
+    let mut frames = [0usize; FRAMES];
     let mut count = 0;
     // SAFETY: the walk only reads this thread's stack and the unwind tables;
     // "unsynchronized" is about other threads walking at once, and this
-    // handler runs once per process (REPORTING).
+    // handler reports once per process (REPORTING). It is not
+    // async-signal-safe (see the module's comment for what that risks).
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
-            TAKEN[count].store(frame.ip() as usize, SeqCst);
+            frames[count] = frame.ip() as usize;
             count += 1;
             count < FRAMES
         });
     }
-    TAKEN_COUNT.store(count, SeqCst);
-    // SAFETY: write(2) of one byte from a static; async-signal-safe.
-    unsafe { libc::write(WAKE.load(SeqCst), b"!".as_ptr().cast(), 1) };
+    let name = NAME.get().map_or("worker", String::as_str);
+    crate::log::error!(
+        "{name} hung here (its stack, innermost call first; SIGKILL follows):\n{}",
+        describe(&frames[..count], interrupted_at(context))
+    );
+    abort_now(signal);
 }
 
-/// SIGABRT's default action: the process ends (with a core dump, where on).
+/// SIGABRT's default action: the process ends (with a core dump, where on),
+/// the signal taken by this thread, so that the core's first thread is it.
 fn abort_now(signal: libc::c_int) {
-    // SAFETY: signal(2) and kill(2) are async-signal-safe; the signal is
-    // delivered as soon as this handler returns.
+    // SAFETY: signal(2), getpid, gettid and tgkill are async-signal-safe; the
+    // signal is delivered as soon as this handler returns.
     unsafe {
         libc::signal(signal, libc::SIG_DFL);
-        libc::kill(libc::getpid(), signal);
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), libc::gettid(), signal);
     }
 }
 
-/// The program counter saved in the signal's context.
+/// The program counter saved in the signal's context (0: not known).
 fn interrupted_at(context: *mut c_void) -> usize {
     let context = context.cast::<libc::ucontext_t>();
     if context.is_null() {
@@ -128,24 +133,6 @@ fn interrupted_at(context: *mut c_void) -> usize {
     return unsafe { (*context).uc_mcontext.pc as usize };
     #[allow(unreachable_code)]
     0
-}
-
-/// The reporting thread: waits for the handler, logs the stack, ends the process.
-fn wait_and_report(wake: OwnedFd, name: &str) {
-    let mut byte = [0u8; 1];
-    // SAFETY: `wake` is the read end of the pipe, owned here.
-    let mut pipe = unsafe { std::fs::File::from_raw_fd(wake.as_raw_fd()) };
-    std::mem::forget(wake);
-    if pipe.read_exact(&mut byte).is_err() {
-        return;
-    }
-    let count = TAKEN_COUNT.load(SeqCst);
-    let frames: Vec<usize> = TAKEN[..count].iter().map(|ip| ip.load(SeqCst)).collect();
-    crate::log::error!(
-        "{name} hung here (its stack, innermost call first; SIGKILL follows):\n{}",
-        describe(&frames, INTERRUPTED_AT.load(SeqCst))
-    );
-    abort_now(libc::SIGABRT);
 }
 
 /// The frames from the interrupted one out, named: `N: function at file:line`

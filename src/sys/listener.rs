@@ -235,7 +235,7 @@ pub fn queue(socket: &TcpListener) -> io::Result<(u32, u32)> {
 /// kernel stamps a connection's "last data sent" when its handshake completes
 /// (`tcp_create_openreq_child`), and nothing is sent on it before the accept,
 /// so right after the accept `tcpi_last_data_sent` is the time since it
-/// joined the queue (at the kernel's tick, 1 to 4 ms). Only the fields up to
+/// joined the queue (at the kernel's tick: 1 to 10 ms). Only the fields up to
 /// it are copied out.
 pub fn waited_in_queue(fd: std::os::fd::RawFd) -> Option<u32> {
     let wanted = std::mem::offset_of!(libc::tcp_info, tcpi_last_data_sent) + size_of::<u32>();

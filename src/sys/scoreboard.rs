@@ -53,6 +53,10 @@ pub struct Header {
     /// One past the highest slot a worker was ever claimed for: the slots
     /// whose sums may hold something.
     pub slots_used: AtomicU64,
+    /// One past the highest record ever claimed: the views read no further,
+    /// so a worker that renders them maps only the records in use (they are
+    /// shared memory, and count in its resident size).
+    records_used: AtomicU64,
     /// Odd while the master adds a reaped worker's traffic to its slot's sums
     /// (see [`Scoreboard::traffic_by_slot`]).
     folding: AtomicU64,
@@ -206,6 +210,12 @@ impl Scoreboard {
         &self.board().records
     }
 
+    /// The records that were ever claimed.
+    fn used(&self) -> &[Record] {
+        let used = (self.header().records_used.load(Relaxed) as usize).min(RECORDS);
+        &self.records()[..used]
+    }
+
     pub fn header(&self) -> &Header {
         &self.board().header
     }
@@ -220,7 +230,7 @@ impl Scoreboard {
 
     /// Every live worker's record (a snapshot: each field is read on its own).
     pub fn live(&self) -> impl Iterator<Item = &Record> {
-        self.records()
+        self.used()
             .iter()
             .filter(|record| !matches!(record.pid.load(Relaxed), 0 | u64::MAX))
     }
@@ -243,9 +253,10 @@ impl Scoreboard {
         record.connections.store(0, Relaxed);
         record.in_flight.store(0, Relaxed);
         record.started_ms.store(monotonic_ms(), Relaxed);
-        record.traffic.clear();
+        // `traffic` is zero: never used, or cleared by `release`.
         record.set_status("");
         self.header().slots_used.fetch_max(slot as u64 + 1, Relaxed);
+        self.header().records_used.fetch_max(index as u64 + 1, Relaxed);
         Some(index)
     }
 
@@ -254,13 +265,19 @@ impl Scoreboard {
     pub fn release(&self, index: usize) {
         let record = &self.records()[index];
         let folding = &self.header().folding;
-        if let Some(stats) = self.slots().get(record.slot.load(Relaxed) as usize) {
-            folding.fetch_add(1, Ordering::AcqRel);
+        let stats = self.slots().get(record.slot.load(Relaxed) as usize);
+        folding.fetch_add(1, Ordering::Relaxed);
+        // The stores below are seen after the odd count (a seqlock's writer).
+        std::sync::atomic::fence(Ordering::Release);
+        if let Some(stats) = stats {
             stats.reaped.add(&record.traffic.snapshot());
-            record.pid.store(0, Relaxed);
-            folding.fetch_add(1, Ordering::AcqRel);
         }
+        // Inside the fold: a reader sees the traffic in the record or in the
+        // slot's sums, never in both, and the next worker's record starts
+        // from nothing.
+        record.traffic.clear();
         record.pid.store(0, Relaxed);
+        folding.fetch_add(1, Ordering::Release);
     }
 
     /// What each slot served, its reaped workers and its live ones, up to
@@ -269,22 +286,25 @@ impl Scoreboard {
     /// a counter never seems to go back between two reads.
     pub fn traffic_by_slot(&self) -> Vec<Snapshot> {
         let header = self.header();
+        let mut attempts = 0u32;
         loop {
             let before = header.folding.load(Ordering::Acquire);
-            if before % 2 == 0 {
-                let slots = (header.slots_used.load(Relaxed) as usize).min(SLOTS);
-                let mut sums: Vec<Snapshot> = self.slots()[..slots].iter().map(|s| s.reaped.snapshot()).collect();
-                for record in self.live() {
-                    if let Some(sum) = sums.get_mut(record.slot.load(Relaxed) as usize) {
-                        sum.add(&record.traffic.snapshot());
-                    }
-                }
-                std::sync::atomic::fence(Ordering::Acquire);
-                if header.folding.load(Relaxed) == before {
-                    return sums;
+            let slots = (header.slots_used.load(Relaxed) as usize).min(SLOTS);
+            let mut sums: Vec<Snapshot> = self.slots()[..slots].iter().map(|s| s.reaped.snapshot()).collect();
+            for record in self.live() {
+                if let Some(sum) = sums.get_mut(record.slot.load(Relaxed) as usize) {
+                    sum.add(&record.traffic.snapshot());
                 }
             }
-            std::hint::spin_loop();
+            std::sync::atomic::fence(Ordering::Acquire);
+            // The master folds in microseconds; one stopped mid-fold (SIGSTOP)
+            // must not hold this worker: past a few thousand tries, what
+            // was read is shown.
+            attempts += 1;
+            if (before % 2 == 0 && header.folding.load(Relaxed) == before) || attempts >= 5_000 {
+                return sums;
+            }
+            std::thread::yield_now();
         }
     }
 }
@@ -337,15 +357,19 @@ pub fn monotonic_ms() -> u64 {
     monotonic_ns() / 1_000_000
 }
 
-/// `CLOCK_MONOTONIC` in µs, for the request path: the vDSO's clock (no
-/// system call), without `nix`'s `Result` or `Instant`'s checks.
+/// `CLOCK_MONOTONIC` in ticks of 1,024 ns (see `traffic::TICK_NS`), for the
+/// request path: the vDSO's clock (no system call), without `nix`'s `Result`
+/// or `Instant`'s checks, and a shift for a division.
 #[inline]
-pub fn monotonic_us() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec, which `now` is; it cannot
-    // fail for CLOCK_MONOTONIC and a valid pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1_000
+pub fn monotonic_ticks() -> u64 {
+    let mut now = std::mem::MaybeUninit::<libc::timespec>::uninit();
+    // SAFETY: clock_gettime writes one timespec where `now` points; it cannot
+    // fail for CLOCK_MONOTONIC and a valid pointer, so `now` is initialised.
+    let now = unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, now.as_mut_ptr());
+        now.assume_init()
+    };
+    (now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64) >> 10
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of BPF's `bpf_ktime_get_ns`.

@@ -22,6 +22,33 @@ pub const BOUNDS_US: [u64; 16] = [
 ];
 /// The index of the first of Prometheus's default bounds (5 ms) in [`BOUNDS_US`].
 pub const PROMETHEUS_FROM: usize = 5;
+
+/// What the histograms count in: 1,024 ns, the monotonic clock's nanoseconds
+/// shifted right by 10 ([`crate::sys::scoreboard::monotonic_ticks`]). A shift
+/// where µs would take a division on each of a request's two clock reads:
+/// the request path is counted in instructions.
+pub const TICK_NS: u64 = 1 << 10;
+
+/// [`BOUNDS_US`] in ticks, rounded to the nearest.
+const BOUNDS: [u64; BOUNDS_US.len()] = {
+    let mut ticks = [0; BOUNDS_US.len()];
+    let mut i = 0;
+    while i < BOUNDS_US.len() {
+        ticks[i] = (BOUNDS_US[i] * 1000 + TICK_NS / 2) / TICK_NS;
+        i += 1;
+    }
+    ticks
+};
+
+/// `micros` in ticks (off the request path: a connection's queue wait).
+pub fn ticks_from_us(micros: u64) -> u64 {
+    micros * 1000 / TICK_NS
+}
+
+/// `ticks` in µs.
+pub fn us_from_ticks(ticks: u64) -> u64 {
+    ticks * TICK_NS / 1000
+}
 /// The buckets: one per bound, and the last for everything above (`+Inf`).
 pub const BUCKETS: usize = BOUNDS_US.len() + 1;
 /// `1xx` to `5xx`.
@@ -33,7 +60,8 @@ pub const CLASSES: usize = 5;
 #[derive(Debug, Default)]
 pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
-    sum_us: AtomicU64,
+    /// In ticks.
+    sum: AtomicU64,
 }
 
 /// One writer's counter: a load and a store (see the module's comment).
@@ -43,21 +71,19 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 impl Histogram {
+    /// One observation, in ticks ([`TICK_NS`]).
     #[inline]
-    pub fn observe(&self, micros: u64) {
-        // Most requests fall in the first bucket: the search ends at once.
-        let bucket = BOUNDS_US
-            .iter()
-            .position(|bound| micros <= *bound)
-            .unwrap_or(BUCKETS - 1);
+    pub fn observe(&self, ticks: u64) {
+        // A linear search: fast requests, the most, end it in a few steps.
+        let bucket = BOUNDS.iter().position(|bound| ticks <= *bound).unwrap_or(BUCKETS - 1);
         bump(&self.buckets[bucket], 1);
-        bump(&self.sum_us, micros);
+        bump(&self.sum, ticks);
     }
 
     fn snapshot(&self) -> HistogramSnapshot {
         HistogramSnapshot {
             buckets: std::array::from_fn(|i| self.buckets[i].load(Relaxed)),
-            sum_us: self.sum_us.load(Relaxed),
+            sum_ticks: self.sum.load(Relaxed),
         }
     }
 
@@ -65,14 +91,14 @@ impl Histogram {
         for (bucket, count) in self.buckets.iter().zip(other.buckets) {
             bump(bucket, count);
         }
-        bump(&self.sum_us, other.sum_us);
+        bump(&self.sum, other.sum_ticks);
     }
 
     fn clear(&self) {
         for bucket in &self.buckets {
             bucket.store(0, Relaxed);
         }
-        self.sum_us.store(0, Relaxed);
+        self.sum.store(0, Relaxed);
     }
 }
 
@@ -81,7 +107,7 @@ impl Histogram {
 pub struct HistogramSnapshot {
     /// Per bucket, not cumulative; the last is `+Inf`.
     pub buckets: [u64; BUCKETS],
-    pub sum_us: u64,
+    pub sum_ticks: u64,
 }
 
 impl HistogramSnapshot {
@@ -93,7 +119,12 @@ impl HistogramSnapshot {
         for (bucket, count) in self.buckets.iter_mut().zip(other.buckets) {
             *bucket += count;
         }
-        self.sum_us += other.sum_us;
+        self.sum_ticks += other.sum_ticks;
+    }
+
+    /// The sum of what was observed, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_ticks as f64 * TICK_NS as f64 / 1e9
     }
 
     /// The buckets as `/metrics` shows them: (upper bound in seconds, count)
@@ -150,8 +181,9 @@ pub struct Traffic {
     pub queue_wait: Histogram,
     /// Response heads by status class.
     responses: [AtomicU64; CLASSES],
-    /// Response body bytes.
-    bytes: AtomicU64,
+    /// Bytes written to clients: response heads and bodies, HTTP/2's
+    /// framing, an upgraded connection's (before TLS).
+    sent: AtomicU64,
 }
 
 impl Traffic {
@@ -161,9 +193,11 @@ impl Traffic {
         bump(&self.responses[class], 1);
     }
 
+    /// The one counter with two writers: an upgraded connection (a
+    /// WebSocket) may be written from a thread of the app's, so a locked add.
     #[inline]
     pub fn sent(&self, bytes: u64) {
-        bump(&self.bytes, bytes);
+        self.sent.fetch_add(bytes, Relaxed);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -171,7 +205,7 @@ impl Traffic {
             duration: self.duration.snapshot(),
             queue_wait: self.queue_wait.snapshot(),
             responses: std::array::from_fn(|i| self.responses[i].load(Relaxed)),
-            bytes: self.bytes.load(Relaxed),
+            sent: self.sent.load(Relaxed),
         }
     }
 
@@ -182,17 +216,17 @@ impl Traffic {
         for (counter, value) in self.responses.iter().zip(other.responses) {
             bump(counter, value);
         }
-        bump(&self.bytes, other.bytes);
+        self.sent.fetch_add(other.sent, Relaxed);
     }
 
-    /// Master: a record claimed for a new worker starts from nothing.
+    /// Master: a reaped worker's record, once added to its slot's sums.
     pub fn clear(&self) {
         self.duration.clear();
         self.queue_wait.clear();
         for counter in &self.responses {
             counter.store(0, Relaxed);
         }
-        self.bytes.store(0, Relaxed);
+        self.sent.store(0, Relaxed);
     }
 }
 
@@ -203,7 +237,7 @@ pub struct Snapshot {
     pub queue_wait: HistogramSnapshot,
     /// `1xx` to `5xx`.
     pub responses: [u64; CLASSES],
-    pub bytes: u64,
+    pub sent: u64,
 }
 
 impl Snapshot {
@@ -213,7 +247,7 @@ impl Snapshot {
         for (counter, value) in self.responses.iter_mut().zip(other.responses) {
             *counter += value;
         }
-        self.bytes += other.bytes;
+        self.sent += other.sent;
     }
 
     /// The status classes with their names, `2xx`...
@@ -229,20 +263,22 @@ mod tests {
     #[test]
     fn observations_land_in_their_bucket_and_quantiles_interpolate() {
         let traffic = Traffic::default();
+        let observe = |micros| traffic.duration.observe(ticks_from_us(micros));
         for _ in 0..90 {
-            traffic.duration.observe(1_000); // 1 ms: the first bucket
+            observe(1_000); // 1 ms: (500 µs, 1 ms]
         }
         for _ in 0..10 {
-            traffic.duration.observe(300_000); // 300 ms: (250 ms, 500 ms]
+            observe(300_000); // 300 ms: (250 ms, 500 ms]
         }
-        traffic.duration.observe(60_000_000); // a minute: +Inf
-        traffic.duration.observe(6_000); // 6 ms: the 10 ms bucket of /metrics
+        observe(60_000_000); // a minute: +Inf
+        observe(6_000); // 6 ms: the 10 ms bucket of /metrics
         let seen = traffic.snapshot().duration;
         assert_eq!(seen.count(), 102);
         assert_eq!(seen.buckets[3], 90, "(500 µs, 1 ms]");
         assert_eq!(seen.buckets[11], 10, "(250 ms, 500 ms]");
         assert_eq!(seen.buckets[BUCKETS - 1], 1);
-        assert_eq!(seen.sum_us, 90 * 1_000 + 10 * 300_000 + 60_000_000 + 6_000);
+        let sum = seen.sum_seconds();
+        assert!((sum - (90e-3 + 10.0 * 0.3 + 60.0 + 6e-3)).abs() < 1e-4, "{sum}");
         let shown = seen.prometheus_buckets();
         assert_eq!(shown.len(), 12, "Prometheus's 11 bounds and +Inf");
         assert_eq!((shown[0], shown[1]), ((0.005, 90), (0.01, 1)));
@@ -268,7 +304,7 @@ mod tests {
         slot.add(&seen);
         slot.add(&seen);
         assert_eq!(slot.snapshot().responses, [2, 4, 2, 4, 4]);
-        assert_eq!(slot.snapshot().bytes, 44);
+        assert_eq!(slot.snapshot().sent, 44);
         traffic.duration.observe(7);
         traffic.clear();
         assert_eq!(traffic.snapshot(), Snapshot::default());

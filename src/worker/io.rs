@@ -220,6 +220,18 @@ impl OpenCount {
 /// One open connection in the [`OpenCount`].
 pub struct Counted(Arc<OpenCount>);
 
+impl Counted {
+    /// Bytes written to the client, counted in the worker's record: once per
+    /// write, not per body frame (heads, bodies and HTTP/2's framing alike,
+    /// before TLS).
+    #[inline]
+    fn sent(&self, poll: &Poll<io::Result<usize>>) {
+        if let Poll::Ready(Ok(n)) = poll {
+            self.0.record.traffic.sent(*n as u64);
+        }
+    }
+}
+
 impl Drop for Counted {
     fn drop(&mut self) {
         let count = &self.0;
@@ -571,6 +583,7 @@ impl Write for Io {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.stamps.wrote(&poll);
+        self.counted.sent(&poll);
         poll
     }
 
@@ -581,6 +594,7 @@ impl Write for Io {
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         self.stamps.wrote(&poll);
+        self.counted.sent(&poll);
         poll
     }
 

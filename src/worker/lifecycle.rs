@@ -35,8 +35,11 @@ pub struct Lifecycle {
     in_flight: Cell<u32>,
     /// `--balance steered`: where the kernel's program reads this slot's load.
     steer: Option<&'static SlotLoad>,
-    /// `--slow-request`, in µs.
+    /// `--slow-request`, in ticks of `traffic::TICK_NS`.
     pub(super) slow_request: Option<u64>,
+    /// A request's method and target are kept for its end: for the access
+    /// log, or to log it if it is slow.
+    pub(super) keeps_requests: bool,
 }
 
 impl Lifecycle {
@@ -48,6 +51,7 @@ impl Lifecycle {
         max_body: Option<u64>,
         slow_request: Option<std::time::Duration>,
     ) -> Lifecycle {
+        let keeps_requests = access_log.is_some() || slow_request.is_some();
         Lifecycle {
             draining: Cell::new(false),
             served: Cell::new(0),
@@ -59,7 +63,8 @@ impl Lifecycle {
             max_body: max_body.unwrap_or(u64::MAX),
             in_flight: Cell::new(0),
             steer,
-            slow_request: slow_request.map(|slow| slow.as_micros() as u64),
+            slow_request: slow_request.map(|slow| crate::sys::traffic::ticks_from_us(slow.as_micros() as u64)),
+            keeps_requests,
         }
     }
 

@@ -184,7 +184,6 @@ where
     E: Display,
 {
     let mut control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
-    // Before the unblock: its thread keeps every signal blocked.
     let name = format!("worker {} (pid {})", record.slot.load(Relaxed), getpid());
     if let Err(err) = crate::sys::hung::install(name) {
         warn!("worker: cannot arrange to report its stack if it hangs: {err}");

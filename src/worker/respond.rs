@@ -32,7 +32,7 @@ use super::access::Pending;
 use super::connections::Entry;
 use crate::body::{Overflow, RequestBody};
 use crate::service::{BoxError, WorkerService};
-use crate::sys::scoreboard::monotonic_us;
+use crate::sys::scoreboard::monotonic_ticks;
 
 /// The body of every response: the service's, or the worker's own empty one.
 pub type ResponseBody<S> = TrackedBody<<S as WorkerService>::Body>;
@@ -55,9 +55,8 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         }
         // Taken from the request only when there is an access log to write
         // or slow requests to log.
-        let lifecycle = &self.entry.lifecycle;
-        let pending = (lifecycle.access_log.is_some() || lifecycle.slow_request.is_some())
-            .then(|| Box::new(Pending::new(&request, self.entry.client)));
+        let pending =
+            (self.entry.lifecycle.keeps_requests).then(|| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let max = self.entry.lifecycle.max_body;
         let admission = match self.entry.redirect_to.get() {
@@ -198,9 +197,8 @@ const HOST_BYTE: [bool; 256] = {
 /// writes the request's access log line, if there is an access log, and
 /// counts its duration in the scoreboard. On HTTP/2 it also holds the
 /// stream's place among those the sweep can reset. The last field is when the
-/// request came, in µs of [`monotonic_us`] (wrapping: a `u32` keeps the value
-/// at 24 bytes, and holds durations up to 71 minutes).
-pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Stream, u32);
+/// request came, in [`monotonic_ticks`].
+pub struct InFlight(Rc<Entry>, Option<Box<Pending>>, Stream, u64);
 
 /// An HTTP/2 stream's place among its connection's (see `streams`), or
 /// [`NO_STREAM`] for HTTP/1.1. (A `u32`, not an `Option<usize>`: it fits in
@@ -214,7 +212,7 @@ impl InFlight {
         entry.lifecycle.request_began();
         entry.request_came();
         let stream = entry.streams.get().map_or(NO_STREAM, |streams| streams.open());
-        InFlight(entry, pending, stream, monotonic_us() as u32)
+        InFlight(entry, pending, stream, monotonic_ticks())
     }
 
     /// The response's status: counted by class, and kept for the access log.
@@ -237,15 +235,15 @@ impl Drop for InFlight {
                 streams.close(self.2);
             }
         }
-        let micros = u64::from((monotonic_us() as u32).wrapping_sub(self.3));
+        let ticks = monotonic_ticks().saturating_sub(self.3);
         let lifecycle = &entry.lifecycle;
-        lifecycle.traffic().duration.observe(micros);
+        lifecycle.traffic().duration.observe(ticks);
         if let Some(pending) = &self.1 {
             if let Some(access_log) = &lifecycle.access_log {
                 access_log.log(pending);
             }
-            if lifecycle.slow_request.is_some_and(|slow| micros >= slow) {
-                pending.log_slow(micros, lifecycle.slot());
+            if lifecycle.slow_request.is_some_and(|slow| ticks >= slow) {
+                pending.log_slow(crate::sys::traffic::us_from_ticks(ticks), lifecycle.slot());
             }
         }
     }
@@ -424,13 +422,8 @@ where
                     held_by_hyper(guard, &polled);
                 }
                 let polled = ready!(polled);
-                if let Some(Ok(frame)) = &polled {
-                    let bytes = frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);
-                    let guard = &mut *this.in_flight_guard;
-                    guard.0.lifecycle.traffic().sent(bytes);
-                    if let Some(pending) = &mut guard.1 {
-                        pending.bytes += bytes;
-                    }
+                if let (Some(pending), Some(Ok(frame))) = (&mut this.in_flight_guard.1, &polled) {
+                    pending.bytes += frame.data_ref().map_or(0, |data| bytes::Buf::remaining(data) as u64);
                 }
                 Poll::Ready(polled)
             }

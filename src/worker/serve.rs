@@ -412,7 +412,7 @@ fn start_connection<S: WorkerApp>(
             .lifecycle
             .traffic()
             .queue_wait
-            .observe(u64::from(waited_ms) * 1000);
+            .observe(crate::sys::traffic::ticks_from_us(u64::from(waited_ms) * 1000));
     }
     let open = shared
         .connections

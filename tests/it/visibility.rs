@@ -58,17 +58,15 @@ fn the_duration_histogram_counts_every_request_over_http1_and_http2_in_its_bucke
         let text = metrics(server.admin_addr())?;
         (sample(&text, "prefork_request_duration_seconds_count") == Some(31.0)).then_some(text)
     });
-    // 300 ms is in (0.25, 0.5]; everything else under 0.25 s.
-    assert_eq!(
-        sample(&text, "prefork_request_duration_seconds_bucket{le=\"0.25\"}"),
-        Some(30.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, "prefork_request_duration_seconds_bucket{le=\"0.5\"}"),
-        Some(31.0),
-        "{text}"
-    );
+    // 300 ms is in (0.25, 0.5]; the others as fast as the machine allows.
+    let below = |le: &str| {
+        sample(
+            &text,
+            &format!("prefork_request_duration_seconds_bucket{{le=\"{le}\"}}"),
+        )
+    };
+    assert!(below("0.25").unwrap() <= 30.0, "{text}");
+    assert_eq!(below("0.5"), Some(31.0), "{text}");
     assert_eq!(
         sample(&text, "prefork_request_duration_seconds_bucket{le=\"+Inf\"}"),
         Some(31.0),
@@ -90,14 +88,14 @@ fn the_duration_histogram_counts_every_request_over_http1_and_http2_in_its_bucke
         })
         .sum();
     assert_eq!(per_slot, 31.0, "the slots add up to the whole:\n{text}");
-    assert!(sample(&text, "prefork_response_bytes_total").unwrap() > 31.0 * 10.0);
+    assert!(sample(&text, "prefork_sent_bytes_total").unwrap() > 31.0 * 10.0);
 
     let status = status(server.admin_addr()).unwrap();
     let whole = &status["server"]["duration"];
     assert_eq!(whole["count"], 31, "{status:#}");
     let p50 = whole["p50_s"].as_f64().unwrap();
     let p99 = whole["p99_s"].as_f64().unwrap();
-    assert!(p50 <= 0.005 && (0.25..=0.5).contains(&p99), "p50 {p50}, p99 {p99}");
+    assert!(p50 < 0.25 && (0.25..=0.5).contains(&p99), "p50 {p50}, p99 {p99}");
     let slots = status["slots"].as_array().unwrap();
     let counted: u64 = slots
         .iter()
@@ -182,7 +180,7 @@ fn a_stopped_commands_queue_shows_in_the_admin_views_within_a_second() {
     let _waiting: Vec<TcpStream> = (0..10).map(|_| TcpStream::connect(server.addr).unwrap()).collect();
     // Measured once a second by the master; the deadline leaves room for a
     // slow machine.
-    let text = eventually(Duration::from_secs(3), "10 queued", || {
+    let text = eventually(Duration::from_secs(4), "10 queued", || {
         let text = metrics(server.admin_addr())?;
         (sample(&text, "prefork_listen_queue{slot=\"0\"}")? >= 10.0).then_some(text)
     });
@@ -285,7 +283,7 @@ fn the_dashboard_draws_its_charts_without_a_script_error() {
     let output = Command::new("node")
         .arg(checker)
         .arg(format!("http://{}/", server.admin_addr()))
-        .arg("4000")
+        .arg("6000")
         .output()
         .expect("node runs scripts/page-check.js (Node.js and Chromium: .ci/run installs them)");
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -330,12 +328,13 @@ fn top_redraws_the_table_with_requests_per_second_and_p99() {
     assert!(frames[0].contains("req/s") && frames[0].contains("p99"), "{text}");
     // After the first frame, the rate is measured: some worker served many.
     let busy = frames[1..].iter().any(|frame| {
-        frame.lines().skip(2).any(|row| {
+        let mut lines = frame.lines().skip(1);
+        let header: Vec<&str> = lines.next().unwrap_or_default().split_whitespace().collect();
+        let column = header.iter().position(|name| *name == "req/s").expect("a req/s column");
+        lines.any(|row| {
             let cells: Vec<&str> = row.split_whitespace().collect();
-            cells
-                .get(5)
-                .and_then(|rate| rate.parse::<f64>().ok())
-                .is_some_and(|rate| rate >= 10.0)
+            let rate = cells.get(column).and_then(|rate| rate.parse::<f64>().ok());
+            rate.is_some_and(|rate| rate >= 10.0)
         })
     });
     assert!(busy, "{text}");
