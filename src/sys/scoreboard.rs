@@ -395,4 +395,31 @@ mod tests {
         board.release(first);
         assert_eq!(board.claim(5, 2), Some(first), "a released record is reused");
     }
+
+    #[test]
+    fn a_reaped_workers_traffic_moves_to_its_slot_and_is_counted_once() {
+        let board = Scoreboard::create().unwrap();
+        let index = board.claim(1, 1).unwrap();
+        let record = board.record(index);
+        record.pid.store(4242, Relaxed);
+        record.traffic.answered(200);
+        record.traffic.duration.observe(10);
+        let live = board.traffic_by_slot();
+        assert_eq!(live.len(), 2, "slots 0 and 1");
+        assert_eq!(live[1].duration.count(), 1);
+        board.release(index);
+        let reaped = board.traffic_by_slot();
+        assert_eq!(reaped, live, "the same counts, now in the slot's sums");
+        assert_eq!(
+            record.traffic.snapshot(),
+            Snapshot::default(),
+            "the record starts again from nothing"
+        );
+        let next = board.claim(1, 2).unwrap();
+        board.record(next).pid.store(4243, Relaxed);
+        board.record(next).traffic.answered(500);
+        let both = board.traffic_by_slot();
+        assert_eq!(both[1].responses, [0, 1, 0, 0, 1]);
+        assert_eq!(board.live().count(), 1, "only the records in use are read");
+    }
 }

@@ -143,7 +143,7 @@ impl HistogramSnapshot {
 }
 
 /// The `q` quantile in seconds of a histogram's per-bucket counts (over
-/// [`BOUNDS_US`]), as Prometheus's `histogram_quantile` estimates it: linear
+/// `BOUNDS_US`), as Prometheus's `histogram_quantile` estimates it: linear
 /// within the bucket the rank falls in (from 0 for the first), the highest
 /// finite bound for the `+Inf` bucket. `None` without observations. (Public
 /// for `prefork-server top`, which takes the difference of two `/status`.)
