@@ -2,7 +2,7 @@
 # bench.sh — prefork-server side by side with nginx, Node.js cluster and a
 # single-process tokio/hyper server, in one run; writes docs/benchmarks.md.
 #
-# Installs what is missing (wrk, nginx-light, strace, valgrind, h2load from Debian; oha from
+# Installs what is missing (wrk, nginx-light, h2o, strace, valgrind, h2load from Debian; oha from
 # crates.io for the fixed-rate latency phase), builds the release binaries,
 # then runs scripts/bench.py (its --help lists the phases and options). All
 # traffic goes to 127.0.0.1; every phase is bounded. The defaults (5 alternating
@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 missing=""
 command -v wrk >/dev/null || missing="$missing wrk"
 command -v nginx >/dev/null || missing="$missing nginx-light"
+command -v h2o >/dev/null || missing="$missing h2o"
 command -v strace >/dev/null || missing="$missing strace"
 command -v valgrind >/dev/null || missing="$missing valgrind"
 command -v h2load >/dev/null || missing="$missing nghttp2-client"
