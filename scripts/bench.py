@@ -240,6 +240,11 @@ class H2o(Server):
     knowledge (h2c) on the same port."""
     name = "h2o"
 
+    def __init__(self, workers, cpus, wrapper=()):
+        super().__init__(workers, cpus, wrapper)
+        # One process with a thread per worker: start() waits for that one.
+        self.threads, self.workers = workers, 1
+
     def command(self):
         prefix = os.path.join(TMP, f"h2o-{self.port}")
         os.makedirs(prefix, exist_ok=True)
@@ -251,7 +256,7 @@ class H2o(Server):
             f.write("Hello from worker 00000\n")
         conf = os.path.join(prefix, "h2o.conf")
         with open(conf, "w") as f:
-            f.write(f"""num-threads: {self.workers}
+            f.write(f"""num-threads: {self.threads}
 listen:
   host: 127.0.0.1
   port: {self.port}
