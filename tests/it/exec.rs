@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::load::Load;
 use crate::util::*;
 
-fn script(name: &str) -> String {
+pub(crate) fn script(name: &str) -> String {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("examples/exec")
         .join(name);

@@ -27,13 +27,6 @@ fn status(admin: SocketAddr) -> Option<serde_json::Value> {
     serde_json::from_str(&get(admin, "/status").ok()?.body).ok()
 }
 
-fn exec_script(name: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("examples/exec")
-        .join(name);
-    path.to_string_lossy().into_owned()
-}
-
 /// `n` requests over HTTP/2 (prior knowledge), on one connection of
 /// h2load's. (Not curl's: curl 7.88 fails a second request on a reused
 /// prior-knowledge connection, curl#10634.)
@@ -169,7 +162,7 @@ fn slow_requests_are_logged_and_fast_ones_are_not() {
 #[test]
 fn a_stopped_commands_queue_shows_in_the_admin_views_within_a_second() {
     let args = ["--workers", "1", "--admin", "127.0.0.1:0", "--", "python3"];
-    let script = exec_script("hello.py");
+    let script = crate::exec::script("hello.py");
     let server = Server::start(&[&args[..], &[script.as_str()]].concat());
     let command = eventually(Duration::from_secs(10), "the command ready", || {
         let status = status(server.admin_addr())?;
@@ -253,7 +246,7 @@ fn a_hung_rust_worker_logs_where_it_hung_before_it_is_killed() {
 
 #[test]
 fn a_hung_python_command_logs_its_traceback() {
-    let script = exec_script("hello.py");
+    let script = crate::exec::script("hello.py");
     let server = Server::start(&["--workers", "1", "--timeout", "2s", "--", "python3", &script]);
     eventually(Duration::from_secs(10), "the command answers", || {
         get(server.addr, "/").ok()
