@@ -33,7 +33,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::log::{error, info, warn};
 use nix::unistd::getpid;
-use std::sync::atomic::Ordering::Relaxed;
 
 use crate::config::Config;
 use crate::master::WorkerStart;
@@ -75,7 +74,7 @@ where
             plain,
             ..
         } = child;
-        let (listener, service, mut control) = match boot(listener, setup, config, child_record).await {
+        let (listener, service, mut control) = match boot(listener, setup, config, child_record, &name).await {
             Ok(Booted::Serving(listener, service, control)) => (listener, service, control),
             Ok(Booted::Stopped(why)) => {
                 info!("{name}: {why} before it was ready: exiting");
@@ -177,6 +176,7 @@ async fn boot<F, Fut, S, E>(
     setup: &F,
     config: &Config,
     record: &'static Record,
+    name: &str,
 ) -> Result<Booted<S>, BootError>
 where
     F: Fn() -> Fut,
@@ -184,9 +184,8 @@ where
     E: Display,
 {
     let mut control = Control::install().map_err(|err| format!("cannot install signal handlers: {err}"))?;
-    let name = format!("worker {} (pid {})", record.slot.load(Relaxed), getpid());
-    if let Err(err) = crate::sys::hung::install(name) {
-        warn!("worker: cannot arrange to report its stack if it hangs: {err}");
+    if let Err(err) = crate::sys::hung::install(name.to_owned()) {
+        warn!("{name}: cannot arrange to report its stack if it hangs: {err}");
     }
     process::unblock_all_signals().map_err(|err| format!("cannot unblock signals: {err}"))?;
     let accepting = listener
