@@ -523,8 +523,16 @@ def syscalls(seconds, layout):
     return out
 
 
-def callgrind_total(cls, requests, clients, close):
-    """User-space instructions of one worker of `cls` that served `requests`."""
+MODES = {  # instructions phase: (requests N, h2load arguments)
+    "keep": (20000, ["--h1", "-c", "64"]),
+    "close": (4000, ["--h1", "-c", "16", "-H", "connection: close"]),
+    "h2": (20000, ["-c", "64", "-m", "10"]),
+}
+
+
+def callgrind_total(cls, requests, mode):
+    """User-space instructions of the workers of `cls` that served `requests`
+    (h2load as `mode` says), and the callgrind files they wrote."""
     out_dir = tempfile.mkdtemp(dir=TMP)
     os.chmod(TMP, 0o711)  # nginx's worker runs as nobody: it must reach out_dir
     os.chmod(out_dir, 0o777)
@@ -532,9 +540,7 @@ def callgrind_total(cls, requests, clients, close):
     server = cls(1, None, wrapper=valgrind).start()
     try:
         workers = server.worker_pids()
-        cmd = ["h2load", "--h1", "-n", str(requests), "-c", str(clients), f"http://127.0.0.1:{server.port}/"]
-        if close:
-            cmd[1:1] = ["-H", "connection: close"]
+        cmd = ["h2load", "-n", str(requests), *MODES[mode][1], f"http://127.0.0.1:{server.port}/"]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600).stdout
         if f"{requests} succeeded" not in result:
             raise RuntimeError(f"h2load against {cls.name} under callgrind: {result}")
@@ -550,21 +556,75 @@ def callgrind_total(cls, requests, clients, close):
 
     # A worker can outlive its master for a moment while valgrind writes its file.
     wait_until(f"callgrind's output for {cls.name}", lambda: all(totals(p) is not None for p in workers), 60)
-    return sum(totals(p) for p in workers)
+    return sum(totals(p) for p in workers), [f"{out_dir}/cg.{p}" for p in workers]
 
 
-def instructions(servers=None):
-    """User-space instructions per request (callgrind), keep-alive and close: the
-    difference between a run of N and of 2N requests, over N, so start-up and
-    shut-down cancel out. Repeatable, unlike CPU time on a shared machine."""
+def where(path, obj):
+    """The part of the program a function belongs to, from callgrind's file
+    name: the Rust crate of its source, the standard library, or the object
+    (the C library, the server's binary)."""
+    crate = re.search(r"/registry/src/[^/]+/([A-Za-z0-9_\-]+?)-\d+\.\d+[^/]*/", path)
+    if crate:
+        return crate.group(1)
+    if path.startswith("/rustc/"):
+        return "std, core, alloc"
+    if path.startswith(ROOT) or path.startswith("src/"):  # the binary's own sources, relative
+        return "prefork-server"
+    return os.path.basename(obj) if obj else "?"
+
+
+def by_part(files):
+    """Self instructions of every function in `files`, summed by `where`."""
+    out = {}
+    for cg in files:
+        text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", cg],
+                              capture_output=True, text=True, timeout=300).stdout
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(\S*?):(.*?)(?:\s+\[(.*)\])?$", line)
+            if m:
+                part = where(m.group(2), m.group(4))
+                out[part] = out.get(part, 0) + int(m.group(1).replace(",", ""))
+    return out
+
+
+def instructions(servers=None, modes=("keep", "close", "h2"), parts=False):
+    """User-space instructions per request (callgrind), keep-alive, close and
+    h2c: the difference between a run of N and of 2N requests, over N, so
+    start-up and shut-down cancel out. Repeatable, unlike CPU time on a shared
+    machine. With `parts`, the same difference by crate (see `where`)."""
     out = {}
     for cls in servers or (Prefork, Nginx, H2o, TokioHyper):
         out[cls.name] = {}
-        for close, n, clients in ((False, 20000, 64), (True, 4000, 16)):
-            small, large = (callgrind_total(cls, k, clients, close) for k in (n, 2 * n))
-            out[cls.name]["close" if close else "keep"] = (large - small) / n
-        log(f"instructions {cls.name}: {out[cls.name]['keep']:,.0f} keep-alive, {out[cls.name]['close']:,.0f} close")
+        for mode in modes:
+            n = MODES[mode][0]
+            (small, small_files), (large, large_files) = (callgrind_total(cls, k, mode) for k in (n, 2 * n))
+            out[cls.name][mode] = (large - small) / n
+            if parts:
+                a, b = by_part(small_files), by_part(large_files)
+                out[cls.name][mode + "_parts"] = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in set(a) | set(b)}
+        log(f"instructions {cls.name}: " + ", ".join(f"{out[cls.name][m]:,.0f} {m}" for m in modes))
     return out
+
+
+def parts_table(instr, name=Prefork.name):
+    """Where the instructions per request of build `name` go, by crate, per mode."""
+    mine = instr.get(name, {})
+    modes = [m for m in MODES if m + "_parts" in mine]
+    if not modes:
+        return []
+    names = {"keep": "keep-alive", "close": "`Connection: close`", "h2": "h2c"}
+    parts = sorted({p for m in modes for p in mine[m + "_parts"]},
+                   key=lambda p: -max(mine[m + "_parts"].get(p, 0) for m in modes))
+    rows = [[p] + [f"{mine[m + '_parts'].get(p, 0):,.0f}" for m in modes] for p in parts
+            if max(abs(mine[m + "_parts"].get(p, 0)) for m in modes) >= 20]
+    rows.append(["**total**"] + [f"**{mine[m]:,.0f}**" for m in modes])
+    for anchor in ANCHORS:
+        if anchor in instr:
+            rows.append([f"{anchor}'s total"] + [f"{instr[anchor][m]:,.0f}" if m in instr[anchor] else "–"
+                                                 for m in modes])
+    return table(f"Where {name}'s user-space instructions per request go (callgrind, self cost by crate "
+                 "or object, the difference of runs of N and 2N requests; parts under 20 left out)",
+                 ["part"] + [names[m] for m in modes], rows)
 
 
 def smaps(pid):
@@ -878,20 +938,31 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
     return "\n".join(lines)
 
 
-def instructions_table(instr):
+def instructions_table(instr, builds=(Prefork.name,)):
     base = instr.get("nginx")
-    vs = (lambda value, key: ratio(value, base[key])) if base else (lambda value, key: "–")
+    modes = [m for m in MODES if any(m in r for r in instr.values())]
+    names = {"keep": "keep-alive", "close": "`Connection: close`", "h2": "h2c"}
+    header, rows = ["server"], []
+    for m in modes:
+        header += [names[m], "vs nginx"]
+    for name, r in instr.items():
+        row = [name]
+        for m in modes:
+            row += [f"{r[m]:,.0f}", ratio(r[m], base[m]) if base and m in base else "–"] if m in r else ["–", "–"]
+        rows.append(row)
     return table("User-space instructions per request (callgrind, 1 worker, h2load: 64 keep-alive "
-                 "connections, or 16 with `Connection: close`)",
-                 ["server", "keep-alive", "vs nginx", "`Connection: close`", "vs nginx"],
-                 [[name, f"{r['keep']:,.0f}", vs(r["keep"], "keep"), f"{r['close']:,.0f}", vs(r["close"], "close")]
-                  for name, r in instr.items()])
+                 "connections, 16 with `Connection: close`, or 64 h2c connections with 10 streams each)",
+                 header, rows) + [line for name in builds for line in parts_table(instr, name)]
 
 
-def compare_builds(binaries):
-    """`--instructions BINARY...`: the instructions phase alone, for builds of prefork-server."""
-    servers = [type("Build", (Prefork,), {"name": binary, "binary": os.path.abspath(binary)}) for binary in binaries]
-    print("\n".join(instructions_table(instructions(servers))))
+def compare_builds(binaries, modes):
+    """`--instructions BINARY...`: the instructions phase alone, for builds of
+    prefork-server, and the anchors named in `binaries` ("nginx", "h2o")."""
+    anchors = {cls.name: cls for cls in (Nginx, H2o)}
+    builds = [b for b in binaries if b not in anchors]
+    servers = [anchors.get(b) or type("Build", (Prefork,), {"name": b, "binary": os.path.abspath(b)})
+               for b in binaries]
+    print("\n".join(instructions_table(instructions(servers, modes, parts=True), builds=builds)))
 
 
 def main():
@@ -910,10 +981,16 @@ def main():
                    help="only the exec-mode phase: the Node.js example under prefork-server against Node's cluster")
     p.add_argument("--out", default=os.path.join(ROOT, "docs/benchmarks.md"), help="where to write the tables ('-': none)")
     p.add_argument("--instructions", nargs="+", metavar="BINARY",
-                   help="only count instructions per request of these prefork-server builds (A/B)")
+                   help="only count instructions per request of these prefork-server builds (A/B); "
+                   "'nginx' or 'h2o' among them counts that server's too")
+    p.add_argument("--modes", default="keep,close,h2", help="with --instructions: which of keep,close,h2")
     args = p.parse_args()
     if args.instructions:
-        return compare_builds(args.instructions)
+        modes = [m for m in args.modes.split(",") if m]
+        unknown = [m for m in modes if m not in MODES]
+        if unknown:
+            p.error(f"--modes: unknown {', '.join(unknown)} (known: {', '.join(MODES)})")
+        return compare_builds(args.instructions, modes)
     if args.exec_only:
         print("\n".join(exec_table(exec_mode(args.runs, args.seconds, args.kills, args.reloads))))
         return
@@ -934,9 +1011,9 @@ def main():
     split = request_split(args.seconds) if "split" not in skip else None
     lat = latency(args.rate, args.seconds) if "latency" not in skip else None
     calls = {layout: syscalls(3, layout) for layout in ("pinned", "close")} if "syscalls" not in skip else None
-    instr = instructions() if "instructions" not in skip else None
+    instr = instructions(parts=True) if "instructions" not in skip else None
     if instr is not None and "accesslog" not in skip:
-        instr.update(instructions((PreforkAccessLog, NginxAccessLog)))
+        instr.update(instructions((PreforkAccessLog, NginxAccessLog), modes=("keep", "close")))
     mem = memory() if "memory" not in skip else None
     idle = idle_connections(args.connections) if "connections" not in skip else None
     resp = respawn(args.kills) if "respawn" not in skip else None
