@@ -95,11 +95,13 @@ fn a_stream_without_window_is_reset_at_the_send_timeout() {
 /// `GOAWAY` `ENHANCE_YOUR_CALM` and a closed connection; another client is
 /// served meanwhile.
 #[test]
-fn window_update_and_priority_floods_end_in_goaway() {
+fn control_frame_floods_end_in_goaway() {
     let server = Server::start(&["--workers", "1"]);
     let floods = [
         ("WINDOW_UPDATE", frame(WINDOW_UPDATE, 0, 0, &1u32.to_be_bytes())),
         ("PRIORITY", frame(PRIORITY, 0, 3, &[0, 0, 0, 1, 16])),
+        ("PING", frame(PING, 0, 0, &[7; 8])),
+        ("SETTINGS", frame(SETTINGS, 0, 0, &[])),
         (
             "WINDOW_UPDATE on a stream",
             frame(WINDOW_UPDATE, 0, 1, &1u32.to_be_bytes()),
@@ -276,4 +278,142 @@ fn a_client_giving_the_window_back_every_4_kib_downloads_unhindered() {
         }
     }
     assert_eq!(got, MIB << 20);
+}
+
+/// Sends batch 0, 1, 2... (`batch(i)`) from a thread, at most `most` of them
+/// (so the test stops by itself whatever the server does); returns how many
+/// went out before the server closed the connection.
+fn flood(h2: &RawH2, batch: impl Fn(usize) -> Vec<u8> + Send + 'static, most: usize) -> thread::JoinHandle<usize> {
+    let mut sender = h2.stream.try_clone().unwrap();
+    thread::spawn(move || {
+        let mut sent = 0;
+        while sent < most && std::io::Write::write_all(&mut sender, &batch(sent)).is_ok() {
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// What every flood test checks after it: the worker that took it is the
+/// same process (it did not crash), it grew by less than `most_kib` of
+/// memory, and it serves the next client.
+fn still_serving(server: &Server, worker: nix::unistd::Pid, most_kib: u64, before_kib: u64, name: &str) {
+    assert_eq!(server.workers(), vec![worker], "{name}: the worker lives on");
+    let grew = peak_rss_kib(worker).saturating_sub(before_kib);
+    assert!(grew < most_kib, "{name}: the worker's peak memory grew by {grew} KiB");
+    assert_eq!(
+        get(server.addr, "/").expect("served").status,
+        200,
+        "{name}: others served"
+    );
+}
+
+/// Rapid reset (CVE-2023-44487): a client that opens streams and resets each
+/// at once, so the server starts work it never has to finish, is told
+/// `GOAWAY` `ENHANCE_YOUR_CALM` and closed long before its flood ends.
+#[test]
+fn rapid_reset_ends_in_goaway() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let before = peak_rss_kib(worker);
+    let mut h2 = RawH2::start(server.addr, &[]);
+    // 500 new streams per batch, each a request and its RST_STREAM (CANCEL);
+    // at most 200 batches, 100,000 streams.
+    let batches = 200;
+    let batch = |i: usize| {
+        let mut batch = Vec::new();
+        for stream in (1000 * i as u32 + 1..1000 * (i as u32 + 1)).step_by(2) {
+            batch.extend(request(stream, "/"));
+            batch.extend(frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+        }
+        batch
+    };
+    let flooding = flood(&h2, batch, batches);
+    let frames = h2.read_until(Duration::from_secs(10), |f| f.kind == GOAWAY);
+    let goaway = frames.iter().find(|f| f.kind == GOAWAY);
+    assert_eq!(
+        goaway.and_then(Frame::error_code),
+        Some(ENHANCE_YOUR_CALM),
+        "GOAWAY ENHANCE_YOUR_CALM: {:?}",
+        goaway
+    );
+    let _ = h2.read_until(Duration::from_secs(5), |_| false);
+    assert!(h2.closed, "closed");
+    let sent = flooding.join().unwrap();
+    assert!(sent < batches, "closed while the flood went on ({sent} batches sent)");
+    still_serving(&server, worker, 50 << 10, before, "rapid reset");
+}
+
+/// CONTINUATION flood (CVE-2024-27316 and its kind): a header block that
+/// never ends, in `CONTINUATION` frames without `END_HEADERS`, empty or full
+/// of header fields, is cut off: the connection is closed, the worker's
+/// memory stays bounded, and it serves the others meanwhile.
+#[test]
+fn continuation_floods_are_cut_off() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let before = peak_rss_kib(worker);
+    // One field of 16 KiB less a little per frame: 64 MiB if it all were kept.
+    let mut field = vec![0x00, 0x07];
+    field.extend(b"x-flood");
+    field.extend(hpack_int(16_000, 7, 0));
+    field.extend(std::iter::repeat_n(b'a', 16_000));
+    for (name, payload) in [("empty", Vec::new()), ("full", field)] {
+        let mut h2 = RawH2::start(server.addr, &[]);
+        let mut start = request(1, "/");
+        start[4] = END_STREAM; // the same request without END_HEADERS
+        h2.send(&start).unwrap();
+        let one = frame(CONTINUATION, 0, 1, &payload);
+        let per_batch = (64 << 10) / one.len().max(1) + 1;
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * per_batch).collect();
+        // At most 4,096 batches: 256 MiB of fields, or 37 MB of empty frames.
+        let flooding = flood(&h2, move |_| batch.clone(), 4096);
+        let frames = h2.read_until(Duration::from_secs(20), |_| false);
+        assert!(h2.closed, "{name} CONTINUATION flood: closed; read {frames:?}");
+        assert!(
+            !frames.iter().any(|f| f.kind == HEADERS),
+            "{name} CONTINUATION flood: never answered: {frames:?}"
+        );
+        let sent = flooding.join().unwrap();
+        assert!(sent < 4096, "{name} CONTINUATION flood: closed while it went on");
+        still_serving(&server, worker, 50 << 10, before, &format!("{name} CONTINUATION flood"));
+    }
+}
+
+/// HPACK bomb: a header block of a few KiB that decodes to megabytes, by
+/// naming a large field of the dynamic table over and over, gets no response
+/// but `431` (or a reset), and the worker's memory stays bounded.
+#[test]
+fn an_hpack_bomb_is_refused() {
+    let server = Server::start(&["--workers", "1"]);
+    let worker = server.wait_for_workers(1, Duration::from_secs(5))[0];
+    let before = peak_rss_kib(worker);
+    let mut h2 = RawH2::start(server.addr, &[]);
+    let request_block = request(1, "/")[9..].to_vec();
+    let mut block = request_block;
+    // 4,000 bytes into the table (its default size is 4,096), then 16,000
+    // one-byte references to it (index 62): 64 MB decoded from 20 KB.
+    block.extend(hpack_indexed_literal("x-bomb", &[b'b'; 4_000]));
+    block.extend(std::iter::repeat_n(0xbe, 16_000));
+    let mut frames = Vec::new();
+    let chunks: Vec<&[u8]> = block.chunks(16_000).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = if i + 1 == chunks.len() { END_HEADERS } else { 0 };
+        let kind = if i == 0 { HEADERS } else { CONTINUATION };
+        let flags = last | if i == 0 { END_STREAM } else { 0 };
+        frames.extend(frame(kind, flags, 1, chunk));
+    }
+    h2.send(&frames).unwrap();
+    let answer = h2.read_until(Duration::from_secs(10), |f| {
+        (f.stream == 1 && (f.kind == HEADERS || f.kind == RST_STREAM)) || f.kind == GOAWAY
+    });
+    let last = answer.last().expect("an answer");
+    match last.kind {
+        // A response head: anything but the service's 200 (h2 writes
+        // `:status: 200` as 0x88, its index in HPACK's static table).
+        HEADERS => assert_ne!(last.payload.first(), Some(&0x88), "the bomb was served: {last:?}"),
+        RST_STREAM | GOAWAY => {}
+        _ => unreachable!(),
+    }
+    still_serving(&server, worker, 50 << 10, before, "HPACK bomb");
 }

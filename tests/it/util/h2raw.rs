@@ -15,6 +15,7 @@ pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
 pub const PING: u8 = 0x6;
 pub const WINDOW_UPDATE: u8 = 0x8;
+pub const CONTINUATION: u8 = 0x9;
 
 pub const END_STREAM: u8 = 0x1;
 pub const END_HEADERS: u8 = 0x4;
@@ -66,6 +67,34 @@ pub fn request(stream: u32, path: &str) -> Vec<u8> {
         block.extend(value.as_bytes());
     }
     frame(HEADERS, END_STREAM | END_HEADERS, stream, &block)
+}
+
+/// An HPACK integer (RFC 7541 §5.1) with an `n`-bit prefix, its first byte
+/// or-ed with `flags`.
+pub fn hpack_int(value: usize, n: u32, flags: u8) -> Vec<u8> {
+    let most = (1usize << n) - 1;
+    if value < most {
+        return vec![flags | value as u8];
+    }
+    let mut bytes = vec![flags | most as u8];
+    let mut rest = value - most;
+    while rest >= 128 {
+        bytes.push((rest % 128) as u8 | 0x80);
+        rest /= 128;
+    }
+    bytes.push(rest as u8);
+    bytes
+}
+
+/// A literal header field with incremental indexing and a new name
+/// (RFC 7541 §6.2.1): it enters the dynamic table, at index 62.
+pub fn hpack_indexed_literal(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![0x40];
+    bytes.extend(hpack_int(name.len(), 7, 0));
+    bytes.extend(name.as_bytes());
+    bytes.extend(hpack_int(value.len(), 7, 0));
+    bytes.extend(value);
+    bytes
 }
 
 /// A connection to the server, speaking frames.

@@ -119,3 +119,11 @@ pub fn limit_files(pid: Pid, room: u64) {
     let rc = unsafe { libc::prlimit(pid.as_raw(), libc::RLIMIT_NOFILE, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
+
+/// The most resident memory `pid` has had (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pid: Pid) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    (status.lines().find_map(|l| l.strip_prefix("VmHWM:")))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM: line")
+}
