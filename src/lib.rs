@@ -28,6 +28,7 @@
 
 #![deny(missing_docs)]
 mod admin;
+mod alloc;
 mod body;
 mod config;
 mod error;
@@ -44,6 +45,7 @@ use std::fmt::Display;
 
 use sys::{process, signals};
 
+pub use alloc::Allocator;
 pub use body::RequestBody;
 pub use config::{
     parse_socket_addr, AccessLogFormat, Balance, Config, ConfigError, ExecReady, Located, LogFormat, ServerFlags,

@@ -4,6 +4,11 @@
 
 mod ctl;
 
+/// The system's malloc, without its slow path for tokio's 128-byte-aligned
+/// tasks (one per connection and per HTTP/2 stream): see src/alloc.rs.
+#[global_allocator]
+static ALLOCATOR: prefork_server::Allocator = prefork_server::Allocator;
+
 use std::process::ExitCode;
 
 use clap::Parser;
