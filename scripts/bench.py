@@ -115,6 +115,7 @@ class Server:
     """One server under test. Subclasses say how to start it."""
 
     name = ""
+    h2c = True  # speaks HTTP/2 with prior knowledge (nginx on a port of its own: NginxH2)
 
     def __init__(self, workers, cpus, wrapper=()):
         self.workers, self.cpus, self.port = workers, cpus, free_port()
@@ -329,6 +330,7 @@ class PreforkNode(Prefork):
 
 class TokioHyper(Server):
     name = "tokio hyper (1 process)"
+    h2c = False  # examples/tokio_hyper.rs serves HTTP/1.1 only
 
     def command(self):
         return [os.path.join(ROOT, "target/release/examples/tokio_hyper"), str(self.port)]
@@ -587,8 +589,9 @@ def where(path, obj):
     return os.path.basename(obj) if obj else "?"
 
 
-def by_part(files):
-    """Self instructions of every function in `files`, summed by `where`."""
+def self_costs(files):
+    """Self instructions in `files`, by (source file, function, object) as
+    callgrind_annotate lists them (code inlined from another file is its own line)."""
     out = {}
     for cg in files:
         text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", cg],
@@ -596,8 +599,46 @@ def by_part(files):
         for line in text.splitlines():
             m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(\S*?):(.*?)(?:\s+\[(.*)\])?$", line)
             if m:
-                part = where(m.group(2), m.group(4))
-                out[part] = out.get(part, 0) + int(m.group(1).replace(",", ""))
+                key = (m.group(2), m.group(3).strip(), m.group(4))
+                out[key] = out.get(key, 0) + int(m.group(1).replace(",", ""))
+    return out
+
+
+def by_part(costs):
+    """Self instructions of `self_costs`, summed by `where`."""
+    out = {}
+    for (path, _, obj), n in costs.items():
+        part = where(path, obj)
+        out[part] = out.get(part, 0) + n
+    return out
+
+
+def short_name(function):
+    """A Rust function's path without its generic arguments, e.g.
+    `h2::proto::streams::send::Send::send_headers`, `<H2Stream as Future>::poll`."""
+    # `drop_in_place<h2::...::StreamRef<B>>` -> `drop_in_place<StreamRef>`: what is dropped
+    dropped = re.match(r"(.*drop_in_place)<(?:&mut )?(?:[\w:]*::)?(\w+)", function)
+    if dropped:
+        return f"{dropped.group(1)}<{dropped.group(2)}>"
+    while True:  # generic arguments, innermost first; `<T as Trait>` stays
+        shorter = re.sub(r"<(?![^<>]* as )[^<>]*>", "", function)
+        if shorter == function:
+            break
+        function = shorter
+    # `<hyper::...::H2Stream as core::future::future::Future>::poll` -> `<H2Stream as Future>::poll`
+    function = re.sub(r"<(?:[\w:]*::)?(\w+) as (?:[\w:]*::)?(\w+)>", r"<\1 as \2>", function)
+    return function.replace("::{{closure}}", "'s closure")
+
+
+def by_function(costs):
+    """Self instructions of `self_costs`, summed by function (wherever its
+    lines came from: inlined code counts in the function it was inlined into)."""
+    out = {}
+    for (path, function, obj), n in costs.items():
+        name = short_name(function)
+        if obj and ".so" in obj:
+            name += f" ({os.path.basename(obj)})"
+        out[name] = out.get(name, 0) + n
     return out
 
 
@@ -609,16 +650,19 @@ def instructions(servers=None, modes=("keep", "close", "h2"), parts=False):
     out = {}
     for cls in servers or (Prefork, Nginx, H2o, TokioHyper):
         out[cls.name] = {}
-        for mode in modes:
+        for mode in (m for m in modes if m != "h2" or cls.h2c):
             n = MODES[mode][0]
             # nginx 1.22 speaks h2c on a port that speaks nothing else.
             runs = NginxH2 if mode == "h2" and cls is Nginx else cls
             (small, small_files), (large, large_files) = (callgrind_total(runs, k, mode) for k in (n, 2 * n))
             out[cls.name][mode] = (large - small) / n
             if parts:
-                a, b = by_part(small_files), by_part(large_files)
-                out[cls.name][mode + "_parts"] = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in set(a) | set(b)}
-        log(f"instructions {cls.name}: " + ", ".join(f"{out[cls.name][m]:,.0f} {m}" for m in modes))
+                small_costs, large_costs = self_costs(small_files), self_costs(large_files)
+                for kind, group in (("_parts", by_part), ("_functions", by_function)):
+                    a, b = group(small_costs), group(large_costs)
+                    out[cls.name][mode + kind] = {k: (b.get(k, 0) - a.get(k, 0)) / n for k in set(a) | set(b)}
+        log(f"instructions {cls.name}: " + ", ".join(f"{out[cls.name][m]:,.0f} {m}" for m in modes
+                                                       if m in out[cls.name]))
     return out
 
 
@@ -640,7 +684,22 @@ def parts_table(instr, name=Prefork.name):
                                                  for m in modes])
     return table(f"Where {name}'s user-space instructions per request go (callgrind, self cost by crate "
                  "or object, the difference of runs of N and 2N requests; parts under 20 left out)",
-                 ["part"] + [names[m] for m in modes], rows)
+                 ["part"] + [names[m] for m in modes], rows) + functions_table(instr, name)
+
+
+def functions_table(instr, name, top=15):
+    """The functions of build `name` that cost most per request, per mode."""
+    mine = instr.get(name, {})
+    lines = []
+    names = {"keep": "keep-alive", "close": "`Connection: close`", "h2": "h2c"}
+    for m in (m for m in MODES if m + "_functions" in mine):
+        costs = sorted(mine[m + "_functions"].items(), key=lambda kv: -kv[1])[:top]
+        anchors = "; ".join(f"{a}'s whole request: {instr[a][m]:,.0f}" for a in ANCHORS if m in instr.get(a, {}))
+        lines += table(f"{name}, {names[m]}: the {top} functions that cost most per request (self cost, with "
+                       f"the code inlined into them; total {mine[m]:,.0f}{'; ' + anchors if anchors else ''})",
+                       ["function", "instructions"],
+                       [[f"`{f}`", f"{v:,.0f}"] for f, v in costs])
+    return lines
 
 
 def smaps(pid):
