@@ -582,6 +582,9 @@ def where(path, obj):
     crate = re.search(r"/registry/src/[^/]+/([A-Za-z0-9_\-]+?)-\d+\.\d+[^/]*/", path)
     if crate:
         return crate.group(1)
+    vendored = re.search(r"(?:^|/)vendor/([A-Za-z0-9_\-]+)/", path)  # a crate carried with a patch
+    if vendored:
+        return vendored.group(1)
     if path.startswith("/rustc/"):
         return "std, core, alloc"
     if path.startswith(ROOT) or path.startswith("src/"):  # the binary's own sources, relative

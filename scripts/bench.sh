@@ -29,5 +29,9 @@ if ! command -v oha >/dev/null; then
     echo "bench: installing oha (cargo install; a few minutes, once)"
     cargo install --quiet --locked oha
 fi
-cargo build --release --quiet --bins --example tokio_hyper
+# The binary on its own, as `cargo build --release` makes it: built in one
+# invocation with an example, it would get the features the dev-dependencies
+# (axum, tonic, hyper's client) turn on, and cost more per HTTP/2 request.
+cargo build --release --quiet --bins
+cargo build --release --quiet --example tokio_hyper
 exec python3 scripts/bench.py "$@"
