@@ -53,6 +53,9 @@ where
     S: WorkerApp,
 {
     let name = format!("worker {} (pid {})", child.slot, getpid());
+    // The runtime's thread (this one) serves every connection: its freed
+    // buffers are kept for the next (with the binary's allocator).
+    crate::Allocator::keep_buffers_on_this_thread();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {

@@ -13,18 +13,38 @@
 //! against mimalloc's or jemalloc's arenas, which cost hundreds of KiB per
 //! worker and more per idle connection (docs/performance.md has both figures).
 //!
-//! No state, no lock: nothing of it can be held across the master's fork.
+//! And one worker thread keeps a few freed 8 KiB buffers for its next
+//! allocations of that size (see `shelf`): hyper's read and write buffers are
+//! 8 KiB each, above glibc's thread cache (1,032 bytes), so every new
+//! connection otherwise takes them from malloc's bins and gives them back with
+//! a consolidation.
+//!
+//! No lock: the shelf belongs to one thread, so nothing of it can be held
+//! across a fork.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::mem::size_of;
+
+mod shelf;
 
 /// The global allocator of the `prefork-server` binary, for applications
 /// built on this crate to use too: `#[global_allocator] static A:
 /// prefork_server::Allocator = prefork_server::Allocator;`. The system's
 /// malloc, except that blocks aligned above 16 bytes do not go through
-/// memalign (see the module's documentation in the source for why).
+/// memalign, and that the worker's thread keeps a few freed 8 KiB buffers
+/// for reuse (see the module's documentation in the source for why).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Allocator;
+
+impl Allocator {
+    /// Makes the calling thread the one that keeps freed buffers for reuse,
+    /// if no thread is yet: a worker calls it on its runtime's thread. Other
+    /// threads use malloc alone. Does nothing for a program whose global
+    /// allocator is another.
+    pub fn keep_buffers_on_this_thread() {
+        shelf::claim();
+    }
+}
 
 /// The alignment malloc guarantees on 64-bit Linux (glibc and musl): 2 × size_t.
 const MALLOC_ALIGN: usize = 16;
@@ -81,8 +101,16 @@ unsafe fn chunk_of(block: *mut u8) -> *mut u8 {
 // asks and `size` bytes long inside it (see `place`), and freed by freeing that
 // chunk. The two kinds never mix: `over_aligned(layout)` is a function of the
 // layout, which GlobalAlloc's contract makes the same at alloc and dealloc.
+// The shelf holds only the system allocator's own blocks (malloc-aligned
+// layouts), freed with a size they are at least as large as, and hands each
+// out for that size again (see `shelf`).
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if shelf::kept(layout) {
+            if let Some(block) = shelf::take(layout) {
+                return block;
+            }
+        }
         if !over_aligned(layout) {
             // SAFETY: the caller's layout, forwarded under the same contract.
             return unsafe { System.alloc(layout) };
@@ -118,6 +146,10 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
+        // SAFETY: the caller gives up `block`, a live block of `layout`'s size.
+        if shelf::kept(layout) && unsafe { shelf::put(block, layout) } {
+            return;
+        }
         if !over_aligned(layout) {
             // SAFETY: the block came from `System.alloc(layout)` (see `alloc`).
             return unsafe { System.dealloc(block, layout) };
