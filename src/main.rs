@@ -5,7 +5,8 @@
 mod ctl;
 
 /// The system's malloc, without its slow path for tokio's 128-byte-aligned
-/// tasks (one per connection and per HTTP/2 stream): see src/alloc.rs.
+/// tasks (one per connection and per HTTP/2 stream), and with a few of
+/// hyper's 8 KiB buffers kept for reuse: see src/alloc/.
 #[global_allocator]
 static ALLOCATOR: prefork_server::Allocator = prefork_server::Allocator;
 

@@ -53,6 +53,18 @@ const MALLOC_ALIGN: usize = 16;
 /// memalign's instructions: such layouts go to the system allocator as asked.
 const MAX_OVER_ALIGN: usize = 256;
 
+/// The largest alignment every malloc gives (on every target: 2 × size_t on
+/// 32-bit ones, 16 on 64-bit ones). Such layouts go to malloc, calloc, realloc
+/// and free directly, as the system allocator would send them, so that a
+/// block's layout at `dealloc` need only match its size: the shelf hands a
+/// block freed at one of these alignments out again for another.
+const PLAIN_ALIGN: usize = 8;
+
+/// Whether `layout` goes to malloc as it is (see `PLAIN_ALIGN`).
+fn plain(layout: Layout) -> bool {
+    layout.align() <= PLAIN_ALIGN
+}
+
 /// Whether `layout` takes the header path: aligned above malloc's alignment,
 /// but not so far above that the padding is worth memalign's cost.
 fn over_aligned(layout: Layout) -> bool {
@@ -101,15 +113,21 @@ unsafe fn chunk_of(block: *mut u8) -> *mut u8 {
 // asks and `size` bytes long inside it (see `place`), and freed by freeing that
 // chunk. The two kinds never mix: `over_aligned(layout)` is a function of the
 // layout, which GlobalAlloc's contract makes the same at alloc and dealloc.
-// The shelf holds only the system allocator's own blocks (malloc-aligned
-// layouts), freed with a size they are at least as large as, and hands each
-// out for that size again (see `shelf`).
+// Plain layouts (aligned to at most 8) are malloc's blocks, freed with free,
+// which needs no layout; the shelf holds only such blocks, freed with a size
+// they are at least as large as, and hands each out for that size again (see
+// `shelf`).
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if shelf::kept(layout) {
             if let Some(block) = shelf::take(layout) {
                 return block;
             }
+        }
+        if plain(layout) {
+            // SAFETY: malloc of a non-zero size (GlobalAlloc's contract); its
+            // alignment is at least PLAIN_ALIGN, the layout's at most.
+            return unsafe { libc::malloc(layout.size()).cast() };
         }
         if !over_aligned(layout) {
             // SAFETY: the caller's layout, forwarded under the same contract.
@@ -128,6 +146,10 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if plain(layout) {
+            // SAFETY: as in `alloc`, zeroed by calloc.
+            return unsafe { libc::calloc(1, layout.size()).cast() };
+        }
         if !over_aligned(layout) {
             // SAFETY: as in `alloc`.
             return unsafe { System.alloc_zeroed(layout) };
@@ -150,6 +172,11 @@ unsafe impl GlobalAlloc for Allocator {
         if shelf::kept(layout) && unsafe { shelf::put(block, layout) } {
             return;
         }
+        if plain(layout) {
+            // SAFETY: a plain layout's block came from malloc, calloc or realloc
+            // (directly, or through the shelf).
+            return unsafe { libc::free(block.cast()) };
+        }
         if !over_aligned(layout) {
             // SAFETY: the block came from `System.alloc(layout)` (see `alloc`).
             return unsafe { System.dealloc(block, layout) };
@@ -164,6 +191,11 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if plain(layout) {
+            // SAFETY: as in `dealloc`; `new_size` is non-zero (GlobalAlloc's
+            // contract), and realloc's block is aligned as malloc's are.
+            return unsafe { libc::realloc(block.cast(), new_size).cast() };
+        }
         if !over_aligned(layout) {
             // SAFETY: the block came from the system allocator with `layout`.
             return unsafe { System.realloc(block, layout, new_size) };
