@@ -108,6 +108,24 @@ unsafe fn chunk_of(block: *mut u8) -> *mut u8 {
     unsafe { block.cast::<*mut u8>().sub(1).read() }
 }
 
+/// The header path: a chunk of `chunk(layout)`'s size from `get` (the system
+/// allocator's `alloc` or `alloc_zeroed`), and the block placed inside it;
+/// null if the size overflows or `get` fails.
+///
+/// # Safety
+/// `get` returns null or a live block of the layout it is given.
+unsafe fn in_chunk(layout: Layout, get: impl FnOnce(Layout) -> *mut u8) -> *mut u8 {
+    let Some(chunk) = chunk(layout) else {
+        return std::ptr::null_mut();
+    };
+    let raw = get(chunk);
+    if raw.is_null() {
+        return raw;
+    }
+    // SAFETY: `raw` is a live chunk of `chunk(layout)`'s size, as `get` promises.
+    unsafe { place(raw, layout) }
+}
+
 // SAFETY: every block is either the system allocator's own (forwarded as is),
 // or a block inside a chunk the system allocator gave, aligned as the layout
 // asks and `size` bytes long inside it (see `place`), and freed by freeing that
@@ -133,16 +151,9 @@ unsafe impl GlobalAlloc for Allocator {
             // SAFETY: the caller's layout, forwarded under the same contract.
             return unsafe { System.alloc(layout) };
         }
-        let Some(chunk) = chunk(layout) else {
-            return std::ptr::null_mut();
-        };
-        // SAFETY: `chunk` has a non-zero size (at least `align`).
-        let raw = unsafe { System.alloc(chunk) };
-        if raw.is_null() {
-            return raw;
-        }
-        // SAFETY: `raw` is a live chunk of `chunk(layout)`'s size.
-        unsafe { place(raw, layout) }
+        // SAFETY: `chunk(layout)` has a non-zero size (at least `align`), and
+        // the system allocator returns null or a block of it.
+        unsafe { in_chunk(layout, |chunk| System.alloc(chunk)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -154,17 +165,9 @@ unsafe impl GlobalAlloc for Allocator {
             // SAFETY: as in `alloc`.
             return unsafe { System.alloc_zeroed(layout) };
         }
-        let Some(chunk) = chunk(layout) else {
-            return std::ptr::null_mut();
-        };
         // SAFETY: as in `alloc`; calloc's zeroes cover the block, the header is
         // written after.
-        let raw = unsafe { System.alloc_zeroed(chunk) };
-        if raw.is_null() {
-            return raw;
-        }
-        // SAFETY: as in `alloc`.
-        unsafe { place(raw, layout) }
+        unsafe { in_chunk(layout, |chunk| System.alloc_zeroed(chunk)) }
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
