@@ -289,7 +289,12 @@ impl<C: Served> Future for Watched<C> {
             }
             Asked::Drain => {}
         }
-        match this.conn.as_mut().poll(cx) {
+        let polled = this.conn.as_mut().poll(cx);
+        // The streams hyper handed over meanwhile (see `streams::LocalExec`).
+        if let Some(streams) = this.entry.streams.get() {
+            streams.run_ready();
+        }
+        match polled {
             // Errors are the client's doing (reset, malformed request): hyper has
             // already answered what it could, and there is nobody to tell.
             Poll::Ready(_) => Poll::Ready(Outcome::Done),
