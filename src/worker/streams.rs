@@ -133,6 +133,10 @@ impl<F: Future<Output = ()> + 'static> hyper::rt::Executor<F> for LocalExec {
     }
 }
 
+/// The most streams' room [`Streams::run_ready`] keeps between polls (24
+/// bytes each).
+const KEPT_CAPACITY: usize = 32;
+
 /// A stream hyper handed over, not yet polled.
 type Ready = (u32, Pin<Box<dyn Future<Output = ()>>>);
 
@@ -157,8 +161,10 @@ impl Streams {
                 }
             }
             let mut ready = self.ready.borrow_mut();
-            if ready.is_empty() {
-                *ready = batch; // its allocation, for the next poll
+            // Its allocation, for the next poll, unless a burst made it large
+            // (an idle connection should not keep it).
+            if ready.is_empty() && batch.capacity() <= KEPT_CAPACITY {
+                *ready = batch;
             }
         }
     }
