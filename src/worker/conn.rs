@@ -248,12 +248,29 @@ struct Watched<C> {
     conn: Pin<Box<C>>,
     entry: Rc<super::connections::Entry>,
     shut: bool,
+    /// HTTP/2: the streams hyper hands over, polled as its poll returns.
+    _left: LeftStreams,
+}
+
+/// Streams hyper handed over are polled as its poll of the connection returns
+/// (see `streams`); a panic in that poll leaves them, holding the connection's
+/// entry. When the connection is dropped, they become tasks, which end them
+/// (dropped here, they would run the user's code during the unwind).
+struct LeftStreams(Option<Rc<super::streams::Streams>>);
+
+impl Drop for LeftStreams {
+    fn drop(&mut self) {
+        if let Some(streams) = &self.0 {
+            streams.spawn_handed_over();
+        }
+    }
 }
 
 impl<C> Watched<C> {
     fn new(conn: Pin<Box<C>>, entry: Rc<super::connections::Entry>) -> Watched<C> {
         Watched {
             conn,
+            _left: LeftStreams(entry.streams.get().cloned()),
             entry,
             shut: false,
         }

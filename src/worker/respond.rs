@@ -80,7 +80,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             Admission::Redirect(location) => Inner::Redirect { location },
         };
         if in_flight.2 != NO_STREAM {
-            // Last: hyper hands the executor this stream's task next (see `streams`).
+            // Last: hyper hands the executor this stream's future next (see `streams`).
             if let Some(streams) = self.entry.streams.get() {
                 streams.called(in_flight.2);
             }

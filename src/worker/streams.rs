@@ -11,20 +11,27 @@
 //! `send_timeout` resets it). Resetting is dropping the stream's task: h2 then
 //! sends `RST_STREAM` (`CANCEL`) and frees what it buffered for the stream.
 //!
-//! The task is found through the executor: hyper calls the service for a new
-//! stream and, right after, gives the executor that stream's task. The call,
-//! once the service has returned, leaves the stream's place here in
-//! [`CALLED`], and [`LocalExec`] takes it with the task's abort handle.
+//! Most streams never have a task: the executor ([`LocalExec`]) polls each
+//! new stream once in its connection's task, and a stream whose answer was
+//! ready then has ended. The others become tasks, and the sweep needs their
+//! abort handles: hyper calls the service for a new stream and, right after,
+//! gives the executor that stream's future. The call, once the service has
+//! returned, leaves the stream's place here in [`CALLED`]; the executor keeps
+//! it with the future, and [`Streams::run_ready`] gives the place the task's
+//! abort handle if the stream becomes one.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Wake, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use slab::Slab;
 use tokio::task::AbortHandle;
+
+use crate::log::error;
 
 /// The open streams of one HTTP/2 connection whose requests are in flight.
 #[derive(Default)]
@@ -32,19 +39,19 @@ pub struct Streams {
     slots: RefCell<Slab<Stream>>,
     /// The streams hyper handed over during the connection's poll, for
     /// [`Streams::run_ready`], in the order they came.
-    ready: RefCell<Vec<Ready>>,
+    handed_over: RefCell<Vec<HandedOver>>,
 }
 
 struct Stream {
     /// Since when hyper has held a piece of the response without asking for
     /// the next (`None`: it has not, or the service is producing it).
     held_since: Option<u32>,
-    /// The stream's task, once the executor has it.
+    /// The stream's task, if its first poll left it not done.
     task: Option<AbortHandle>,
 }
 
 thread_local! {
-    /// The stream whose service was just called, for the executor to give its task.
+    /// The stream whose service was just called, for the executor to keep with its future.
     static CALLED: Cell<Option<(Rc<Streams>, u32)>> = const { Cell::new(None) };
 }
 
@@ -111,67 +118,111 @@ impl Streams {
 /// connection's task. Most answers are ready at once (a handler that needs no
 /// I/O, a `Full` body within the stream's window): such a stream then queues
 /// its response and ends there, without a task's allocation, scheduling and
-/// wake-ups (about a fifteenth of an h2c request's instructions), and the
-/// connection, woken by h2 for the frames queued, writes the responses of
-/// every stream of that read in one `write(2)`, as it did when each stream was
-/// a task. (Polled inside hyper's poll instead, each stream's response was
-/// flushed alone, a write per stream.) A stream that is not done becomes a
-/// task, whose first poll comes at once and registers the task's waker where
-/// the first poll left a no-op one: a future that returned `Pending` checks
-/// again what it waits for each time it is polled, so nothing it waited on is
-/// missed in between.
+/// wake-ups (about 4% of an h2c request's instructions), and the connection,
+/// woken by h2 for the frames queued, writes the responses of every stream of
+/// that read in one `write(2)`, as it did when each stream was a task.
+/// (Polled inside hyper's poll instead, each stream's response was flushed
+/// alone, a write per stream.) A stream that is not done becomes a task, whose
+/// first poll comes at once and registers the task's waker where the first
+/// poll left a no-op one: a future that returned `Pending` checks again what
+/// it waits for each time it is polled, so nothing it waited on is missed in
+/// between.
 #[derive(Clone, Copy, Debug)]
 pub struct LocalExec;
 
 impl<F: Future<Output = ()> + 'static> hyper::rt::Executor<F> for LocalExec {
     fn execute(&self, future: F) {
         match CALLED.take() {
-            Some((streams, key)) => streams.ready.borrow_mut().push((key, Box::pin(future))),
+            Some((streams, key)) => streams.handed_over.borrow_mut().push((key, Box::pin(future))),
             // Not a stream of a connection the worker tracks: a task at once.
             None => drop(tokio::task::spawn_local(future)),
         }
     }
 }
 
-/// The most streams' room [`Streams::run_ready`] keeps between polls (24
-/// bytes each).
-const KEPT_CAPACITY: usize = 32;
-
 /// A stream hyper handed over, not yet polled.
-type Ready = (u32, Pin<Box<dyn Future<Output = ()>>>);
+type HandedOver = (u32, Pin<Box<dyn Future<Output = ()>>>);
+
+/// The most streams' room [`Streams::run_ready`] keeps between polls (24
+/// bytes each: an idle connection keeps at most this).
+const KEPT_CAPACITY: usize = 32;
 
 impl Streams {
     /// Polls once each stream hyper handed over during the connection's poll
     /// that just ended; those not done become tasks.
+    ///
+    /// A panic in a stream's code must cost that stream alone, as it would in
+    /// a task of its own (tokio catches it there), not the connection whose
+    /// task this is: the service's `poll` is caught further in (`respond`),
+    /// and what is not (hyper's calls of the body's `is_end_stream` and
+    /// `size_hint`, the drops of the service's future and body) is caught
+    /// here around the poll and the drop; the stream is then dropped, which
+    /// resets it.
     pub fn run_ready(&self) {
-        loop {
-            // Taken out first: a stream's poll must not find `ready` borrowed.
-            let mut batch = std::mem::take(&mut *self.ready.borrow_mut());
-            if batch.is_empty() {
-                return;
-            }
-            for (key, mut future) in batch.drain(..) {
-                let polled = NOOP.with(|waker| future.as_mut().poll(&mut Context::from_waker(waker)));
-                if polled.is_ready() {
-                    continue; // answered: the stream's place was freed as its response ended
+        // Taken out first: a stream's poll must not find the list borrowed.
+        let mut batch = std::mem::take(&mut *self.handed_over.borrow_mut());
+        for (key, mut future) in batch.drain(..) {
+            let polled = catch_unwind(AssertUnwindSafe(|| {
+                NOOP.with(|waker| future.as_mut().poll(&mut Context::from_waker(waker)))
+            }));
+            match polled {
+                // Answered: the stream's place is freed as its future is dropped.
+                Ok(Poll::Ready(())) => drop_caught(future),
+                Ok(Poll::Pending) => {
+                    let task = tokio::task::spawn_local(future);
+                    if let Some(stream) = self.slots.borrow_mut().get_mut(key as usize) {
+                        stream.task = Some(task.abort_handle());
+                    }
                 }
-                let task = tokio::task::spawn_local(future);
-                if let Some(stream) = self.slots.borrow_mut().get_mut(key as usize) {
-                    stream.task = Some(task.abort_handle());
+                Err(panic) => {
+                    error!(
+                        "an HTTP/2 stream panicked outside its request handler: {}; the stream is reset",
+                        super::panic_message(panic.as_ref())
+                    );
+                    drop_caught(future);
                 }
             }
-            let mut ready = self.ready.borrow_mut();
-            // Its allocation, for the next poll, unless a burst made it large
-            // (an idle connection should not keep it).
-            if ready.is_empty() && batch.capacity() <= KEPT_CAPACITY {
-                *ready = batch;
-            }
+        }
+        // Streams are handed over only inside hyper's poll of the connection,
+        // never by a stream's own poll.
+        let mut handed_over = self.handed_over.borrow_mut();
+        debug_assert!(
+            handed_over.is_empty(),
+            "a stream was handed over while streams were polled"
+        );
+        if handed_over.is_empty() && batch.capacity() <= KEPT_CAPACITY {
+            *handed_over = batch; // its allocation, for the next poll
+        }
+    }
+
+    /// Makes tasks of the streams hyper handed over and nobody polled: the
+    /// connection ends without its poll having returned (a panic in hyper's
+    /// poll, or in a service's `call` there). Each holds the connection's
+    /// entry, which holds this list: as tasks, they end (their connection is
+    /// gone), free the entry and leave the in-flight count. Nothing of the
+    /// user's runs here: this may be during a panic's unwind.
+    pub fn spawn_handed_over(&self) {
+        let batch = std::mem::take(&mut *self.handed_over.borrow_mut());
+        for (_, future) in batch {
+            drop(tokio::task::spawn_local(future));
         }
     }
 }
 
+/// Drops a stream's future, catching a panic in its drop (the user's code:
+/// the service's future, the body) so that it costs this stream alone.
+fn drop_caught(future: Pin<Box<dyn Future<Output = ()>>>) {
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(future))) {
+        error!(
+            "an HTTP/2 stream panicked as it was dropped: {}",
+            super::panic_message(panic.as_ref())
+        );
+    }
+}
+
 /// The waker of a stream's first poll: nothing to wake, since a stream not
-/// done then is spawned and polled again at once.
+/// done then is spawned and polled again at once. (`Waker::noop` would do,
+/// but needs Rust 1.85, above the crate's `rust-version`.)
 struct Noop;
 
 impl Wake for Noop {
@@ -215,7 +266,7 @@ mod tests {
             assert!(!answered.get(), "polled while hyper was still polling the connection");
             streams.run_ready();
             assert!(answered.get(), "not polled by run_ready");
-            assert!(streams.ready.borrow().is_empty());
+            assert!(streams.handed_over.borrow().is_empty());
             let slots = streams.slots.borrow();
             assert!(
                 slots.get(key as usize).is_some_and(|stream| stream.task.is_none()),
@@ -225,15 +276,46 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_that_panics_outside_its_handler_costs_itself_alone() {
+        on_worker_thread(async {
+            let streams = Rc::new(Streams::default());
+            let answered = Rc::new(Cell::new(false));
+            let flag = Rc::clone(&answered);
+            hand_over(&streams, async { panic!("as a body's size_hint might") });
+            hand_over(&streams, async move { flag.set(true) });
+            streams.run_ready();
+            assert!(answered.get(), "the stream after the panicking one was not served");
+            assert!(streams.handed_over.borrow().is_empty());
+        });
+    }
+
+    #[test]
+    fn streams_nobody_polled_become_tasks_when_their_connection_ends() {
+        on_worker_thread(async {
+            let streams = Rc::new(Streams::default());
+            let (send, receive) = tokio::sync::oneshot::channel::<()>();
+            hand_over(&streams, async move {
+                let _ = send.send(());
+            });
+            streams.spawn_handed_over();
+            assert!(streams.handed_over.borrow().is_empty());
+            let ran = tokio::time::timeout(std::time::Duration::from_secs(10), receive).await;
+            assert!(matches!(ran, Ok(Ok(()))), "the stream left over was never run");
+        });
+    }
+
+    #[test]
     fn a_stream_not_done_becomes_a_task_that_its_own_waker_wakes_and_the_sweep_can_abort() {
         on_worker_thread(async {
             let streams = Rc::new(Streams::default());
             let (send, receive) = tokio::sync::oneshot::channel::<()>();
-            let answered = Rc::new(Cell::new(false));
-            let flag = Rc::clone(&answered);
+            let (waiting, answered) = (Rc::new(Cell::new(false)), Rc::new(Cell::new(false)));
+            let (waits, answers) = (Rc::clone(&waiting), Rc::clone(&answered));
             let woken = hand_over(&streams, async move {
+                tokio::task::yield_now().await; // so that its task polls it too
+                waits.set(true);
                 let _ = receive.await;
-                flag.set(true);
+                answers.set(true);
             });
             let (_keep, never) = tokio::sync::oneshot::channel::<()>();
             let stalled = hand_over(&streams, async move {
@@ -243,7 +325,17 @@ mod tests {
             assert!(!answered.get());
             let task = |key: u32| streams.slots.borrow()[key as usize].task.clone();
             let (woken_task, stalled_task) = (task(woken).expect("a task"), task(stalled).expect("a task"));
-            // The first poll's no-op waker is gone: the sender wakes the task's own.
+            // Sent only once the task waits: the sender must wake the task's
+            // own waker, not the first poll's no-op one.
+            tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                while !waiting.get() {
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+            .expect("the stream's task never polled it");
+            tokio::task::yield_now().await;
+            assert!(!woken_task.is_finished() && !answered.get());
             send.send(()).expect("the stream waits");
             tokio::time::timeout(std::time::Duration::from_secs(10), async {
                 while !woken_task.is_finished() {
