@@ -249,16 +249,25 @@ struct Watched<C> {
     entry: Rc<super::connections::Entry>,
     shut: bool,
     /// HTTP/2: the streams hyper hands over, polled as its poll returns.
-    _left: LeftStreams,
+    streams: HandedOver,
 }
 
-/// Streams hyper handed over are polled as its poll of the connection returns
-/// (see `streams`); a panic in that poll leaves them, holding the connection's
-/// entry. When the connection is dropped, they become tasks, which end them
-/// (dropped here, they would run the user's code during the unwind).
-struct LeftStreams(Option<Rc<super::streams::Streams>>);
+/// HTTP/2: the connection's streams (see `streams`), whose handed-over ones
+/// are polled as hyper's poll of the connection returns. A panic in that poll
+/// leaves them, holding the connection's entry: when the connection is
+/// dropped, they become tasks, which end them (dropped here, they would run
+/// the user's code during the unwind).
+struct HandedOver(Option<Rc<super::streams::Streams>>);
 
-impl Drop for LeftStreams {
+impl HandedOver {
+    fn run_ready(&self) {
+        if let Some(streams) = &self.0 {
+            streams.run_ready();
+        }
+    }
+}
+
+impl Drop for HandedOver {
     fn drop(&mut self) {
         if let Some(streams) = &self.0 {
             streams.spawn_handed_over();
@@ -270,7 +279,7 @@ impl<C> Watched<C> {
     fn new(conn: Pin<Box<C>>, entry: Rc<super::connections::Entry>) -> Watched<C> {
         Watched {
             conn,
-            _left: LeftStreams(entry.streams.get().cloned()),
+            streams: HandedOver(entry.streams.get().cloned()),
             entry,
             shut: false,
         }
@@ -308,9 +317,7 @@ impl<C: Served> Future for Watched<C> {
         }
         let polled = this.conn.as_mut().poll(cx);
         // The streams hyper handed over meanwhile (see `streams::LocalExec`).
-        if let Some(streams) = this.entry.streams.get() {
-            streams.run_ready();
-        }
+        this.streams.run_ready();
         match polled {
             // Errors are the client's doing (reset, malformed request): hyper has
             // already answered what it could, and there is nobody to tell.

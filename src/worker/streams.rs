@@ -248,6 +248,18 @@ mod tests {
         tokio::task::LocalSet::new().block_on(&runtime, test);
     }
 
+    /// Yields until `done`, for at most 10 s.
+    async fn until(done: impl Fn() -> bool, what: &str) {
+        let waiting = async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .unwrap_or_else(|_| panic!("{what}"));
+    }
+
     /// A stream as `respond` opens it: its place, then the executor is told of it.
     fn hand_over(streams: &Rc<Streams>, future: impl Future<Output = ()> + 'static) -> u32 {
         let key = streams.open();
@@ -327,34 +339,20 @@ mod tests {
             let (woken_task, stalled_task) = (task(woken).expect("a task"), task(stalled).expect("a task"));
             // Sent only once the task waits: the sender must wake the task's
             // own waker, not the first poll's no-op one.
-            tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                while !waiting.get() {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the stream's task never polled it");
+            until(|| waiting.get(), "the stream's task never polled it").await;
             tokio::task::yield_now().await;
             assert!(!woken_task.is_finished() && !answered.get());
             send.send(()).expect("the stream waits");
-            tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                while !woken_task.is_finished() {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the stream's task was never woken");
+            until(|| woken_task.is_finished(), "the stream's task was never woken").await;
             assert!(answered.get());
             // The sweep's reset reaches the other through its handle.
             streams.held(stalled, Some(0));
             assert_eq!(streams.reset_stalled(100, 0, 10), 1);
-            tokio::time::timeout(std::time::Duration::from_secs(10), async {
-                while !stalled_task.is_finished() {
-                    tokio::task::yield_now().await;
-                }
-            })
-            .await
-            .expect("the stalled stream's task was not aborted");
+            until(
+                || stalled_task.is_finished(),
+                "the stalled stream's task was not aborted",
+            )
+            .await;
         });
     }
 }
