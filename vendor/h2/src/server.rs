@@ -1660,9 +1660,12 @@ impl proto::Peer for Peer {
         fields: HeaderMap,
         stream_id: StreamId,
     ) -> Result<Self::Poll, Error> {
-        use http::{uri, Version};
+        use http::{uri, Uri, Version};
 
-        let mut b = Request::builder();
+        // The request is built in place rather than through `Request::builder()`:
+        // each step of the builder moves its whole `Result<Parts>` (more than 200
+        // bytes, a `memcpy` call each), and only the URI can fail here.
+        let mut request = Request::new(());
 
         macro_rules! malformed {
             ($($arg:tt)*) => {{
@@ -1671,12 +1674,12 @@ impl proto::Peer for Peer {
             }}
         }
 
-        b = b.version(Version::HTTP_2);
+        *request.version_mut() = Version::HTTP_2;
 
         let is_connect;
         if let Some(method) = pseudo.method {
             is_connect = method == Method::CONNECT;
-            b = b.method(method);
+            *request.method_mut() = method;
         } else {
             malformed!("malformed headers: missing method");
         }
@@ -1685,7 +1688,9 @@ impl proto::Peer for Peer {
         if has_protocol {
             if is_connect {
                 // Assert that we have the right type.
-                b = b.extension::<crate::ext::Protocol>(pseudo.protocol.unwrap());
+                request
+                    .extensions_mut()
+                    .insert::<crate::ext::Protocol>(pseudo.protocol.unwrap());
             } else {
                 malformed!("malformed headers: :protocol on non-CONNECT request");
             }
@@ -1753,10 +1758,8 @@ impl proto::Peer for Peer {
             malformed!("malformed headers: missing path in extended CONNECT");
         }
 
-        b = b.uri(parts);
-
-        let mut request = match b.body(()) {
-            Ok(request) => request,
+        *request.uri_mut() = match Uri::from_parts(parts) {
+            Ok(uri) => uri,
             Err(e) => {
                 // TODO: Should there be more specialized handling for different
                 // kinds of errors
@@ -1784,5 +1787,101 @@ where
             Handshaking::ReadingPreface(_) => f.write_str("ReadingPreface(_)"),
             Handshaking::Done => f.write_str("Done"),
         }
+    }
+}
+
+#[cfg(test)]
+mod convert_poll_message_tests {
+    use super::Peer;
+    use crate::ext::Protocol;
+    use crate::frame::{Pseudo, StreamId};
+    use crate::hpack::BytesStr;
+    use crate::proto::Peer as _;
+    use http::{HeaderMap, HeaderValue, Method, Uri, Version};
+
+    fn pseudo(
+        method: Method,
+        scheme: Option<&'static str>,
+        authority: Option<&'static str>,
+        path: Option<&'static str>,
+    ) -> Pseudo {
+        Pseudo {
+            method: Some(method),
+            scheme: scheme.map(BytesStr::from_static),
+            authority: authority.map(BytesStr::from_static),
+            path: path.map(BytesStr::from_static),
+            protocol: None,
+            status: None,
+        }
+    }
+
+    fn id() -> StreamId {
+        StreamId::from(1)
+    }
+
+    #[test]
+    fn a_request_is_built_with_its_method_uri_version_and_fields() {
+        let mut fields = HeaderMap::new();
+        fields.insert("user-agent", HeaderValue::from_static("test"));
+        let p = pseudo(
+            Method::POST,
+            Some("https"),
+            Some("example.com:8443"),
+            Some("/a/b?c=d"),
+        );
+        let request =
+            Peer::convert_poll_message(p, fields, id()).expect("a well-formed request");
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.version(), Version::HTTP_2);
+        let uri: Uri = "https://example.com:8443/a/b?c=d".parse().unwrap();
+        assert_eq!(request.uri(), &uri);
+        assert_eq!(request.headers()["user-agent"], "test");
+        assert!(request.extensions().get::<Protocol>().is_none());
+
+        // Without :authority, the URI is the path alone (the scheme is checked, then dropped).
+        let p = pseudo(Method::GET, Some("http"), None, Some("/x"));
+        let request = Peer::convert_poll_message(p, HeaderMap::new(), id()).expect("origin form");
+        assert_eq!(request.uri(), &"/x".parse::<Uri>().unwrap());
+    }
+
+    #[test]
+    fn connect_and_extended_connect() {
+        let p = pseudo(Method::CONNECT, None, Some("example.com:443"), None);
+        let request = Peer::convert_poll_message(p, HeaderMap::new(), id()).expect("CONNECT");
+        assert_eq!(request.method(), Method::CONNECT);
+        assert_eq!(request.uri(), &"example.com:443".parse::<Uri>().unwrap());
+
+        let mut p = pseudo(Method::CONNECT, Some("https"), Some("example.com"), Some("/chat"));
+        p.protocol = Some(Protocol::from_static("websocket"));
+        let request =
+            Peer::convert_poll_message(p, HeaderMap::new(), id()).expect("extended CONNECT");
+        let protocol = request.extensions().get::<Protocol>().map(Protocol::as_str);
+        assert_eq!(protocol, Some("websocket"));
+        assert_eq!(request.uri(), &"https://example.com/chat".parse::<Uri>().unwrap());
+    }
+
+    #[test]
+    fn malformed_requests_are_refused() {
+        let cases = [
+            // A URI with a scheme and an authority but no path: the only
+            // failure left to building the URI.
+            pseudo(Method::GET, Some("https"), Some("example.com"), None),
+            pseudo(Method::GET, Some("https"), Some("example.com"), Some("")),
+            pseudo(Method::GET, None, Some("example.com"), Some("/")),
+            pseudo(Method::CONNECT, Some("https"), Some("example.com:443"), None),
+        ];
+        for p in cases {
+            let shown = format!("{p:?}");
+            let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
+            assert!(built.is_err(), "{shown}");
+        }
+        let mut p = pseudo(Method::GET, Some("https"), Some("example.com"), Some("/"));
+        p.protocol = Some(Protocol::from_static("websocket"));
+        let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
+        assert!(built.is_err(), ":protocol on GET");
+        let mut p = pseudo(Method::GET, Some("https"), Some("example.com"), Some("/"));
+        p.method = None;
+        let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
+        assert!(built.is_err(), "no :method");
     }
 }
