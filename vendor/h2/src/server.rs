@@ -1795,8 +1795,9 @@ mod convert_poll_message_tests {
     use super::Peer;
     use crate::ext::Protocol;
     use crate::frame::{Pseudo, StreamId};
+    use crate::frame::Reason;
     use crate::hpack::BytesStr;
-    use crate::proto::Peer as _;
+    use crate::proto::{Error, Initiator, Peer as _};
     use http::{HeaderMap, HeaderValue, Method, Uri, Version};
 
     fn pseudo(
@@ -1817,6 +1818,15 @@ mod convert_poll_message_tests {
 
     fn id() -> StreamId {
         StreamId::from(1)
+    }
+
+    /// A malformed request resets its stream alone, with PROTOCOL_ERROR: not
+    /// the connection (a GOAWAY), and not another stream.
+    fn is_protocol_reset(built: &Result<http::Request<()>, Error>) -> bool {
+        matches!(
+            built,
+            Err(Error::Reset(stream, Reason::PROTOCOL_ERROR, Initiator::Library)) if *stream == id()
+        )
     }
 
     #[test]
@@ -1873,15 +1883,24 @@ mod convert_poll_message_tests {
         for p in cases {
             let shown = format!("{p:?}");
             let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
-            assert!(built.is_err(), "{shown}");
+            assert!(is_protocol_reset(&built), "{shown}");
         }
         let mut p = pseudo(Method::GET, Some("https"), Some("example.com"), Some("/"));
         p.protocol = Some(Protocol::from_static("websocket"));
         let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
-        assert!(built.is_err(), ":protocol on GET");
+        assert!(is_protocol_reset(&built), ":protocol on GET");
+        let mut p = pseudo(Method::GET, Some("https"), Some("example.com"), Some("/"));
+        p.status = Some(http::StatusCode::OK);
+        let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
+        assert!(is_protocol_reset(&built), ":status on a request");
+        for (authority, path) in [("exa mple.com", "/"), ("example.com", "/a b")] {
+            let p = pseudo(Method::GET, Some("https"), Some(authority), Some(path));
+            let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
+            assert!(is_protocol_reset(&built), "{authority} {path}");
+        }
         let mut p = pseudo(Method::GET, Some("https"), Some("example.com"), Some("/"));
         p.method = None;
         let built = Peer::convert_poll_message(p, HeaderMap::new(), id());
-        assert!(built.is_err(), "no :method");
+        assert!(is_protocol_reset(&built), "no :method");
     }
 }
