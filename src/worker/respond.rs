@@ -59,6 +59,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             (self.entry.lifecycle.keeps_requests).then(|| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let max = self.entry.lifecycle.max_body;
+        let head_over_h2 = request.method() == hyper::Method::HEAD && self.entry.is_h2();
         let admission = match self.entry.redirect_to.get() {
             None => admit(&request, max),
             Some(port) => redirect(&request, port),
@@ -88,6 +89,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         TrackedFuture {
             inner,
             in_flight: Some(in_flight),
+            head_over_h2,
         }
     }
 }
@@ -255,6 +257,10 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner<F>,
         in_flight: Option<InFlight>,
+        // A HEAD over HTTP/2, whose response must go without its body: hyper
+        // drops it over HTTP/1.1 but sends it over HTTP/2 (RFC 9110, 9.3.2:
+        // no content in a response to HEAD).
+        head_over_h2: bool,
     }
 }
 
@@ -332,6 +338,7 @@ where
         lifecycle.served_one();
         // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
         let close = lifecycle.is_draining() && !in_flight.0.is_h2();
+        let head_over_h2 = *this.head_over_h2;
         Poll::Ready(result.map(|response| {
             let mut response = response.map(|body| TrackedBody {
                 inner: Either::Left(body),
@@ -342,9 +349,27 @@ where
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
+            if head_over_h2 {
+                without_body(&mut response);
+            }
             response
         }))
     }
+}
+
+/// A response to HEAD, as HTTP/1.1 sends it: the head alone, with the
+/// `Content-Length` the body would have had (when it tells), the body dropped.
+fn without_body<B: Body>(response: &mut Response<TrackedBody<B>>) {
+    if let Either::Left(body) = &response.body().inner {
+        if let Some(length) = body.size_hint().exact() {
+            if !response.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+                response
+                    .headers_mut()
+                    .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
+            }
+        }
+    }
+    response.body_mut().inner = Either::Right(Empty::new());
 }
 
 /// The worker's own answer (no body), after which the connection closes.

@@ -48,6 +48,25 @@ fn http2_with_prior_knowledge_and_http1_share_the_port() {
     assert!(ok && out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
+/// A conformance run: `scripts/h2_conformance.py`, with Python's `h2` as the
+/// client (raw frames where it must send what `h2` refuses), checks the
+/// framing, flow control, CONTINUATION, trailers, HEAD, resets and the error
+/// codes RFC 9113 requires for malformed requests and broken frames.
+#[test]
+fn pythons_h2_client_finds_the_server_conformant() {
+    let server = Server::start(&["--workers", "1"]);
+    let port = server.addr.port().to_string();
+    let (ok, out) = run_tool(
+        "python3",
+        &["scripts/h2_conformance.py", &port],
+        Duration::from_secs(60),
+    );
+    assert!(ok, "{out}");
+    let checks = out.lines().filter(|line| line.starts_with("ok   ")).count();
+    assert!(checks >= 21 && !out.contains("FAIL"), "{out}");
+    assert!(out.contains("ok   a_head_has_no_body"), "{out}");
+}
+
 #[test]
 fn term_sends_goaway_and_lets_the_open_stream_finish() {
     let mut server = Server::start_example(&["--workers", "1", "--graceful-timeout", "10s"]);

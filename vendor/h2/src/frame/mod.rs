@@ -141,6 +141,10 @@ pub enum Error {
     /// An invalid setting value was provided
     InvalidSettingValue,
 
+    /// A SETTINGS_INITIAL_WINDOW_SIZE above the largest window, 2^31 - 1
+    /// (RFC 9113, 6.5.2: a connection error of type FLOW_CONTROL_ERROR).
+    InvalidInitialWindowSize,
+
     /// An invalid window update value
     InvalidWindowUpdateValue,
 
@@ -173,6 +177,23 @@ pub enum Error {
     Hpack(hpack::DecoderError),
 }
 
+impl Error {
+    /// The error code of the connection error that a SETTINGS, PING,
+    /// WINDOW_UPDATE, RST_STREAM or GOAWAY frame that failed to load this way
+    /// calls for (RFC 9113, 6.4, 6.5, 6.5.2, 6.7, 6.8, 6.9): a length other
+    /// than the frame type's is a FRAME_SIZE_ERROR, an initial window above
+    /// 2^31 - 1 a FLOW_CONTROL_ERROR, anything else a PROTOCOL_ERROR.
+    pub(crate) fn control_frame_reason(&self) -> Reason {
+        match self {
+            Error::BadFrameSize | Error::InvalidPayloadLength | Error::InvalidPayloadAckSettings => {
+                Reason::FRAME_SIZE_ERROR
+            }
+            Error::InvalidInitialWindowSize => Reason::FLOW_CONTROL_ERROR,
+            _ => Reason::PROTOCOL_ERROR,
+        }
+    }
+}
+
 #[cfg(test)]
 mod size_tests {
     use super::{Frame, Headers, PushPromise};
@@ -189,5 +210,33 @@ mod size_tests {
         assert!(push_promise <= 32, "PushPromise: {push_promise} bytes");
         let frame = size_of::<Frame<bytes::Bytes>>();
         assert!(frame <= 64, "Frame: {frame} bytes");
+    }
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::{Error, Head, Kind, Ping, Reason, Settings, StreamId};
+
+    fn settings(flags: u8, payload: &[u8]) -> Result<Settings, Error> {
+        Settings::load(Head::new(Kind::Settings, flags, StreamId::zero()), payload)
+    }
+
+    /// RFC 9113's error codes for control frames that fail to load: a wrong
+    /// length is FRAME_SIZE_ERROR (6.5, 6.7), an initial window above 2^31 - 1
+    /// FLOW_CONTROL_ERROR (6.5.2), another bad value PROTOCOL_ERROR.
+    #[test]
+    fn control_frames_that_fail_to_load_name_the_rfcs_error() {
+        let ack_with_payload = settings(0x1, &[0, 3, 0, 0, 0, 100]).unwrap_err();
+        assert_eq!(ack_with_payload.control_frame_reason(), Reason::FRAME_SIZE_ERROR);
+        let not_a_multiple_of_6 = settings(0, &[0, 3, 0, 0, 0]).unwrap_err();
+        assert_eq!(not_a_multiple_of_6.control_frame_reason(), Reason::FRAME_SIZE_ERROR);
+        let window = settings(0, &[0, 4, 0x80, 0, 0, 0]).unwrap_err();
+        assert_eq!(window, Error::InvalidInitialWindowSize);
+        assert_eq!(window.control_frame_reason(), Reason::FLOW_CONTROL_ERROR);
+        assert!(settings(0, &[0, 4, 0x7f, 0xff, 0xff, 0xff]).is_ok(), "2^31 - 1 is allowed");
+        let push = settings(0, &[0, 2, 0, 0, 0, 2]).unwrap_err();
+        assert_eq!(push.control_frame_reason(), Reason::PROTOCOL_ERROR);
+        let short_ping = Ping::load(Head::new(Kind::Ping, 0, StreamId::zero()), b"123456").unwrap_err();
+        assert_eq!(short_ping.control_frame_reason(), Reason::FRAME_SIZE_ERROR);
     }
 }
