@@ -115,7 +115,7 @@ pub async fn serve_connection<S: WorkerService>(
 ) -> Ended<S> {
     let entry = Rc::clone(open.entry());
     let (stream, protocol) = match (start, stream, &protocols.tls) {
-        (Start::Unparked, stream, _) => (stream, Protocol::Http1(bytes::Bytes::new())),
+        (Start::Unparked, stream, _) => (stream, Protocol::Http1(bytes::BytesMut::new())),
         (Start::New, Stream::Plain(tcp), Some(tls)) => {
             let asked = || entry.is_asked();
             let keep_waker = |waker: &Waker| entry.keep_waker(waker);
@@ -127,8 +127,8 @@ pub async fn serve_connection<S: WorkerService>(
             };
             // ALPN said which: what follows the handshake is that protocol's.
             let protocol = match conn.info.is_h2() {
-                true => Protocol::Http2(bytes::Bytes::new()),
-                false => Protocol::Http1(bytes::Bytes::new()),
+                true => Protocol::Http2(bytes::BytesMut::new()),
+                false => Protocol::Http1(bytes::BytesMut::new()),
             };
             (Stream::Tls(Box::new(conn)), protocol)
         }

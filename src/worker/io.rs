@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU32, AtomicUsize};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::rt::TokioIo;
 use std::os::fd::AsRawFd;
@@ -391,13 +391,13 @@ impl AsyncWrite for Stream {
 pub struct Io {
     inner: TokioIo<Stream>,
     /// What the worker read to tell HTTP/2 from HTTP/1, given back first.
-    prefix: Bytes,
+    prefix: BytesMut,
     stamps: Arc<Stamps>,
     counted: Counted,
 }
 
 impl Io {
-    pub fn new(stream: Stream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> Io {
+    pub fn new(stream: Stream, prefix: BytesMut, stamps: Arc<Stamps>, counted: Counted) -> Io {
         Io {
             inner: TokioIo::new(stream),
             prefix,
@@ -409,7 +409,8 @@ impl Io {
     /// Bytes hyper read but did not use (a next head begun): read first next time.
     pub fn give_back(&mut self, read: Bytes) {
         if !read.is_empty() {
-            self.prefix = read;
+            // hyper's read buffer, which nothing else holds: taken back without a copy.
+            self.prefix = BytesMut::from(read);
         }
     }
 
@@ -425,20 +426,24 @@ impl Io {
         (self.inner.into_inner(), self.counted)
     }
 
-    /// Gives back what is left of `prefix` (see [`Io::give_back`]).
+    /// Gives back what is left of `prefix` (see [`Io::give_back`]), as much
+    /// as `buf` takes, and shows it to `seen`; `None` when there is nothing.
     #[inline]
-    fn read_prefix(&mut self, buf: &mut ReadBufCursor<'_>) -> Option<Bytes> {
+    fn read_prefix<T>(&mut self, buf: &mut ReadBufCursor<'_>, seen: impl FnOnce(&[u8]) -> T) -> Option<T> {
         if self.prefix.is_empty() {
             return None;
         }
         let n = self.prefix.len().min(buf.remaining());
-        let given = self.prefix.split_to(n);
-        buf.put_slice(&given);
-        if self.prefix.is_empty() {
-            // An empty slice of it would keep the whole read buffer alive.
-            self.prefix = Bytes::new();
+        let given = &self.prefix[..n];
+        buf.put_slice(given);
+        let seen = seen(given);
+        if n == self.prefix.len() {
+            // Emptied: an empty slice of it would keep the whole read buffer alive.
+            self.prefix = BytesMut::new();
+        } else {
+            bytes::Buf::advance(&mut self.prefix, n);
         }
-        Some(given)
+        Some(seen)
     }
 }
 
@@ -450,7 +455,7 @@ pub struct H2Io {
 }
 
 impl H2Io {
-    pub fn new(stream: Stream, prefix: Bytes, stamps: Arc<Stamps>, counted: Counted) -> H2Io {
+    pub fn new(stream: Stream, prefix: BytesMut, stamps: Arc<Stamps>, counted: Counted) -> H2Io {
         let h2 = H2 {
             frames: Frames::new(stamps.now()),
             stamps: Arc::clone(&stamps),
@@ -530,8 +535,9 @@ impl H2Io {
     /// Reads into `buf`, and passes what was read through the frame watch
     /// before hyper sees it.
     fn poll_read_frames(&mut self, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
-        if let Some(given) = self.io.read_prefix(&mut buf) {
-            self.h2.read(&given)?;
+        let h2 = &mut self.h2;
+        if let Some(watched) = self.io.read_prefix(&mut buf, |given| h2.read(given)) {
+            watched?;
             return Poll::Ready(Ok(()));
         }
         // SAFETY: as hyper-util's `TokioIo` reads: a tokio `ReadBuf` over the
@@ -570,7 +576,7 @@ pub async fn readable(stream: &TcpStream, closed: impl Fn() -> bool, keep_waker:
 impl Read for Io {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, mut buf: ReadBufCursor<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.read_prefix(&mut buf).is_some() {
+        if this.read_prefix(&mut buf, |_| ()).is_some() {
             return Poll::Ready(Ok(()));
         }
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);

@@ -14,6 +14,7 @@ mod control;
 mod draining;
 mod frames;
 mod io;
+mod length;
 mod lifecycle;
 mod park;
 mod protocol;

@@ -5,7 +5,7 @@
 
 use std::io;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use hyper::server::conn::{http1, http2};
 use tokio::net::TcpStream;
 
@@ -16,10 +16,12 @@ use crate::config::Config;
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// What a connection speaks, and the bytes read to tell.
+/// What a connection speaks, and the bytes read to tell. (Kept as they were
+/// read: frozen into `Bytes`, a part-filled buffer would take a second
+/// allocation for its shared header, on every new connection.)
 pub enum Protocol {
-    Http1(Bytes),
-    Http2(Bytes),
+    Http1(BytesMut),
+    Http2(BytesMut),
 }
 
 /// Reads until the first bytes decide the protocol. `None`: the client closed
@@ -45,10 +47,10 @@ pub async fn detect(
         }
         let seen = read.len().min(PREFACE.len());
         if read[..seen] != PREFACE[..seen] {
-            return Some(Protocol::Http1(read.freeze()));
+            return Some(Protocol::Http1(read));
         }
         if seen == PREFACE.len() {
-            return Some(Protocol::Http2(read.freeze()));
+            return Some(Protocol::Http2(read));
         }
         // A prefix of the preface so far ("PRI * HT..."): wait for the rest.
     }

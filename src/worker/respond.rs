@@ -24,12 +24,13 @@ use std::task::{ready, Context, Poll};
 use crate::log::{error, warn};
 use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::header::{HeaderValue, CONNECTION, HOST};
+use hyper::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
 use hyper::service::Service;
 use hyper::{Request, Response, StatusCode, Version};
 
 use super::access::Pending;
 use super::connections::Entry;
+use super::length::content_length;
 use crate::body::{Overflow, RequestBody};
 use crate::service::{BoxError, WorkerService};
 use crate::sys::scoreboard::monotonic_ticks;
@@ -59,7 +60,13 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
             (self.entry.lifecycle.keeps_requests).then(|| Box::new(Pending::new(&request, self.entry.client)));
         let in_flight = InFlight::new(Rc::clone(&self.entry), pending);
         let max = self.entry.lifecycle.max_body;
-        let head_over_h2 = request.method() == hyper::Method::HEAD && self.entry.is_h2();
+        let over = match (self.entry.is_h2(), request.method()) {
+            (false, _) => Over::Http1,
+            (true, &hyper::Method::HEAD) => Over::Http2Head,
+            // A CONNECT's response is a tunnel: hyper refuses a length on it.
+            (true, &hyper::Method::CONNECT) => Over::Http1,
+            (true, _) => Over::Http2,
+        };
         let admission = match self.entry.redirect_to.get() {
             None => admit(&request, max),
             Some(port) => redirect(&request, port),
@@ -89,7 +96,7 @@ impl<S: WorkerService> Service<Request<Incoming>> for Tracked<S> {
         TrackedFuture {
             inner,
             in_flight: Some(in_flight),
-            head_over_h2,
+            over,
         }
     }
 }
@@ -257,11 +264,23 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Inner<F>,
         in_flight: Option<InFlight>,
-        // A HEAD over HTTP/2, whose response must go without its body: hyper
-        // drops it over HTTP/1.1 but sends it over HTTP/2 (RFC 9110, 9.3.2:
-        // no content in a response to HEAD).
-        head_over_h2: bool,
+        over: Over,
     }
+}
+
+/// What the worker does to a response before hyper writes it.
+#[derive(Clone, Copy)]
+enum Over {
+    /// Nothing: hyper writes an HTTP/1.1 response's length itself (and an
+    /// HTTP/2 CONNECT's response is a tunnel, with none).
+    Http1,
+    /// Its `Content-Length`, from the worker's cache ([`super::length`]),
+    /// where hyper would make a new value for each response.
+    Http2,
+    /// A HEAD over HTTP/2, whose response must go without its body: hyper
+    /// drops it over HTTP/1.1 but sends it over HTTP/2 (RFC 9110, 9.3.2: no
+    /// content in a response to HEAD). Its `Content-Length` stays.
+    Http2Head,
 }
 
 pin_project_lite::pin_project! {
@@ -338,7 +357,7 @@ where
         lifecycle.served_one();
         // HTTP/2 has no `Connection` header: its drain is a GOAWAY.
         let close = lifecycle.is_draining() && !in_flight.0.is_h2();
-        let head_over_h2 = *this.head_over_h2;
+        let over = *this.over;
         Poll::Ready(result.map(|response| {
             let mut response = response.map(|body| TrackedBody {
                 inner: Either::Left(body),
@@ -349,11 +368,30 @@ where
                     .headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }
-            if head_over_h2 {
-                without_body(&mut response);
+            match over {
+                Over::Http1 => {}
+                Over::Http2 => with_length(&mut response),
+                Over::Http2Head => without_body(&mut response),
             }
             response
         }))
+    }
+}
+
+/// An HTTP/2 response with the `Content-Length` hyper would give it (when the
+/// body tells its length and is not empty), unless the service set one.
+fn with_length<B: Body>(response: &mut Response<TrackedBody<B>>) {
+    let Either::Left(body) = &response.body().inner else {
+        return;
+    };
+    if body.is_end_stream() {
+        return;
+    }
+    if let Some(length) = body.size_hint().exact() {
+        response
+            .headers_mut()
+            .entry(CONTENT_LENGTH)
+            .or_insert_with(|| content_length(length));
     }
 }
 
@@ -362,11 +400,10 @@ where
 fn without_body<B: Body>(response: &mut Response<TrackedBody<B>>) {
     if let Either::Left(body) = &response.body().inner {
         if let Some(length) = body.size_hint().exact() {
-            if !response.headers().contains_key(hyper::header::CONTENT_LENGTH) {
-                response
-                    .headers_mut()
-                    .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(length));
-            }
+            response
+                .headers_mut()
+                .entry(CONTENT_LENGTH)
+                .or_insert_with(|| content_length(length));
         }
     }
     response.body_mut().inner = Either::Right(Empty::new());

@@ -67,6 +67,56 @@ fn pythons_h2_client_finds_the_server_conformant() {
     assert!(out.contains("ok   a_head_has_no_body"), "{out}");
 }
 
+/// The worker gives HTTP/2 responses their `Content-Length` from a cache of
+/// recent lengths: each must still be its own body's, when lengths repeat, and
+/// when one replaces another in the cache (multiples of 1 KiB share a place).
+/// hyper's client, one request after another on one connection.
+#[test]
+fn http2_responses_carry_their_own_content_length() {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let server = Server::start_example(&["--workers", "1"]);
+    let addr = server.addr;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let answers = runtime.block_on(async move {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Empty<bytes::Bytes>>();
+        let mut answers = Vec::new();
+        for kib in [1usize, 2, 1, 17, 2, 2, 0, 1] {
+            let uri: hyper::Uri = format!("http://{addr}/bytes?kb={kib}").parse().unwrap();
+            let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+                .await
+                .expect("answered within 10 s")
+                .expect("answered");
+            assert_eq!(response.version(), hyper::Version::HTTP_2);
+            let lengths: Vec<String> = response
+                .headers()
+                .get_all(hyper::header::CONTENT_LENGTH)
+                .iter()
+                .map(|value| value.to_str().unwrap().to_owned())
+                .collect();
+            let body = response.into_body().collect().await.expect("the body").to_bytes();
+            answers.push((kib, lengths, body.len()));
+        }
+        answers
+    });
+    for (kib, lengths, received) in answers {
+        assert_eq!(received, kib << 10, "{kib} KiB asked");
+        // An empty body ends with its HEADERS frame: no length, as hyper sends it.
+        let want = if kib == 0 {
+            vec![]
+        } else {
+            vec![(kib << 10).to_string()]
+        };
+        assert_eq!(lengths, want, "{kib} KiB: its one Content-Length");
+    }
+}
+
 #[test]
 fn term_sends_goaway_and_lets_the_open_stream_finish() {
     let mut server = Server::start_example(&["--workers", "1", "--graceful-timeout", "10s"]);
