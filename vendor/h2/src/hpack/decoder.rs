@@ -489,7 +489,14 @@ fn consume(buf: &mut Cursor<&mut BytesMut>) {
     // remove bytes from the internal BytesMut when they have been successfully
     // decoded. This is a more permanent cursor position, which will be
     // used to resume if decoding was only partial.
-    take(buf, 0);
+    //
+    // The decoded bytes are dropped by advancing the buffer, not split off
+    // into a handle of their own as `take` does: that handle, empty of
+    // anything used, cost a reference count taken and given back (and, for
+    // a buffer not yet shared, an allocation) for every field of a block.
+    let pos = buf.position() as usize;
+    buf.get_mut().advance(pos);
+    buf.set_position(0);
 }
 
 // ===== impl Table =====
@@ -894,6 +901,55 @@ mod test {
             }
             _ => panic!(),
         }
+    }
+
+    #[test]
+    fn test_decode_consumes_each_decoded_field() {
+        let mut de = Decoder::new(4096);
+        let mut buf = BytesMut::new();
+        // :method GET, :path /, then a literal with indexing (name and value
+        // not Huffman-encoded), then the entry it added, indexed (62).
+        buf.extend([0x82, 0x84, 0b0100_0000, 3]);
+        buf.extend(b"foo");
+        buf.extend([3]);
+        buf.extend(b"bar");
+        buf.extend([0x80 | 62]);
+
+        let mut res = vec![];
+        de.decode(&mut Cursor::new(&mut buf), |h| {
+            res.push(h);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+
+        assert!(buf.is_empty(), "{} bytes left undecoded", buf.len());
+        assert_eq!(res.len(), 4);
+        assert_eq!(res[0], Header::Method(Method::GET));
+        assert_eq!(res[1], Header::Path(BytesStr::from_static("/")));
+        for field in &res[2..] {
+            match field {
+                Header::Field { name, value } => {
+                    assert_eq!(name, "foo");
+                    assert_eq!(value, "bar");
+                }
+                other => panic!("expected foo: bar, got {other:?}"),
+            }
+        }
+
+        // The buffer is consumed field by field: a block cut inside a field
+        // keeps that field, and only it, for the next call.
+        buf.extend([0x80 | 62, 0b0100_0000, 3]);
+        buf.extend(b"baz");
+        let mut more = vec![];
+        let e = de
+            .decode(&mut Cursor::new(&mut buf), |h| {
+                more.push(h);
+                ControlFlow::Continue(())
+            })
+            .unwrap_err();
+        assert_eq!(e, DecoderError::NeedMore(NeedMore::UnexpectedEndOfStream));
+        assert_eq!(more.len(), 1);
+        assert_eq!(&buf[..], &[0b0100_0000, 3, b'b', b'a', b'z'][..]);
     }
 
     fn huff_encode(src: &[u8]) -> BytesMut {
