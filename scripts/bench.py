@@ -88,6 +88,29 @@ def cpu_ticks(pids):
     return out
 
 
+def cpu_stat():
+    """{cpu number: (busy ticks, all ticks)} from /proc/stat (idle and iowait
+    count as not busy)."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            name, *ticks = line.split()
+            if name.startswith("cpu") and name[3:].isdigit():
+                ticks = [int(t) for t in ticks[:8]]
+                out[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+    return out
+
+
+def busy_shares(before, after, cpus=(0, 1)):
+    """{cpu: share of its time busy} between two `cpu_stat()` readings."""
+    shares = {}
+    for cpu in cpus:
+        busy = after[cpu][0] - before[cpu][0]
+        total = after[cpu][1] - before[cpu][1]
+        shares[cpu] = busy / total if total else 0.0
+    return shares
+
+
 def http_get(port, timeout=2.0):
     """(status, body) of one `GET /` on a fresh connection."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
@@ -374,9 +397,9 @@ def throughput_run(cls, layout, seconds):
     try:
         run_wrk(spec["wrk"], server.port, 1, spec["close"])  # warm-up
         pids = server.pids()
-        before = cpu_ticks(pids)
+        before, cpus_before = cpu_ticks(pids), cpu_stat()
         result = run_wrk(spec["wrk"], server.port, seconds, spec["close"])
-        after = cpu_ticks(pids)
+        after, cpus_after = cpu_ticks(pids), cpu_stat()
     finally:
         server.stop()
     n = result["requests"]
@@ -387,6 +410,7 @@ def throughput_run(cls, layout, seconds):
         user_us=user * 1e6 / CLK_TCK / n,
         kernel_us=kernel * 1e6 / CLK_TCK / n,
         errors=result["errors"],
+        busy=busy_shares(cpus_before, cpus_after),
     )
 
 
@@ -400,7 +424,8 @@ def throughput(layouts, runs, seconds, servers=None):
                 r = throughput_run(cls, layout, seconds)
                 results[layout][cls.name].append(r)
                 log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
-                    f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors")
+                    f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors, "
+                    f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}")
     return results
 
 
@@ -424,18 +449,19 @@ def http2(runs, seconds):
             try:
                 run_h2load(server.port, 1)  # warm-up
                 pids = server.pids()
-                before = cpu_ticks(pids)
+                before, cpus_before = cpu_ticks(pids), cpu_stat()
                 n, failed = run_h2load(server.port, seconds)
-                after = cpu_ticks(pids)
+                after, cpus_after = cpu_ticks(pids), cpu_stat()
             finally:
                 server.stop()
             user = sum(after[p][0] - before[p][0] for p in pids)
             kernel = sum(after[p][1] - before[p][1] for p in pids)
             r = dict(rps=n / seconds, user_us=user * 1e6 / CLK_TCK / n, kernel_us=kernel * 1e6 / CLK_TCK / n,
-                     errors=failed)
+                     errors=failed, busy=busy_shares(cpus_before, cpus_after))
             results[cls.name].append(r)
             log(f"h2 run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
-                f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed")
+                f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed, "
+                f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}")
     return results
 
 
@@ -903,6 +929,14 @@ def targets(tput, split, calls, instr, mem, resp, h2=None):
     def per(layout, key):
         return against(tput.get(layout, {}), key, key == "rps")
 
+    def load_bound(results):
+        """", the load's CPU N% busy" when the load generator's CPU was (nearly)
+        saturated in every server's runs: the requests/s then measure it."""
+        shares = [med(r["busy"][0] for r in runs) for runs in results.values() if runs and "busy" in runs[0]]
+        if shares and min(shares) >= 0.95:
+            return f" (load-bound: the load's CPU {min(shares) * 100:.0f}–{max(shares) * 100:.0f}% busy)"
+        return ""
+
     rows = []
 
     def row(target, value, met, shown):
@@ -930,7 +964,9 @@ def targets(tput, split, calls, instr, mem, resp, h2=None):
         mine, theirs = calls["pinned"][name]["per_request"], calls["pinned"]["nginx"]["per_request"]
         row("pinned keep-alive: syscalls/request ≤ nginx", mine, mine <= theirs + 0.005, f"{mine:.2f} vs {theirs:.2f}")
     v = per("close", "rps")
-    row(f"`Connection: close`: requests/s ≥ 1.0× {best}", v, v is not None and v >= 1.0, f"{v:.2f}×" if v else "")
+    anchors_and_mine = {n: r for n, r in tput.get("close", {}).items() if n in ANCHORS + (name,)}
+    row(f"`Connection: close`: requests/s ≥ 1.0× {best}", v, v is not None and v >= 1.0,
+        f"{v:.2f}×{load_bound(anchors_and_mine)}" if v else "")
     v = per("unpinned", "rps")
     row(f"unpinned 2 workers: requests/s ≥ 1.0× {best}", v, v is not None and v >= 1.0, f"{v:.2f}×" if v else "")
     if split:
@@ -958,7 +994,11 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
              f"Written by `scripts/bench.sh` on {time.strftime('%Y-%m-%d')}; machine: {machine()[0]}.", "",
              f"Versions: {machine()[1]}.", "",
              f"Throughput: medians of {args.runs} alternating runs of {args.seconds} s each, after a 1 s warm-up; "
-             "CPU is utime and stime of each server's whole process tree, per request.", ""]
+             "CPU is utime and stime of each server's whole process tree, per request. Pinned, "
+             "\"server's CPU busy\" and \"load's CPU busy\" are the shares of the run CPU 1 (the server's) "
+             "and CPU 0 (the load generator's) were not idle (/proc/stat): a server whose CPU was below "
+             "100% while the load's was at it was waiting for its load, and its requests/s measure the "
+             "load generator more than the server.", ""]
     rows = targets(tput, split, calls, instr, mem, resp, h2)
     if rows:
         lines += table("Targets (prefork-server, ratios from this run)", ["target", "measured", "met"], rows)
@@ -971,14 +1011,23 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
     keys = ("rps", "user_us", "kernel_us")
     for layout, per_server in tput.items():
         base = [med(r[k] for r in per_server["nginx"]) for k in keys]
+        # Pinned, the load generator has CPU 0 and the server CPU 1: how busy
+        # each was tells which of the two set the requests/s (a CPU below
+        # 100% was waiting for the other).
+        pinned = layout != "unpinned"
         rows = []
         for name, runs in per_server.items():
             rps, user, kern = (med(r[k] for r in runs) for k in keys)
-            rows.append([name, f"{rps:,.0f}", ratio(rps, base[0]), f"{user:.2f}", ratio(user, base[1]),
-                         f"{kern:.2f}", ratio(kern, base[2]), sum(r["errors"] for r in runs)])
-        lines += table(titles[layout], ["server", "requests/s", "vs nginx", "user µs/req", "vs nginx",
-                                        "kernel µs/req", "vs nginx", "socket errors" if layout != "h2" else
-                                        "failed streams"], rows)
+            row = [name, f"{rps:,.0f}", ratio(rps, base[0]), f"{user:.2f}", ratio(user, base[1]),
+                   f"{kern:.2f}", ratio(kern, base[2])]
+            if pinned:
+                row += [f"{med(r['busy'][1] for r in runs) * 100:.0f}%",
+                        f"{med(r['busy'][0] for r in runs) * 100:.0f}%"]
+            rows.append(row + [sum(r["errors"] for r in runs)])
+        header = ["server", "requests/s", "vs nginx", "user µs/req", "vs nginx", "kernel µs/req", "vs nginx"]
+        if pinned:
+            header += ["server's CPU busy", "load's CPU busy"]
+        lines += table(titles[layout], header + ["socket errors" if layout != "h2" else "failed streams"], rows)
     if split:
         lines += ["Request split between the 2 workers (share of the busier one; a wrk Lua counter of the pid "
                   f"in each body, {args.seconds} s): " +
