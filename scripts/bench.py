@@ -933,9 +933,10 @@ def targets(tput, split, calls, instr, mem, resp, h2=None):
         """", the load's CPU N% busy" when the load generator's CPU was (nearly)
         saturated in every server's runs: the requests/s then measure it."""
         shares = [med(r["busy"][0] for r in runs) for runs in results.values() if runs and "busy" in runs[0]]
-        if shares and min(shares) >= 0.95:
-            return f" (load-bound: the load's CPU {min(shares) * 100:.0f}–{max(shares) * 100:.0f}% busy)"
-        return ""
+        if not shares or min(shares) < 0.95:
+            return ""
+        low, high = (f"{share * 100:.0f}" for share in (min(shares), max(shares)))
+        return f" (load-bound: the load's CPU {low if low == high else f'{low}–{high}'}% busy)"
 
     rows = []
 
