@@ -10,6 +10,7 @@
 //! - `/tls`: what the TLS handshake settled (`TlsInfo`), or `plain`;
 //! - `/alloc?mb=N`: leaks N MiB (for `--max-worker-memory`);
 //! - `/bytes?kb=N`: an N KiB body of a repeating pattern (the write path);
+//! - `/preset-length`: `hello` with a `Content-Length: 05` of its own (kept as set);
 //! - `POST /echo`: reads the whole request body and returns it;
 //! - `/panic`: panics in the handler;
 //! - `/stream?n=N&ms=M`: a chunked body of N lines, M ms apart (SSE-like);
@@ -156,6 +157,15 @@ async fn handle(
         (_, "/bytes") => {
             let kb = number("kb", 1) as usize;
             full((0..kb << 10).map(|i| b'a' + (i % 26) as u8).collect::<Vec<u8>>())
+        }
+        (_, "/preset-length") => {
+            // Written as no server would write it, so that a test can tell it was kept.
+            let mut reply = full("hello");
+            reply.headers_mut().insert(
+                hyper::header::CONTENT_LENGTH,
+                hyper::header::HeaderValue::from_static("05"),
+            );
+            reply
         }
         (&Method::POST, "/echo") => match request.into_body().collect().await {
             Ok(body) => full(body.to_bytes()),

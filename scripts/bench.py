@@ -89,15 +89,18 @@ def cpu_ticks(pids):
 
 
 def cpu_stat():
-    """{cpu number: (busy ticks, all ticks)} from /proc/stat (idle and iowait
-    count as not busy)."""
+    """{cpu number: (busy ticks, available ticks)} from /proc/stat. Busy is
+    user, nice, system, irq and softirq; available leaves out steal, the time
+    a virtual machine's host ran something else on that CPU (so a CPU that was
+    stolen from does not read as busy)."""
     out = {}
     with open("/proc/stat") as f:
         for line in f:
             name, *ticks = line.split()
             if name.startswith("cpu") and name[3:].isdigit():
-                ticks = [int(t) for t in ticks[:8]]
-                out[int(name[3:])] = (sum(ticks) - ticks[3] - ticks[4], sum(ticks))
+                user, nice, system, idle, iowait, irq, softirq, steal = (int(t) for t in ticks[:8])
+                busy = user + nice + system + irq + softirq
+                out[int(name[3:])] = (busy, busy + idle + iowait)
     return out
 
 
@@ -414,6 +417,11 @@ def throughput_run(cls, layout, seconds):
     )
 
 
+def is_pinned(layout):
+    """Whether the server has CPU 1 to itself and the load CPU 0 (h2c is)."""
+    return layout == "h2" or LAYOUTS.get(layout, {}).get("server_cpus") == "1"
+
+
 def throughput(layouts, runs, seconds, servers=None):
     servers = servers or SERVERS
     results = {layout: {cls.name: [] for cls in servers} for layout in layouts}
@@ -423,9 +431,9 @@ def throughput(layouts, runs, seconds, servers=None):
             for cls in order:
                 r = throughput_run(cls, layout, seconds)
                 results[layout][cls.name].append(r)
+                busy = (f", CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}" if is_pinned(layout) else "")
                 log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
-                    f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors, "
-                    f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}")
+                    f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors{busy}")
     return results
 
 
@@ -930,8 +938,9 @@ def targets(tput, split, calls, instr, mem, resp, h2=None):
         return against(tput.get(layout, {}), key, key == "rps")
 
     def load_bound(results):
-        """", the load's CPU N% busy" when the load generator's CPU was (nearly)
-        saturated in every server's runs: the requests/s then measure it."""
+        """" (load-bound: the load's CPU N% busy)" when the load generator's
+        CPU was (nearly) saturated in every server's runs, whose requests/s
+        then measure the load more than the server; "" otherwise."""
         shares = [med(r["busy"][0] for r in runs) for runs in results.values() if runs and "busy" in runs[0]]
         if not shares or min(shares) < 0.95:
             return ""
@@ -1015,7 +1024,7 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
         # Pinned, the load generator has CPU 0 and the server CPU 1: how busy
         # each was tells which of the two set the requests/s (a CPU below
         # 100% was waiting for the other).
-        pinned = layout != "unpinned"
+        pinned = is_pinned(layout) and all("busy" in r for runs in per_server.values() for r in runs)
         rows = []
         for name, runs in per_server.items():
             rps, user, kern = (med(r[k] for r in runs) for k in keys)

@@ -409,7 +409,8 @@ impl Io {
     /// Bytes hyper read but did not use (a next head begun): read first next time.
     pub fn give_back(&mut self, read: Bytes) {
         if !read.is_empty() {
-            // hyper's read buffer, which nothing else holds: taken back without a copy.
+            // hyper's read buffer, which nothing else holds once hyper is done
+            // with the connection: taken back without a copy (a copy if something did).
             self.prefix = BytesMut::from(read);
         }
     }

@@ -43,7 +43,9 @@ pub fn content_length(length: u64) -> HeaderValue {
     kept.unwrap_or_else(|_| made(length))
 }
 
-/// One exact allocation: the digits, as `Bytes` whose length is its capacity.
+/// The digits, as `Bytes` whose length is its capacity (one exact allocation;
+/// the first clone, into the cache's slot, adds the shared header, as any
+/// `Bytes` clone of a vector does).
 fn made(length: u64) -> HeaderValue {
     let mut digits = itoa::Buffer::new();
     let bytes = Bytes::copy_from_slice(digits.format(length).as_bytes());

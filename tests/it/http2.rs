@@ -69,8 +69,10 @@ fn pythons_h2_client_finds_the_server_conformant() {
 
 /// The worker gives HTTP/2 responses their `Content-Length` from a cache of
 /// recent lengths: each must still be its own body's, when lengths repeat, and
-/// when one replaces another in the cache (multiples of 1 KiB share a place).
-/// hyper's client, one request after another on one connection.
+/// when one replaces another in the cache (multiples of 1 KiB share a place);
+/// a length the service set stays its own, and a streamed body of unknown
+/// length gets none. hyper's client, one request after another on one
+/// connection.
 #[test]
 fn http2_responses_carry_their_own_content_length() {
     use http_body_util::{BodyExt, Empty};
@@ -86,34 +88,62 @@ fn http2_responses_carry_their_own_content_length() {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http::<Empty<bytes::Bytes>>();
+        // `(path, its Content-Length fields, the body's length)`, one connection.
+        let get = |path: String| {
+            let client = client.clone();
+            async move {
+                let uri: hyper::Uri = format!("http://{addr}{path}").parse().unwrap();
+                let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+                    .await
+                    .expect("answered within 10 s")
+                    .expect("answered");
+                assert_eq!(response.version(), hyper::Version::HTTP_2);
+                let lengths: Vec<String> = response
+                    .headers()
+                    .get_all(hyper::header::CONTENT_LENGTH)
+                    .iter()
+                    .map(|value| value.to_str().unwrap().to_owned())
+                    .collect();
+                let body = response.into_body().collect().await.expect("the body").to_bytes();
+                (path, lengths, body.len())
+            }
+        };
         let mut answers = Vec::new();
         for kib in [1usize, 2, 1, 17, 2, 2, 0, 1] {
-            let uri: hyper::Uri = format!("http://{addr}/bytes?kb={kib}").parse().unwrap();
-            let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
-                .await
-                .expect("answered within 10 s")
-                .expect("answered");
-            assert_eq!(response.version(), hyper::Version::HTTP_2);
-            let lengths: Vec<String> = response
-                .headers()
-                .get_all(hyper::header::CONTENT_LENGTH)
-                .iter()
-                .map(|value| value.to_str().unwrap().to_owned())
-                .collect();
-            let body = response.into_body().collect().await.expect("the body").to_bytes();
-            answers.push((kib, lengths, body.len()));
+            answers.push((Some(kib), get(format!("/bytes?kb={kib}")).await));
         }
+        // A length the service set is its own; a body of unknown length gets none.
+        answers.push((None, get("/preset-length".to_owned()).await));
+        answers.push((None, get("/stream?n=2&ms=1".to_owned()).await));
         answers
     });
-    for (kib, lengths, received) in answers {
-        assert_eq!(received, kib << 10, "{kib} KiB asked");
-        // An empty body ends with its HEADERS frame: no length, as hyper sends it.
-        let want = if kib == 0 {
-            vec![]
-        } else {
-            vec![(kib << 10).to_string()]
-        };
-        assert_eq!(lengths, want, "{kib} KiB: its one Content-Length");
+    for (kib, (path, lengths, received)) in &answers {
+        match (kib, path.as_str()) {
+            (Some(kib), _) => {
+                assert_eq!(*received, kib << 10, "{path}");
+                // An empty body ends with its HEADERS frame: no length, as hyper sends it.
+                let want = if *kib == 0 {
+                    vec![]
+                } else {
+                    vec![(kib << 10).to_string()]
+                };
+                assert_eq!(*lengths, want, "{path}: its one Content-Length");
+            }
+            (None, "/preset-length") => {
+                assert_eq!(
+                    (lengths.clone(), *received),
+                    (vec!["05".to_owned()], 5),
+                    "{path}: the service's own"
+                );
+            }
+            (None, _) => {
+                assert!(
+                    lengths.is_empty(),
+                    "{path}: {received} bytes streamed, yet Content-Length {lengths:?}"
+                );
+                assert!(*received > 0, "{path}: streamed a body");
+            }
+        }
     }
 }
 
