@@ -100,17 +100,24 @@ def cpu_stat():
             if name.startswith("cpu") and name[3:].isdigit():
                 user, nice, system, idle, iowait, irq, softirq, steal = (int(t) for t in ticks[:8])
                 busy = user + nice + system + irq + softirq
-                out[int(name[3:])] = (busy, busy + idle + iowait)
+                out[int(name[3:])] = (busy, busy + idle + iowait, steal)
     return out
 
 
 def busy_shares(before, after, cpus=(0, 1)):
-    """{cpu: share of its time busy} between two `cpu_stat()` readings."""
-    shares = {}
+    """{cpu: share of its available time busy} between two `cpu_stat()`
+    readings, and under "steal" {cpu: share of all its time the host took}."""
+    shares, steal = {}, {}
     for cpu in cpus:
         busy = after[cpu][0] - before[cpu][0]
-        total = after[cpu][1] - before[cpu][1]
-        shares[cpu] = busy / total if total else 0.0
+        available = after[cpu][1] - before[cpu][1]
+        stolen = after[cpu][2] - before[cpu][2]
+        shares[cpu] = busy / available if available else 0.0
+        steal[cpu] = stolen / (available + stolen) if available + stolen else 0.0
+    shares["steal"] = steal
+    if max(steal.values()) > 0.05:
+        log(f"warning: the host took {max(steal.values()):.0%} of a CPU's time in this run (steal): "
+            "its time figures say little")
     return shares
 
 
@@ -431,7 +438,8 @@ def throughput(layouts, runs, seconds, servers=None):
             for cls in order:
                 r = throughput_run(cls, layout, seconds)
                 results[layout][cls.name].append(r)
-                busy = (f", CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}" if is_pinned(layout) else "")
+                busy = (f", CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}, "
+                        f"steal {r['busy']['steal'][0]:.0%}/{r['busy']['steal'][1]:.0%}" if is_pinned(layout) else "")
                 log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
                     f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors{busy}")
     return results
@@ -469,7 +477,8 @@ def http2(runs, seconds):
             results[cls.name].append(r)
             log(f"h2 run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
                 f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed, "
-                f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}")
+                f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}, "
+                f"steal {r['busy']['steal'][0]:.0%}/{r['busy']['steal'][1]:.0%}")
     return results
 
 
@@ -1038,6 +1047,11 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
         if pinned:
             header += ["server's CPU busy", "load's CPU busy"]
         lines += table(titles[layout], header + ["socket errors" if layout != "h2" else "failed streams"], rows)
+        if pinned:
+            # A virtual machine's host may take its CPUs (steal): the noise of a run.
+            stolen = [r["busy"]["steal"][cpu] for runs in per_server.values() for r in runs for cpu in (0, 1)]
+            lines += [f"Steal (time the host took from these CPUs) in this phase's runs: "
+                      f"{min(stolen) * 100:.1f}–{max(stolen) * 100:.1f}%, median {med(stolen) * 100:.1f}%.", ""]
     if split:
         lines += ["Request split between the 2 workers (share of the busier one; a wrk Lua counter of the pid "
                   f"in each body, {args.seconds} s): " +
