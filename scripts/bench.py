@@ -115,10 +115,17 @@ def busy_shares(before, after, cpus=(0, 1)):
         shares[cpu] = busy / available if available else 0.0
         steal[cpu] = stolen / (available + stolen) if available + stolen else 0.0
     shares["steal"] = steal
+    return shares
+
+
+def busy_text(busy):
+    """The log's note of a pinned run's CPU shares; warns when the host took
+    more than 5% of a CPU (its time figures then say little)."""
+    steal = busy["steal"]
     if max(steal.values()) > 0.05:
         log(f"warning: the host took {max(steal.values()):.0%} of a CPU's time in this run (steal): "
             "its time figures say little")
-    return shares
+    return f", CPU 0/1 busy {busy[0]:.0%}/{busy[1]:.0%}, steal {steal[0]:.0%}/{steal[1]:.0%}"
 
 
 def http_get(port, timeout=2.0):
@@ -438,8 +445,7 @@ def throughput(layouts, runs, seconds, servers=None):
             for cls in order:
                 r = throughput_run(cls, layout, seconds)
                 results[layout][cls.name].append(r)
-                busy = (f", CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}, "
-                        f"steal {r['busy']['steal'][0]:.0%}/{r['busy']['steal'][1]:.0%}" if is_pinned(layout) else "")
+                busy = busy_text(r["busy"]) if is_pinned(layout) else ""
                 log(f"{layout} run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
                     f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {r['errors']} errors{busy}")
     return results
@@ -476,9 +482,8 @@ def http2(runs, seconds):
                      errors=failed, busy=busy_shares(cpus_before, cpus_after))
             results[cls.name].append(r)
             log(f"h2 run {round_ + 1}/{runs} {cls.name}: {r['rps']:,.0f} req/s, "
-                f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed, "
-                f"CPU 0/1 busy {r['busy'][0]:.0%}/{r['busy'][1]:.0%}, "
-                f"steal {r['busy']['steal'][0]:.0%}/{r['busy']['steal'][1]:.0%}")
+                f"{r['user_us']:.2f} user + {r['kernel_us']:.2f} kernel µs/req, {failed} failed"
+                f"{busy_text(r['busy'])}")
     return results
 
 
@@ -950,7 +955,7 @@ def targets(tput, split, calls, instr, mem, resp, h2=None):
         """" (load-bound: the load's CPU N% busy)" when the load generator's
         CPU was (nearly) saturated in every server's runs, whose requests/s
         then measure the load more than the server; "" otherwise."""
-        shares = [med(r["busy"][0] for r in runs) for runs in results.values() if runs and "busy" in runs[0]]
+        shares = [med(r["busy"][0] for r in runs) for runs in results.values() if runs]
         if not shares or min(shares) < 0.95:
             return ""
         low, high = (f"{share * 100:.0f}" for share in (min(shares), max(shares)))
@@ -1033,7 +1038,7 @@ def report(args, tput, split, lat, calls, instr, mem, resp, h2=None, idle=None, 
         # Pinned, the load generator has CPU 0 and the server CPU 1: how busy
         # each was tells which of the two set the requests/s (a CPU below
         # 100% was waiting for the other).
-        pinned = is_pinned(layout) and all("busy" in r for runs in per_server.values() for r in runs)
+        pinned = is_pinned(layout)
         rows = []
         for name, runs in per_server.items():
             rps, user, kern = (med(r[k] for r in runs) for k in keys)
