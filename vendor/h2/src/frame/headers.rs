@@ -3,7 +3,7 @@ use crate::ext::Protocol;
 use crate::frame::{Error, Frame, Head, Kind};
 use crate::hpack::{self, BytesStr};
 
-use http::header::{self, HeaderName, HeaderValue};
+use http::header;
 use http::{uri, HeaderMap, Method, Request, StatusCode, Uri};
 
 use bytes::{Buf, BufMut, BytesMut};
@@ -83,13 +83,10 @@ pub struct Pseudo {
     pub status: Option<StatusCode>,
 }
 
+/// A header block's pseudo-header fields, in the order they are encoded.
 #[derive(Debug)]
-pub struct Iter {
-    /// Pseudo headers
-    pseudo: Option<Pseudo>,
-
-    /// Header fields
-    fields: header::IntoIter<HeaderValue>,
+struct PseudoIter {
+    pseudo: Pseudo,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -714,45 +711,37 @@ impl EncodingHeaderBlock {
     }
 }
 
-// ===== impl Iter =====
+// ===== impl PseudoIter =====
 
-impl Iterator for Iter {
-    type Item = hpack::Header<Option<HeaderName>>;
+impl Iterator for PseudoIter {
+    type Item = hpack::Header;
 
     fn next(&mut self) -> Option<Self::Item> {
         use crate::hpack::Header::*;
 
-        if let Some(ref mut pseudo) = self.pseudo {
-            if let Some(method) = pseudo.method.take() {
-                return Some(Method(method));
-            }
+        let pseudo = &mut self.pseudo;
 
-            if let Some(scheme) = pseudo.scheme.take() {
-                return Some(Scheme(scheme));
-            }
-
-            if let Some(authority) = pseudo.authority.take() {
-                return Some(Authority(authority));
-            }
-
-            if let Some(path) = pseudo.path.take() {
-                return Some(Path(path));
-            }
-
-            if let Some(protocol) = pseudo.protocol.take() {
-                return Some(Protocol(protocol));
-            }
-
-            if let Some(status) = pseudo.status.take() {
-                return Some(Status(status));
-            }
+        if let Some(method) = pseudo.method.take() {
+            return Some(Method(method));
         }
 
-        self.pseudo = None;
+        if let Some(scheme) = pseudo.scheme.take() {
+            return Some(Scheme(scheme));
+        }
 
-        self.fields
-            .next()
-            .map(|(name, value)| Field { name, value })
+        if let Some(authority) = pseudo.authority.take() {
+            return Some(Authority(authority));
+        }
+
+        if let Some(path) = pseudo.path.take() {
+            return Some(Path(path));
+        }
+
+        if let Some(protocol) = pseudo.protocol.take() {
+            return Some(Protocol(protocol));
+        }
+
+        pseudo.status.take().map(Status)
     }
 }
 
@@ -998,12 +987,11 @@ impl HeaderBlock {
     fn into_encoding(self, encoder: &mut hpack::Encoder) -> EncodingHeaderBlock {
         let mut hpack = encoder.take_scratch();
         hpack.clear();
-        let headers = Iter {
-            pseudo: Some(self.pseudo),
-            fields: self.fields.into_iter(),
+        let pseudo = PseudoIter {
+            pseudo: self.pseudo,
         };
 
-        encoder.encode(headers, &mut hpack);
+        encoder.encode_block(pseudo, &self.fields, &mut hpack);
 
         EncodingHeaderBlock { hpack }
     }
@@ -1050,6 +1038,7 @@ mod test {
     use super::*;
     use crate::frame;
     use crate::hpack::{huffman, Encoder};
+    use http::header::{HeaderName, HeaderValue};
 
     #[test]
     fn test_nameless_header_at_resume() {

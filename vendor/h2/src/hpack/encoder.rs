@@ -1,8 +1,8 @@
-use super::table::{Index, Table};
+use super::table::{FieldRef, Index, Indexable, Table};
 use super::{huffman, Header};
 
 use bytes::{BufMut, BytesMut};
-use http::header::{HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 const DEFAULT_MAX_ALLOWED_SIZE: usize = 4 * 1024;
 
@@ -97,7 +97,9 @@ impl Encoder {
         }
     }
 
-    /// Encode a set of headers into the provide buffer
+    /// Encode a set of headers into the provide buffer (the tests' and the
+    /// fuzzer's way in: frames go through `encode_block`)
+    #[cfg(any(test, fuzzing))]
     pub fn encode<I>(&mut self, headers: I, dst: &mut BytesMut)
     where
         I: IntoIterator<Item = Header<Option<HeaderName>>>,
@@ -114,10 +116,7 @@ impl Encoder {
                 // The header has an associated name. In which case, try to
                 // index it in the table.
                 Ok(header) => {
-                    let index = self.table.index(header);
-                    self.encode_header(&index, dst);
-
-                    last_index = Some(index);
+                    last_index = Some(self.encode_indexed(header, dst));
                 }
                 // The header does not have an associated name. This means that
                 // the name is the same as the previously yielded header. In
@@ -136,6 +135,48 @@ impl Encoder {
         }
     }
 
+    /// Encodes a header block: its pseudo-header fields, then its field map.
+    ///
+    /// The output is that of `encode` given the same headers, but the map's
+    /// fields are read in place (see `FieldRef`), not moved out one by one: a
+    /// field is cloned only when it enters the dynamic table, and the map is
+    /// left to its owner to drop whole.
+    pub(crate) fn encode_block<P>(&mut self, pseudo: P, fields: &HeaderMap, dst: &mut BytesMut)
+    where
+        P: IntoIterator<Item = Header>,
+    {
+        let span = tracing::trace_span!("hpack::encode");
+        let _e = span.enter();
+
+        self.encode_size_updates(dst);
+
+        for header in pseudo {
+            self.encode_indexed(header, dst);
+        }
+
+        // A name's second and later values: `iter` yields them with a
+        // reference to the same name, where `encode`'s iterator has none.
+        let mut last: Option<(&HeaderName, Index<FieldRef<'_>>)> = None;
+        for (name, value) in fields.iter() {
+            if let Some((last_name, ref index)) = last {
+                if std::ptr::eq(last_name, name) {
+                    self.encode_header_without_name(index, value, dst);
+                    continue;
+                }
+            }
+            let index = self.encode_indexed(FieldRef { name, value }, dst);
+            last = Some((name, index));
+        }
+    }
+
+    /// Indexes `header` in the table and encodes it; the index, for the
+    /// values without a name that may follow.
+    fn encode_indexed<E: Indexable>(&mut self, header: E, dst: &mut BytesMut) -> Index<E> {
+        let index = self.table.index(header);
+        self.encode_header(&index, dst);
+        index
+    }
+
     fn encode_size_updates(&mut self, dst: &mut BytesMut) {
         match self.size_update.take() {
             Some(SizeUpdate::One(val)) => {
@@ -152,18 +193,16 @@ impl Encoder {
         }
     }
 
-    fn encode_header(&mut self, index: &Index, dst: &mut BytesMut) {
+    fn encode_header<E: Indexable>(&mut self, index: &Index<E>, dst: &mut BytesMut) {
         match *index {
             Index::Indexed(idx, _) => {
                 encode_int(idx, 7, 0x80, dst);
             }
-            Index::Name(idx, _) => {
-                let header = self.table.resolve(index);
-
+            Index::Name(idx, ref header) => {
                 encode_not_indexed(idx, header.value_slice(), header.is_sensitive(), dst);
             }
-            Index::Inserted(_) => {
-                let header = self.table.resolve(index);
+            Index::Inserted(slot) => {
+                let header = self.table.inserted(slot);
 
                 assert!(!header.is_sensitive());
 
@@ -172,17 +211,15 @@ impl Encoder {
                 encode_str(header.name().as_slice(), dst);
                 encode_str(header.value_slice(), dst);
             }
-            Index::InsertedValue(idx, _) => {
-                let header = self.table.resolve(index);
+            Index::InsertedValue(idx, slot) => {
+                let header = self.table.inserted(slot);
 
                 assert!(!header.is_sensitive());
 
                 encode_int(idx, 6, 0b0100_0000, dst);
                 encode_str(header.value_slice(), dst);
             }
-            Index::NotIndexed(_) => {
-                let header = self.table.resolve(index);
-
+            Index::NotIndexed(ref header) => {
                 encode_not_indexed2(
                     header.name().as_slice(),
                     header.value_slice(),
@@ -193,9 +230,9 @@ impl Encoder {
         }
     }
 
-    fn encode_header_without_name(
+    fn encode_header_without_name<E: Indexable>(
         &mut self,
-        last: &Index,
+        last: &Index<E>,
         value: &HeaderValue,
         dst: &mut BytesMut,
     ) {
@@ -208,9 +245,7 @@ impl Encoder {
 
                 encode_not_indexed(idx, value.as_ref(), value.is_sensitive(), dst);
             }
-            Index::NotIndexed(_) => {
-                let last = self.table.resolve(last);
-
+            Index::NotIndexed(ref last) => {
                 encode_not_indexed2(
                     last.name().as_slice(),
                     value.as_ref(),

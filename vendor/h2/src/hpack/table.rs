@@ -1,7 +1,8 @@
+use super::header::{self as field, Name};
 use super::Header;
 
 use fnv::FnvHasher;
-use http::header;
+use http::header::{self, HeaderName, HeaderValue};
 use http::method::Method;
 
 use std::collections::VecDeque;
@@ -20,13 +21,15 @@ pub struct Table {
     max_size: usize,
 }
 
+/// Where a header stands in the tables, with the header itself when the
+/// table did not take it (`E`: a `Header`, or a `FieldRef` into a header map).
 #[derive(Debug)]
-pub enum Index {
+pub enum Index<E = Header> {
     // The header is already fully indexed
-    Indexed(usize, Header),
+    Indexed(usize, E),
 
     // The name is indexed, but not the value
-    Name(usize, Header),
+    Name(usize, E),
 
     // The full header has been inserted into the table.
     Inserted(usize),
@@ -35,7 +38,107 @@ pub enum Index {
     InsertedValue(usize, usize),
 
     // The header is not indexed by this table
-    NotIndexed(Header),
+    NotIndexed(E),
+}
+
+/// What the table reads of a header to index it, and how it takes one in.
+///
+/// A response's fields are indexed from its `HeaderMap` by reference
+/// (`FieldRef`): a field is cloned only when it enters the dynamic table,
+/// instead of each field being moved out of the map, through the table and
+/// the encoder, and dropped one by one.
+pub trait Indexable {
+    /// The header's size as the table counts it (RFC 7541, 4.1).
+    fn size(&self) -> usize;
+    fn name(&self) -> Name<'_>;
+    fn value_slice(&self) -> &[u8];
+    fn is_sensitive(&self) -> bool;
+    /// Whether the value is never entered in the dynamic table.
+    fn skip_value_index(&self) -> bool;
+    /// Whether `entry`, a header of the table with the same name, has the same value.
+    fn value_eq(&self, entry: &Header) -> bool;
+    /// The static table's index for the header, and whether its value matched too.
+    fn index_static(&self) -> Option<(usize, bool)>;
+    /// The header, owned, for the dynamic table.
+    fn into_header(self) -> Header;
+}
+
+/// A field of a header map, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldRef<'a> {
+    pub name: &'a HeaderName,
+    pub value: &'a HeaderValue,
+}
+
+impl Indexable for Header {
+    fn size(&self) -> usize {
+        self.len()
+    }
+
+    fn name(&self) -> Name<'_> {
+        Header::name(self)
+    }
+
+    fn value_slice(&self) -> &[u8] {
+        Header::value_slice(self)
+    }
+
+    fn is_sensitive(&self) -> bool {
+        Header::is_sensitive(self)
+    }
+
+    fn skip_value_index(&self) -> bool {
+        Header::skip_value_index(self)
+    }
+
+    fn value_eq(&self, entry: &Header) -> bool {
+        Header::value_eq(self, entry)
+    }
+
+    fn index_static(&self) -> Option<(usize, bool)> {
+        index_static(self)
+    }
+
+    fn into_header(self) -> Header {
+        self
+    }
+}
+
+impl Indexable for FieldRef<'_> {
+    fn size(&self) -> usize {
+        field::len(self.name, self.value)
+    }
+
+    fn name(&self) -> Name<'_> {
+        Name::Field(self.name)
+    }
+
+    fn value_slice(&self) -> &[u8] {
+        self.value.as_bytes()
+    }
+
+    fn is_sensitive(&self) -> bool {
+        self.value.is_sensitive()
+    }
+
+    fn skip_value_index(&self) -> bool {
+        field::skip_value_index(self.name)
+    }
+
+    fn value_eq(&self, entry: &Header) -> bool {
+        matches!(*entry, Header::Field { ref value, .. } if value == self.value)
+    }
+
+    fn index_static(&self) -> Option<(usize, bool)> {
+        index_static_field(self.name, self.value)
+    }
+
+    fn into_header(self) -> Header {
+        Header::Field {
+            name: self.name.clone(),
+            value: self.value.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -105,20 +208,12 @@ impl Table {
         self.max_size
     }
 
-    /// Gets the header stored in the table
-    pub fn resolve<'a>(&'a self, index: &'a Index) -> &'a Header {
-        use self::Index::*;
-
-        match *index {
-            Indexed(_, ref h) => h,
-            Name(_, ref h) => h,
-            Inserted(idx) => &self.slots[idx].header,
-            InsertedValue(_, idx) => &self.slots[idx].header,
-            NotIndexed(ref h) => h,
-        }
+    /// Gets a header the table took in (`Index::Inserted`, `Index::InsertedValue`)
+    pub fn inserted(&self, slot: usize) -> &Header {
+        &self.slots[slot].header
     }
 
-    pub fn resolve_idx(&self, index: &Index) -> usize {
+    pub fn resolve_idx<E>(&self, index: &Index<E>) -> usize {
         use self::Index::*;
 
         match *index {
@@ -131,9 +226,9 @@ impl Table {
     }
 
     /// Index the header in the HPACK table.
-    pub fn index(&mut self, header: Header) -> Index {
+    pub fn index<E: Indexable>(&mut self, header: E) -> Index<E> {
         // Check the static table
-        let statik = index_static(&header);
+        let statik = header.index_static();
 
         // Don't index certain headers. This logic is borrowed from nghttp2.
         if header.skip_value_index() {
@@ -150,17 +245,21 @@ impl Table {
         }
 
         // Don't index large headers
-        if header.len() * 4 > self.max_size * 3 {
+        if header.size() * 4 > self.max_size * 3 {
             return Index::new(statik, header);
         }
 
         self.index_dynamic(header, statik)
     }
 
-    fn index_dynamic(&mut self, header: Header, statik: Option<(usize, bool)>) -> Index {
+    fn index_dynamic<E: Indexable>(
+        &mut self,
+        header: E,
+        statik: Option<(usize, bool)>,
+    ) -> Index<E> {
         debug_assert!(self.assert_valid_state("one"));
 
-        if header.len() + self.size < self.max_size || !header.is_sensitive() {
+        if header.size() + self.size < self.max_size || !header.is_sensitive() {
             // Only grow internal storage if needed
             self.reserve_one();
         }
@@ -172,7 +271,7 @@ impl Table {
             return Index::new(statik, header);
         }
 
-        let hash = hash_header(&header);
+        let hash = hash_name(header.name());
 
         let desired_pos = desired_pos(self.mask, hash);
         let mut probe = desired_pos;
@@ -202,13 +301,13 @@ impl Table {
         });
     }
 
-    fn index_occupied(
+    fn index_occupied<E: Indexable>(
         &mut self,
-        header: Header,
+        header: E,
         hash: HashValue,
         mut index: usize,
         statik: Option<usize>,
-    ) -> Index {
+    ) -> Index<E> {
         debug_assert!(self.assert_valid_state("top"));
 
         // There already is a match for the given header name. Check if a value
@@ -218,7 +317,7 @@ impl Table {
             // Compute the real index into the VecDeque
             let real_idx = index.wrapping_add(self.inserted);
 
-            if self.slots[real_idx].header.value_eq(&header) {
+            if header.value_eq(&self.slots[real_idx].header) {
                 // We have a full match!
                 return Index::Indexed(real_idx + DYN_OFFSET, header);
             }
@@ -234,10 +333,10 @@ impl Table {
                 return Index::Name(real_idx + DYN_OFFSET, header);
             }
 
-            self.update_size(header.len(), Some(index));
+            self.update_size(header.size(), Some(index));
 
             // Insert the new header
-            self.insert(header, hash);
+            self.insert(header.into_header(), hash);
 
             // Recompute real_idx as it just changed.
             let new_real_idx = index.wrapping_add(self.inserted);
@@ -263,14 +362,14 @@ impl Table {
         }
     }
 
-    fn index_vacant(
+    fn index_vacant<E: Indexable>(
         &mut self,
-        header: Header,
+        header: E,
         hash: HashValue,
         mut dist: usize,
         mut probe: usize,
         statik: Option<(usize, bool)>,
-    ) -> Index {
+    ) -> Index<E> {
         if header.is_sensitive() {
             return Index::new(statik, header);
         }
@@ -280,7 +379,7 @@ impl Table {
 
         // Passing in `usize::MAX` for prev_idx since there is no previous
         // header in this case.
-        if self.update_size(header.len(), None) {
+        if self.update_size(header.size(), None) {
             while dist != 0 {
                 let back = probe.wrapping_sub(1) & self.mask;
 
@@ -302,7 +401,7 @@ impl Table {
 
         debug_assert!(self.assert_valid_state("after update"));
 
-        self.insert(header, hash);
+        self.insert(header.into_header(), hash);
 
         let pos_idx = 0usize.wrapping_sub(self.inserted);
 
@@ -629,8 +728,8 @@ impl Table {
     }
 }
 
-impl Index {
-    fn new(v: Option<(usize, bool)>, e: Header) -> Index {
+impl<E> Index<E> {
+    fn new(v: Option<(usize, bool)>, e: E) -> Index<E> {
         match v {
             None => Index::NotIndexed(e),
             Some((n, true)) => Index::Indexed(n, e),
@@ -659,11 +758,11 @@ fn probe_distance(mask: usize, hash: HashValue, current: usize) -> usize {
     current.wrapping_sub(desired_pos(mask, hash)) & mask
 }
 
-fn hash_header(header: &Header) -> HashValue {
+fn hash_name(name: Name<'_>) -> HashValue {
     const MASK: u64 = (MAX_SIZE as u64) - 1;
 
     let mut h = FnvHasher::default();
-    header.name().hash(&mut h);
+    name.hash(&mut h);
     HashValue((h.finish() & MASK) as usize)
 }
 
@@ -674,62 +773,7 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
         Header::Field {
             ref name,
             ref value,
-        } => match *name {
-            header::ACCEPT_CHARSET => Some((15, false)),
-            header::ACCEPT_ENCODING => {
-                if value == "gzip, deflate" {
-                    Some((16, true))
-                } else {
-                    Some((16, false))
-                }
-            }
-            header::ACCEPT_LANGUAGE => Some((17, false)),
-            header::ACCEPT_RANGES => Some((18, false)),
-            header::ACCEPT => Some((19, false)),
-            header::ACCESS_CONTROL_ALLOW_ORIGIN => Some((20, false)),
-            header::AGE => Some((21, false)),
-            header::ALLOW => Some((22, false)),
-            header::AUTHORIZATION => Some((23, false)),
-            header::CACHE_CONTROL => Some((24, false)),
-            header::CONTENT_DISPOSITION => Some((25, false)),
-            header::CONTENT_ENCODING => Some((26, false)),
-            header::CONTENT_LANGUAGE => Some((27, false)),
-            header::CONTENT_LENGTH => Some((28, false)),
-            header::CONTENT_LOCATION => Some((29, false)),
-            header::CONTENT_RANGE => Some((30, false)),
-            header::CONTENT_TYPE => Some((31, false)),
-            header::COOKIE => Some((32, false)),
-            header::DATE => Some((33, false)),
-            header::ETAG => Some((34, false)),
-            header::EXPECT => Some((35, false)),
-            header::EXPIRES => Some((36, false)),
-            header::FROM => Some((37, false)),
-            header::HOST => Some((38, false)),
-            header::IF_MATCH => Some((39, false)),
-            header::IF_MODIFIED_SINCE => Some((40, false)),
-            header::IF_NONE_MATCH => Some((41, false)),
-            header::IF_RANGE => Some((42, false)),
-            header::IF_UNMODIFIED_SINCE => Some((43, false)),
-            header::LAST_MODIFIED => Some((44, false)),
-            header::LINK => Some((45, false)),
-            header::LOCATION => Some((46, false)),
-            header::MAX_FORWARDS => Some((47, false)),
-            header::PROXY_AUTHENTICATE => Some((48, false)),
-            header::PROXY_AUTHORIZATION => Some((49, false)),
-            header::RANGE => Some((50, false)),
-            header::REFERER => Some((51, false)),
-            header::REFRESH => Some((52, false)),
-            header::RETRY_AFTER => Some((53, false)),
-            header::SERVER => Some((54, false)),
-            header::SET_COOKIE => Some((55, false)),
-            header::STRICT_TRANSPORT_SECURITY => Some((56, false)),
-            header::TRANSFER_ENCODING => Some((57, false)),
-            header::USER_AGENT => Some((58, false)),
-            header::VARY => Some((59, false)),
-            header::VIA => Some((60, false)),
-            header::WWW_AUTHENTICATE => Some((61, false)),
-            _ => None,
-        },
+        } => index_static_field(name, value),
         Header::Authority(_) => Some((1, false)),
         Header::Method(ref v) => match *v {
             Method::GET => Some((2, true)),
@@ -757,5 +801,66 @@ fn index_static(header: &Header) -> Option<(usize, bool)> {
             500 => Some((14, true)),
             _ => Some((8, false)),
         },
+    }
+}
+
+/// The static table's index for a field (not a pseudo-header), and whether its
+/// value matched too.
+fn index_static_field(name: &HeaderName, value: &HeaderValue) -> Option<(usize, bool)> {
+    match *name {
+        header::ACCEPT_CHARSET => Some((15, false)),
+        header::ACCEPT_ENCODING => {
+            if value == "gzip, deflate" {
+                Some((16, true))
+            } else {
+                Some((16, false))
+            }
+        }
+        header::ACCEPT_LANGUAGE => Some((17, false)),
+        header::ACCEPT_RANGES => Some((18, false)),
+        header::ACCEPT => Some((19, false)),
+        header::ACCESS_CONTROL_ALLOW_ORIGIN => Some((20, false)),
+        header::AGE => Some((21, false)),
+        header::ALLOW => Some((22, false)),
+        header::AUTHORIZATION => Some((23, false)),
+        header::CACHE_CONTROL => Some((24, false)),
+        header::CONTENT_DISPOSITION => Some((25, false)),
+        header::CONTENT_ENCODING => Some((26, false)),
+        header::CONTENT_LANGUAGE => Some((27, false)),
+        header::CONTENT_LENGTH => Some((28, false)),
+        header::CONTENT_LOCATION => Some((29, false)),
+        header::CONTENT_RANGE => Some((30, false)),
+        header::CONTENT_TYPE => Some((31, false)),
+        header::COOKIE => Some((32, false)),
+        header::DATE => Some((33, false)),
+        header::ETAG => Some((34, false)),
+        header::EXPECT => Some((35, false)),
+        header::EXPIRES => Some((36, false)),
+        header::FROM => Some((37, false)),
+        header::HOST => Some((38, false)),
+        header::IF_MATCH => Some((39, false)),
+        header::IF_MODIFIED_SINCE => Some((40, false)),
+        header::IF_NONE_MATCH => Some((41, false)),
+        header::IF_RANGE => Some((42, false)),
+        header::IF_UNMODIFIED_SINCE => Some((43, false)),
+        header::LAST_MODIFIED => Some((44, false)),
+        header::LINK => Some((45, false)),
+        header::LOCATION => Some((46, false)),
+        header::MAX_FORWARDS => Some((47, false)),
+        header::PROXY_AUTHENTICATE => Some((48, false)),
+        header::PROXY_AUTHORIZATION => Some((49, false)),
+        header::RANGE => Some((50, false)),
+        header::REFERER => Some((51, false)),
+        header::REFRESH => Some((52, false)),
+        header::RETRY_AFTER => Some((53, false)),
+        header::SERVER => Some((54, false)),
+        header::SET_COOKIE => Some((55, false)),
+        header::STRICT_TRANSPORT_SECURITY => Some((56, false)),
+        header::TRANSFER_ENCODING => Some((57, false)),
+        header::USER_AGENT => Some((58, false)),
+        header::VARY => Some((59, false)),
+        header::VIA => Some((60, false)),
+        header::WWW_AUTHENTICATE => Some((61, false)),
+        _ => None,
     }
 }
