@@ -13,10 +13,12 @@
 //! against mimalloc's or jemalloc's arenas, which cost hundreds of KiB per
 //! worker and more per idle connection (docs/performance.md has both figures).
 //!
-//! And one worker thread keeps a few freed 8 KiB buffers for its next
-//! allocations of that size (see `shelf`): hyper's read and write buffers are
-//! 8 KiB each, above glibc's thread cache (1,032 bytes), so every new
-//! connection otherwise takes them from malloc's bins and gives them back with
+//! And one worker thread keeps freed blocks for its next allocations of the
+//! same class (see `shelf`): small ones, of up to 1 KiB, more of each size
+//! than glibc's thread cache keeps (7), for the bursts of allocations a burst
+//! of connections or HTTP/2 requests makes; and a few 8 KiB buffers, hyper's
+//! read and write buffers, above glibc's thread cache (1,032 bytes), which
+//! every new connection otherwise takes from malloc's bins and gives back with
 //! a consolidation.
 //!
 //! No lock: the shelf belongs to one thread, so nothing of it can be held
@@ -43,6 +45,13 @@ impl Allocator {
     /// allocator is another.
     pub fn keep_buffers_on_this_thread() {
         shelf::claim();
+    }
+
+    /// Gives the small blocks the calling thread keeps back to malloc (see
+    /// [`Allocator::keep_buffers_on_this_thread`]), as before trimming the
+    /// heap: nothing on another thread.
+    pub fn release_kept_blocks() {
+        shelf::release();
     }
 }
 
@@ -132,9 +141,10 @@ unsafe fn in_chunk(layout: Layout, get: impl FnOnce(Layout) -> *mut u8) -> *mut 
 // chunk. The two kinds never mix: `over_aligned(layout)` is a function of the
 // layout, which GlobalAlloc's contract makes the same at alloc and dealloc.
 // Plain layouts (aligned to at most 8) are malloc's blocks, freed with free,
-// which needs no layout; the shelf holds only such blocks, freed with a size
-// they are at least as large as, and hands each out for that size again (see
-// `shelf`).
+// which needs no layout, each asked of malloc at `shelf::malloc_size` of its
+// size; the shelf holds only such blocks, freed with a size whose class they
+// are at least as large as, and hands each out for a size of that class again
+// (see `shelf`).
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if shelf::kept(layout) {
@@ -143,9 +153,10 @@ unsafe impl GlobalAlloc for Allocator {
             }
         }
         if plain(layout) {
-            // SAFETY: malloc of a non-zero size (GlobalAlloc's contract); its
-            // alignment is at least PLAIN_ALIGN, the layout's at most.
-            return unsafe { libc::malloc(layout.size()).cast() };
+            // SAFETY: malloc of a non-zero size (GlobalAlloc's contract), at
+            // least the layout's; its alignment is at least PLAIN_ALIGN, the
+            // layout's at most.
+            return unsafe { libc::malloc(shelf::malloc_size(layout.size())).cast() };
         }
         if !over_aligned(layout) {
             // SAFETY: the caller's layout, forwarded under the same contract.
@@ -159,7 +170,7 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if plain(layout) {
             // SAFETY: as in `alloc`, zeroed by calloc.
-            return unsafe { libc::calloc(1, layout.size()).cast() };
+            return unsafe { libc::calloc(1, shelf::malloc_size(layout.size())).cast() };
         }
         if !over_aligned(layout) {
             // SAFETY: as in `alloc`.
@@ -196,8 +207,9 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if plain(layout) {
             // SAFETY: as in `dealloc`; `new_size` is non-zero (GlobalAlloc's
-            // contract), and realloc's block is aligned as malloc's are.
-            return unsafe { libc::realloc(block.cast(), new_size).cast() };
+            // contract), at most the size asked, and realloc's block is
+            // aligned as malloc's are.
+            return unsafe { libc::realloc(block.cast(), shelf::malloc_size(new_size)).cast() };
         }
         if !over_aligned(layout) {
             // SAFETY: the block came from the system allocator with `layout`.

@@ -261,15 +261,20 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     // After a stall (a blocking handler), one tick, not a burst of them.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut parked_last_tick = 0;
+    let mut idle_last_tick = true;
     loop {
         interval.tick().await;
         record.beat();
         if let Some(steer) = shared.steer.filter(|_| !shared.lifecycle.is_draining()) {
             steer.beat();
         }
-        if parked_last_tick >= TRIM_AFTER_PARKING {
+        // And when the last connection has gone: what the load left in the
+        // allocator's caches is not needed until the next one.
+        let idle = shared.connections.count() == 0;
+        if parked_last_tick >= TRIM_AFTER_PARKING || (idle && !idle_last_tick) {
             give_freed_memory_back();
         }
+        idle_last_tick = idle;
         let lifecycle = &shared.lifecycle;
         lifecycle.tick();
         let limits = if lifecycle.is_draining() { draining } else { serving };
@@ -292,6 +297,8 @@ const TRIM_AFTER_PARKING: usize = 64;
 /// middle of it, which would stay resident (reusable by this worker, but counted
 /// against it) until the next burst of connections.
 fn give_freed_memory_back() {
+    // The worker's own cache of small blocks first: they are holes too.
+    crate::Allocator::release_kept_blocks();
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
     unsafe {
