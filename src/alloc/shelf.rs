@@ -16,16 +16,18 @@
 //! connection takes both from malloc's bins and frees them with a
 //! consolidation of their neighbours, about 500 instructions a connection.
 //!
-//! A freed small block is kept in the class of its layout's size rounded up
-//! to 16 bytes, and handed out for any size of that class; so every small
-//! block the allocator gives is asked of malloc at that rounded size
-//! (`malloc_size`), on every thread: a block is then at least as large as any
-//! size of its class, wherever it was allocated and whichever thread frees
-//! it. (glibc rounds each block to 16 bytes with 8 of its own: the rounding
-//! costs 16 bytes for half the sizes, none for the others.) Freed small blocks
-//! are linked through their first 8 bytes, as glibc's thread cache links its
-//! own; the 8 KiB ones are a short stack. `release` gives every kept small
-//! block back to malloc, before the worker trims its heap when idle.
+//! A freed small block is kept in the class of its layout's size, and handed
+//! out for any size of that class; so every small block the allocator gives
+//! is asked of malloc at the largest size of its class (`malloc_size`), on
+//! every thread: a block is then at least as large as any size of its class,
+//! whichever malloc is in the process, wherever the block was allocated and
+//! whichever thread frees it. The classes are glibc's own (a block of 16 k
+//! bytes, 8 of them glibc's, holds 16 k − 8), so with glibc the rounding costs
+//! no memory: 100 bytes are asked as 104, which glibc gives the same block.
+//! Freed small blocks are linked through their first 8 bytes, as glibc's
+//! thread cache links its own; the 8 KiB ones are a short stack. `release`
+//! gives every kept small block back to malloc, before the worker trims its
+//! heap when idle.
 //!
 //! Only alignments of up to 8, which malloc gives on every target and which
 //! the allocator serves with malloc, calloc, realloc and free themselves (the
@@ -58,11 +60,12 @@ const KEEP: usize = 8;
 /// The width of a class of small blocks: malloc's alignment.
 const CLASS: usize = 16;
 
-/// The largest small size kept: glibc's thread cache's own bound, rounded.
+/// The largest small size kept (in the class of glibc's thread cache's largest
+/// blocks, 1,032 bytes).
 const SMALL_MAX: usize = 1024;
 
-/// Classes of small blocks: 16, 32, ... 1,024 bytes.
-const CLASSES: usize = SMALL_MAX / CLASS;
+/// Classes of small blocks: up to 8, 24, 40, ... 1,032 bytes.
+const CLASSES: usize = class_of(SMALL_MAX) + 1;
 
 /// Small blocks kept per class: 640 HTTP/2 streams in flight (64 connections
 /// of 10) hold 2 blocks of 624 bytes and 2 of 272 each; callgrind counted 380
@@ -137,20 +140,27 @@ pub(super) fn kept(layout: Layout) -> bool {
 }
 
 /// The size to ask of malloc (or calloc, or realloc) for a plain block of
-/// `size` bytes: a small size rounded up to its class, so that the block can
-/// be kept for any size of the class (see the module's documentation).
+/// `size` bytes: a small size rounded up to the largest of its class, so that
+/// the block can be kept for any size of the class (see the module's
+/// documentation).
 #[inline]
 pub(super) fn malloc_size(size: usize) -> usize {
     if size <= SMALL_MAX {
-        size.next_multiple_of(CLASS)
+        class_bytes(class_of(size))
     } else {
         size
     }
 }
 
-/// The index of the class of a small size (1 to `SMALL_MAX` bytes).
-fn class_of(size: usize) -> usize {
-    size.div_ceil(CLASS).saturating_sub(1)
+/// The index of the class of a small size (up to `SMALL_MAX` bytes): class
+/// `i` holds sizes of up to `class_bytes(i)`, 16 bytes more than the one below.
+const fn class_of(size: usize) -> usize {
+    (size + CLASS + 7) / CLASS - 1
+}
+
+/// The largest size of class `index`, which each of its blocks holds.
+const fn class_bytes(index: usize) -> usize {
+    (index + 1) * CLASS - 8
 }
 
 /// Runs `f` on the shelf, on the owning thread; None on any other.
@@ -183,12 +193,12 @@ pub(super) fn take(layout: Layout) -> Option<*mut u8> {
             return None;
         }
         let block = class.head;
-        // SAFETY: a kept small block is a live malloc block of at least 16
+        // SAFETY: a kept small block is a live malloc block of at least 8
         // bytes, not in use, whose first word `put` wrote: the next block of
         // the class, or null.
         class.head = unsafe { block.cast::<*mut u8>().read() };
         class.len -= 1;
-        shelf.small_bytes -= (index + 1) * CLASS;
+        shelf.small_bytes -= class_bytes(index);
         Some(block)
     })
 }
@@ -209,14 +219,14 @@ pub(super) unsafe fn put(block: *mut u8, layout: Layout) -> bool {
             return Some(());
         }
         let index = class_of(layout.size());
-        let bytes = (index + 1) * CLASS;
+        let bytes = class_bytes(index);
         let class = shelf.small.get_mut(index)?;
         if class.len >= SMALL_KEEP || shelf.small_bytes + bytes > SMALL_BYTES {
             return None;
         }
-        // SAFETY: the block is at least 16 bytes (the caller's promise, a size
-        // rounded to 16), malloc-aligned, and the caller's to give up: its
-        // first word is free to hold the link.
+        // SAFETY: the block is at least 8 bytes (the caller's promise: the
+        // smallest class's size), malloc-aligned, and the caller's to give up:
+        // its first word is free to hold the link.
         unsafe { block.cast::<*mut u8>().write(class.head) };
         class.head = block;
         class.len += 1;
@@ -257,6 +267,21 @@ mod tests {
     /// How many blocks the shelf holds, seen from this thread (None: not the owner).
     fn kept_now() -> Option<usize> {
         with_shelf(|shelf| Some(shelf.len))
+    }
+
+    /// Each small size is asked of malloc at the largest size of its class,
+    /// glibc's classes (16 k − 8 bytes); others as they are.
+    #[test]
+    fn small_sizes_are_asked_at_their_class_s_largest() {
+        let asked: Vec<usize> = [1, 8, 9, 24, 25, 89, 100, 104, 105, 1016, 1017, 1024, 1025, 8192]
+            .into_iter()
+            .map(malloc_size)
+            .collect();
+        assert_eq!(
+            asked,
+            [8, 8, 24, 24, 40, 104, 104, 104, 120, 1016, 1032, 1032, 1025, 8192]
+        );
+        assert_eq!(CLASSES, 65);
     }
 
     /// Small blocks the shelf holds in the class of `size`, and bytes in all,
@@ -366,25 +391,29 @@ mod tests {
             assert_eq!(small_now(100), Some((0, 0)));
             let a = Allocator.alloc(at(100));
             #[cfg(target_env = "gnu")]
-            assert!(
-                libc::malloc_usable_size(a.cast()) >= 112,
-                "asked of malloc at its class's size"
-            );
+            {
+                let usable = libc::malloc_usable_size(a.cast());
+                assert!(usable >= 104, "asked of malloc at its class's size");
+                // glibc's own classes: the rounding costs no memory.
+                let plain = libc::malloc(100);
+                assert_eq!(usable, libc::malloc_usable_size(plain), "glibc gave a larger block");
+                libc::free(plain);
+            }
             std::ptr::write_bytes(a, 1, 100);
             Allocator.dealloc(a, at(100));
-            assert_eq!(small_now(100), Some((1, 112)), "kept in the class of 97 to 112 bytes");
+            assert_eq!(small_now(100), Some((1, 104)), "kept in the class of 89 to 104 bytes");
             // Any size of the class takes it, and it holds that size.
-            for size in [112, 97, 100] {
+            for size in [104, 89, 100] {
                 let b = Allocator.alloc(at(size));
                 assert_eq!(b, a, "{size} bytes take the kept block");
                 std::ptr::write_bytes(b, 2, size);
                 Allocator.dealloc(b, at(size));
             }
             // A size of another class does not.
-            let c = Allocator.alloc(at(96));
-            assert_ne!(c, a, "96 bytes took a block of the next class");
-            Allocator.dealloc(c, at(96));
-            assert_eq!(small_now(96), Some((1, 208)));
+            let c = Allocator.alloc(at(88));
+            assert_ne!(c, a, "88 bytes took a block of the next class");
+            Allocator.dealloc(c, at(88));
+            assert_eq!(small_now(88), Some((1, 192)));
             // A block allocated on another thread is kept when freed here (it
             // was asked of malloc at its class's size too); another thread
             // neither takes from the shelf nor puts on it.
@@ -400,7 +429,7 @@ mod tests {
             .unwrap();
             assert_eq!((seen, shelved), (None, false), "another thread used the shelf");
             Allocator.dealloc(elsewhere as *mut u8, at(100));
-            assert_eq!(small_now(100), Some((2, 320)));
+            assert_eq!(small_now(100), Some((2, 296)));
             // Beyond SMALL_KEEP blocks of a class, malloc; none handed out twice.
             let many = filled(SMALL_KEEP as usize + 8, 100, 4);
             let mut distinct: Vec<usize> = many.iter().map(|&p| p as usize).collect();
@@ -439,13 +468,13 @@ mod tests {
             std::thread::spawn(release).join().unwrap();
             assert_eq!(small_now(1024).map(|(n, _)| n), Some(SMALL_KEEP));
             release();
-            for size in [96, 100, 960, 976, 992, 1008, 1024] {
+            for size in [88, 100, 960, 976, 992, 1008, 1024] {
                 assert_eq!(small_now(size), Some((0, 0)), "{size} bytes' class after release");
             }
             let d = Allocator.alloc(at(100));
             std::ptr::write_bytes(d, 5, 100);
             Allocator.dealloc(d, at(100));
-            assert_eq!(small_now(100), Some((1, 112)), "kept again after release");
+            assert_eq!(small_now(100), Some((1, 104)), "kept again after release");
             release();
         }
     }

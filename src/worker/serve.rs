@@ -273,6 +273,11 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
         let idle = shared.connections.count() == 0;
         if parked_last_tick >= TRIM_AFTER_PARKING || (idle && !idle_last_tick) {
             give_freed_memory_back();
+        } else if parked_last_tick > 0 {
+            // Connections gone idle: the blocks their parking freed go back to
+            // malloc, for whatever the next allocations are, rather than wait
+            // in the worker's cache for their own sizes.
+            crate::Allocator::release_kept_blocks();
         }
         idle_last_tick = idle;
         let lifecycle = &shared.lifecycle;
