@@ -80,13 +80,15 @@ fn over_aligned(layout: Layout) -> bool {
     layout.align() > MALLOC_ALIGN && layout.align() <= MAX_OVER_ALIGN
 }
 
-/// The malloc-aligned layout of the chunk that holds `layout`'s block: `align`
-/// bytes more than its size, room enough for the header and the padding
-/// (malloc's address is 16-aligned, so the block begins at most `align` bytes
-/// in). None when that size overflows.
+/// The layout of the chunk that holds `layout`'s block: `align` bytes more
+/// than its size, room enough for the header and the padding (malloc's
+/// address is at least 8-aligned, so the block begins at most `align` bytes
+/// in). A plain layout, so the chunk is malloc's and, if small, kept on the
+/// shelf when freed (a tokio task, aligned to 128, is one). None when that
+/// size overflows.
 fn chunk(layout: Layout) -> Option<Layout> {
     let size = layout.size().checked_add(layout.align())?;
-    Layout::from_size_align(size, MALLOC_ALIGN).ok()
+    Layout::from_size_align(size, PLAIN_ALIGN).ok()
 }
 
 /// The block inside `raw`'s chunk: the first `align`-aligned address that
@@ -97,7 +99,7 @@ fn chunk(layout: Layout) -> Option<Layout> {
 unsafe fn place(raw: *mut u8, layout: Layout) -> *mut u8 {
     let addr = raw as usize;
     let block = (addr + size_of::<usize>()).next_multiple_of(layout.align());
-    // SAFETY: `block - addr` is at most `align` (addr is 16-aligned, so addr + 8
+    // SAFETY: `block - addr` is at most `align` (addr is 8-aligned, so addr + 8
     // rounds up to at most addr + align), and the chunk is `size + align` bytes:
     // the block and its header lie inside it. The header slot is 8-aligned,
     // because the block is aligned to at least 32.
@@ -117,9 +119,9 @@ unsafe fn chunk_of(block: *mut u8) -> *mut u8 {
     unsafe { block.cast::<*mut u8>().sub(1).read() }
 }
 
-/// The header path: a chunk of `chunk(layout)`'s size from `get` (the system
-/// allocator's `alloc` or `alloc_zeroed`), and the block placed inside it;
-/// null if the size overflows or `get` fails.
+/// The header path: a chunk of `chunk(layout)`'s size from `get` (the plain
+/// path's `alloc` or `alloc_zeroed`), and the block placed inside it; null if
+/// the size overflows or `get` fails.
 ///
 /// # Safety
 /// `get` returns null or a live block of the layout it is given.
@@ -136,9 +138,9 @@ unsafe fn in_chunk(layout: Layout, get: impl FnOnce(Layout) -> *mut u8) -> *mut 
 }
 
 // SAFETY: every block is either the system allocator's own (forwarded as is),
-// or a block inside a chunk the system allocator gave, aligned as the layout
-// asks and `size` bytes long inside it (see `place`), and freed by freeing that
-// chunk. The two kinds never mix: `over_aligned(layout)` is a function of the
+// or a plain block (below), or a block inside a plain block, its chunk,
+// aligned as the layout asks and `size` bytes long inside it (see `place`),
+// and freed by freeing that chunk with the chunk's layout. The two kinds never mix: `over_aligned(layout)` is a function of the
 // layout, which GlobalAlloc's contract makes the same at alloc and dealloc.
 // Plain layouts (aligned to at most 8) are malloc's blocks, freed with free,
 // which needs no layout, each asked of malloc at `shelf::malloc_size` of its
@@ -163,8 +165,8 @@ unsafe impl GlobalAlloc for Allocator {
             return unsafe { System.alloc(layout) };
         }
         // SAFETY: `chunk(layout)` has a non-zero size (at least `align`), and
-        // the system allocator returns null or a block of it.
-        unsafe { in_chunk(layout, |chunk| System.alloc(chunk)) }
+        // the plain path returns null or a block of it.
+        unsafe { in_chunk(layout, |chunk| self.alloc(chunk)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -178,7 +180,7 @@ unsafe impl GlobalAlloc for Allocator {
         }
         // SAFETY: as in `alloc`; calloc's zeroes cover the block, the header is
         // written after.
-        unsafe { in_chunk(layout, |chunk| System.alloc_zeroed(chunk)) }
+        unsafe { in_chunk(layout, |chunk| self.alloc_zeroed(chunk)) }
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
@@ -196,11 +198,11 @@ unsafe impl GlobalAlloc for Allocator {
             return unsafe { System.dealloc(block, layout) };
         }
         // SAFETY: an over-aligned layout's block came from `place`, so its
-        // header holds the chunk, allocated with `chunk(layout)`, which
-        // succeeded then for this same layout.
+        // header holds the chunk, allocated on the plain path with
+        // `chunk(layout)`, which succeeded then for this same layout.
         unsafe {
             let chunk = chunk(layout).unwrap_unchecked();
-            System.dealloc(chunk_of(block), chunk)
+            self.dealloc(chunk_of(block), chunk)
         }
     }
 

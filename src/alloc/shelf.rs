@@ -475,6 +475,23 @@ mod tests {
             std::ptr::write_bytes(d, 5, 100);
             Allocator.dealloc(d, at(100));
             assert_eq!(small_now(100), Some((1, 104)), "kept again after release");
+            // A block aligned above malloc's alignment (a tokio task's, 128)
+            // lives in a plain chunk of its size and alignment, kept as any.
+            let task = Layout::from_size_align(200, 128).unwrap();
+            let t = Allocator.alloc(task);
+            assert_eq!(t as usize % 128, 0);
+            std::ptr::write_bytes(t, 6, 200);
+            Allocator.dealloc(t, task);
+            assert_eq!(
+                small_now(328),
+                Some((1, 104 + 328)),
+                "the chunk of 200 + 128 bytes was kept"
+            );
+            let u = Allocator.alloc(task);
+            assert_eq!(u as usize % 128, 0, "aligned inside the kept chunk");
+            std::ptr::write_bytes(u, 7, 200);
+            assert_eq!(small_now(328), Some((0, 104)), "the kept chunk was taken");
+            Allocator.dealloc(u, task);
             release();
         }
     }
