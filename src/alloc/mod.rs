@@ -33,8 +33,9 @@ mod shelf;
 /// built on this crate to use too: `#[global_allocator] static A:
 /// prefork_server::Allocator = prefork_server::Allocator;`. The system's
 /// malloc, except that blocks aligned above 16 bytes do not go through
-/// memalign, and that the worker's thread keeps a few freed 8 KiB buffers
-/// for reuse (see the module's documentation in the source for why).
+/// memalign, and that the worker's thread keeps the blocks of up to 1 KiB and
+/// the 8 KiB buffers it frees for reuse, within bounds (see the module's
+/// documentation in the source for why).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Allocator;
 
@@ -140,8 +141,9 @@ unsafe fn in_chunk(layout: Layout, get: impl FnOnce(Layout) -> *mut u8) -> *mut 
 // SAFETY: every block is either the system allocator's own (forwarded as is),
 // or a plain block (below), or a block inside a plain block, its chunk,
 // aligned as the layout asks and `size` bytes long inside it (see `place`),
-// and freed by freeing that chunk with the chunk's layout. The two kinds never mix: `over_aligned(layout)` is a function of the
-// layout, which GlobalAlloc's contract makes the same at alloc and dealloc.
+// and freed by freeing that chunk with the chunk's layout. The three kinds
+// never mix: which one a block is depends on its layout's alignment alone,
+// which GlobalAlloc's contract makes the same at alloc and dealloc.
 // Plain layouts (aligned to at most 8) are malloc's blocks, freed with free,
 // which needs no layout, each asked of malloc at `shelf::malloc_size` of its
 // size; the shelf holds only such blocks, freed with a size whose class they
@@ -184,7 +186,11 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn dealloc(&self, block: *mut u8, layout: Layout) {
-        // SAFETY: the caller gives up `block`, a live block of `layout`'s size.
+        // SAFETY: the caller gives up `block`, a live block of `layout`'s size;
+        // a kept layout is plain, and every plain block was asked of malloc
+        // (or calloc, or realloc) at `malloc_size` of the size it is freed
+        // with, or handed out by the shelf from that size's class, whose
+        // blocks all hold it: at least `malloc_size(layout.size())` bytes.
         if shelf::kept(layout) && unsafe { shelf::put(block, layout) } {
             return;
         }
@@ -209,8 +215,8 @@ unsafe impl GlobalAlloc for Allocator {
     unsafe fn realloc(&self, block: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if plain(layout) {
             // SAFETY: as in `dealloc`; `new_size` is non-zero (GlobalAlloc's
-            // contract), at most the size asked, and realloc's block is
-            // aligned as malloc's are.
+            // contract), `malloc_size(new_size)` at least `new_size`, and
+            // realloc's block is aligned as malloc's are.
             return unsafe { libc::realloc(block.cast(), shelf::malloc_size(new_size)).cast() };
         }
         if !over_aligned(layout) {

@@ -27,7 +27,7 @@
 //! Freed small blocks are linked through their first 8 bytes, as glibc's
 //! thread cache links its own; the 8 KiB ones are a short stack. `release`
 //! gives every kept small block back to malloc, before the worker trims its
-//! heap when idle.
+//! heap (after parking many connections, or when its last one has gone).
 //!
 //! Only alignments of up to 8, which malloc gives on every target and which
 //! the allocator serves with malloc, calloc, realloc and free themselves (the
@@ -73,9 +73,10 @@ const CLASSES: usize = class_of(SMALL_MAX) + 1;
 /// 256 KiB.
 const SMALL_KEEP: u32 = 256;
 
-/// Bytes of small blocks kept in all: a bound on what the shelf holds back
-/// from malloc, whatever the mix of classes. The worker gives them back when
-/// it has no connection left (see `worker::serve`).
+/// Bytes of small blocks kept in all (what they hold, not malloc's 8 bytes of
+/// each): a bound on what the shelf holds back from malloc, whatever the mix
+/// of classes. The worker gives them back whenever it trims its heap (see
+/// `worker::serve`).
 const SMALL_BYTES: usize = 1024 * 1024;
 
 /// The largest alignment kept: the plain layouts' (see the module's documentation).
@@ -130,8 +131,8 @@ pub(super) fn claim() {
     }
 }
 
-/// Whether `layout` is a size kept (small, or the large one), with malloc's
-/// alignment. Inlined into every allocation (a constant layout folds it
+/// Whether `layout` is a size kept (small, or the large one), aligned to at
+/// most 8. Inlined into every allocation (a constant layout folds it
 /// away), while the rest stays out of line, so that the allocator adds little
 /// code at each of the binary's many call sites.
 #[inline]
@@ -492,6 +493,34 @@ mod tests {
             std::ptr::write_bytes(u, 7, 200);
             assert_eq!(small_now(328), Some((0, 104)), "the kept chunk was taken");
             Allocator.dealloc(u, task);
+            // A zeroed one's chunk (from calloc) is kept too, and serves the
+            // next allocation of the layout.
+            let z = Allocator.alloc_zeroed(task);
+            assert_eq!(z as usize % 128, 0);
+            assert!((0..200).all(|i| *z.add(i) == 0), "zeroed");
+            Allocator.dealloc(z, task);
+            let y = Allocator.alloc(task);
+            assert_eq!(y, z, "the zeroed block's chunk was not handed out again");
+            std::ptr::write_bytes(y, 8, 200);
+            Allocator.dealloc(y, task);
+            // A kept block resized through small and large sizes keeps its
+            // contents, and is kept at its last size's class.
+            let r = Allocator.alloc(at(100));
+            std::ptr::write_bytes(r, 9, 100);
+            let r = Allocator.realloc(r, at(100), 600);
+            assert!((0..100).all(|i| *r.add(i) == 9), "grown to 600");
+            std::ptr::write_bytes(r, 10, 600);
+            let r = Allocator.realloc(r, at(600), 8192);
+            assert!((0..600).all(|i| *r.add(i) == 10), "grown to 8 KiB");
+            let r = Allocator.realloc(r, at(8192), 40);
+            assert!((0..40).all(|i| *r.add(i) == 10), "shrunk to 40");
+            let (before, _) = small_now(40).unwrap();
+            Allocator.dealloc(r, at(40));
+            assert_eq!(small_now(40).map(|(n, _)| n), Some(before + 1));
+            let q = Allocator.alloc(at(33));
+            assert_eq!(q, r, "33 bytes, of 40's class, take the resized block");
+            std::ptr::write_bytes(q, 11, 33);
+            Allocator.dealloc(q, at(33));
             release();
         }
     }

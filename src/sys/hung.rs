@@ -12,7 +12,7 @@
 //! lock), naming and logging allocate and take locks, which a signal handler
 //! should not. The process is being killed either way; what this risks is
 //! only the report: interrupted inside the allocator (malloc, or the
-//! binary allocator's 8 KiB shelf), a report that allocates may corrupt the
+//! binary allocator's shelf), a report that allocates may corrupt the
 //! heap and die of SIGSEGV (then the log says so instead of SIGABRT); hung holding a lock the report needs (the
 //! `--log-file` writer's, stuck on a dead disk), it waits, and the master's
 //! SIGKILL a second later ends the worker as it would have without a report.

@@ -262,22 +262,25 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut parked_last_tick = 0;
     let mut idle_last_tick = true;
+    let mut ticks_since_idle_trim = IDLE_TRIM_EVERY;
     loop {
         interval.tick().await;
         record.beat();
         if let Some(steer) = shared.steer.filter(|_| !shared.lifecycle.is_draining()) {
             steer.beat();
         }
-        // And when the last connection has gone: what the load left in the
-        // allocator's caches is not needed until the next one.
+        // And when the last connection has gone, at most once in
+        // `IDLE_TRIM_EVERY`: what a load left in the allocator's caches is not
+        // needed until the next one (and a trim on every 0-to-1 change of
+        // sparse traffic would cost page faults for nothing).
         let idle = shared.connections.count() == 0;
-        if parked_last_tick >= TRIM_AFTER_PARKING || (idle && !idle_last_tick) {
+        ticks_since_idle_trim = ticks_since_idle_trim.saturating_add(1);
+        let gone_idle = idle && !idle_last_tick && ticks_since_idle_trim >= IDLE_TRIM_EVERY;
+        if gone_idle {
+            ticks_since_idle_trim = 0;
+        }
+        if parked_last_tick >= TRIM_AFTER_PARKING || gone_idle {
             give_freed_memory_back();
-        } else if parked_last_tick > 0 {
-            // Connections gone idle: the blocks their parking freed go back to
-            // malloc, for whatever the next allocations are, rather than wait
-            // in the worker's cache for their own sizes.
-            crate::Allocator::release_kept_blocks();
         }
         idle_last_tick = idle;
         let lifecycle = &shared.lifecycle;
@@ -297,7 +300,11 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
 /// worth handing back to the kernel at the next one.
 const TRIM_AFTER_PARKING: usize = 64;
 
-/// Returns the free pages of the heap to the kernel. glibc's `free` returns
+/// The fewest ticks between two trims for the last connection gone (10 s).
+const IDLE_TRIM_EVERY: u32 = 40;
+
+/// Returns the free pages of the heap to the kernel, with the blocks the
+/// worker's allocator keeps for reuse (see `alloc`). glibc's `free` returns
 /// only the top of the heap; the buffers of parked connections are holes in the
 /// middle of it, which would stay resident (reusable by this worker, but counted
 /// against it) until the next burst of connections.

@@ -135,9 +135,15 @@ impl FuzzHpack {
         // bytes as the headers moved one by one through `encode`.
         let mut by_value = Encoder::default();
         let mut by_reference = Encoder::default();
+        let mut by_reference_decoder = Decoder::default();
 
         for frame in frames {
-            check_encode_block(&frame, &mut by_value, &mut by_reference);
+            check_encode_block(
+                &frame,
+                &mut by_value,
+                &mut by_reference,
+                &mut by_reference_decoder,
+            );
 
             // build "expected" frames, such that decoding headers always
             // includes a name
@@ -188,8 +194,13 @@ impl FuzzHpack {
 }
 
 /// Encodes `frame` as a header block (its pseudo-headers, then its fields as a
-/// map) both ways, and checks that the bytes are the same.
-fn check_encode_block(frame: &HeaderFrame, by_value: &mut Encoder, by_reference: &mut Encoder) {
+/// map) both ways, checks that the bytes are the same, and decodes them.
+fn check_encode_block(
+    frame: &HeaderFrame,
+    by_value: &mut Encoder,
+    by_reference: &mut Encoder,
+    decoder: &mut Decoder,
+) {
     let mut pseudo = vec![];
     let mut fields = HeaderMap::new();
     let mut prev_name: Option<HeaderName> = None;
@@ -211,6 +222,14 @@ fn check_encode_block(frame: &HeaderFrame, by_value: &mut Encoder, by_reference:
         by_value.update_max_size(*resize);
         by_reference.update_max_size(*resize);
     }
+    if let Some(max) = frame.resizes.iter().max() {
+        decoder.queue_size_update(*max);
+    }
+    let mut expect: Vec<Header> = pseudo.clone();
+    expect.extend(fields.iter().map(|(name, value)| Header::Field {
+        name: name.clone(),
+        value: value.clone(),
+    }));
 
     let moved = pseudo
         .iter()
@@ -240,6 +259,23 @@ fn check_encode_block(frame: &HeaderFrame, by_value: &mut Encoder, by_reference:
             expected.len()
         );
     }
+
+    let mut expect = expect.into_iter();
+    decoder
+        .decode(&mut Cursor::new(&mut got), |h| {
+            assert_eq!(
+                Some(h),
+                expect.next(),
+                "encode_block's block decodes to another header"
+            );
+            ControlFlow::Continue(())
+        })
+        .expect("encode_block's block decodes");
+    assert_eq!(
+        expect.next(),
+        None,
+        "encode_block's block decodes to fewer headers"
+    );
 }
 
 impl Arbitrary for FuzzHpack {

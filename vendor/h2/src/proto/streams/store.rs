@@ -2,12 +2,13 @@ use super::*;
 
 use indexmap::{self, IndexMap};
 
-/// The hasher of stream ids: foldhash, seeded at random for each map, where
-/// SipHash took about 70 instructions for each lookup, entry and removal of
-/// an id (three or more per request). A client chooses its streams' ids; the
-/// seed keeps it from knowing which ids collide, and the map holds only the
-/// connection's live streams, which the concurrency limit and the bounds on
-/// reset streams keep to a few hundred.
+/// The hasher of stream ids: foldhash, with its random per-process seed,
+/// where SipHash took about 70 instructions for each lookup, entry and removal
+/// of an id (three or more per request). A client chooses its streams' ids;
+/// the seed keeps it from knowing which ids collide, and the map holds only
+/// the connection's live streams, which the concurrency limit (the server's
+/// `max_concurrent_streams`) and the bounds on reset streams keep small, so
+/// ids that did collide would lengthen each probe to at most that number.
 type IdHasher = foldhash::fast::RandomState;
 
 use std::convert::Infallible;
