@@ -261,8 +261,9 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
     // After a stall (a blocking handler), one tick, not a burst of them.
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut parked_last_tick = 0;
-    let mut idle_last_tick = true;
-    let mut ticks_since_idle_trim = IDLE_TRIM_EVERY;
+    // Whether a connection was open since the last trim, and how long ago that was.
+    let mut served_since_trim = false;
+    let mut ticks_since_trim = IDLE_TRIM_EVERY;
     loop {
         interval.tick().await;
         record.beat();
@@ -274,15 +275,14 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
         // needed until the next one (and a trim on every 0-to-1 change of
         // sparse traffic would cost page faults for nothing).
         let idle = shared.connections.count() == 0;
-        ticks_since_idle_trim = ticks_since_idle_trim.saturating_add(1);
-        let gone_idle = idle && !idle_last_tick && ticks_since_idle_trim >= IDLE_TRIM_EVERY;
-        if gone_idle {
-            ticks_since_idle_trim = 0;
-        }
+        served_since_trim |= !idle;
+        ticks_since_trim = ticks_since_trim.saturating_add(1);
+        let gone_idle = idle && served_since_trim && ticks_since_trim >= IDLE_TRIM_EVERY;
         if parked_last_tick >= TRIM_AFTER_PARKING || gone_idle {
             give_freed_memory_back();
+            served_since_trim = false;
+            ticks_since_trim = 0;
         }
-        idle_last_tick = idle;
         let lifecycle = &shared.lifecycle;
         lifecycle.tick();
         let limits = if lifecycle.is_draining() { draining } else { serving };
@@ -300,7 +300,7 @@ async fn housekeeping<S: WorkerApp>(shared: Rc<Shared<S>>, record: &'static Reco
 /// worth handing back to the kernel at the next one.
 const TRIM_AFTER_PARKING: usize = 64;
 
-/// The fewest ticks between two trims for the last connection gone (10 s).
+/// The fewest ticks from a trim to the next one for the last connection gone (10 s).
 const IDLE_TRIM_EVERY: u32 = 40;
 
 /// Returns the free pages of the heap to the kernel, with the blocks the
